@@ -1,0 +1,80 @@
+"""ECA-ConvNeXt-Tiny (Li et al., 2024) and plain ConvNeXt-Tiny, on `keras.applications.ConvNeXtTiny`."""
+
+import os
+
+import keras
+
+from mineralnet.layers import ECA
+from mineralnet.models.registry import register
+
+BACKBONE_NAME = "convnext_tiny"
+NUM_STAGES = 4
+
+
+def convnext_tiny_backbone(input_shape, weights=None):
+    """Keras' ConvNeXt-Tiny without its classifier (ImageNet normalisation inside, global average pool, then
+    LayerNormalization): the part whose weights `weights` ("imagenet" or a `.weights.h5` path) describe."""
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"backbone weights file '{weights}' does not exist: pass --weights imagenet, none, or the path of a "
+            "ConvNeXt-Tiny backbone .weights.h5 file."
+        )
+    return keras.applications.ConvNeXtTiny(
+        include_top=False,
+        include_preprocessing=True,
+        weights=weights,
+        input_shape=input_shape,
+        pooling="avg",
+    )
+
+
+def stage_output_consumers(backbone):
+    """Names of the layers that consume the four stage outputs (the tensors after each stage's last residual
+    add): downsampling blocks 0-2 and the global average pooling before the final norm."""
+    consumers = [f"{BACKBONE_NAME}_downsampling_block_{i}" for i in range(NUM_STAGES - 1)]
+    pooling = [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    return consumers + pooling
+
+
+def classifier_head(features, num_classes, dropout=0.0):
+    """Optional dropout, then a float32 softmax layer (stable under mixed precision)."""
+    if dropout:
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(features)
+
+
+def build_convnext(num_classes, input_shape, weights=None, eca=True, dropout=0.0, name=None):
+    backbone = convnext_tiny_backbone(input_shape, weights)
+    ecas = {}
+    if eca:
+        for stage, consumer in enumerate(stage_output_consumers(backbone)):
+            ecas[consumer] = ECA(name=f"eca_stage_{stage}")
+
+    def call_with_attention(layer, *args, **kwargs):
+        # ECA sits on the tensor *after* the residual add (between stages), never inside the residual branch.
+        if layer.name in ecas:
+            args = (ecas[layer.name](args[0]),) + args[1:]
+        return layer(*args, **kwargs)
+
+    # clone_function keeps the backbone's own layers (and so its pretrained weights).
+    features_model = keras.models.clone_model(
+        backbone,
+        input_tensors=keras.Input(input_shape, name="image"),
+        clone_function=lambda layer: layer,
+        call_function=call_with_attention,
+    )
+    outputs = classifier_head(features_model.output, num_classes, dropout)
+    model_name = name or ("eca_convnext_tiny" if eca else "convnext_tiny")
+    return keras.Model(features_model.input, outputs, name=model_name)
+
+
+@register("eca_convnext_tiny")
+def eca_convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
+    """ConvNeXt-Tiny with ECA on each of the four stage outputs, then GAP -> LayerNorm -> dropout -> softmax."""
+    return build_convnext(num_classes, input_shape, weights, eca=True, dropout=dropout)
+
+
+@register("convnext_tiny")
+def convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
+    """ConvNeXt-Tiny with the same head and no attention: the ablation baseline."""
+    return build_convnext(num_classes, input_shape, weights, eca=False, dropout=dropout)
