@@ -1,0 +1,65 @@
+"""Command-line entry points (`train.py`, `mineralnet-train`): parse flags, call the package."""
+
+import argparse
+import json
+import sys
+
+from mineralnet.data import DataError
+from mineralnet.models import list_models
+from mineralnet.training.config import ConfigError
+
+
+def _augment(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--augment needs JSON like '{{\"rotation\": 0.2}}': {error}")
+
+
+def train_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a mineral classifier into one run directory (config, split, model, curves, evaluation).",
+    )
+    # Every default is None: unset flags fall through to --config, then to mineralnet.training.DEFAULTS.
+    add = p.add_argument
+    add("--data", help="folder with one sub-folder of images per class")
+    add("--demo", action="store_true", default=None, help="make and use the small synthetic demo dataset")
+    add("--out", help="run directory (default runs/train)")
+    add("--model", choices=list_models(), help="registry model (default eca_convnext_tiny)")
+    add("--weights", help="imagenet | none | PATH of a backbone .weights.h5 (default none)")
+    add("--image-size", type=int, help="square input size in pixels (default 224)")
+    add("--epochs", type=int, help="total epochs, warm-up included (default 200)")
+    add("--batch-size", type=int, help="global batch size (default 32)")
+    add("--lr", type=float, help="peak learning rate of Adam with cosine decay (default 1e-3)")
+    add("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (default 0)")
+    add("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
+    add("--dropout", type=float, help="dropout before the classifier (default 0)")
+    add("--freeze-epochs", type=int, help="head-only epochs with the backbone frozen, before fine-tuning (default 0)")
+    add("--seed", type=int, help="seed of split, shuffling, augmentation and init (default 0)")
+    add("--split", help="reuse this split.csv instead of making a new split")
+    add("--split-ratios", help="train:val:test (default 6:2:2)")
+    add("--limit-per-class", type=int, help="use at most N images per class (quick runs)")
+    add("--class-weights", action="store_true", default=None, help="weight the loss by inverse class frequency")
+    add("--mixed-precision", choices=["off", "float16", "bfloat16"], help="mixed-precision policy (default off)")
+    add("--strategy", choices=["auto", "default", "mirrored", "multiworker"], help="tf.distribute strategy")
+    add("--cpu-devices", type=int, help="split the CPU into N logical devices (test distribution without GPUs)")
+    add("--augment", type=_augment, help='JSON overrides of the augmentation, e.g. \'{"rotation": 0.2, "noise": 0}\'')
+    add("--no-evaluate", dest="evaluate", action="store_false", default=None, help="skip the final test evaluation")
+    add("--config", help="YAML or JSON file of options; flags override it")
+    add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    return p
+
+
+def train_main(argv=None):
+    from mineralnet.training import run_from_args
+
+    args = vars(train_parser().parse_args(argv))
+    config_file, resume = args.pop("config"), args.pop("resume")
+    try:
+        run_path = run_from_args(args, config_file, resume)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run_path}")
+    return 0

@@ -1,0 +1,87 @@
+"""Per-epoch bookkeeping of a run: best model, resumable checkpoint, history.csv, curves.png, a summary line.
+
+Each epoch writes `checkpoint/epoch-N.keras` (model + optimizer, so the learning-rate position survives), then
+`checkpoint/state.json` naming it, then removes older checkpoints: a kill at any moment leaves a consistent
+state.json whose checkpoint exists. Every file goes through a temp file + rename.
+"""
+
+import csv
+import io
+import os
+import time
+
+import keras
+
+from mineralnet import rundir
+from mineralnet.plots import plot_curves
+from mineralnet.utils import atomic_path, atomic_write_text, read_json, write_json
+
+STATE = "state.json"
+HISTORY_FIELDS = ["epoch", "phase", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+
+
+def read_state(run_path):
+    """The last finished epoch's state, or None for a run that has not finished an epoch."""
+    path = os.path.join(run_path, rundir.CHECKPOINT_DIR, STATE)
+    return read_json(path) if os.path.exists(path) else None
+
+
+def save_model(model, path):
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def write_history(run_path, history):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(os.path.join(run_path, rundir.HISTORY), buffer.getvalue())
+    plot_curves(history, os.path.join(run_path, rundir.CURVES))
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Writes the run's files after every epoch and prints one summary line per epoch."""
+
+    def __init__(self, run_path, phase, total_epochs, state=None):
+        super().__init__()
+        self.run_path = run_path
+        self.phase = phase
+        self.total_epochs = total_epochs
+        state = state or {}
+        self.history = list(state.get("history", []))
+        self.best = state.get("best_val_accuracy", -1.0)
+        self.best_epoch = state.get("best_epoch")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        number = epoch + 1
+        row = {"epoch": number, "phase": self.phase, "seconds": round(time.time() - self.started, 2),
+               "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
+        self.history = [r for r in self.history if r["epoch"] < number] + [row]
+        improved = row.get("val_accuracy", -1.0) > self.best
+        if improved:
+            self.best, self.best_epoch = row["val_accuracy"], number
+            save_model(self.model, os.path.join(self.run_path, rundir.MODEL))
+        folder = os.path.join(self.run_path, rundir.CHECKPOINT_DIR)
+        name = f"epoch-{number}.keras"
+        save_model(self.model, os.path.join(folder, name))
+        write_json(os.path.join(folder, STATE), {
+            "epoch": number, "phase": self.phase, "checkpoint": name, "best_val_accuracy": self.best,
+            "best_epoch": self.best_epoch, "history": self.history,
+        })
+        for old in os.listdir(folder):
+            if old.endswith(".keras") and old != name:
+                os.remove(os.path.join(folder, old))
+        write_history(self.run_path, self.history)
+        print(
+            f"epoch {number}/{self.total_epochs} [{self.phase}] loss {row.get('loss', float('nan')):.4f} "
+            f"acc {row.get('accuracy', float('nan')):.4f} val_loss {row.get('val_loss', float('nan')):.4f} "
+            f"val_acc {row.get('val_accuracy', float('nan')):.4f} lr {row['learning_rate']:.2e} "
+            f"{row['seconds']:.1f}s{'  * best, saved model.keras' if improved else ''}",
+            flush=True,
+        )

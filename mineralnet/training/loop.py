@@ -1,0 +1,159 @@
+"""`train(config)`: data checks, split, model, the two-phase fit (optional frozen-backbone warm-up, then full
+fine-tuning), resumable checkpoints and the final evaluation, all into one run directory."""
+
+import math
+import os
+import sys
+import warnings
+
+import keras
+
+from mineralnet import rundir
+from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset, write_split
+from mineralnet.data.pipeline import AugmentConfig, class_weights, make_dataset
+from mineralnet.data.split import parse_ratios
+from mineralnet.models import build_model
+from mineralnet.training.checkpoint import RunCheckpoint, read_state
+from mineralnet.training.config import ConfigError, backbone_weights, resolve_config
+from mineralnet.training.distribute import make_strategy, split_cpu
+from mineralnet.utils import read_json, write_json
+
+HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable during the frozen-backbone warm-up
+
+
+def _prepare_data(config, run_path):
+    """Scan the data, make or reuse the split; raises before anything is written."""
+    data_dir = config["data"]
+    classes, samples, report = scan_dataset(data_dir, config["limit_per_class"], config["seed"])
+    split_file = config["split"]
+    if split_file:
+        rows = read_split(split_file, data_dir)
+        unknown = sorted({r["label"] for r in rows} - set(classes))
+        if unknown:
+            raise DataError(f"split '{split_file}' names classes {unknown} that are not folders of '{data_dir}'.")
+        usable = {s.path for s in samples}
+        dropped = [r["path"] for r in rows if r["path"] not in usable]
+        rows = [{k: r[k] for k in ("path", "label", "subset")} for r in rows if r["path"] in usable]
+        report["split_rows_dropped"] = dropped
+    else:
+        rows = make_split(samples, parse_ratios(config["split_ratios"]), config["seed"])
+    report["per_subset"] = {s: sum(r["subset"] == s for r in rows) for s in ("train", "val", "test")}
+    for subset in ("train", "val"):
+        if not report["per_subset"][subset]:
+            raise DataError(f"the split of '{data_dir}' has no {subset} images: use other --split-ratios or more data.")
+    return classes, rows, report
+
+
+def _arrays(rows, classes, data_dir, subset):
+    chosen = [r for r in rows if r["subset"] == subset]
+    files = [os.path.join(data_dir, *r["path"].split("/")) for r in chosen]
+    return files, [classes.index(r["label"]) for r in chosen]
+
+
+def _set_backbone_trainable(model, trainable):
+    for layer in model.layers:
+        if not layer.name.startswith(HEAD_LAYER_PREFIXES):
+            layer.trainable = trainable
+
+
+def _compile(model, config, steps_per_epoch, epochs):
+    steps = max(1, steps_per_epoch * epochs)
+    warmup = min(steps - 1, steps_per_epoch * int(config["warmup_epochs"]))
+    lr = float(config["lr"])
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10 if warmup else lr, decay_steps=steps - warmup, alpha=0.0,
+        warmup_target=lr if warmup else None, warmup_steps=warmup,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(config["label_smoothing"])),
+        metrics=["accuracy"],
+    )
+
+
+def _check_run_dir(run_path, resume):
+    config_file = os.path.join(run_path, rundir.CONFIG)
+    if resume and not os.path.exists(config_file):
+        raise ConfigError(f"cannot resume: '{config_file}' does not exist. Start the run without --resume.")
+    if not resume and os.path.exists(config_file):
+        raise ConfigError(f"run directory '{run_path}' already holds a run: pass --resume to continue it, or a new --out.")
+
+
+def train(config, resume=False):
+    """Train (or resume) the run described by `config` (a dict over DEFAULTS); returns the run directory."""
+    run_path = config["out"] = os.path.abspath(config["out"])
+    _check_run_dir(run_path, resume)
+    split_cpu(int(config["cpu_devices"]))
+    if config["mixed_precision"] != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config['mixed_precision']}")
+    if config["demo"] and not config["data"]:
+        config["data"] = make_demo_dataset(os.path.join(run_path, "demo_data"), image_size=max(96, config["image_size"]))
+    config["data"] = os.path.abspath(config["data"])
+    if resume:
+        classes = read_json(os.path.join(run_path, rundir.LABELS))
+        rows = read_split(os.path.join(run_path, rundir.SPLIT), config["data"])
+    else:
+        classes, rows, report = _prepare_data(config, run_path)
+        write_split(rows, os.path.join(run_path, rundir.SPLIT))
+        write_json(os.path.join(run_path, rundir.LABELS), classes)
+        write_json(os.path.join(run_path, rundir.DATA_REPORT), report)
+        write_json(os.path.join(run_path, rundir.CONFIG), config)
+        for skipped in report["skipped"]:
+            print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+
+    num_classes, size, batch = len(classes), int(config["image_size"]), int(config["batch_size"])
+    augment = AugmentConfig.from_dict(config["augment"])
+    train_files, train_labels = _arrays(rows, classes, config["data"], "train")
+    val_files, val_labels = _arrays(rows, classes, config["data"], "val")
+    train_data = make_dataset(train_files, train_labels, num_classes, size, batch, True, augment, config["seed"])
+    val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
+    steps_per_epoch = math.ceil(len(train_files) / batch)
+    weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
+
+    state = read_state(run_path) if resume else None
+    start = state["epoch"] if state else 0
+    total, frozen = int(config["epochs"]), int(config["freeze_epochs"])
+    strategy = make_strategy(config["strategy"])
+    with strategy.scope():
+        if state:
+            model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
+        else:
+            keras.utils.set_random_seed(int(config["seed"]))
+            model = build_model(config["model"], num_classes, (size, size, 3), backbone_weights(config),
+                                dropout=float(config["dropout"]))
+    if start >= total:
+        print(f"run '{run_path}' already finished {start} of {total} epochs.")
+    for phase, first, last in (("frozen", 0, frozen), ("full", frozen, total)):
+        if start >= last or first == last:
+            continue
+        with strategy.scope():
+            if not (state and first < start):  # a checkpoint from inside this phase has its optimizer already
+                _set_backbone_trainable(model, phase == "full")
+                _compile(model, config, steps_per_epoch, last - first)
+        callback = RunCheckpoint(run_path, phase, total, state)
+        model.fit(train_data, validation_data=val_data, epochs=last, initial_epoch=max(start, first),
+                  class_weight=weights, callbacks=[callback], shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
+        state = {"history": callback.history, "best_val_accuracy": callback.best, "best_epoch": callback.best_epoch}
+        start = last
+    if config["evaluate"]:
+        from mineralnet.evaluate import evaluate_run
+
+        evaluate_run(run_path, subset="test")
+    return run_path
+
+
+def run_from_args(values, config_file=None, resume=False):
+    """The CLI's entry: explicit flags (None = not given) over the config file over the defaults; a resumed run
+    starts from its saved config.json instead of the defaults (so only the flags given change it, e.g. --epochs)."""
+    from mineralnet.training.config import load_config_file
+
+    file_values = load_config_file(config_file) if config_file else {}
+    if resume:
+        out = values.get("out") or file_values.get("out") or "runs/train"
+        saved = os.path.join(out, rundir.CONFIG)
+        _check_run_dir(os.path.abspath(out), resume=True)
+        file_values = {**read_json(saved), **file_values}
+    config = resolve_config(file_values, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return train(config, resume=resume)

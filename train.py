@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Train a mineral classifier: `python train.py --data DIR --out runs/NAME` (see --help and README.md)."""
+
+import sys
+
+from mineralnet.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main())
