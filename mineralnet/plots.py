@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 from mineralnet.utils import atomic_path  # noqa: E402
 
 
-def _save(figure, path):
+def save_figure(figure, path):
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(figure)
@@ -28,7 +28,7 @@ def plot_curves(history, path):
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix, labels, path):
@@ -47,4 +47,4 @@ def plot_confusion_matrix(matrix, labels, path):
         for j in range(len(labels)):
             colour = "white" if rates[i, j] > 0.5 else "black"
             axis.text(j, i, f"{matrix[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", color=colour, fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)

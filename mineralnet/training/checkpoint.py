@@ -26,7 +26,11 @@ def read_state(run_path):
     return read_json(path) if os.path.exists(path) else None
 
 
-def save_model(model, path):
+def save_model(model, path, with_optimizer=True):
+    """Save atomically; without the optimizer the file is a third of the size and loads without compile state."""
+    if not with_optimizer:
+        # An uncompiled twin sharing the same layers (and so the same weights): no copy, no optimizer.
+        model = keras.models.clone_model(model, clone_function=lambda layer: layer)
     with atomic_path(path) as tmp:
         model.save(tmp)
 
@@ -66,7 +70,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         improved = row.get("val_accuracy", -1.0) > self.best
         if improved:
             self.best, self.best_epoch = row["val_accuracy"], number
-            save_model(self.model, os.path.join(self.run_path, rundir.MODEL))
+            save_model(self.model, os.path.join(self.run_path, rundir.MODEL), with_optimizer=False)
         folder = os.path.join(self.run_path, rundir.CHECKPOINT_DIR)
         name = f"epoch-{number}.keras"
         save_model(self.model, os.path.join(folder, name))

@@ -1,0 +1,34 @@
+"""The images int8 calibration sees: a class-balanced sample of the training rows, never the test rows the
+gate measures on, loaded with the evaluation preprocessing (no augmentation)."""
+
+import random
+from collections import defaultdict
+
+import numpy as np
+
+from mineralnet.data import load_image
+
+
+def calibration_rows(rows, count, seed=0):
+    """Up to `count` training rows, taken round-robin across classes (each class shuffled by `seed`), so every
+    class shapes the activation ranges even when the classes are unbalanced."""
+    by_class = defaultdict(list)
+    for row in rows:
+        if row["subset"] == "train":
+            by_class[row["label"]].append(row)
+    queues = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda row: row["path"])
+        random.Random(f"{seed}/{label}").shuffle(members)
+        queues.append(members)
+    chosen = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def load_images(rows, size):
+    """(N, size, size, 3) uint8 array of the rows' images, preprocessed as at evaluation."""
+    return np.stack([load_image(row["file"], size) for row in rows])

@@ -1,0 +1,52 @@
+"""Command line of the exporter (`python export.py`, console script entry point `mineralnet.export.cli:main`)."""
+
+import argparse
+import logging
+import sys
+
+from mineralnet.export.convert import FORMATS
+from mineralnet.export.errors import ExportError
+from mineralnet.export.pipeline import export_run
+from mineralnet.export.report import markdown_table
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a trained run to TFLite models, each verified with the LiteRT interpreter on the run's "
+        "test images before anything is written.",
+    )
+    parser.add_argument("--run", required=True, help="run directory (holds model.keras, labels.json, split.csv)")
+    parser.add_argument(
+        "--formats", default=",".join(FORMATS),
+        help=f"comma-separated subset of {','.join(FORMATS)} (default: all); float32 is always exported, it is the "
+        "reference the verification gate checks",
+    )
+    parser.add_argument("--calibration-samples", type=int, default=300,
+                        help="training images used to calibrate int8 (default: 300, class-balanced)")
+    parser.add_argument("--out", default=None, help="output directory (default: RUN/export)")
+    return parser
+
+
+def main(argv=None):
+    """Run the export; returns the exit status (0 ok, 1 export error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    log = logging.getLogger("mineralnet.export")
+    handler = logging.StreamHandler(sys.stderr)  # progress: conversion and verification take minutes
+    handler.setFormatter(logging.Formatter("export: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        report = export_run(args.run, args.formats, args.calibration_samples, args.out)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no partial model or sidecar was left behind.", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+    print(markdown_table(report))
+    print(f"\nwrote {len(report['formats'])} model(s), their sidecars, labels.txt and report.md/.json to "
+          f"{report['out_dir']}")
+    return 0

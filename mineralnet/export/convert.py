@@ -1,0 +1,77 @@
+"""Keras model -> .tflite bytes in one of four formats, batch fixed to 1, TFLite builtin ops only."""
+
+import numpy as np
+import tensorflow as tf
+
+from mineralnet.export.errors import ExportError
+from mineralnet.export.operators import check_no_flex
+
+FORMATS = ("float32", "float16", "dynamic", "int8")
+
+
+def parse_formats(formats):
+    """'float32,int8' or a sequence -> ordered tuple of known formats, float32 always included (it is the
+    reference the verification gate checks the conversion with)."""
+    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f).strip() for f in formats]
+    names = [name for name in names if name]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format '{unknown[0]}': choose from {', '.join(FORMATS)} (comma-separated).")
+    return tuple(name for name in FORMATS if name in names or name == "float32")
+
+
+def _concrete_function(model, image_size, pin_input_range):
+    """A batch-1 float32 graph of the model. A dynamic batch dimension would add SHAPE/GATHER/PACK ops that
+    split the XNNPACK delegate into many pieces."""
+    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")
+
+    def forward(image):
+        if pin_input_range:
+            # The input domain is the pixel range 0-255, not whatever the calibration sample spans: this pins
+            # the quantised input to scale 1.0, zero point 0, so uint8 camera pixels go in unchanged.
+            image = tf.quantization.fake_quant_with_min_max_args(image, min=0.0, max=255.0, num_bits=8)
+        return model(image, training=False)
+
+    return tf.function(forward, input_signature=[spec]).get_concrete_function()
+
+
+def convert(model, fmt, image_size, calibration_images=None):
+    """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
+
+    int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
+    output (the softmax, scale 1/256).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format '{fmt}': choose from {', '.join(FORMATS)}.")
+    # The converter freezes only variables reachable from the trackable object it is given; Keras 3 variables
+    # are not tracked by the model as a tf.Module, so without this holder the weights stay out of the file.
+    holder = tf.Module()
+    holder.weights = [variable.value for variable in model.variables]
+    function = _concrete_function(model, image_size, pin_input_range=fmt == "int8")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # never SELECT_TF_OPS (Flex)
+    if fmt == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt == "int8":
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ExportError("the int8 format needs calibration images: the run's split has no training rows.")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+        converter.representative_dataset = lambda: (
+            [image[None].astype(np.float32)] for image in calibration_images
+        )
+    try:
+        model_bytes = converter.convert()
+    except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"converting the model to {fmt} failed ({reason}): the model has operations without a TFLite builtin "
+            "kernel; replace those layers."
+        ) from None
+    check_no_flex(model_bytes, fmt)
+    return model_bytes

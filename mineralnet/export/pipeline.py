@@ -1,0 +1,132 @@
+"""export_run: check the run, take the Keras reference, convert, verify every model, and only then publish.
+
+Two stages, `prepare_export` (inputs checked, Keras predictions taken) and `complete_export` (convert, verify,
+publish), so a caller holding a plan converts exactly the model the reference came from, and a test can prove
+the gate fails when the two differ.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from mineralnet.export.calibration import calibration_rows, load_images
+from mineralnet.export.convert import FORMATS, convert, parse_formats
+from mineralnet.export.errors import ExportError
+from mineralnet.export.operators import list_operators
+from mineralnet.export.report import build_report, markdown_report
+from mineralnet.export.rundir import RunInputs, load_model, load_run
+from mineralnet.export.sidecar import make_sidecar, sha256_file
+from mineralnet.export.verify import classification_metrics, verify
+from mineralnet.utils import write_json
+
+MIN_FLOAT32_AGREEMENT = 0.995
+STAGING_PREFIX = ".export-staging-"  # a directory of this name beside the output is a killed export's leftovers
+
+log = logging.getLogger("mineralnet.export")
+
+
+@dataclass
+class ExportPlan:
+    """A checked export waiting for conversion: the model and what it predicted on the test images."""
+
+    run: RunInputs
+    formats: tuple
+    out_dir: str
+    model: object  # keras.Model
+    source_sha256: str
+    test_images: np.ndarray  # (N, S, S, 3) uint8
+    y_true: np.ndarray  # label indices of the test images
+    reference: np.ndarray  # Keras softmax on the test images
+    keras_metrics: dict
+    calibration_images: np.ndarray  # None unless int8 is exported
+
+
+def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None):
+    """Check every input (fast failures first) and take the Keras reference predictions on the test subset."""
+    formats = parse_formats(formats)
+    if int(calibration_samples) < 1:
+        raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
+    run = load_run(run_dir)
+    out_dir = os.path.abspath(out_dir or os.path.join(run.path, "export"))
+    source_sha256 = sha256_file(run.model_path)  # hashed before loading: the hash of the file actually loaded
+    model = load_model(run)
+    test_rows = run.subset("test")
+    log.info("Keras reference on %d test images", len(test_rows))
+    test_images = load_images(test_rows, run.image_size)
+    y_true = np.array([run.labels.index(row["label"]) for row in test_rows])
+    reference = np.asarray(model.predict(test_images.astype(np.float32), batch_size=32, verbose=0), np.float64)
+    keras_metrics = {
+        "size_bytes": os.path.getsize(run.model_path),
+        **classification_metrics(y_true, reference.argmax(1)),
+    }
+    calibration = None
+    if "int8" in formats:
+        calibration = load_images(calibration_rows(run.rows, int(calibration_samples)), run.image_size)
+    return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
+                      calibration)
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def complete_export(plan):
+    """Convert and verify every format in a staging directory beside the output; move the files into the output
+    directory only once all of them passed. Returns the report dict."""
+    parent = os.path.dirname(plan.out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)  # same filesystem: os.replace is atomic
+    try:
+        created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        results, published = {}, []
+        for fmt in plan.formats:  # float32 first: a failed gate stops before the slow quantised conversions
+            log.info("converting to %s", fmt)
+            model_bytes = convert(plan.model, fmt, plan.run.image_size, plan.calibration_images)
+            log.info("verifying %s on %d test images", fmt, len(plan.test_images))
+            result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
+            if fmt == "float32" and result["agreement_with_keras"] < MIN_FLOAT32_AGREEMENT:
+                raise ExportError(
+                    f"the float32 model agrees with Keras on only {result['agreement_with_keras']:.1%} of the "
+                    f"{len(plan.test_images)} test images (gate: {MIN_FLOAT32_AGREEMENT:.1%}), so the conversion "
+                    f"does not compute what '{plan.run.model_path}' computes; nothing was written to "
+                    f"'{plan.out_dir}'. Check the model's custom layers and the TensorFlow/LiteRT versions."
+                )
+            name = f"model_{fmt}"
+            results[fmt] = {"file": f"{name}.tflite", **result, "operators": dict(list_operators(model_bytes))}
+            sidecar = make_sidecar(fmt, plan.run.labels, plan.run.image_size, model_bytes, result["input"],
+                                   result["output"], plan.source_sha256, plan.run.path, created)
+            _write_bytes(os.path.join(staging, f"{name}.tflite"), model_bytes)
+            write_json(os.path.join(staging, f"{name}.json"), sidecar)
+            published += [f"{name}.tflite", f"{name}.json"]
+
+        report = build_report(plan.run, plan.out_dir, created, plan.source_sha256, plan.keras_metrics, results,
+                              0 if plan.calibration_images is None else len(plan.calibration_images),
+                              MIN_FLOAT32_AGREEMENT)
+        _write_bytes(os.path.join(staging, "labels.txt"), "".join(f"{label}\n" for label in plan.run.labels).encode())
+        write_json(os.path.join(staging, "report.json"), report)
+        _write_bytes(os.path.join(staging, "report.md"), markdown_report(report).encode())
+        published += ["labels.txt", "report.json", "report.md"]
+
+        os.makedirs(plan.out_dir, exist_ok=True)
+        for name in published:  # each model before its sidecar, the report last
+            os.replace(os.path.join(staging, name), os.path.join(plan.out_dir, name))
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_run(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None):
+    """Export run `run_dir` to verified TFLite models in `out_dir` (default RUN/export); returns the report.
+
+    Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
+    agrees with Keras on fewer than 99.5 % of the test images.
+    """
+    return complete_export(prepare_export(run_dir, formats, calibration_samples, out_dir))

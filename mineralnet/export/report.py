@@ -1,0 +1,70 @@
+"""report.json (everything measured) and report.md (one row per format), written beside the models."""
+
+import os
+
+from mineralnet.export.verify import LATENCY_RUNS
+
+_COLUMNS = (
+    "format", "size MB", "accuracy", "macro P", "macro R", "agree w/ Keras", "mean |Δp|", "max |Δp|",
+    "1 thread p50/p90 ms", "2 threads p50/p90 ms", "input → output",
+)
+
+
+def build_report(run, out_dir, created, source_sha256, keras_metrics, results, calibration_images, min_agreement):
+    """`results` maps format -> the dict of `verify.verify` plus `file` and `operators`."""
+    return {
+        "run": run.path,
+        "out_dir": os.path.abspath(out_dir),
+        "created": created,
+        "source_model_sha256": source_sha256,
+        "test_images": len(run.subset("test")),
+        "calibration_images": calibration_images,
+        "latency_runs": LATENCY_RUNS,
+        "gate": {
+            "float32_min_agreement_with_keras": min_agreement,
+            "float32_agreement_with_keras": results["float32"]["agreement_with_keras"],
+            "passed": results["float32"]["agreement_with_keras"] >= min_agreement,
+        },
+        "keras": keras_metrics,
+        "formats": results,
+    }
+
+
+def _latency(result, threads):
+    timing = result["latency_ms"][str(threads)]
+    return f"{timing['p50']:.1f} / {timing['p90']:.1f}"
+
+
+def markdown_table(report):
+    """The per-format table, with the Keras model as the first (reference) row."""
+    keras_row = report["keras"]
+    lines = [
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in _COLUMNS) + "|",
+        f"| keras (reference) | {keras_row['size_bytes'] / 1e6:.1f} | {keras_row['accuracy']:.2%} | "
+        f"{keras_row['macro_precision']:.2%} | {keras_row['macro_recall']:.2%} | – | – | – | – | – | float32 → float32 |",
+    ]
+    for fmt, result in report["formats"].items():
+        lines.append(
+            f"| {fmt} | {result['size_bytes'] / 1e6:.1f} | {result['accuracy']:.2%} | {result['macro_precision']:.2%} | "
+            f"{result['macro_recall']:.2%} | {result['agreement_with_keras']:.2%} | {result['mean_abs_prob_diff']:.2e} | "
+            f"{result['max_abs_prob_diff']:.2e} | {_latency(result, 1)} | {_latency(result, 2)} | "
+            f"{result['input']['dtype']} → {result['output']['dtype']} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(report):
+    gate = report["gate"]
+    return (
+        f"# Export report\n\n"
+        f"- run: `{report['run']}` (model.keras sha256 `{report['source_model_sha256'][:12]}…`)\n"
+        f"- created: {report['created']}\n"
+        f"- measured on the {report['test_images']} test images of split.csv; int8 calibrated on "
+        f"{report['calibration_images']} training images\n"
+        f"- gate: float32 agrees with Keras on {gate['float32_agreement_with_keras']:.2%} of test images "
+        f"(needs ≥ {gate['float32_min_agreement_with_keras']:.1%}): {'passed' if gate['passed'] else 'FAILED'}\n"
+        f"- latency: one image, batch 1, LiteRT interpreter (XNNPACK) on this machine; p50 / p90 over "
+        f"{report['latency_runs']} invocations\n\n"
+        f"{markdown_table(report)}\n"
+    )

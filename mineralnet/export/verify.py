@@ -1,0 +1,109 @@
+"""Run a .tflite file with the LiteRT interpreter the device uses and measure it against the Keras model:
+accuracy, agreement, probability error, size and latency."""
+
+import time
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+LATENCY_THREADS = (1, 2)
+LATENCY_RUNS = 50  # timed invocations per thread count, after LATENCY_WARMUP untimed ones
+LATENCY_WARMUP = 5
+
+
+def make_interpreter(model_bytes, threads):
+    interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tensor_contract(detail):
+    """Shape, dtype, scale and zero point of an interpreter tensor; scale 0.0 means not quantised."""
+    scale, zero_point = detail["quantization"]
+    return {
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def _as_input(image, detail):
+    """One uint8 (S, S, 3) image as the model's input tensor, quantised if the input is an integer type."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return image[None].astype(dtype)
+    scale, zero_point = detail["quantization"]
+    values = image.astype(np.float32) / scale + zero_point if scale else image.astype(np.float32)
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(values), limits.min, limits.max).astype(dtype)[None]
+
+
+def _as_probabilities(output, detail):
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or not scale:
+        return output.astype(np.float64)
+    return (output.astype(np.float64) - zero_point) * scale
+
+
+def predict(interpreter, images):
+    """(N, num_classes) probabilities for (N, S, S, 3) uint8 images, one invocation per image (batch is 1)."""
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    rows = []
+    for image in images:
+        interpreter.set_tensor(input_detail["index"], _as_input(image, input_detail))
+        interpreter.invoke()
+        rows.append(_as_probabilities(interpreter.get_tensor(output_detail["index"])[0], output_detail))
+    return np.stack(rows)
+
+
+def latency_ms(interpreter, image, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP):
+    """p50 and p90 wall time in ms of `runs` invocations on one image (warm-up excluded: the first calls
+    pack weights and fault pages in)."""
+    input_detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(input_detail["index"], _as_input(image, input_detail))
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+def classification_metrics(y_true, y_pred):
+    """Accuracy and macro precision/recall over the classes present in either array (a class never predicted
+    has precision 0, as scikit-learn's zero_division=0)."""
+    classes = np.union1d(y_true, y_pred)
+    precision, recall = [], []
+    for cls in classes:
+        hits = np.sum((y_pred == cls) & (y_true == cls))
+        predicted, actual = np.sum(y_pred == cls), np.sum(y_true == cls)
+        precision.append(hits / predicted if predicted else 0.0)
+        recall.append(hits / actual if actual else 0.0)
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+    }
+
+
+def verify(model_bytes, images, y_true, reference):
+    """Everything the report says about one model: metrics on `images` against labels `y_true`, agreement and
+    probability error against the Keras `reference` probabilities, the tensor contract and the latency."""
+    interpreters = {threads: make_interpreter(model_bytes, threads) for threads in LATENCY_THREADS}
+    evaluator = interpreters[max(LATENCY_THREADS)]
+    probabilities = predict(evaluator, images)
+    difference = np.abs(probabilities - reference)
+    return {
+        "size_bytes": len(model_bytes),
+        **classification_metrics(y_true, probabilities.argmax(1)),
+        "agreement_with_keras": float(np.mean(probabilities.argmax(1) == reference.argmax(1))),
+        "mean_abs_prob_diff": float(difference.mean()),
+        "max_abs_prob_diff": float(difference.max()),
+        "latency_ms": {str(threads): latency_ms(interp, images[0]) for threads, interp in interpreters.items()},
+        "input": tensor_contract(evaluator.get_input_details()[0]),
+        "output": tensor_contract(evaluator.get_output_details()[0]),
+    }

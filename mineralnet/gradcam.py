@@ -1,0 +1,110 @@
+"""Grad-CAM (Selvaraju et al., 2017) on the last stage's output, the paper's fig. 6:
+`python -m mineralnet.gradcam --run RUN --images FILES... --out DIR`.
+
+Works for every registry model: the feature map explained is the input of the model's global pooling (or
+flatten) layer, i.e. the last stage's output after its residual add and attention.
+"""
+
+import argparse
+import os
+import sys
+
+import keras
+import numpy as np
+
+from mineralnet import rundir
+from mineralnet.data import load_image
+
+POOLING_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+
+
+def feature_map_tensor(model):
+    """The last 4-D feature map of `model`: the input of its last pooling/flatten layer."""
+    pooling = [layer for layer in model.layers if isinstance(layer, POOLING_TYPES)]
+    if not pooling:
+        raise ValueError(f"model '{model.name}' has no global pooling or flatten layer to take Grad-CAM's map from.")
+    return pooling[-1].input
+
+
+def gradcam_heatmaps(model, images, class_indices=None):
+    """Heatmaps in [0, 1] at feature-map resolution, and the probabilities, for a batch of raw RGB images.
+
+    class_indices: the class to explain per image; default the predicted one.
+    """
+    import tensorflow as tf
+
+    explainer = keras.Model(model.inputs, [feature_map_tensor(model), model.outputs[0]])
+
+    @tf.function  # one trace for the whole batch instead of eager op-by-op (and retracing) calls
+    def forward_backward(batch, chosen):
+        with tf.GradientTape() as tape:
+            features, probabilities = explainer(batch, training=False)
+            chosen = tf.where(chosen < 0, tf.argmax(probabilities, axis=1, output_type=tf.int32), chosen)
+            score = tf.reduce_sum(tf.gather(probabilities, chosen, axis=1, batch_dims=1))
+        return features, probabilities, tape.gradient(score, features)
+
+    images = tf.convert_to_tensor(np.asarray(images, dtype="float32"))
+    chosen = np.full(len(images), -1) if class_indices is None else np.asarray(class_indices)
+    features, probabilities, gradients = forward_backward(images, tf.constant(chosen, tf.int32))
+    weights = tf.reduce_mean(tf.cast(gradients, tf.float32), axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1)).numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0), probabilities.numpy()
+
+
+def overlay(image, heatmap, alpha=0.45):
+    """The heatmap, resized to the image, blended over it with the jet colour map; uint8 RGB."""
+    import matplotlib
+
+    from PIL import Image
+
+    size = image.shape[1], image.shape[0]
+    resized = np.asarray(Image.fromarray(np.uint8(heatmap * 255)).resize(size, Image.BILINEAR)) / 255.0
+    colours = matplotlib.colormaps["jet"](resized)[..., :3] * 255
+    return np.uint8(np.clip((1 - alpha) * image + alpha * colours, 0, 255))
+
+
+def gradcam_run(run_path, images, out_dir, model_path=None):
+    """Write `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image; returns the paths."""
+    from mineralnet.plots import plt, save_figure
+
+    run = rundir.Run(run_path)
+    model = run.load_model(model_path)
+    missing = [path for path in images if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"image file '{missing[0]}' does not exist: pass existing files to --images.")
+    pixels = np.stack([load_image(path, run.image_size) for path in images])
+    heatmaps, probabilities = gradcam_heatmaps(model, pixels)
+    written = []
+    for path, image, heatmap, probs in zip(images, pixels, heatmaps, probabilities):
+        figure, axes = plt.subplots(1, 2, figsize=(6, 3.3))
+        axes[0].imshow(image)
+        axes[1].imshow(overlay(image, heatmap))
+        for axis in axes:
+            axis.axis("off")
+        best = int(np.argmax(probs))
+        figure.suptitle(f"{os.path.basename(path)}: {run.labels[best]} ({probs[best]:.0%})", fontsize=9)
+        target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + "_gradcam.png")
+        save_figure(figure, target)
+        written.append(target)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Grad-CAM overlays of a run's model on image files.")
+    parser.add_argument("--run", required=True, help="run directory made by train.py")
+    parser.add_argument("--images", nargs="+", required=True, help="image files to explain")
+    parser.add_argument("--out", required=True, help="folder for the overlay PNGs")
+    parser.add_argument("--model", help="model file instead of RUN/model.keras")
+    args = parser.parse_args(argv)
+    try:
+        for path in gradcam_run(args.run, args.images, args.out, args.model):
+            print(path)
+    except (rundir.RunError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

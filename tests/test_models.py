@@ -1,0 +1,114 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import mineralnet
+from mineralnet.layers import ECA
+from mineralnet.models import build_model, list_models
+from mineralnet.models.convnext import convnext_tiny_backbone
+
+from conftest import run_python
+
+
+def test_registry_lists_and_rejects():
+    assert {"eca_convnext_tiny", "convnext_tiny", "simple_cnn"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model("nope", 3)
+
+
+def test_parameter_counts_at_26_classes():
+    assert build_model("eca_convnext_tiny", 26).count_params() == 27_840_140
+    assert build_model("convnext_tiny", 26).count_params() == 27_840_122
+
+
+def test_eca_layers_consume_the_stage_outputs():
+    model = build_model("eca_convnext_tiny", 5, (64, 64, 3))
+    ecas = [layer for layer in model.layers if isinstance(layer, ECA)]
+    assert [layer.name for layer in ecas] == [f"eca_stage_{i}" for i in range(4)]
+    assert [int(layer.kernel.shape[0]) for layer in ecas] == [3, 5, 5, 5]
+    last_blocks = {0: 2, 1: 2, 2: 8, 3: 2}  # ConvNeXt-T depths 3, 3, 9, 3
+    consumers = ["convnext_tiny_downsampling_block_0", "convnext_tiny_downsampling_block_1",
+                 "convnext_tiny_downsampling_block_2", "global_average_pooling2d"]
+    for stage, layer in enumerate(ecas):
+        (node,) = layer._inbound_nodes
+        producer = node.input_tensors[0]._keras_history.operation
+        # The stage output is the residual *add*, whose inputs are the block input and the `_identity` branch.
+        assert type(producer).__name__ == "Add", producer
+        add_inputs = [t._keras_history.operation.name for t in producer._inbound_nodes[0].input_tensors]
+        assert f"convnext_tiny_stage_{stage}_block_{last_blocks[stage]}_identity" in add_inputs
+        (consumer,) = [n.operation.name for n in layer._outbound_nodes]
+        assert consumer.startswith(consumers[stage])
+
+
+def test_model_takes_raw_pixels_and_outputs_probabilities():
+    model = build_model("eca_convnext_tiny", 4, (32, 32, 3))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.shape == (2, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert model.get_layer("convnext_tiny_prestem_normalization") is not None  # ImageNet mean/std inside
+
+
+def test_saved_model_loads_in_fresh_process_importing_only_mineralnet(tmp_path):
+    model = build_model("eca_convnext_tiny", 3, (32, 32, 3), dropout=0.2)
+    pixels = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", pixels)
+    np.save(tmp_path / "y.npy", model.predict(pixels, verbose=0))
+    model.save(tmp_path / "m.keras")
+    script = (
+        "import sys, numpy as np, keras, mineralnet\n"
+        f"m = keras.models.load_model(r'{tmp_path / 'm.keras'}')\n"
+        f"p = m.predict(np.load(r'{tmp_path / 'x.npy'}'), verbose=0)\n"
+        f"print(float(np.abs(p - np.load(r'{tmp_path / 'y.npy'}')).max()))\n"
+    )
+    done = run_python(["-c", script])
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-6
+
+
+def test_backbone_weights_file_is_loaded_exactly_and_head_stays_fresh(tmp_path):
+    backbone = convnext_tiny_backbone((32, 32, 3))
+    for variable in backbone.weights:  # make the file's values unmistakable
+        variable.assign(variable + 0.5)
+    path = str(tmp_path / "backbone.weights.h5")
+    backbone.save_weights(path)
+    expected = [keras.ops.convert_to_numpy(v) for v in backbone.weights]
+
+    keras.utils.set_random_seed(7)
+    loaded = build_model("eca_convnext_tiny", 3, (32, 32, 3), weights=path)
+    keras.utils.set_random_seed(7)
+    fresh = build_model("eca_convnext_tiny", 3, (32, 32, 3), weights=None)
+
+    loaded_backbone = [v for v in loaded.weights if not v.path.startswith(("eca_stage_", "predictions"))]
+    assert len(loaded_backbone) == len(expected)
+    for variable, value in zip(loaded_backbone, expected):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value, err_msg=variable.path)
+    for layer_name in ("eca_stage_0", "eca_stage_3", "predictions"):
+        for mine, reference in zip(loaded.get_layer(layer_name).weights, fresh.get_layer(layer_name).weights):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(reference))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model("eca_convnext_tiny", 3, (32, 32, 3), weights=str(tmp_path / "missing.weights.h5"))
+
+
+def test_same_model_runs_under_jax_backend(tmp_path):
+    pytest.importorskip("jax")
+    model = build_model("eca_convnext_tiny", 3, (32, 32, 3))
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", pixels)
+    np.save(tmp_path / "y.npy", model.predict(pixels, verbose=0))
+    model.save(tmp_path / "m.keras")
+    script = (
+        "import json, numpy as np, keras, mineralnet\n"
+        "built = mineralnet.build_model('eca_convnext_tiny', 3, (32, 32, 3))\n"
+        f"m = keras.models.load_model(r'{tmp_path / 'm.keras'}')\n"
+        f"p = np.asarray(m.predict(np.load(r'{tmp_path / 'x.npy'}'), verbose=0))\n"
+        f"print(json.dumps([keras.backend.backend(), built.count_params(), "
+        f"float(np.abs(p - np.load(r'{tmp_path / 'y.npy'}')).max())]))\n"
+    )
+    done = run_python(["-c", script], env={"KERAS_BACKEND": "jax"})
+    backend, params, difference = json.loads(done.stdout.strip().splitlines()[-1])
+    assert backend == "jax"
+    assert params == model.count_params()
+    assert difference < 1e-4
