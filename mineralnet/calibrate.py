@@ -96,7 +96,8 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None):
     config = read_json(os.path.join(run_dir, "config.json"))
     rows = [r for r in read_split(os.path.join(run_dir, "split.csv"), config["data"]) if r["subset"] == "val"]
     if not rows:
-        raise CalibrationError(f"split '{os.path.join(run_dir, 'split.csv')}' has no val rows: re-split with a val share.")
+        split = os.path.join(run_dir, "split.csv")
+        raise CalibrationError(f"split '{split}' has no val rows: re-split with a val share.")
     probabilities = tflite_probabilities(model_path, sidecar, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     scores = 1.0 - probabilities[np.arange(len(rows)), truth]

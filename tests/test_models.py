@@ -10,7 +10,7 @@ from mineralnet.layers import ECA
 from mineralnet.models import build_model, list_models
 from mineralnet.models.convnext import convnext_tiny_backbone
 
-from conftest import run_python
+from helpers import run_python
 
 
 def test_registry_lists_and_rejects():

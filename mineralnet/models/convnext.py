@@ -65,7 +65,12 @@ def build_convnext(num_classes, input_shape, weights=None, eca=True, dropout=0.0
     )
     outputs = classifier_head(features_model.output, num_classes, dropout)
     model_name = name or ("eca_convnext_tiny" if eca else "convnext_tiny")
-    return keras.Model(features_model.input, outputs, name=model_name)
+    shared = keras.Model(features_model.input, outputs, name=model_name)
+    # The layers above still belong to the backbone's graph too (two inbound nodes each, so `layer.input` would
+    # point into the backbone). A clone owns its layers outright; copy the (pretrained) weights across.
+    model = keras.models.clone_model(shared)
+    model.set_weights(shared.get_weights())
+    return model
 
 
 @register("eca_convnext_tiny")

@@ -114,6 +114,8 @@ def train(config, resume=False):
     start = state["epoch"] if state else 0
     total, frozen = int(config["epochs"]), int(config["freeze_epochs"])
     strategy = make_strategy(config["strategy"])
+    print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; {len(train_files)} training, "
+          f"{len(val_files)} validation images of {num_classes} classes")
     with strategy.scope():
         if state:
             model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))

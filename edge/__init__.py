@@ -1,0 +1,5 @@
+"""mineralnet edge runner: camera -> TFLite -> sorting decision -> actuator, on the device, without TensorFlow.
+
+Standalone on purpose: nothing here imports mineralnet, tensorflow or keras, so the folder can be copied to a
+Raspberry Pi or Jetson that only has numpy, Pillow and a TFLite interpreter. Entry point: edge/runner.py.
+"""

@@ -1,0 +1,292 @@
+"""The runner's TOML configuration, checked in full before anything starts.
+
+Every problem is reported as one line naming the file, the key and the fix (a valid example line), because the
+person reading it is standing next to a conveyor, not at a debugger. Unknown keys are errors too: a misspelt
+`valve_lead_ms` silently falling back to its default would mistime every ejection.
+"""
+
+import math
+import re
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+
+BIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # bin names travel in serial lines: no spaces or quotes
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the file, the key and the fix."""
+
+
+class _Invalid(ValueError):
+    """Raised by a check with what the value must be; turned into a ConfigError naming the key."""
+
+
+def _number(low=None, above=None, high=None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Invalid("must be a number")
+        if low is not None and value < low:
+            raise _Invalid(f"must be >= {low}")
+        if above is not None and value <= above:
+            raise _Invalid(f"must be > {above}")
+        if high is not None and value > high:
+            raise _Invalid(f"must be <= {high}")
+        return float(value)
+
+    return check
+
+
+def _integer(low, high=None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("must be a whole number")
+        if value < low or (high is not None and value > high):
+            raise _Invalid(f"must be between {low} and {high}" if high is not None else f"must be >= {low}")
+        return value
+
+    return check
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise _Invalid("must be a quoted string")
+    return value
+
+
+def _bin(value):
+    if not isinstance(value, str) or not BIN_NAME.match(value):
+        raise _Invalid("must be a bin name of letters, digits, '_', '-' or '.'")
+    return value
+
+
+def _choice(*options):
+    def check(value):
+        if value not in options:
+            raise _Invalid(f"must be one of {', '.join(repr(o) for o in options)}")
+        return value
+
+    return check
+
+
+def _roi(value):
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+        or min(value[:2]) < 0
+        or min(value[2:]) < 1
+    ):
+        raise _Invalid("must be [x, y, width, height] in whole pixels of the camera frame (x, y >= 0, size >= 1)")
+    return tuple(value)
+
+
+def _class_bins(value):
+    if not isinstance(value, dict):
+        raise _Invalid("must be a table of class = \"bin\" lines")
+    for label, bin_name in value.items():
+        if not isinstance(bin_name, str) or not BIN_NAME.match(bin_name):
+            raise _Invalid(f"maps class '{label}' to {bin_name!r}, not a bin name of letters, digits, '_', '-' or '.'")
+    return dict(value)
+
+
+def _pins(value):
+    if not isinstance(value, dict) or any(isinstance(p, bool) or not isinstance(p, (int, str)) for p in value.values()):
+        raise _Invalid("must be a table of bin = GPIO pin lines (BCM number or gpiozero pin name)")
+    return dict(value)
+
+
+def _key(example, check, default=MISSING):
+    """A config key: `example` is the valid TOML line shown in error messages, `check` validates and converts."""
+    meta = {"example": example, "check": check}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    confidence_threshold: float = _key("confidence_threshold = 0.8", _number(above=0.0, high=1.0), 0.8)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    loop: bool = _key("loop = false", _boolean, False)
+    fps: float = _key("fps = 0  # 0 = as fast as frames come", _number(low=0.0), 0.0)
+    queue_size: int = _key("queue_size = 4", _integer(1), 4)
+    roi: tuple = _key("roi = [0, 0, 640, 480]  # x, y, width, height", _roi, None)
+    retry_initial_s: float = _key("retry_initial_s = 0.5", _number(above=0.0), 0.5)
+    retry_max_s: float = _key("retry_max_s = 30", _number(above=0.0), 30.0)
+    stall_timeout_s: float = _key("stall_timeout_s = 10", _number(above=0.0), 10.0)
+
+
+@dataclass(frozen=True)
+class BinsConfig:
+    default: str = _key('default = "mixed"', _bin)
+    recheck: str = _key('recheck = "recheck"', _bin)
+    classes: dict = _key('classes = { quartz = "light", galena = "heavy" }', _class_bins, {})
+
+
+@dataclass(frozen=True)
+class BeltConfig:
+    speed_mm_s: float = _key("speed_mm_s = 500", _number(above=0.0))
+    camera_to_ejector_mm: float = _key("camera_to_ejector_mm = 600", _number(above=0.0))
+    valve_lead_ms: float = _key("valve_lead_ms = 20", _number(low=0.0), 0.0)
+
+
+@dataclass(frozen=True)
+class ActuatorConfig:
+    type: str = _key('type = "jsonl"', _choice("jsonl", "serial", "gpio"), "jsonl")
+    path: str = _key('path = "-"  # jsonl: a file, or "-" for stdout', _text, "-")
+    port: str = _key('port = "/dev/ttyUSB0"', _text, "")
+    baudrate: int = _key("baudrate = 115200", _integer(1), 115200)
+    pins: dict = _key("pins = { light = 17, heavy = 27 }", _pins, {})
+    pulse_ms: float = _key("pulse_ms = 30", _number(above=0.0), 30.0)
+    retry_initial_s: float = _key("retry_initial_s = 0.5", _number(above=0.0), 0.5)
+    retry_max_s: float = _key("retry_max_s = 30", _number(above=0.0), 30.0)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    dir: str = _key('dir = "review"  # empty = no review queue', _text, "")
+    max_items: int = _key("max_items = 1000", _integer(1), 1000)
+    max_mb: float = _key("max_mb = 500", _number(above=0.0), 500.0)
+    jpeg_quality: int = _key("jpeg_quality = 90", _integer(1, 95), 90)
+
+
+@dataclass(frozen=True)
+class AlarmConfig:
+    window: int = _key("window = 200", _integer(1), 200)
+    max_recheck_share: float = _key("max_recheck_share = 0.3", _number(above=0.0, high=1.0), 0.3)
+
+
+@dataclass(frozen=True)
+class RecordsConfig:
+    summary: str = _key('summary = "summary.json"', _text, "summary.json")
+    stats_interval_s: float = _key("stats_interval_s = 60", _number(above=0.0), 60.0)
+
+
+_SECTIONS = {
+    "decision": DecisionConfig, "source": SourceConfig, "bins": BinsConfig, "belt": BeltConfig,
+    "actuator": ActuatorConfig, "review": ReviewConfig, "alarm": AlarmConfig, "records": RecordsConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    decision: DecisionConfig
+    source: SourceConfig
+    bins: BinsConfig
+    belt: BeltConfig
+    actuator: ActuatorConfig
+    review: ReviewConfig
+    alarm: AlarmConfig
+    records: RecordsConfig
+
+    def error(self, key, problem):
+        return _error(self.path, key, problem)
+
+    def check_labels(self, labels):
+        """The class -> bin table may only name classes the model knows; a typo would send that class to default."""
+        for label in self.bins.classes:
+            if label not in labels:
+                raise self.error(
+                    f"bins.classes.{label}", f"names no class of the model (its classes: {', '.join(labels)})"
+                )
+
+    def bin_names(self):
+        return {self.bins.default, self.bins.recheck, *self.bins.classes.values()}
+
+
+def _error(path, key, problem):
+    section, _, name = key.partition(".")
+    cls = _SECTIONS.get(section)
+    spec = {f.name: f for f in fields(cls)}.get(name.split(".")[0]) if cls else None
+    fix = f"set it like `{spec.metadata['example']}` under [{section}]" if spec else "fix or remove it"
+    return ConfigError(f"config '{path}': key '{key}' {problem}: {fix}.")
+
+
+def _section(path, name, cls, raw):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config '{path}': '{name}' must be a table: write it as a [{name}] section.")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"config '{path}': unknown key '{name}.{key}': check the spelling (known keys of [{name}]: "
+                f"{', '.join(known)})."
+            )
+    values = {}
+    for key, spec in known.items():
+        if key not in raw:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                raise _error(path, f"{name}.{key}", "is missing")
+            continue
+        try:
+            values[key] = spec.metadata["check"](raw[key])
+        except _Invalid as problem:
+            raise _error(path, f"{name}.{key}", f"{problem}, got {raw[key]!r}") from None
+    return cls(**values)
+
+
+def parse_config(text, path="<config>"):
+    """A Config from TOML text; raises ConfigError (one line) on any problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config '{path}' is not valid TOML ({error}): fix the syntax on that line.") from None
+    for name in raw:
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"config '{path}': unknown section [{name}]: check the spelling (sections: {', '.join(_SECTIONS)})."
+            )
+    sections = {name: _section(path, name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    config = Config(path=path, **sections)
+    _check_together(config)
+    return config
+
+
+def load_config(path):
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"config '{path}' cannot be read ({error.strerror}): pass --config with the path of a TOML file "
+            "(start from edge/example_config.toml)."
+        ) from None
+    return parse_config(text, path)
+
+
+def _check_together(config):
+    """Rules that involve several keys."""
+    belt = config.belt
+    travel_ms = belt.camera_to_ejector_mm / belt.speed_mm_s * 1000.0
+    if belt.valve_lead_ms >= travel_ms:
+        raise config.error(
+            "belt.valve_lead_ms",
+            f"is {belt.valve_lead_ms:g} ms but an item needs only {travel_ms:g} ms from camera to ejector, so no "
+            "command could ever be on time; lower it or check speed_mm_s and camera_to_ejector_mm",
+        )
+    for section in (config.source, config.actuator):
+        if section.retry_max_s < section.retry_initial_s:
+            name = "source" if section is config.source else "actuator"
+            raise config.error(f"{name}.retry_max_s", f"is below {name}.retry_initial_s ({section.retry_initial_s:g})")
+    actuator = config.actuator
+    if actuator.type == "serial" and not actuator.port:
+        raise config.error("actuator.port", "is missing (type is \"serial\")")
+    if actuator.type == "gpio":
+        if not actuator.pins:
+            raise config.error("actuator.pins", "is missing (type is \"gpio\": one pin per ejected bin)")
+        for bin_name in actuator.pins:
+            if bin_name not in config.bin_names():
+                raise config.error(
+                    f"actuator.pins.{bin_name}",
+                    f"names no bin of [bins] (bins: {', '.join(sorted(config.bin_names()))})",
+                )

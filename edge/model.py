@@ -1,0 +1,178 @@
+"""The exported .tflite model and its sidecar JSON, checked against each other before the runner starts.
+
+The sidecar is the only place the labels, the input quantisation and the calibrated reject threshold live, so a
+sidecar from another export would sort every item into the wrong bin without any error. The runner therefore
+refuses to start unless the model's sha256, output size and input tensor agree with the sidecar.
+"""
+
+import hashlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from edge.preprocess import dequantize
+
+_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
+
+
+class ModelError(ValueError):
+    """The model or its sidecar cannot be used; the message is one line naming the file and the fix."""
+
+
+def interpreter_class():
+    """LiteRT's interpreter, or tflite_runtime's on devices that only have that wheel."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ModelError(
+                "no TFLite interpreter is installed: pip install ai-edge-litert (or tflite-runtime where no "
+                "ai-edge-litert wheel exists for the device)."
+            ) from None
+    return Interpreter
+
+
+def default_sidecar_path(model_path):
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(path):
+    """The sidecar dict, with the keys the runner relies on checked for presence and type."""
+    try:
+        with open(path) as handle:
+            sidecar = json.load(handle)
+    except FileNotFoundError:
+        raise ModelError(
+            f"sidecar '{path}' not found: export the model with its sidecar (python -m mineralnet.export) or pass "
+            "--sidecar."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ModelError(f"sidecar '{path}' is not readable JSON ({error}): re-export the model.") from None
+    problem = _sidecar_problem(sidecar)
+    if problem:
+        raise ModelError(f"sidecar '{path}' {problem}: re-export the model to get a valid sidecar.")
+    return sidecar
+
+
+def _sidecar_problem(sidecar):
+    if not isinstance(sidecar, dict):
+        return "is not a JSON object"
+    for key in ("labels", "input", "output", "sha256"):
+        if key not in sidecar:
+            return f"has no '{key}'"
+    labels = sidecar["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) and label for label in labels):
+        return "has 'labels' that are not a list of class names"
+    if len(set(labels)) != len(labels):
+        return "lists a label twice"
+    for key in ("input", "output"):
+        tensor = sidecar[key]
+        if (
+            not isinstance(tensor, dict)
+            or tensor.get("dtype") not in _DTYPES
+            or not isinstance(tensor.get("shape"), list)
+        ):
+            return f"has an '{key}' without a shape and a dtype of {', '.join(_DTYPES)}"
+        if not isinstance(tensor.get("scale", 0.0), (int, float)) or not isinstance(tensor.get("zero_point", 0), int):
+            return f"has an '{key}' whose scale or zero_point is not a number"
+        if tensor["dtype"] != "float32" and not tensor.get("scale", 0.0) > 0:
+            return f"has a quantised '{key}' ({tensor['dtype']}) without a scale > 0"
+    shape = sidecar["input"]["shape"]
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+        return f"has input shape {shape}, not [1, S, S, 3]"
+    preprocessing = sidecar.get("preprocessing", {})
+    expected = {"pixels": "raw RGB 0-255", "color": "RGB", "input_size": shape[1], "resize_method": "pillow-bilinear"}
+    for key, value in expected.items():
+        if key in preprocessing and preprocessing[key] != value:
+            # A different contract would need a different edge/preprocess.py: refuse rather than mis-sort.
+            return f"asks for preprocessing {key}={preprocessing[key]!r}, but this runner does {value!r}"
+    reject = sidecar.get("reject")
+    if reject is not None:
+        if not isinstance(reject, dict) or reject.get("method") != "split_conformal":
+            return "has a 'reject' whose method is not 'split_conformal'"
+        qhat = reject.get("qhat")
+        if not isinstance(qhat, (int, float)) or not math.isfinite(qhat) or not 0.0 <= qhat <= 1.0:
+            return "has a 'reject' whose qhat is not a number between 0 and 1"
+    return None
+
+
+class Model:
+    """A TFLite classifier: `classify(pixels)` gives class probabilities, in the sidecar's label order."""
+
+    def __init__(self, model_path, sidecar_path=None, threads=None):
+        self.path = model_path
+        self.sidecar_path = sidecar_path or default_sidecar_path(model_path)
+        if not os.path.isfile(model_path):
+            raise ModelError(f"model '{model_path}' not found: pass --model with an exported .tflite file.")
+        sidecar = read_sidecar(self.sidecar_path)
+        self.sha256 = file_sha256(model_path)
+        if self.sha256 != sidecar["sha256"]:
+            raise ModelError(
+                f"model '{model_path}' has sha256 {self.sha256[:12]}... but sidecar '{self.sidecar_path}' was written "
+                f"for {str(sidecar['sha256'])[:12]}...: pass the --sidecar exported with this model, or re-export."
+            )
+        self.labels = sidecar["labels"]
+        self.reject = sidecar.get("reject")
+        try:
+            self._interpreter = interpreter_class()(model_path=model_path, num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as error:
+            raise ModelError(f"model '{model_path}' cannot be loaded by the TFLite interpreter ({error}).") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._check_tensor("input", self._input, sidecar["input"])
+        self._check_tensor("output", self._output, sidecar["output"])
+        if int(self._output["shape"][-1]) != len(self.labels):
+            raise ModelError(
+                f"model '{model_path}' outputs {int(self._output['shape'][-1])} classes but sidecar "
+                f"'{self.sidecar_path}' lists {len(self.labels)} labels: pass the --sidecar exported with this model."
+            )
+        self.input_size = int(self._input["shape"][1])
+        self.input_dtype = self._input["dtype"]
+        self.input_scale = float(sidecar["input"].get("scale", 0.0))
+        self.input_zero_point = int(sidecar["input"].get("zero_point", 0))
+        self._output_scale = float(sidecar["output"].get("scale", 0.0))
+        self._output_zero_point = int(sidecar["output"].get("zero_point", 0))
+        self.last_invoke_s = 0.0
+
+    def _check_tensor(self, name, actual, promised):
+        shape = [int(d) for d in actual["shape"]]
+        problems = []
+        if shape != list(promised["shape"]):
+            problems.append(f"shape {shape} (sidecar: {promised['shape']})")
+        if np.dtype(actual["dtype"]) != np.dtype(_DTYPES[promised["dtype"]]):
+            problems.append(f"dtype {np.dtype(actual['dtype']).name} (sidecar: {promised['dtype']})")
+        scale, zero_point = actual["quantization"]
+        if promised["dtype"] != "float32" and (
+            not math.isclose(scale, promised["scale"], rel_tol=1e-6) or zero_point != promised["zero_point"]
+        ):
+            problems.append(
+                f"quantisation {scale:g}/{zero_point} (sidecar: {promised['scale']:g}/{promised['zero_point']})"
+            )
+        if problems:
+            raise ModelError(
+                f"model '{self.path}' {name} has {', '.join(problems)}: sidecar '{self.sidecar_path}' belongs to "
+                "another export; pass the matching --sidecar or re-export."
+            )
+
+    def classify(self, tensor):
+        """Class probabilities (float32, one per label) for one prepared input tensor."""
+        self._interpreter.set_tensor(self._input["index"], tensor)
+        start = time.perf_counter()
+        self._interpreter.invoke()
+        self.last_invoke_s = time.perf_counter() - start
+        values = self._interpreter.get_tensor(self._output["index"])[0]
+        return dequantize(values, self._output_scale, self._output_zero_point)

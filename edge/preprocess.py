@@ -1,0 +1,104 @@
+"""The model input for one picture, made exactly as training's evaluation path makes it.
+
+Contract (mineralnet/data/images.py, re-implemented here because the device has no mineralnet): decode with
+Pillow, first frame, convert to 8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit), resize the whole
+picture to size x size with Pillow's BILINEAR filter (aspect ratio not kept), raw 0-255 values; the model
+normalises internally. Edge-only steps: OpenCV's BGR frames become RGB first, the region of interest is cropped
+before the resize, and int8 models get their input quantised with the sidecar's scale and zero point.
+Change both files together: tests/edge/test_edge_preprocess.py checks they agree byte for byte.
+"""
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the extensions training reads
+
+# A truncated file must be skipped and counted, never decoded to a half-grey picture and sorted.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def to_rgb(image):
+    """Any Pillow image (RGBA, LA, P, L, I;16, I, F, CMYK...) as 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_rgb(path):
+    """Decode the first frame of an image file fully (raises on truncated or non-image files) as RGB."""
+    with Image.open(path) as image:
+        image.seek(0)
+        image.load()
+        return to_rgb(image)
+
+
+def from_bgr(frame):
+    """An OpenCV frame (BGR, BGRA or grey uint8 array) as a Pillow RGB image, ready for the same resize."""
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return Image.fromarray(np.ascontiguousarray(frame[..., ::-1]))
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        rgba = np.ascontiguousarray(frame[..., [2, 1, 0, 3]])
+        return to_rgb(Image.fromarray(rgba))
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return to_rgb(Image.fromarray(frame.reshape(frame.shape[:2])))
+    raise ValueError(f"camera frame of shape {frame.shape} is not a grey, BGR or BGRA picture")
+
+
+def crop_roi(image, roi):
+    """The region of interest (x, y, width, height) of a frame; None means the whole frame."""
+    if roi is None:
+        return image
+    x, y, width, height = roi
+    if x + width > image.width or y + height > image.height:
+        raise ValueError(
+            f"region of interest {list(roi)} reaches outside the {image.width}x{image.height} frame "
+            "(fix source.roi in the config)"
+        )
+    return image.crop((x, y, x + width, y + height))
+
+
+def resize_rgb(image, size):
+    """Resize a Pillow RGB image to a (size, size, 3) uint8 array, the contract's way."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def quantize(pixels, dtype, scale, zero_point):
+    """The (1, S, S, 3) input tensor of `dtype` for (S, S, 3) uint8 pixels.
+
+    float32 models take the raw values; uint8/int8 models take round(x / scale + zero_point), which is the
+    identity for a uint8 input quantised with scale 1 and zero point 0.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return pixels.astype(np.float32)[None]
+    if dtype == np.uint8 and scale == 1.0 and zero_point == 0:
+        return pixels[None]
+    info = np.iinfo(dtype)
+    values = np.round(pixels.astype(np.float32) / np.float32(scale) + zero_point)
+    return np.clip(values, info.min, info.max).astype(dtype)[None]
+
+
+def dequantize(values, scale, zero_point):
+    """Float probabilities from a model output; scale 0 means the output is not quantised."""
+    if scale == 0.0:
+        return values.astype(np.float32)
+    return (values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def prepare(image, roi, size, dtype, scale, zero_point):
+    """Crop, resize and quantise one Pillow RGB picture: the model input tensor."""
+    return quantize(resize_rgb(crop_roi(image, roi), size), dtype, scale, zero_point)

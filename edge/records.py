@@ -1,0 +1,162 @@
+"""What the runner tells the operator: one JSON line per event, periodic stats, the recheck alarm and summary.json.
+
+Events are JSON lines with a "type" (item, skipped, stats, alarm, source_error, actuator_error, ...) so that one
+stream can be tailed, grepped or shipped. Memory stays flat over weeks of running: latencies are kept in a
+bounded window and counters are plain integers.
+"""
+
+import datetime
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections import Counter, deque
+
+_STDOUT_LOCK = threading.Lock()  # events and the jsonl actuator may both write to stdout, from two threads
+
+
+def atomic_write_bytes(path, data, sync=True):
+    """Write `data` to `path` via a temporary file and os.replace: a kill mid-write leaves the old file or none.
+
+    `sync=False` skips the fsync, for the review queue: its writes sit in the sorting loop and would otherwise wait
+    on a slow SD card, and a review copy lost to a power cut costs nothing.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path, data):
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def iso_time(epoch_seconds):
+    return datetime.datetime.fromtimestamp(epoch_seconds, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LineWriter:
+    """Thread-safe JSON lines to a file (appended) or, for "-", stdout; each line flushed as written."""
+
+    def __init__(self, path):
+        self.path = path
+        if path == "-":
+            self._handle, self._lock = sys.stdout, _STDOUT_LOCK
+        else:
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._handle, self._lock = open(path, "a", buffering=1), threading.Lock()
+
+    def write(self, record):
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._handle.write(line)
+            self._handle.flush()
+
+    def close(self):
+        if self._handle is not sys.stdout:
+            self._handle.close()
+
+
+class EventSink:
+    """Timestamped events on a LineWriter.
+
+    Sorting matters more than its log: when the events cannot be written (disk full, reader of stdout gone) the
+    runner keeps sorting, says so once on stderr and counts the lost lines for summary.json.
+    """
+
+    def __init__(self, writer, clock):
+        self.writer = writer
+        self.clock = clock
+        self.lost = 0
+
+    def emit(self, kind, **fields):
+        try:
+            self.writer.write({"type": kind, "time": iso_time(self.clock.wall()), **fields})
+        except (OSError, ValueError) as error:  # ValueError: write to a closed stream
+            self.lost += 1
+            if self.lost == 1:
+                message = f"runner: events to '{self.writer.path}' are being lost ({error}); sorting goes on."
+                print(message, file=sys.stderr)
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100) in milliseconds of a sequence of seconds, or None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return round((ordered[low] + (ordered[high] - ordered[low]) * (rank - low)) * 1000.0, 3)
+
+
+class Tally:
+    """Counters for the summary and the latency windows for stats lines."""
+
+    def __init__(self, window=10000):
+        self.items = 0
+        self.per_class = Counter()
+        self.per_bin = Counter()
+        self.per_reason = Counter()
+        self.skipped = 0
+        self.latencies = deque(maxlen=window)  # total latency, seconds, for the summary
+        self._interval = []  # total latencies since the last stats line
+        self._interval_items = 0
+
+    def add(self, label, bin_name, reason, total_s):
+        self.items += 1
+        if label is not None:
+            self.per_class[label] += 1
+        self.per_bin[bin_name] += 1
+        self.per_reason[reason] += 1
+        self.latencies.append(total_s)
+        self._interval.append(total_s)
+        self._interval_items += 1
+
+    def stats(self, seconds):
+        """The stats-line fields for the last `seconds`, and a fresh interval."""
+        fields = {
+            "items_per_s": round(self._interval_items / seconds, 3) if seconds > 0 else None,
+            "latency_ms": {"p50": percentile(self._interval, 50), "p95": percentile(self._interval, 95)},
+            "items": self.items,
+            "per_class": dict(sorted(self.per_class.items())),
+        }
+        self._interval, self._interval_items = [], 0
+        return fields
+
+
+class RecheckAlarm:
+    """Trips when the recheck share of the last `window` items exceeds `limit` (drift, dirty lens, bad light).
+
+    It fires once when the share crosses the limit and re-arms when the share falls back to it or below, so a
+    lasting problem gives one alarm, not one per item.
+    """
+
+    def __init__(self, window, limit):
+        self.limit = limit
+        self._recent = deque(maxlen=window)
+        self._tripped = False
+
+    def update(self, is_recheck):
+        """Record one item; returns the share when the alarm trips, else None."""
+        self._recent.append(bool(is_recheck))
+        if len(self._recent) < self._recent.maxlen:
+            return None
+        share = sum(self._recent) / len(self._recent)
+        if share > self.limit and not self._tripped:
+            self._tripped = True
+            return share
+        if share <= self.limit:
+            self._tripped = False
+        return None

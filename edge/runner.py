@@ -1,0 +1,316 @@
+"""Sort items on a conveyor: camera -> TFLite model -> bin decision -> ejector, without TensorFlow.
+
+    python edge/runner.py --model model_int8.tflite --source camera:0 --config belt.toml [--events events.jsonl]
+                          [--sidecar model_int8.json] [--threads 4] [--benchmark 1000]
+
+Each frame is classified, given a bin (or the recheck bin when the model is unsure, the decision is late or the
+ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM.
+See edge/README.md.
+"""
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from edge.actuators import SupervisedActuator, make_actuator  # noqa: E402
+from edge.config import ConfigError, load_config  # noqa: E402
+from edge.decision import Decider  # noqa: E402
+from edge.model import Model, ModelError  # noqa: E402
+from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
+from edge.records import EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_json, iso_time, percentile  # noqa: E402
+from edge.review import ReviewQueue  # noqa: E402
+from edge.sources import Capture, SourceSpecError, parse_source  # noqa: E402
+from edge.timing import Clock, EjectTiming  # noqa: E402
+
+
+def _ms(seconds):
+    return round(seconds * 1000.0, 3)
+
+
+class Runner:
+    """The sorting loop. Every collaborator (model, actuator, event sink, clock, review queue) is passed in, so
+    tests run the real loop with a driven clock, a fake camera or a pseudo-terminal for a serial port."""
+
+    def __init__(self, config, model, actuator, events, clock, review=None):
+        self.config = config
+        self.model = model
+        self.actuator = actuator
+        self.events = events
+        self.clock = clock
+        self.review = review
+        self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
+        self.timing = EjectTiming.from_belt(config.belt)
+        self.tally = Tally()
+        self.alarm = RecheckAlarm(config.alarm.window, config.alarm.max_recheck_share)
+        self.alarms = 0
+        self.invoke_s = deque(maxlen=100_000)  # interpreter time alone, for --benchmark
+        self.busy = [None, None]  # first item start, last item finish: the span --benchmark divides by
+        self.started_wall = clock.wall()
+        self.started = clock.now()
+        self._stop_reason = None
+        self._sequence = 0
+
+    def stop(self, reason):
+        """Finish after the current item (signal-safe: only sets a flag)."""
+        self._stop_reason = reason
+
+    def _skip(self, frame, error):
+        self.tally.skipped += 1
+        self.events.emit("skipped", frame=frame.frame_id, error=error)
+
+    def process(self, frame):
+        """Classify one frame, decide its bin, command the ejector and record the item."""
+        if frame.image is None:
+            return self._skip(frame, frame.error)
+        start = self.clock.now()
+        try:
+            region = crop_roi(frame.image, self.config.source.roi)
+        except ValueError as error:
+            return self._skip(frame, str(error))
+        self._sequence += 1
+        recheck = self.config.bins.recheck
+        model = self.model
+        try:
+            tensor = quantize(
+                resize_rgb(region, model.input_size), model.input_dtype, model.input_scale, model.input_zero_point
+            )
+            prepared = self.clock.now()
+            probabilities = model.classify(tensor)
+            inferred = self.clock.now()
+        except Exception as error:  # an interpreter fault must not stop the belt: this item goes to recheck
+            self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
+            return self._record(frame, start, None, recheck, "error", {"capture": start - frame.capture_time})
+        self.invoke_s.append(model.last_invoke_s)
+        decision = self.decider.decide(probabilities)
+        due = self.timing.due(frame.capture_time)
+        bin_name, reason = decision.bin, decision.reason
+        if self.clock.now() > due:
+            bin_name, reason = recheck, "late"  # too late to fire: the item rides on to the recheck bin
+        elif not self.actuator.send(bin_name, due, frame.frame_id):
+            bin_name, reason = recheck, "error"
+        latency = {
+            "capture": start - frame.capture_time, "preprocess": prepared - start, "inference": inferred - prepared,
+        }
+        record = self._record(frame, start, decision, bin_name, reason, latency)
+        if decision.reason == "uncertain" and self.review is not None:
+            self._save_for_review(frame, region, record)
+
+    def _record(self, frame, start, decision, bin_name, reason, latency):
+        finish = self.clock.now()
+        latency["total"] = finish - frame.capture_time
+        if self.busy[0] is None:
+            self.busy[0] = start
+        self.busy[1] = finish
+        self.tally.add(decision.label if decision else None, bin_name, reason, latency["total"])
+        record = {
+            "seq": self._sequence,
+            "frame": frame.frame_id,
+            "class": decision.label if decision else None,
+            "top3": [{"label": label, "p": round(p, 6)} for label, p in decision.top3] if decision else [],
+            "prediction_set": list(decision.prediction_set) if decision else [],
+            "bin": bin_name,
+            "reason": reason,
+            "latency_ms": {key: _ms(value) for key, value in latency.items()},
+        }
+        self.events.emit("item", **record)
+        share = self.alarm.update(bin_name == self.config.bins.recheck)
+        if share is not None:
+            self.alarms += 1
+            self.events.emit(
+                "alarm",
+                problem="recheck share too high: check the lens, the light and the material on the belt",
+                recheck_share=round(share, 4),
+                window=self.config.alarm.window,
+                limit=self.config.alarm.max_recheck_share,
+            )
+        return record
+
+    def _save_for_review(self, frame, region, record):
+        stem = f"{int(self.clock.wall() * 1000):013d}_{self._sequence:08d}"
+        try:
+            self.review.add(stem, region, {**record, "model_sha256": self.model.sha256, "labels": self.model.labels})
+        except OSError as error:  # a full or read-only disk loses review copies, never sorting
+            self.events.emit("review_error", frame=frame.frame_id, error=str(error))
+
+    def summary(self, capture, exit_reason):
+        tally = self.tally
+        return {
+            "model": self.model.path,
+            "model_sha256": self.model.sha256,
+            "reject": {"method": self.decider.method, "cutoff": round(self.decider.cutoff, 6)},
+            "started": iso_time(self.started_wall),
+            "uptime_s": round(self.clock.now() - self.started, 3),
+            "exit": exit_reason,
+            "items": tally.items,
+            "per_class": dict(sorted(tally.per_class.items())),
+            "per_bin": dict(sorted(tally.per_bin.items())),
+            "per_reason": {r: tally.per_reason[r] for r in ("confident", "uncertain", "late", "error")},
+            "recheck": tally.per_bin[self.config.bins.recheck],
+            "late": tally.per_reason["late"],
+            "failed": tally.per_reason["error"],
+            "frames_skipped": tally.skipped,
+            "frames_dropped": capture.dropped,
+            "source_errors": capture.source_errors,
+            "actuator_errors": self.actuator.errors,
+            "alarms": self.alarms,
+            "events_lost": self.events.lost,
+            "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
+        }
+
+    def run(self, capture, max_items=None):
+        """Sort until the source ends, stop() is called or `max_items` items are done; write and return the summary."""
+        exit_reason = "end of source"
+        interval = self.config.records.stats_interval_s
+        last_stats = last_frame = self.clock.now()
+        stalled = False
+        self.events.emit(
+            "start", model=self.model.path, model_sha256=self.model.sha256, labels=self.model.labels,
+            reject=self.decider.method, cutoff=round(self.decider.cutoff, 6),
+        )
+        capture.start()
+        try:
+            while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
+                frame = capture.get(timeout=0.25)
+                now = self.clock.now()
+                if frame is Capture.END:
+                    break
+                if frame is None:
+                    if not stalled and now - last_frame > self.config.source.stall_timeout_s:
+                        stalled = True
+                        self.events.emit("source_stalled", seconds_without_frames=round(now - last_frame, 3))
+                else:
+                    if stalled:
+                        stalled = False
+                        self.events.emit("source_resumed")
+                    last_frame = now
+                    self.process(frame)
+                if now - last_stats >= interval:
+                    self.events.emit("stats", **self.tally.stats(now - last_stats))
+                    last_stats = now
+            else:  # the loop condition ended it, not the source
+                exit_reason = self._stop_reason or "item limit reached"
+        finally:
+            capture.stop()
+            self.actuator.close()
+            summary = self.summary(capture, exit_reason)
+            atomic_write_json(self.config.records.summary, summary)
+            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary)
+        return summary
+
+
+def benchmark_figures(runner, summary):
+    """End-to-end latency, throughput and the runner's cost on top of the interpreter's own invoke() time.
+
+    Overhead = (busy time per item / mean invoke time) - 1, busy time running from the first item's start to the
+    last item's end: everything the runner adds (decode, resize, decision, records) beyond invoke() itself.
+    """
+    items = summary["items"]
+    span = (runner.busy[1] - runner.busy[0]) if items else 0.0
+    invoke = list(runner.invoke_s)
+    mean_invoke = sum(invoke) / len(invoke) if invoke else 0.0
+    return {
+        "items": items,
+        "items_per_s": items / span if span else None,
+        "latency_p50_ms": summary["latency_ms"]["p50"],
+        "latency_p95_ms": summary["latency_ms"]["p95"],
+        "invoke_p50_ms": percentile(invoke, 50),
+        "invoke_p95_ms": percentile(invoke, 95),
+        "overhead_pct": (span / items / mean_invoke - 1) * 100 if items and mean_invoke else None,
+    }
+
+
+def benchmark_table(figures):
+    rows = [
+        ("items", f"{figures['items']}"),
+        ("items/s", _fixed(figures["items_per_s"], 1)),
+        ("latency p50 (ms)", _fixed(figures["latency_p50_ms"], 2)),
+        ("latency p95 (ms)", _fixed(figures["latency_p95_ms"], 2)),
+        ("invoke p50 (ms)", _fixed(figures["invoke_p50_ms"], 2)),
+        ("invoke p95 (ms)", _fixed(figures["invoke_p95_ms"], 2)),
+        ("overhead over invoke() (%)", _fixed(figures["overhead_pct"], 1)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:>10}" for name, value in rows)
+
+
+def _fixed(value, digits):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="exported .tflite model")
+    parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
+    parser.add_argument("--source", required=True, help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
+    parser.add_argument("--config", required=True, help="TOML config (see edge/example_config.toml)")
+    parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
+    parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
+    parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
+    args = parser.parse_args(argv)
+    for name in ("threads", "benchmark"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1.")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    clock = Clock()
+    try:
+        config = load_config(args.config)
+        if args.benchmark:  # folders loop to reach N items; stdout is kept for the table
+            config = dataclasses.replace(
+                config,
+                source=dataclasses.replace(config.source, loop=True),
+                actuator=dataclasses.replace(
+                    config.actuator, path=os.devnull if config.actuator.path == "-" else config.actuator.path
+                ),
+            )
+        model = Model(args.model, args.sidecar, args.threads)
+        config.check_labels(model.labels)
+        source = parse_source(args.source, config.source, clock)
+        review = None
+        if config.review.dir:
+            try:
+                review = ReviewQueue(
+                    config.review.dir, config.review.max_items, config.review.max_mb, config.review.jpeg_quality
+                )
+            except OSError as error:
+                raise config.error("review.dir", f"cannot be used ({error.strerror})") from None
+    except (ConfigError, ModelError, SourceSpecError) as error:
+        print(f"runner: {error}", file=sys.stderr)
+        return 2
+    events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+    actuator = SupervisedActuator(
+        lambda: make_actuator(config.actuator, clock), clock, events,
+        config.actuator.retry_initial_s, config.actuator.retry_max_s,
+    )
+    capture = Capture(
+        source, clock, events, config.source.queue_size, config.source.fps,
+        config.source.retry_initial_s, config.source.retry_max_s,
+    )
+    runner = Runner(config, model, actuator, events, clock, review)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
+    if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
+        blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
+        model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
+    started = time.perf_counter()
+    summary = runner.run(capture, max_items=args.benchmark)
+    if args.benchmark:
+        print(f"benchmark: {args.model}, {summary['items']} items in {time.perf_counter() - started:.1f} s")
+        print(benchmark_table(benchmark_figures(runner, summary)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

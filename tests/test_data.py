@@ -1,0 +1,144 @@
+import collections
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mineralnet.data import DataError, load_image, make_split, read_split, scan_dataset, write_split
+from mineralnet.data.demo import make_specimen
+from mineralnet.data.pipeline import AugmentConfig, class_weights, make_dataset
+
+from helpers import MINET, requires_minet
+
+
+def write_dataset(root, per_class=10, classes=("alpha", "beta", "gamma"), size=24):
+    rng = np.random.default_rng(0)
+    for index, label in enumerate(classes):
+        os.makedirs(root / label, exist_ok=True)
+        for number in range(per_class):
+            Image.fromarray(make_specimen(index, size, rng)).save(root / label / f"{number:03d}.png")
+    return root
+
+
+def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=20)
+    _, samples, _ = scan_dataset(str(root))
+    first, again, other = make_split(samples, "6:2:2", seed=3), make_split(samples, "6:2:2", seed=3), make_split(samples, "6:2:2", seed=4)
+    assert first == again
+    assert first != other
+    counts = collections.Counter((r["label"], r["subset"]) for r in first)
+    for label in ("alpha", "beta", "gamma"):
+        assert (counts[(label, "train")], counts[(label, "val")], counts[(label, "test")]) == (12, 4, 4)
+    assert len({r["path"] for r in first}) == len(first) == 60  # every file exactly once
+
+
+def test_identical_and_near_identical_files_share_a_subset(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=12)
+    for number in range(5):  # exact copies
+        shutil.copy(root / "alpha" / "000.png", root / "alpha" / f"copy{number}.png")
+    Image.open(root / "beta" / "001.png").convert("RGB").save(root / "beta" / "001_reencoded.jpg", quality=80)
+    _, samples, _ = scan_dataset(str(root))
+    for seed in range(5):
+        rows = {r["path"]: r["subset"] for r in make_split(samples, seed=seed)}
+        assert len({rows["alpha/000.png"]} | {rows[f"alpha/copy{n}.png"] for n in range(5)}) == 1
+        assert rows["beta/001.png"] == rows["beta/001_reencoded.jpg"]
+
+
+def test_split_csv_round_trip_and_missing_files(tmp_path):
+    root = write_dataset(tmp_path / "data")
+    _, samples, _ = scan_dataset(str(root))
+    rows = make_split(samples)
+    write_split(rows, str(tmp_path / "split.csv"))
+    back = read_split(str(tmp_path / "split.csv"), str(root))
+    assert [{k: r[k] for k in ("path", "label", "subset")} for r in back] == rows
+    assert all(os.path.isfile(r["file"]) for r in back)
+    with pytest.raises(DataError, match="do not exist.*--data"):
+        read_split(str(tmp_path / "split.csv"), str(tmp_path / "moved"))
+
+
+def test_bad_files_are_skipped_named_and_counted(tmp_path):
+    root = write_dataset(tmp_path / "data")
+    (root / "alpha" / "empty.jpg").write_bytes(b"")
+    (root / "beta" / "notes.jpg").write_text("this is text, not a JPEG")
+    data = (root / "gamma" / "000.png").read_bytes()
+    (root / "gamma" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "gamma" / "readme.txt").write_text("ignored: not an image extension")
+    with pytest.warns(UserWarning) as caught:
+        classes, samples, report = scan_dataset(str(root))
+    warned = " ".join(str(w.message) for w in caught)
+    for name in ("empty.jpg", "notes.jpg", "truncated.png"):
+        assert name in warned
+    assert report["num_skipped"] == 3
+    assert sorted(s["path"] for s in report["skipped"]) == ["alpha/empty.jpg", "beta/notes.jpg", "gamma/truncated.png"]
+    assert report["num_images"] == 30 and len(samples) == 30
+    assert report["ignored_non_image_files"] == ["gamma/readme.txt"]
+
+
+def test_missing_dir_empty_class_and_tiny_class_error_clearly(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*--data"):
+        scan_dataset(str(tmp_path / "nowhere"))
+    root = write_dataset(tmp_path / "data")
+    os.makedirs(root / "delta")
+    with pytest.raises(DataError, match="delta.*no readable image"):
+        scan_dataset(str(root))
+    os.rmdir(root / "delta")
+    os.makedirs(root / "delta")
+    rng = np.random.default_rng(5)
+    for number in range(2):
+        Image.fromarray(make_specimen(4, 24, rng)).save(root / "delta" / f"{number}.png")
+    _, samples, _ = scan_dataset(str(root))
+    with pytest.raises(DataError, match="class 'delta' has 2 distinct image"):
+        make_split(samples)
+
+
+def test_every_pixel_format_becomes_rgb(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((10, 12), 255, np.uint8)])
+    rgba[0, 0, 3] = 0  # one transparent pixel: composited on white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")  # 16-bit grey
+    frames = [Image.fromarray(rgb).convert("P"), Image.new("P", (12, 10), 3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(rgb).save(tmp_path / "plain.bmp")
+    for name in ("rgba.png", "palette.png", "gray.png", "deep.png", "anim.gif", "plain.bmp"):
+        image = load_image(str(tmp_path / name), 12)
+        assert image.shape == (12, 12, 3) and image.dtype == np.uint8, name
+    assert tuple(load_image(str(tmp_path / "rgba.png"), 12)[0, 0]) != tuple(rgb[0, 0]) or tuple(rgb[0, 0]) == (255, 255, 255)
+    deep = load_image(str(tmp_path / "deep.png"), 12)
+    np.testing.assert_array_equal(deep[..., 0], load_image(str(tmp_path / "gray.png"), 12)[..., 0])
+    gif = load_image(str(tmp_path / "anim.gif"), 12)
+    assert gif.std() > 10  # the first (textured) frame, not the flat second one
+
+
+def test_pipeline_batches_augments_training_only_and_weights_classes(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=6, size=40)
+    files = sorted(str(p) for p in root.rglob("*.png"))
+    labels = [0] * 6 + [1] * 6 + [2] * 6
+    evaluation = make_dataset(files, labels, 3, 32, 4)
+    x, y = next(iter(evaluation))
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 3)
+    np.testing.assert_array_equal(x.numpy()[0], load_image(files[0], 32))  # evaluation = the contract exactly
+    training = make_dataset(files, labels, 3, 32, 4, training=True, augment=AugmentConfig(), seed=1)
+    batches = [b[0].numpy() for b in training]
+    assert sum(len(b) for b in batches) == 18
+    assert all(b.min() >= 0 and b.max() <= 255 for b in batches)
+    raw = np.stack([load_image(f, 32) for f in files]).astype("float32")
+    assert not any(np.allclose(batches[0][0], r) for r in raw)  # augmented, not a raw image
+    weights = class_weights([0, 0, 0, 1], 2)
+    assert weights[1] == pytest.approx(2.0) and weights[0] == pytest.approx(4 / 6)
+
+
+@requires_minet
+def test_real_minet_split_keeps_the_known_near_duplicates_together():
+    _, samples, report = scan_dataset(MINET)
+    assert report["num_images"] == 941 and report["num_skipped"] == 0
+    rows = {r["path"]: r["subset"] for r in make_split(samples, seed=0)}
+    assert rows["bornite/0009.jpg"] == rows["bornite/0016.jpg"]
+    assert rows["quartz/0101.jpg"] == rows["quartz/0115.jpg"]
+    shares = collections.Counter(rows.values())
+    assert abs(shares["train"] / 941 - 0.6) < 0.02 and abs(shares["test"] / 941 - 0.2) < 0.02

@@ -1,0 +1,115 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from mineralnet.data import make_demo_dataset
+from mineralnet.models import build_model
+from mineralnet.training import ConfigError, resolve_config, run_from_args, train
+from mineralnet.training.loop import _set_backbone_trainable
+
+from helpers import REPO
+
+
+def history_rows(run):
+    with open(os.path.join(run, "history.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_loop_really_learns_separable_synthetic_data(tmp_path):
+    data = make_demo_dataset(str(tmp_path / "data"), num_classes=4, images_per_class=30, image_size=40, seed=1)
+    config = resolve_config(overrides={
+        "data": data, "out": str(tmp_path / "run"), "model": "simple_cnn", "image_size": 32, "epochs": 12,
+        "batch_size": 16, "lr": 3e-3, "evaluate": False,
+    })
+    run = train(config)
+    rows = history_rows(run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    assert max(float(r["val_accuracy"]) for r in rows) >= 0.9
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)  # cosine decayed to zero
+
+
+def test_config_file_then_flags_and_clear_errors(tmp_path, demo_data):
+    config_file = tmp_path / "options.yaml"
+    config_file.write_text(f"data: {demo_data}\nmodel: simple_cnn\nimage_size: 40\nepochs: 2\nlr: 0.01\n")
+    run = run_from_args({"out": str(tmp_path / "run"), "lr": 0.002, "image_size": 32, "evaluate": False},
+                        str(config_file))
+    saved = json.load(open(os.path.join(run, "config.json")))
+    assert (saved["model"], saved["image_size"], saved["lr"], saved["epochs"]) == ("simple_cnn", 32, 0.002, 2)
+    assert saved["batch_size"] == 32  # untouched default
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        run_from_args({"out": run}, str(config_file))
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+        resolve_config({"learning_rate": 1})
+    with pytest.raises(ConfigError, match="no data"):
+        resolve_config()
+
+
+def test_cli_reports_missing_data_without_writing(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "error: data directory" in done.stderr and "does not exist" in done.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data):
+    out = tmp_path / "run"
+    command = [sys.executable, "train.py", "--data", demo_data, "--out", str(out), "--model", "eca_convnext_tiny",
+               "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-evaluate"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no clean shutdown: the files must already be consistent
+    process.wait()
+    state = json.loads(state_file.read_text())
+    assert state["epoch"] == 1, "the run must be killed during epoch 2 for this test to mean anything"
+    epoch_1 = history_rows(out)[0]
+
+    done = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = history_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert rows[0] == epoch_1
+    import mineralnet  # noqa: F401
+
+    final = keras.models.load_model(out / "checkpoint" / "epoch-3.keras")
+    steps_per_epoch = -(-sum(1 for line in open(out / "split.csv") if line.endswith(",train\n")) // 16)
+    assert int(final.optimizer.iterations) == 3 * steps_per_epoch  # optimizer state carried across the kill
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)
+    assert sorted(os.listdir(out / "checkpoint")) == ["epoch-3.keras", "state.json"]  # no stale or temp files
+    keras.models.load_model(out / "model.keras")  # the best model is intact
+
+
+def test_one_epoch_under_mirrored_strategy_on_two_cpu_devices(tmp_path, demo_data):
+    done = subprocess.run(
+        [sys.executable, "train.py", "--data", demo_data, "--out", str(tmp_path / "run"), "--model", "simple_cnn",
+         "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--strategy", "mirrored", "--cpu-devices", "2"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MirroredStrategy with 2 replicas" in done.stdout
+    assert [int(r["epoch"]) for r in history_rows(tmp_path / "run")] == [1]
+    assert os.path.exists(tmp_path / "run" / "eval" / "report.json")
+
+
+def test_frozen_warm_up_trains_only_attention_and_head(tmp_path, demo_data):
+    model = build_model("eca_convnext_tiny", 4, (32, 32, 3))
+    _set_backbone_trainable(model, False)
+    trainable = sorted(v.path for v in model.trainable_weights)
+    assert trainable == sorted([f"eca_stage_{i}/kernel" for i in range(4)] + ["predictions/kernel", "predictions/bias"])
+    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
+                                       "image_size": 32, "epochs": 3, "freeze_epochs": 1, "evaluate": False})
+    run = train(config)
+    assert [r["phase"] for r in history_rows(run)] == ["frozen", "full", "full"]
