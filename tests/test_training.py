@@ -113,3 +113,15 @@ def test_frozen_warm_up_trains_only_attention_and_head(tmp_path, demo_data):
                                        "image_size": 32, "epochs": 3, "freeze_epochs": 1, "evaluate": False})
     run = train(config)
     assert [r["phase"] for r in history_rows(run)] == ["frozen", "full", "full"]
+
+
+def test_mixed_precision_run_restores_the_callers_policy(tmp_path, demo_data):
+    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
+                                       "image_size": 32, "epochs": 1, "mixed_precision": "bfloat16", "evaluate": False})
+    run = train(config)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    import mineralnet  # noqa: F401
+
+    model = keras.models.load_model(os.path.join(run, "model.keras"))
+    assert model.get_layer("conv_0").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("predictions").dtype_policy.name == "float32"  # softmax kept in float32

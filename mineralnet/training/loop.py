@@ -84,8 +84,7 @@ def train(config, resume=False):
     run_path = config["out"] = os.path.abspath(config["out"])
     _check_run_dir(run_path, resume)
     split_cpu(int(config["cpu_devices"]))
-    if config["mixed_precision"] != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{config['mixed_precision']}")
+    strategy = make_strategy(config["strategy"])  # multi-worker needs this before any other TensorFlow op
     if config["demo"] and not config["data"]:
         config["data"] = make_demo_dataset(os.path.join(run_path, "demo_data"), image_size=max(96, config["image_size"]))
     config["data"] = os.path.abspath(config["data"])
@@ -109,13 +108,30 @@ def train(config, resume=False):
     val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
     steps_per_epoch = math.ceil(len(train_files) / batch)
     weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
+    print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; {len(train_files)} training, "
+          f"{len(val_files)} validation images of {num_classes} classes")
 
+    policy = keras.mixed_precision.global_policy()
+    if config["mixed_precision"] != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config['mixed_precision']}")
+    try:
+        _fit(config, run_path, resume, strategy, (train_data, val_data), steps_per_epoch, weights, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # the caller's process keeps its own policy
+    if config["evaluate"]:
+        from mineralnet.evaluate import evaluate_run
+
+        evaluate_run(run_path, subset="test")
+    return run_path
+
+
+def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights, num_classes):
+    """Build or restore the model, then run the frozen and full phases that are not finished yet."""
+    train_data, val_data = datasets
+    size = int(config["image_size"])
     state = read_state(run_path) if resume else None
     start = state["epoch"] if state else 0
     total, frozen = int(config["epochs"]), int(config["freeze_epochs"])
-    strategy = make_strategy(config["strategy"])
-    print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; {len(train_files)} training, "
-          f"{len(val_files)} validation images of {num_classes} classes")
     with strategy.scope():
         if state:
             model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
@@ -137,11 +153,6 @@ def train(config, resume=False):
                   class_weight=weights, callbacks=[callback], shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
         state = {"history": callback.history, "best_val_accuracy": callback.best, "best_epoch": callback.best_epoch}
         start = last
-    if config["evaluate"]:
-        from mineralnet.evaluate import evaluate_run
-
-        evaluate_run(run_path, subset="test")
-    return run_path
 
 
 def run_from_args(values, config_file=None, resume=False):
