@@ -1,5 +1,10 @@
 """mineralnet: recognise minerals, ores and metal scrap in photographs (ECA-ConvNeXt-Tiny on Keras 3)."""
 
+import os
+
+# TensorFlow's C++ start-up lines (CUDA probing, oneDNN notes) drown the training output; set it to 0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 __version__ = "0.1.0"
 
 from mineralnet import layers  # noqa: E402,F401  (registers ECA for keras.saving)
