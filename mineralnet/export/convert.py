@@ -70,8 +70,8 @@ def convert(model, fmt, image_size, calibration_images=None):
     except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(
-            f"converting the model to {fmt} failed ({reason}): the model has operations without a TFLite builtin "
-            "kernel; replace those layers."
+            f"converting the model to {fmt} failed ({reason[:300]}): if that names operations without a TFLite "
+            "builtin kernel, replace the layers using them (Flex ops are not allowed on edge devices)."
         ) from None
     check_no_flex(model_bytes, fmt)
     return model_bytes

@@ -66,7 +66,13 @@ def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=No
     }
     calibration = None
     if "int8" in formats:
-        calibration = load_images(calibration_rows(run.rows, int(calibration_samples)), run.image_size)
+        chosen = calibration_rows(run.rows, int(calibration_samples))
+        if not chosen:
+            raise ExportError(
+                f"split '{os.path.join(run.path, 'split.csv')}' has no training rows to calibrate int8 with: "
+                "leave int8 out of --formats or use a run whose split has a train subset."
+            )
+        calibration = load_images(chosen, run.image_size)
     return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
                       calibration)
 

@@ -5,7 +5,7 @@ import os
 from mineralnet.export.verify import LATENCY_RUNS
 
 _COLUMNS = (
-    "format", "size MB", "accuracy", "macro P", "macro R", "agree w/ Keras", "mean |Δp|", "max |Δp|",
+    "format", "size MB", "accuracy", "macro P", "macro R", "agree w/ Keras", "mean abs Δp", "max abs Δp",
     "1 thread p50/p90 ms", "2 threads p50/p90 ms", "input → output",
 )
 
@@ -42,14 +42,15 @@ def markdown_table(report):
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "|".join("---" for _ in _COLUMNS) + "|",
         f"| keras (reference) | {keras_row['size_bytes'] / 1e6:.1f} | {keras_row['accuracy']:.2%} | "
-        f"{keras_row['macro_precision']:.2%} | {keras_row['macro_recall']:.2%} | – | – | – | – | – | float32 → float32 |",
+        f"{keras_row['macro_precision']:.2%} | {keras_row['macro_recall']:.2%} | – | – | – | – | – | "
+        "float32 → float32 |",
     ]
     for fmt, result in report["formats"].items():
         lines.append(
-            f"| {fmt} | {result['size_bytes'] / 1e6:.1f} | {result['accuracy']:.2%} | {result['macro_precision']:.2%} | "
-            f"{result['macro_recall']:.2%} | {result['agreement_with_keras']:.2%} | {result['mean_abs_prob_diff']:.2e} | "
-            f"{result['max_abs_prob_diff']:.2e} | {_latency(result, 1)} | {_latency(result, 2)} | "
-            f"{result['input']['dtype']} → {result['output']['dtype']} |"
+            f"| {fmt} | {result['size_bytes'] / 1e6:.1f} | {result['accuracy']:.2%} | "
+            f"{result['macro_precision']:.2%} | {result['macro_recall']:.2%} | {result['agreement_with_keras']:.2%} | "
+            f"{result['mean_abs_prob_diff']:.2e} | {result['max_abs_prob_diff']:.2e} | {_latency(result, 1)} | "
+            f"{_latency(result, 2)} | {result['input']['dtype']} → {result['output']['dtype']} |"
         )
     return "\n".join(lines)
 

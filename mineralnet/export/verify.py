@@ -58,9 +58,9 @@ def predict(interpreter, images):
     return np.stack(rows)
 
 
-def latency_ms(interpreter, image, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP):
-    """p50 and p90 wall time in ms of `runs` invocations on one image (warm-up excluded: the first calls
-    pack weights and fault pages in)."""
+def invocation_times(interpreter, image, runs, warmup=LATENCY_WARMUP):
+    """Wall times in ms of `runs` invocations on one image, after `warmup` untimed ones (the first calls pack
+    weights and fault pages in)."""
     input_detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(input_detail["index"], _as_input(image, input_detail))
     for _ in range(warmup):
@@ -70,7 +70,16 @@ def latency_ms(interpreter, image, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP):
         start = time.perf_counter()
         interpreter.invoke()
         times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def percentiles(times):
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+def latency_ms(interpreter, image, runs=LATENCY_RUNS):
+    """p50 and p90 in ms over `runs` timed invocations on one image."""
+    return percentiles(invocation_times(interpreter, image, runs))
 
 
 def classification_metrics(y_true, y_pred):
