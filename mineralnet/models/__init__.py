@@ -1,6 +1,6 @@
 """Model registry. `build_model(name, num_classes, input_shape, weights)`; `list_models()` names them all."""
 
-from mineralnet.models import convnext, simple_cnn  # noqa: F401  (registers the builders)
+from mineralnet.models import applications, convnext, googlenet, resnext, simple_cnn  # noqa: F401  (registers the builders)
 from mineralnet.models.convnext import stage_output_consumers
 from mineralnet.models.registry import build_model, list_models, register
 
