@@ -1,11 +1,9 @@
 import json
-import os
 
 import keras
 import numpy as np
 import pytest
 
-import mineralnet
 from mineralnet.layers import ECA
 from mineralnet.models import build_model, list_models
 from mineralnet.models.convnext import convnext_tiny_backbone

@@ -7,7 +7,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import pytest
 
 from mineralnet.data import make_demo_dataset

@@ -1,8 +1,6 @@
-"""Fixtures for the edge runner tests: one real tiny exported model (float32 and int8), built once per session,
+"""Fixtures for the edge runner tests: one real tiny trained and exported model (float32 and int8), built once per session,
 a driven clock, and helpers to write configs and assemble a Runner in-process."""
 
-import datetime
-import hashlib
 import json
 import os
 import sys
@@ -18,103 +16,30 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)  # `edge` is a folder of the repo, not an installed package
 
 
-def _sidecar(tflite_path, fmt, labels, run_dir):
-    """The export contract's sidecar for a .tflite file, read from the converted model itself."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=tflite_path)
-    interpreter.allocate_tensors()
-
-    def tensor(details):
-        scale, zero_point = details["quantization"]
-        return {
-            "shape": [int(d) for d in details["shape"]], "dtype": np.dtype(details["dtype"]).name,
-            "scale": float(scale), "zero_point": int(zero_point),
-        }
-
-    def sha256(path):
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-
-    return {
-        "format": fmt,
-        "labels": labels,
-        "input": tensor(interpreter.get_input_details()[0]),
-        "output": tensor(interpreter.get_output_details()[0]),
-        "preprocessing": {
-            "pixels": "raw RGB 0-255", "color": "RGB", "input_size": SIZE, "resize_method": "pillow-bilinear",
-        },
-        "sha256": sha256(tflite_path),
-        "source_model_sha256": sha256(os.path.join(run_dir, "model.keras")),
-        "run": run_dir,
-        "versions": {},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-
-
 def build_tiny_export(root):
-    """STAND-IN for a train.py run + `mineralnet.export.export_run`: the lead replaces this body with those once
-    they land; the tests only rely on the returned keys.
-
-    Demo data (4 classes x 16 images), split, simple_cnn at 32 px trained briefly with model.fit, the run
-    directory (model.keras, labels.json, config.json, split.csv), model_float32.tflite and model_int8.tflite
-    (uint8 in/out, representative data from the train rows) with contract sidecars, and the Keras model's
-    probabilities on the test rows for the parity test.
-    """
-    import keras
-    import tensorflow as tf
-
-    import mineralnet
-    from mineralnet.data import load_image, make_demo_dataset, make_split, read_split, scan_dataset, write_split
-    from mineralnet.utils import write_json
+    """A real train.py run (simple_cnn at 32 px on 4 synthetic classes) exported by mineralnet.export to float32
+    and int8, plus the Keras model's probabilities on the test rows for the parity test."""
+    from mineralnet import rundir
+    from mineralnet.data import load_image, make_demo_dataset
+    from mineralnet.export import export_run
+    from mineralnet.training import resolve_config, train
 
     data = make_demo_dataset(os.path.join(root, "data"), num_classes=4, images_per_class=16, image_size=48)
-    classes, samples, _ = scan_dataset(data)
-    run = os.path.join(root, "run")
-    os.makedirs(run)
-    write_split(make_split(samples), os.path.join(run, "split.csv"))
-    rows = read_split(os.path.join(run, "split.csv"), data)
-
-    def subset(name):
-        chosen = [r for r in rows if r["subset"] == name]
-        pixels = np.stack([load_image(r["file"], SIZE) for r in chosen]).astype(np.float32)
-        return chosen, pixels, np.array([classes.index(r["label"]) for r in chosen])
-
-    _, x_train, y_train = subset("train")
-    test_rows, x_test, _ = subset("test")
-    keras.utils.set_random_seed(0)
-    model = mineralnet.build_model("simple_cnn", len(classes), (SIZE, SIZE, 3))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, epochs=20, batch_size=8, verbose=0)
-    model.save(os.path.join(run, "model.keras"))
-    write_json(os.path.join(run, "labels.json"), classes)
-    write_json(
-        os.path.join(run, "config.json"), {"data": os.path.abspath(data), "image_size": SIZE, "model": "simple_cnn"}
-    )
-
-    image = keras.Input(batch_shape=(1, SIZE, SIZE, 3), name="image")
-    batch_of_one = keras.Model(image, model(image))  # the edge invokes one frame at a time
-
-    def convert(fmt, converter):
-        path = os.path.join(run, f"model_{fmt}.tflite")
-        with open(path, "wb") as handle:
-            handle.write(converter.convert())
-        write_json(os.path.splitext(path)[0] + ".json", _sidecar(path, fmt, classes, run))
-        return path
-
-    float32 = convert("float32", tf.lite.TFLiteConverter.from_keras_model(batch_of_one))
-    converter = tf.lite.TFLiteConverter.from_keras_model(batch_of_one)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None]] for x in x_train)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.uint8
-    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the sidecar records them
-        warnings.simplefilter("ignore", UserWarning)
-        int8 = convert("int8", converter)
+    config = resolve_config(overrides={
+        "data": data, "out": os.path.join(root, "run"), "model": "simple_cnn", "image_size": SIZE, "epochs": 20,
+        "batch_size": 8, "evaluate": False, "augment": {"rotation": 0, "noise": 0},
+    })
+    run = rundir.Run(train(config))
+    export = os.path.join(run.path, "export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_run(run.path, formats=("float32", "int8"), calibration_samples=32, out_dir=export)
+    test_rows = run.rows("test")
+    pixels = np.stack([load_image(r["file"], SIZE) for r in test_rows]).astype(np.float32)
     return {
-        "data": data, "run": run, "labels": classes, "float32": float32, "int8": int8,
-        "test_rows": test_rows, "keras_test_probabilities": model.predict(x_test, verbose=0),
+        "data": data, "run": run.path, "labels": run.labels, "test_rows": test_rows,
+        "float32": os.path.join(export, "model_float32.tflite"), "int8": os.path.join(export, "model_int8.tflite"),
+        "keras_test_probabilities": run.load_model().predict(pixels, verbose=0),
     }
 
 
