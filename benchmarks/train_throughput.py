@@ -2,7 +2,7 @@
 pipeline alone, in images/s. Targets: ECA costs <= 3 % of training throughput; the pipeline delivers >= 5x what
 the model consumes.
 
-    python benchmarks/train_throughput.py [--data DIR] [--image-size 224] [--batch-size 32] [--steps 10]
+    python benchmarks/train_throughput.py [--data DIR] [--image-size 224] [--batch-size 32] [--steps 3] [--rounds 4]
 """
 
 import argparse
@@ -20,20 +20,26 @@ from mineralnet.data.pipeline import AugmentConfig, make_dataset
 from mineralnet.models import build_model
 
 
-def training_rate(name, dataset, num_classes, size, steps, warmup):
-    model = build_model(name, num_classes, (size, size, 3))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+def training_rates(names, dataset, num_classes, size, steps, warmup, rounds):
+    """images/s per model, `rounds` alternating timings of `steps` steps each on the same pre-decoded batches
+    (measures the models, not the loader; alternation spreads the shared machine's noise over both)."""
     batches = iter(dataset.repeat())
-    fixed = [next(batches) for _ in range(2)]  # pre-decoded: measures the model, not the loader
-    for i in range(warmup):
-        model.train_on_batch(*fixed[i % 2])
-    start = time.perf_counter()
-    images = 0
-    for i in range(steps):
-        x, y = fixed[i % 2]
-        model.train_on_batch(x, y)
-        images += len(x)
-    return images / (time.perf_counter() - start)
+    fixed = [next(batches) for _ in range(2)]
+    models = {}
+    for name in names:
+        model = build_model(name, num_classes, (size, size, 3))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+        for i in range(warmup):
+            model.train_on_batch(*fixed[i % 2])
+        models[name] = model
+    rates = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                model.train_on_batch(*fixed[i % 2])
+            rates[name].append(steps * len(fixed[0][0]) / (time.perf_counter() - start))
+    return rates
 
 
 def pipeline_rate(dataset, batches):
@@ -50,8 +56,9 @@ def main():
     parser.add_argument("--data", help="class-folder dataset (default: synthetic demo data)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     data = args.data or make_demo_dataset(tempfile.mkdtemp(), 4, 64, image_size=max(256, args.image_size))
     classes, samples, _ = scan_dataset(data)
@@ -60,20 +67,18 @@ def main():
     labels = [classes.index(r["label"]) for r in rows]
     dataset = make_dataset(files, labels, len(classes), args.image_size, args.batch_size, training=True,
                            augment=AugmentConfig())
-    results = {}
-    # Alternate the order so neither model always runs on a warmer (or busier) machine.
-    for name in ("convnext_tiny", "eca_convnext_tiny", "convnext_tiny", "eca_convnext_tiny"):
-        rate = training_rate(name, dataset, len(classes), args.image_size, args.steps, args.warmup)
-        results.setdefault(name, []).append(rate)
+    results = training_rates(("convnext_tiny", "eca_convnext_tiny"), dataset, len(classes), args.image_size,
+                             args.steps, args.warmup, args.rounds)
     pipe = pipeline_rate(dataset, max(20, 2 * args.steps))
-    plain, eca = np.mean(results["convnext_tiny"]), np.mean(results["eca_convnext_tiny"])
+    plain, eca = np.median(results["convnext_tiny"]), np.median(results["eca_convnext_tiny"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; keras {keras.__version__} "
           f"({keras.backend.backend()}); commit {commit}")
-    print(f"image size {args.image_size}, batch {args.batch_size}, {args.steps} timed steps x 2 rounds per model\n")
+    print(f"image size {args.image_size}, batch {args.batch_size}; median of {args.rounds} alternating rounds of "
+          f"{args.steps} steps per model; load average {os.getloadavg()[0]:.1f}\n")
     print("| measure | images/s |\n|---|---:|")
-    print(f"| convnext_tiny training | {plain:.2f} |")
-    print(f"| eca_convnext_tiny training | {eca:.2f} |")
+    for name, rates in results.items():
+        print(f"| {name} training (rounds: {', '.join(f'{r:.2f}' for r in rates)}) | {np.median(rates):.2f} |")
     print(f"| input pipeline alone (decode, cache, augment) | {pipe:.1f} |")
     print(f"\nECA cost: {100 * (1 - eca / plain):.1f} % of training throughput (target <= 3 %)")
     print(f"pipeline / model: {pipe / eca:.1f}x (target >= 5x)")
