@@ -98,7 +98,7 @@ def test_one_epoch_under_mirrored_strategy_on_two_cpu_devices(tmp_path, demo_dat
         cwd=REPO, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert "MirroredStrategy with 2 replicas" in done.stdout
+    assert "MirroredStrategy with 2 replica(s)" in done.stdout
     assert [int(r["epoch"]) for r in history_rows(tmp_path / "run")] == [1]
     assert os.path.exists(tmp_path / "run" / "eval" / "report.json")
 

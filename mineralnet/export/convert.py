@@ -1,4 +1,4 @@
-"""Keras model -> .tflite bytes in one of four formats, batch fixed to 1, TFLite builtin ops only."""
+"""Keras model -> .tflite bytes in one of the formats, batch fixed to 1, TFLite builtin ops only."""
 
 import numpy as np
 import tensorflow as tf
@@ -6,7 +6,10 @@ import tensorflow as tf
 from mineralnet.export.errors import ExportError
 from mineralnet.export.operators import check_no_flex
 
-FORMATS = ("float32", "float16", "dynamic", "int8")
+FORMATS = ("float32", "float16", "dynamic", "int8")  # the default set
+QAT_FORMAT = "int8_qat"  # opt-in: quantization-aware training in a tf_keras child process (mineralnet.export.qat)
+ALL_FORMATS = FORMATS + (QAT_FORMAT,)
+FULL_INTEGER = ("int8", QAT_FORMAT)
 
 
 def parse_formats(formats):
@@ -14,10 +17,10 @@ def parse_formats(formats):
     reference the verification gate checks the conversion with)."""
     names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f).strip() for f in formats]
     names = [name for name in names if name]
-    unknown = [name for name in names if name not in FORMATS]
+    unknown = [name for name in names if name not in ALL_FORMATS]
     if unknown:
-        raise ExportError(f"unknown format '{unknown[0]}': choose from {', '.join(FORMATS)} (comma-separated).")
-    return tuple(name for name in FORMATS if name in names or name == "float32")
+        raise ExportError(f"unknown format '{unknown[0]}': choose from {', '.join(ALL_FORMATS)} (comma-separated).")
+    return tuple(name for name in ALL_FORMATS if name in names or name == "float32")
 
 
 def _concrete_function(model, image_size, pin_input_range):
@@ -39,15 +42,17 @@ def convert(model, fmt, image_size, calibration_images=None):
     """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
 
     int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
-    output (the softmax, scale 1/256).
+    output (the softmax, scale 1/256). int8_qat converts the same way; `model` is then the quantization-aware
+    tf_keras model, whose fake-quant ranges the converter keeps, calibrating only the tensors inside layers.
     """
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format '{fmt}': choose from {', '.join(FORMATS)}.")
+    if fmt not in ALL_FORMATS:
+        raise ExportError(f"unknown format '{fmt}': choose from {', '.join(ALL_FORMATS)}.")
     # The converter freezes only variables reachable from the trackable object it is given; Keras 3 variables
     # are not tracked by the model as a tf.Module, so without this holder the weights stay out of the file.
+    # (tf_keras variables, from the QAT child, are tf.Variables already.)
     holder = tf.Module()
-    holder.weights = [variable.value for variable in model.variables]
-    function = _concrete_function(model, image_size, pin_input_range=fmt == "int8")
+    holder.weights = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
+    function = _concrete_function(model, image_size, pin_input_range=fmt in FULL_INTEGER)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # never SELECT_TF_OPS (Flex)
     if fmt == "float16":
@@ -55,9 +60,9 @@ def convert(model, fmt, image_size, calibration_images=None):
         converter.target_spec.supported_types = [tf.float16]
     elif fmt == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt == "int8":
+    elif fmt in FULL_INTEGER:
         if calibration_images is None or len(calibration_images) == 0:
-            raise ExportError("the int8 format needs calibration images: the run's split has no training rows.")
+            raise ExportError(f"the {fmt} format needs calibration images: the run's split has no training rows.")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8

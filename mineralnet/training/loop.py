@@ -108,7 +108,8 @@ def train(config, resume=False):
     val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
     steps_per_epoch = math.ceil(len(train_files) / batch)
     weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
-    print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; {len(train_files)} training, "
+    strategy_name = type(strategy).__name__.lstrip("_")
+    print(f"{strategy_name} with {strategy.num_replicas_in_sync} replica(s); {len(train_files)} training, "
           f"{len(val_files)} validation images of {num_classes} classes")
 
     policy = keras.mixed_precision.global_policy()
