@@ -54,6 +54,8 @@ def test_tiny_run_has_every_artefact_and_a_true_report(tiny_run):
     for name in RUN_FILES:
         assert os.path.getsize(os.path.join(tiny_run, name)) > 0, name
     assert Image.open(os.path.join(tiny_run, "curves.png")).format == "PNG"
+    checkpoint = os.path.join(tiny_run, "checkpoint", "epoch-2.keras")  # model + Adam's two moments
+    assert os.path.getsize(os.path.join(tiny_run, "model.keras")) < 0.4 * os.path.getsize(checkpoint)
     assert_report_matches_model(tiny_run)
     markdown = open(os.path.join(tiny_run, "eval", "report.md")).read()
     assert "| accuracy |" in markdown and "Confusion matrix" in markdown

@@ -4,9 +4,10 @@ import argparse
 import logging
 import sys
 
-from mineralnet.export.convert import FORMATS
+from mineralnet.export.convert import ALL_FORMATS, FORMATS
 from mineralnet.export.errors import ExportError
 from mineralnet.export.pipeline import export_run
+from mineralnet.export.qat.process import QatOptions
 from mineralnet.export.report import markdown_table
 
 
@@ -19,11 +20,19 @@ def build_parser():
     parser.add_argument("--run", required=True, help="run directory (holds model.keras, labels.json, split.csv)")
     parser.add_argument(
         "--formats", default=",".join(FORMATS),
-        help=f"comma-separated subset of {','.join(FORMATS)} (default: all); float32 is always exported, it is the "
-        "reference the verification gate checks",
+        help=f"comma-separated subset of {','.join(ALL_FORMATS)} (default: {','.join(FORMATS)}); float32 is always "
+        "exported, it is the reference the verification gate checks; int8_qat (quantization-aware training) needs "
+        "the qat extra and is slow: see docs/qat.md",
     )
     parser.add_argument("--calibration-samples", type=int, default=300,
                         help="training images used to calibrate int8 (default: 300, class-balanced)")
+    parser.add_argument("--qat-epochs", type=int, default=QatOptions.epochs,
+                        help=f"fine-tuning epochs of int8_qat and of the pruned model (default: {QatOptions.epochs})")
+    parser.add_argument("--qat-lr", type=float, default=QatOptions.lr,
+                        help=f"their constant Adam learning rate (default: {QatOptions.lr:g})")
+    parser.add_argument("--prune-sparsity", type=float, default=None,
+                        help="also export float32_pruned: this fraction of the weights (e.g. 0.5) pruned to zero "
+                        "with tfmot and fine-tuned; smaller gzip download, no speed-up (see report.md)")
     parser.add_argument("--out", default=None, help="output directory (default: RUN/export)")
     return parser
 
@@ -37,7 +46,8 @@ def main(argv=None):
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        report = export_run(args.run, args.formats, args.calibration_samples, args.out)
+        qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
+        report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

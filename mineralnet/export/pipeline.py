@@ -5,6 +5,7 @@ publish), so a caller holding a plan converts exactly the model the reference ca
 the gate fails when the two differ.
 """
 
+import gzip
 import logging
 import os
 import shutil
@@ -15,9 +16,10 @@ from datetime import datetime, timezone
 import numpy as np
 
 from mineralnet.export.calibration import calibration_rows, load_images
-from mineralnet.export.convert import FORMATS, convert, parse_formats
+from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_formats
 from mineralnet.export.errors import ExportError
 from mineralnet.export.operators import list_operators
+from mineralnet.export.qat.process import PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rundir import RunInputs, load_model, load_run
 from mineralnet.export.sidecar import make_sidecar, sha256_file
@@ -43,18 +45,23 @@ class ExportPlan:
     y_true: np.ndarray  # label indices of the test images
     reference: np.ndarray  # Keras softmax on the test images
     keras_metrics: dict
-    calibration_images: np.ndarray  # None unless int8 is exported
+    calibration_images: np.ndarray  # None unless int8 or int8_qat is exported
+    qat: QatOptions = QatOptions()  # fine-tuning of int8_qat and of the pruned model
 
 
-def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None):
+def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None, qat=None):
     """Check every input (fast failures first) and take the Keras reference predictions on the test subset."""
     formats = parse_formats(formats)
+    qat = qat or QatOptions()
+    check_options(qat, formats)
     if int(calibration_samples) < 1:
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
     run = load_run(run_dir)
     out_dir = os.path.abspath(out_dir or os.path.join(run.path, "export"))
     source_sha256 = sha256_file(run.model_path)  # hashed before loading: the hash of the file actually loaded
     model = load_model(run)
+    if qat.child_formats(formats):
+        require_convnext(model, run.model_path)
     test_rows = run.subset("test")
     log.info("Keras reference on %d test images", len(test_rows))
     test_images = load_images(test_rows, run.image_size)
@@ -65,16 +72,16 @@ def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=No
         **classification_metrics(y_true, reference.argmax(1)),
     }
     calibration = None
-    if "int8" in formats:
+    if set(formats) & set(FULL_INTEGER):
         chosen = calibration_rows(run.rows, int(calibration_samples))
         if not chosen:
             raise ExportError(
                 f"split '{os.path.join(run.path, 'split.csv')}' has no training rows to calibrate int8 with: "
-                "leave int8 out of --formats or use a run whose split has a train subset."
+                "leave int8 and int8_qat out of --formats or use a run whose split has a train subset."
             )
         calibration = load_images(chosen, run.image_size)
     return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
-                      calibration)
+                      calibration, qat)
 
 
 def _write_bytes(path, data):
@@ -92,10 +99,19 @@ def complete_export(plan):
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)  # same filesystem: os.replace is atomic
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        results, published = {}, []
-        for fmt in plan.formats:  # float32 first: a failed gate stops before the slow quantised conversions
-            log.info("converting to %s", fmt)
-            model_bytes = convert(plan.model, fmt, plan.run.image_size, plan.calibration_images)
+        results, published, child, float32_bytes = {}, [], None, None
+        child_formats = plan.qat.child_formats(plan.formats)
+        # float32 first: a failed gate stops before the slow quantised conversions and the tf_keras process,
+        # whose formats come last (int8_qat is last in plan.formats already, the pruned model follows it).
+        for fmt in plan.formats + tuple(f for f in child_formats if f not in plan.formats):
+            if fmt in child_formats:
+                child = child or run_child(plan, os.path.join(staging, "qat"))
+                model_bytes = child.models[fmt]
+            else:
+                log.info("converting to %s", fmt)
+                model_bytes = convert(plan.model, fmt, plan.run.image_size, plan.calibration_images)
+            if fmt == "float32":
+                float32_bytes = model_bytes  # kept for the gzip comparison with the pruned model
             log.info("verifying %s on %d test images", fmt, len(plan.test_images))
             result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
             if fmt == "float32" and result["agreement_with_keras"] < MIN_FLOAT32_AGREEMENT:
@@ -116,6 +132,12 @@ def complete_export(plan):
         report = build_report(plan.run, plan.out_dir, created, plan.source_sha256, plan.keras_metrics, results,
                               0 if plan.calibration_images is None else len(plan.calibration_images),
                               MIN_FLOAT32_AGREEMENT)
+        if child:  # the twin check, the QAT fine-tune and pruning, as the tf_keras process reported them
+            report.update(child.result)
+            if PRUNED_FORMAT in child.models:
+                report["pruning"]["gzip_size_bytes"] = {
+                    fmt: len(gzip.compress(data, compresslevel=6))
+                    for fmt, data in (("float32", float32_bytes), (PRUNED_FORMAT, child.models[PRUNED_FORMAT]))}
         _write_bytes(os.path.join(staging, "labels.txt"), "".join(f"{label}\n" for label in plan.run.labels).encode())
         write_json(os.path.join(staging, "report.json"), report)
         _write_bytes(os.path.join(staging, "report.md"), markdown_report(report).encode())
@@ -129,10 +151,11 @@ def complete_export(plan):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_run(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None):
+def export_run(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None, qat=None):
     """Export run `run_dir` to verified TFLite models in `out_dir` (default RUN/export); returns the report.
+    `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
 
     Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
     agrees with Keras on fewer than 99.5 % of the test images.
     """
-    return complete_export(prepare_export(run_dir, formats, calibration_samples, out_dir))
+    return complete_export(prepare_export(run_dir, formats, calibration_samples, out_dir, qat))

@@ -55,6 +55,37 @@ def markdown_table(report):
     return "\n".join(lines)
 
 
+def _child_sections(report):
+    """Markdown for what the tf_keras process did (int8_qat, --prune-sparsity); empty when it did not run."""
+    twin = report.get("tf_keras_twin")
+    if not twin:
+        return ""
+    formats = report["formats"]
+    lines = [f"- tf_keras twin (tf_keras {twin['versions']['tf_keras']}, tensorflow-model-optimization "
+             f"{twin['versions']['tensorflow_model_optimization']}): max abs probability difference "
+             f"{twin['max_abs_prob_diff']:.1e} from model.keras on {twin['images']} test images "
+             f"(limit {twin['limit']:.0e})"]
+    qat = report.get("qat")
+    if qat:
+        lines.append(f"- int8_qat: {qat['epochs']} epoch(s) of quantization-aware fine-tuning at learning rate "
+                     f"{qat['lr']:g} on {qat['train_images']} training images ({qat['fine_tune_seconds']:.0f} s; "
+                     f"last epoch loss {qat['history']['loss'][-1]:.4f}), activation ranges seeded from the float "
+                     "model on the calibration images")
+    pruning = report.get("pruning")
+    if pruning:
+        gzipped = pruning["gzip_size_bytes"]
+        lines.append(
+            f"- float32_pruned: target sparsity {pruning['target_sparsity']:.0%} over {pruning['epochs']} epoch(s) "
+            f"at learning rate {pruning['lr']:g}; {pruning['zero_fraction']:.1%} of the weights of the "
+            f"{pruning['pruned_layers']} pruned layers are zero (per layer "
+            f"{pruning['layer_zero_fraction']['min']:.1%}-{pruning['layer_zero_fraction']['max']:.1%}); gzip "
+            f"size {gzipped['float32_pruned'] / 1e6:.1f} MB vs float32 {gzipped['float32'] / 1e6:.1f} MB; latency "
+            f"p50 (1 thread) {formats['float32_pruned']['latency_ms']['1']['p50']:.1f} vs "
+            f"{formats['float32']['latency_ms']['1']['p50']:.1f} ms")
+        lines.append(f"- pruning speed: {pruning['speed']}")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def markdown_report(report):
     gate = report["gate"]
     return (
@@ -67,5 +98,5 @@ def markdown_report(report):
         f"(needs ≥ {gate['float32_min_agreement_with_keras']:.1%}): {'passed' if gate['passed'] else 'FAILED'}\n"
         f"- latency: one image, batch 1, LiteRT interpreter (XNNPACK) on this machine; p50 / p90 over "
         f"{report['latency_runs']} invocations\n\n"
-        f"{markdown_table(report)}\n"
+        f"{markdown_table(report)}\n{_child_sections(report)}"
     )

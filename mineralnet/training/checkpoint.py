@@ -29,8 +29,9 @@ def read_state(run_path):
 def save_model(model, path, with_optimizer=True):
     """Save atomically; without the optimizer the file is a third of the size and loads without compile state."""
     if not with_optimizer:
-        # An uncompiled twin sharing the same layers (and so the same weights): no copy, no optimizer.
-        model = keras.models.clone_model(model, clone_function=lambda layer: layer)
+        # An uncompiled Functional over the same graph (same layers, same weights): no copy, no optimizer.
+        # (keras.models.clone_model would re-compile the clone with the original's optimizer.)
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_path(path) as tmp:
         model.save(tmp)
 
