@@ -1,5 +1,7 @@
 """Model registry: `build_model(name, ...)` and `list_models()`; model files register builders with `@register`."""
 
+import os
+
 _BUILDERS = {}
 
 
@@ -32,3 +34,12 @@ def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kw
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     return _BUILDERS[name](int(num_classes), tuple(input_shape), weights, **kwargs)
+
+
+def check_local_weights(model_name, weights):
+    """For models Keras hosts no weights for: only None or an existing backbone `.weights.h5` is accepted."""
+    if weights is not None and not os.path.isfile(str(weights)):
+        raise ValueError(
+            f"{model_name} has no pretrained weights '{weights}': use --weights none, or the path of an existing "
+            f"{model_name} backbone .weights.h5 file."
+        )

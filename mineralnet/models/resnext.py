@@ -4,12 +4,11 @@ in the first stage (128 channels, doubling per stage), stride on that 3x3 convol
 each stage's first block. 25,028,904 trainable parameters at 1000 classes, as torchvision's.
 """
 
-import os
 
 import keras
 
 from mineralnet.models.convnext import classifier_head
-from mineralnet.models.registry import register
+from mineralnet.models.registry import check_local_weights, register
 
 GROUPS, WIDTH_PER_GROUP = 32, 4
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks); a block outputs 4 x planes channels
@@ -58,11 +57,7 @@ def bottleneck(x, planes, strides, name):
 def resnext50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """weights: None (random init) or the path of a `.weights.h5` of this backbone (image to pooled features),
     e.g. one trained elsewhere; there are no ImageNet weights for it in Keras."""
-    if weights is not None and not os.path.isfile(str(weights)):
-        raise ValueError(
-            f"resnext50 has no pretrained weights '{weights}': use --weights none, or the path of an existing "
-            "resnext50 backbone .weights.h5 file."
-        )
+    check_local_weights("resnext50", weights)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)
     x = conv_bn(x, 64, 7, "stem", strides=2)
