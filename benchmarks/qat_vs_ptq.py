@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Post-training int8 vs quantization-aware int8_qat vs float32 on a trained run: accuracy on the run's test
+subset, agreement with the Keras model, size and latency. Prints a Markdown table.
+
+The three models come from `mineralnet.export` (the same conversion, gate and verification as export.py); the
+latency is then measured again with the three files timed in interleaved rounds, so load from other processes
+on a shared machine lands on all of them rather than on whichever was being timed.
+
+    python benchmarks/qat_vs_ptq.py --run RUN [--qat-epochs 3] [--qat-lr 1e-5] [--calibration-samples 300]
+                                    [--runs 50] [--rounds 5] [--out DIR]
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mineralnet.export import export_run  # noqa: E402
+from mineralnet.export.calibration import load_images  # noqa: E402
+from mineralnet.export.qat.process import QatOptions  # noqa: E402
+from mineralnet.export.rundir import load_run  # noqa: E402
+from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
+from mineralnet.utils import read_json  # noqa: E402
+
+FORMATS = ("float32", "int8", "int8_qat")
+THREADS = (1, 2)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def interleaved_latency(out_dir, image, runs, rounds):
+    """{(format, threads): {"p50", "p90"}} over `runs` timed invocations each, in `rounds` interleaved rounds."""
+    interpreters = {}
+    for fmt in FORMATS:
+        with open(os.path.join(out_dir, f"model_{fmt}.tflite"), "rb") as handle:
+            model_bytes = handle.read()
+        for threads in THREADS:
+            interpreters[fmt, threads] = make_interpreter(model_bytes, threads)
+    times = {key: [] for key in interpreters}
+    per_round = -(-runs // rounds)
+    for _ in range(rounds):
+        for key, interpreter in interpreters.items():
+            times[key] += invocation_times(interpreter, image, per_round)
+    return {key: percentiles(values) for key, values in times.items()}
+
+
+def table(report, latency):
+    float32_accuracy = report["formats"]["float32"]["accuracy"]
+    lines = ["| format | accuracy | Δ vs float32 (points) | macro P | macro R | agree w/ Keras | max abs Δp | "
+             "size MB | 1 thread p50 / p90 ms | 2 threads p50 / p90 ms |", "|" + "---|" * 10]
+    for fmt in FORMATS:
+        result = report["formats"][fmt]
+        timing = [f"{latency[fmt, t]['p50']:.1f} / {latency[fmt, t]['p90']:.1f}" for t in THREADS]
+        lines.append(
+            f"| {fmt} | {result['accuracy']:.2%} | {100 * (result['accuracy'] - float32_accuracy):+.1f} | "
+            f"{result['macro_precision']:.2%} | {result['macro_recall']:.2%} | {result['agreement_with_keras']:.2%} | "
+            f"{result['max_abs_prob_diff']:.2e} | {result['size_bytes'] / 1e6:.1f} | {timing[0]} | {timing[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a finished train.py run directory")
+    parser.add_argument("--qat-epochs", type=int, default=QatOptions.epochs)
+    parser.add_argument("--qat-lr", type=float, default=QatOptions.lr)
+    parser.add_argument("--calibration-samples", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=50, help="timed invocations per format and thread count")
+    parser.add_argument("--rounds", type=int, default=5, help="the runs are spread over this many rounds")
+    parser.add_argument("--out", default=None, help="keep the exported models here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out_dir = args.out or os.path.join(scratch, "export")
+        load_before = os.getloadavg()[0]
+        report = export_run(args.run, ",".join(FORMATS), args.calibration_samples, out_dir,
+                            QatOptions(args.qat_epochs, args.qat_lr))
+        run = load_run(args.run)
+        image = load_images(run.subset("test")[:1], run.image_size)[0]  # the first test image, as the device gets it
+        latency = interleaved_latency(out_dir, image, args.runs, args.rounds)
+        load_after = os.getloadavg()[0]
+
+    config = read_json(os.path.join(args.run, "config.json"))
+    qat = report["qat"]
+    print(f"Run `{os.path.abspath(args.run)}`: {config.get('model')}, {run.image_size} px, {len(run.labels)} classes, "
+          f"{config.get('epochs')} training epochs; Keras accuracy {report['keras']['accuracy']:.2%} on "
+          f"{report['test_images']} test images (one image = {100 / report['test_images']:.1f} points).")
+    print(f"int8 calibrated on {report['calibration_images']} training images; int8_qat: {qat['epochs']} QAT "
+          f"epoch(s) at lr {qat['lr']:g} on {qat['train_images']} training images ({qat['fine_tune_seconds']:.0f} s), "
+          f"tf_keras twin max abs Δp {report['tf_keras_twin']['max_abs_prob_diff']:.1e}.")
+    print(f"Commit {commit()}; {cpu_name()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
+          f"{load_after:.2f} after. Latency: {args.runs} timed invocations per format and thread count in "
+          f"{args.rounds} interleaved rounds, batch 1, LiteRT interpreter (XNNPACK).\n")
+    print(table(report, latency))
+
+
+if __name__ == "__main__":
+    main()

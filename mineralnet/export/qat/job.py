@@ -1,0 +1,114 @@
+"""The QAT/pruning step itself, run inside the tf_keras child process (see process.py for the exchange):
+load model.keras (Keras 3), build and check its tf_keras twin, then make the int8_qat model (quantize,
+seed the ranges, fine-tune, convert) and/or the pruned float32 model (prune, fine-tune, strip, convert)."""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow_model_optimization
+import tf_keras
+
+from mineralnet import rundir
+from mineralnet.export.convert import QAT_FORMAT, convert
+from mineralnet.export.errors import ExportError
+from mineralnet.export.qat import prune, quantize
+from mineralnet.export.qat.process import (
+    ERROR_PREFIX, INPUTS, LOG_PREFIX, PRUNED_FORMAT, RESULT, model_file, require_convnext,
+)
+from mineralnet.export.qat.train import fine_tune, steps_per_epoch
+from mineralnet.export.qat.twin import MAX_TWIN_PROB_DIFF, build_twin, check_agreement, copy_weights
+from mineralnet.export.rundir import load_model, load_run
+from mineralnet.export.sidecar import sha256_file
+from mineralnet.utils import write_json
+
+AGREEMENT_IMAGES = 64  # test images the twin is checked on
+log = logging.getLogger("mineralnet.export")
+
+
+def _write(work_dir, fmt, model_bytes):
+    with open(os.path.join(work_dir, model_file(fmt)), "wb") as handle:
+        handle.write(model_bytes)
+
+
+def quantization_aware(twin, run, config, calibration, args):
+    quantized = quantize.quantize_twin(twin)
+    quantize.calibrate_ranges(quantized, twin, calibration)
+    started = time.perf_counter()
+    history = fine_tune(quantized, run, config, args.epochs, args.lr, "QAT")
+    seconds = time.perf_counter() - started
+    quantize.refresh_weight_ranges(quantized, calibration[:1])
+    log.info("converting the quantization-aware model to %s", QAT_FORMAT)
+    _write(args.work, QAT_FORMAT, convert(quantized, QAT_FORMAT, run.image_size, calibration))
+    return {"epochs": args.epochs, "lr": args.lr, "train_images": len(run.subset("train")),
+            "fine_tune_seconds": round(seconds, 1), "history": history}
+
+
+def pruned(twin, run, config, args):
+    model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run, config) * args.epochs)
+    history = fine_tune(model, run, config, args.epochs, args.lr, "pruning", callbacks=prune.callbacks())
+    stripped = prune.strip(model)
+    zeros = prune.zero_fractions(stripped)
+    log.info("converting the pruned model to float32")
+    _write(args.work, PRUNED_FORMAT, convert(stripped, "float32", run.image_size))
+    sizes = {layer.name: int(np.prod(layer.get_weights()[0].shape)) for layer in stripped.layers
+             if layer.name in zeros}
+    return {"target_sparsity": args.prune_sparsity, "epochs": args.epochs, "lr": args.lr, "history": history,
+            "pruned_layers": len(zeros),
+            "zero_fraction": sum(zeros[n] * sizes[n] for n in zeros) / sum(sizes.values()),
+            "layer_zero_fraction": {"min": min(zeros.values()), "max": max(zeros.values())},
+            "speed": prune.SPEED_NOTE}
+
+
+def run_job(args):
+    run = load_run(args.run)
+    if sha256_file(run.model_path) != args.sha256:
+        raise ExportError(f"model file '{run.model_path}' changed during the export: run the export again.")
+    source = load_model(run)
+    require_convnext(source, run.model_path)
+    config = rundir.Run(run.path).config
+    arrays = np.load(os.path.join(args.work, INPUTS))
+    twin = build_twin(source)
+    copy_weights(source, twin)
+    checked = arrays["test"][:AGREEMENT_IMAGES]
+    difference = check_agreement(source, twin, checked)
+    log.info("the tf_keras twin agrees with model.keras: max abs probability difference %.1e on %d test images",
+             difference, len(checked))
+    result = {"tf_keras_twin": {"max_abs_prob_diff": difference, "images": len(checked), "limit": MAX_TWIN_PROB_DIFF,
+                       "versions": {"tf_keras": tf_keras.__version__,
+                                    "tensorflow_model_optimization": tensorflow_model_optimization.__version__}}}
+    if args.qat:
+        result["qat"] = quantization_aware(twin, run, config, arrays["calibration"], args)
+    if args.prune_sparsity:
+        result["pruning"] = pruned(twin, run, config, args)
+    write_json(os.path.join(args.work, RESULT), result)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m mineralnet.export.qat",
+                                     description="The exporter's tf_keras step (started by export.py).")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--work", required=True, help="folder holding inputs.npz; the outputs go there too")
+    parser.add_argument("--sha256", required=True, help="of the model.keras the exporter took its reference from")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--qat", action="store_true", help="make the int8_qat model")
+    parser.add_argument("--prune-sparsity", type=float, default=None, help="make the pruned float32 model")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_PREFIX + "%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        run_job(args)
+    except ExportError as error:
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,129 @@
+"""The exporter's side of quantization-aware training and pruning: check they can run, start the tf_keras
+child process (`python -m mineralnet.export.qat`), relay its progress and read back what it wrote.
+
+tfmot 0.8.1 works only with tf_keras, and importing it sets TF_USE_LEGACY_KERAS=1 for the whole process, so it
+never runs in the exporter's own process, which stays on Keras 3. The two exchange files in a folder inside the
+export's staging directory: inputs.npz (calibration and test images) in, .tflite files and result.json out.
+"""
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+import mineralnet
+from mineralnet.export.convert import QAT_FORMAT
+from mineralnet.export.errors import ExportError
+from mineralnet.models.convnext import BACKBONE_NAME
+from mineralnet.utils import read_json
+
+PRUNED_FORMAT = "float32_pruned"
+INPUTS, RESULT = "inputs.npz", "result.json"
+LOG_PREFIX = "mineralnet.export.qat: "  # the child's progress lines; the parent relays them to its log
+ERROR_PREFIX = "error: "
+REQUIRED_MODULES = {"tf_keras": "tf_keras", "tensorflow_model_optimization": "tensorflow-model-optimization"}
+
+log = logging.getLogger("mineralnet.export")
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    """Fine-tuning of the int8_qat and pruned models: epochs, (constant Adam) learning rate, and the target
+    sparsity of pruning (None: no pruned model)."""
+
+    epochs: int = 3
+    lr: float = 1e-5
+    prune_sparsity: float = None
+
+    def child_formats(self, formats):
+        """The formats the child process makes, in report order."""
+        return ((QAT_FORMAT,) if QAT_FORMAT in formats else ()) + ((PRUNED_FORMAT,) if self.prune_sparsity else ())
+
+
+def model_file(fmt):
+    return f"model_{fmt}.tflite"
+
+
+def check_options(options, formats):
+    """Fail fast, before any model is loaded, on bad values or a missing `qat` extra."""
+    if not options.child_formats(formats):
+        return
+    if int(options.epochs) < 1:
+        raise ExportError(f"--qat-epochs must be at least 1, got {options.epochs}.")
+    if not float(options.lr) > 0:
+        raise ExportError(f"--qat-lr must be a positive learning rate, got {options.lr}.")
+    if options.prune_sparsity is not None and not 0 < float(options.prune_sparsity) < 1:
+        raise ExportError(f"--prune-sparsity must be a fraction between 0 and 1 (e.g. 0.5), got "
+                          f"{options.prune_sparsity}.")
+    missing = [package for module, package in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:  # find_spec, not import: importing tfmot would switch this process to tf_keras
+        raise ExportError(f"int8_qat and --prune-sparsity need {' and '.join(missing)}: pip install "
+                          "'mineralnet[qat]' (or leave them out).")
+
+
+def require_convnext(model, model_path):
+    """The tf_keras twin knows the ConvNeXt architecture only."""
+    if not any(layer.name == f"{BACKBONE_NAME}_stem" for layer in model.layers):
+        raise ExportError(
+            f"int8_qat and --prune-sparsity support the ConvNeXt models (eca_convnext_tiny, convnext_tiny) only, "
+            f"and '{model_path}' is '{model.name}': leave them out (int8 works for any model)."
+        )
+
+
+@dataclass
+class ChildOutput:
+    result: dict  # result.json of the child
+    models: dict  # format -> .tflite bytes
+
+
+def _child_command(plan, work_dir):
+    options = plan.qat
+    command = [sys.executable, "-m", "mineralnet.export.qat", "--run", plan.run.path, "--work", work_dir,
+               "--sha256", plan.source_sha256, "--epochs", str(int(options.epochs)), "--lr", repr(float(options.lr))]
+    if QAT_FORMAT in plan.formats:
+        command.append("--qat")
+    if options.prune_sparsity:
+        command += ["--prune-sparsity", repr(float(options.prune_sparsity))]
+    return command
+
+
+def run_child(plan, work_dir):
+    """Run the QAT/pruning child for `plan` (an ExportPlan) in `work_dir`; return its ChildOutput or raise
+    ExportError with the child's own error line."""
+    os.makedirs(work_dir)
+    np.savez(os.path.join(work_dir, INPUTS), calibration=plan.calibration_images, test=plan.test_images)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(mineralnet.__file__)))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    log.info("starting the tf_keras process for %s", ", ".join(plan.qat.child_formats(plan.formats)))
+    tail, error = deque(maxlen=15), None
+    process = subprocess.Popen(_child_command(plan, work_dir), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, errors="replace")
+    try:
+        for line in process.stderr:
+            line = line.rstrip("\n")
+            if line.startswith(LOG_PREFIX):
+                log.info("%s", line[len(LOG_PREFIX):])
+            elif line.startswith(ERROR_PREFIX):
+                error = line[len(ERROR_PREFIX):]
+            elif line.strip():
+                tail.append(line)
+        status = process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: do not leave a training process behind
+            process.kill()
+            process.wait()
+    if status != 0:
+        raise ExportError(error or (
+            f"the QAT process (python -m mineralnet.export.qat) failed with exit status {status}; its last output: "
+            + " | ".join(tail)))
+    models = {}
+    for fmt in plan.qat.child_formats(plan.formats):
+        with open(os.path.join(work_dir, model_file(fmt)), "rb") as handle:
+            models[fmt] = handle.read()
+    return ChildOutput(read_json(os.path.join(work_dir, RESULT)), models)

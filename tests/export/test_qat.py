@@ -1,0 +1,131 @@
+"""int8_qat and --prune-sparsity on the shared tiny run (tests/conftest.py `tiny_run`): the tf_keras twin, one
+QAT epoch, conversion, the verification gate, pruning, and Keras 3 still in charge of this process afterwards."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+
+from mineralnet.export import ExportError, list_operators
+from mineralnet.export.qat import process
+from mineralnet.export.qat.process import QatOptions, check_options
+from mineralnet.utils import read_json
+
+# Not pytest.importorskip: importing tfmot sets TF_USE_LEGACY_KERAS=1 in the importing process, the very leak
+# test_keras3_still_in_charge_after_qat rules out. find_spec looks without importing.
+if importlib.util.find_spec("tensorflow_model_optimization") is None:
+    pytest.skip("tensorflow-model-optimization is not installed: pip install 'mineralnet[qat]'",
+                allow_module_level=True)
+
+SPARSITY = 0.5
+
+
+@pytest.fixture(scope="module")
+def qat_exported(tiny_run, link_run, run_cli, tmp_path_factory):
+    """(out_dir, stdout, report) of one export with int8, int8_qat (1 epoch) and pruning at 50 %."""
+    run = link_run(tiny_run, tmp_path_factory.mktemp("qat") / "run")
+    code, stdout, stderr = run_cli(["--run", run, "--formats", "float32,int8,int8_qat", "--qat-epochs", "1",
+                                    "--prune-sparsity", str(SPARSITY), "--calibration-samples", "8"])
+    assert code == 0, stderr
+    out_dir = os.path.join(run, "export")
+    return out_dir, stdout, read_json(os.path.join(out_dir, "report.json"))
+
+
+def read_model(out_dir, fmt):
+    with open(os.path.join(out_dir, f"model_{fmt}.tflite"), "rb") as handle:
+        return handle.read()
+
+
+def test_writes_verified_models_with_the_int8_qat_row_after_int8(qat_exported):
+    out_dir, stdout, report = qat_exported
+    formats = ("float32", "int8", "int8_qat", "float32_pruned")
+    assert set(os.listdir(out_dir)) == {f"model_{f}.{ext}" for f in formats for ext in ("tflite", "json")} | {
+        "labels.txt", "report.json", "report.md"}  # no staging, inputs.npz or result.json left over
+    assert list(report["formats"]) == list(formats)
+    rows = [line.split("|")[1].strip() for line in stdout.splitlines() if line.startswith("| ")]
+    assert rows[rows.index("int8") + 1] == "int8_qat"
+    markdown = open(os.path.join(out_dir, "report.md")).read()
+    assert "| int8_qat |" in markdown and "tf_keras twin" in markdown and "no speed-up expected" in markdown
+
+
+def test_twin_agrees_with_the_keras_model_before_training(qat_exported):
+    twin = qat_exported[2]["tf_keras_twin"]
+    assert twin["max_abs_prob_diff"] <= 1e-4 and twin["images"] == qat_exported[2]["test_images"]
+    assert twin["versions"]["tf_keras"].startswith("2.")
+
+
+def test_one_qat_epoch_ran(qat_exported):
+    qat = qat_exported[2]["qat"]
+    assert qat["epochs"] == 1 and len(qat["history"]["loss"]) == 1 and qat["train_images"] > 0
+
+
+def test_int8_qat_takes_uint8_pixels_passes_the_gate_and_has_no_flex(qat_exported):
+    out_dir, _, report = qat_exported
+    model = read_model(out_dir, "int8_qat")
+    interpreter = Interpreter(model_content=model)
+    detail = interpreter.get_input_details()[0]
+    assert detail["dtype"] == np.uint8 and detail["quantization"] == (1.0, 0)
+    assert interpreter.get_output_details()[0]["dtype"] == np.uint8
+    operators = list_operators(model)
+    assert "FULLY_CONNECTED" in operators and not [name for name in operators if name.startswith("Flex")]
+    assert report["gate"]["passed"]
+    result = report["formats"]["int8_qat"]
+    assert set(result) == set(report["formats"]["int8"])  # measured like every other format
+    assert 0 <= result["agreement_with_keras"] <= 1 and result["input"]["dtype"] == "uint8"
+    sidecar, int8_sidecar = (read_json(os.path.join(out_dir, f"model_{f}.json")) for f in ("int8_qat", "int8"))
+    assert set(sidecar) == set(int8_sidecar) and sidecar["format"] == "int8_qat"
+    assert sidecar["input"] == int8_sidecar["input"] and sidecar["preprocessing"] == int8_sidecar["preprocessing"]
+    assert sidecar["source_model_sha256"] == int8_sidecar["source_model_sha256"]
+
+
+def _zero_fraction_of_large_buffers(model_bytes, min_values=4096):
+    """Share of exact zeros over the float32 buffers of at least `min_values` values (the kernels)."""
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    zeros = total = 0
+    for index in range(model.BuffersLength()):
+        data = model.Buffers(index).DataAsNumpy()
+        if isinstance(data, np.ndarray) and data.size >= 4 * min_values:
+            values = data.view(np.float32)
+            zeros, total = zeros + int(np.sum(values == 0)), total + values.size
+    return zeros / total
+
+
+def test_pruning_at_half_zeroes_half_the_pruned_weights(qat_exported):
+    out_dir, _, report = qat_exported
+    pruning = report["pruning"]
+    assert pruning["zero_fraction"] == pytest.approx(SPARSITY, abs=0.02)
+    assert pruning["layer_zero_fraction"]["min"] >= SPARSITY - 0.05 and pruning["pruned_layers"] >= 40
+    # The zeros reach the file (what gzip shrinks): ConvNeXt's Dense/Conv2D kernels are ~99 % of its weights.
+    assert _zero_fraction_of_large_buffers(read_model(out_dir, "float32_pruned")) > SPARSITY - 0.05
+    assert _zero_fraction_of_large_buffers(read_model(out_dir, "float32")) < 0.01
+    assert pruning["gzip_size_bytes"]["float32_pruned"] < 0.8 * pruning["gzip_size_bytes"]["float32"]
+
+
+def test_keras3_still_in_charge_after_qat(qat_exported):
+    import keras
+    import tensorflow as tf
+
+    import mineralnet
+
+    assert "tf_keras" not in sys.modules and "tensorflow_model_optimization" not in sys.modules
+    assert "TF_USE_LEGACY_KERAS" not in os.environ
+    assert keras.__version__.startswith("3.") and tf.keras.Model is keras.Model
+    model = mineralnet.build_model("eca_convnext_tiny", num_classes=3, input_shape=(32, 32, 3))
+    assert isinstance(model, keras.Model) and type(model).__module__.startswith("keras.src")
+    assert model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0).shape == (1, 3)
+
+
+def test_bad_prune_sparsity_fails_before_loading_anything(run_cli, tiny_run, tmp_path):
+    code, stdout, stderr = run_cli(["--run", tiny_run, "--prune-sparsity", "1.5", "--out", str(tmp_path / "out")])
+    assert code == 1 and stderr.strip().startswith("error: --prune-sparsity") and not (tmp_path / "out").exists()
+
+
+def test_missing_qat_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(process.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ExportError, match=r"pip install 'mineralnet\[qat\]'"):
+        check_options(QatOptions(), ("float32", "int8_qat"))
+    check_options(QatOptions(), ("float32", "int8"))  # nothing asked of tfmot: nothing checked
