@@ -43,7 +43,8 @@ def main(argv=None):
     log = logging.getLogger("mineralnet.export")
     handler = logging.StreamHandler(sys.stderr)  # progress: conversion and verification take minutes
     handler.setFormatter(logging.Formatter("export: %(message)s"))
-    log.addHandler(handler)
+    log.handlers = [handler]  # one handler however often main() runs in a process
+    log.propagate = False  # TensorFlow's converter installs a root handler that would print every line twice
     log.setLevel(logging.INFO)
     try:
         qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
