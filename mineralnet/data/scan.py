@@ -1,0 +1,112 @@
+"""Find the images of a one-folder-per-class dataset, check every file once, and report what was skipped."""
+
+import hashlib
+import os
+import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from mineralnet.data.images import IMAGE_EXTENSIONS, open_rgb
+
+
+class DataError(ValueError):
+    """A dataset problem that stops a run before anything is written; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # relative to the data directory, POSIX separators
+    label: str
+    sha256: str
+    dhash: int  # 64-bit difference hash, for near-duplicate grouping
+
+
+def _difference_hash(image):
+    gray = np.asarray(image.convert("L").resize((9, 8)), dtype=np.int16)
+    bits = (gray[:, 1:] > gray[:, :-1]).flatten()
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def check_image(path):
+    """(sha256, dhash) of a decodable image file, or raise with the reason it is unusable."""
+    if os.path.getsize(path) == 0:
+        raise OSError("zero-byte file")
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    image = open_rgb(path)
+    if min(image.size) < 1:
+        raise OSError("image has no pixels")
+    return digest, _difference_hash(image)
+
+
+def list_classes(data_dir):
+    """Sorted class folder names; the order is the label order of every model trained on them."""
+    if not os.path.isdir(data_dir):
+        raise DataError(
+            f"data directory '{data_dir}' does not exist: pass --data with a folder holding one sub-folder per class "
+            "(or run with --demo to make a synthetic one)."
+        )
+    classes = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"data directory '{data_dir}' has {len(classes)} class folder(s): it needs at least two sub-folders, "
+            "one per class, each holding that class's images."
+        )
+    return classes
+
+
+def scan_dataset(data_dir, limit_per_class=None, seed=0, workers=8):
+    """Check every image under `data_dir`; return (classes, samples, report).
+
+    Unreadable, zero-byte, truncated and non-image files are skipped with one warning each and listed in the
+    report; an empty class folder raises DataError. `limit_per_class` keeps a seeded random subset per class
+    (for quick runs) before checking.
+    """
+    classes = list_classes(data_dir)
+    candidates, ignored = [], []
+    for label in classes:
+        folder = os.path.join(data_dir, label)
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        ignored += [f"{label}/{n}" for n in names if n not in images]
+        if limit_per_class:
+            images = sorted(random.Random(f"{seed}/{label}").sample(images, min(limit_per_class, len(images))))
+        candidates += [(f"{label}/{n}", label) for n in images]
+
+    def check(candidate):
+        try:
+            return candidate, check_image(os.path.join(data_dir, candidate[0])), None
+        except Exception as error:  # any decoder failure means the same thing: this file is unusable
+            return candidate, None, f"{type(error).__name__}: {error}"
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(check, candidates))
+
+    samples, skipped = [], []
+    for (path, label), hashes, reason in results:
+        if hashes is None:
+            warnings.warn(f"skipping unreadable image {os.path.join(data_dir, path)} ({reason})", stacklevel=2)
+            skipped.append({"path": path, "reason": reason})
+        else:
+            samples.append(Sample(path, label, *hashes))
+    counts = {label: sum(s.label == label for s in samples) for label in classes}
+    empty = [label for label, count in counts.items() if count == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(os.path.join(data_dir, e) for e in empty)} hold no readable image "
+            f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder."
+        )
+    report = {
+        "data_dir": os.path.abspath(data_dir),
+        "classes": classes,
+        "num_images": len(samples),
+        "per_class": counts,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "ignored_non_image_files": ignored,
+        "limit_per_class": limit_per_class,
+    }
+    return classes, samples, report
