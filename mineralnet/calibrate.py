@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from mineralnet.data import DataError, load_image, read_split
+from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, write_json
 
 METHOD = "split_conformal"
@@ -37,35 +38,12 @@ def conformal_qhat(scores, alpha):
     return 1.0 if rank > n else float(scores[rank - 1])
 
 
-def _interpreter(model_path):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter
-    interpreter = Interpreter(model_path=model_path)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def tflite_probabilities(model_path, sidecar, files):
+def tflite_probabilities(model_path, files):
     """Class probabilities of the .tflite model for image files, preprocessed by the training contract."""
-    interpreter = _interpreter(model_path)
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    size = int(source["shape"][1])
-    in_scale, in_zero = float(sidecar["input"].get("scale", 0.0)), int(sidecar["input"].get("zero_point", 0))
-    out_scale, out_zero = float(sidecar["output"].get("scale", 0.0)), int(sidecar["output"].get("zero_point", 0))
-    dtype = np.dtype(source["dtype"])
-    results = []
-    for path in files:
-        pixels = load_image(path, size).astype(np.float32)
-        if dtype != np.float32:
-            info = np.iinfo(dtype)
-            pixels = np.clip(np.round(pixels / in_scale + in_zero), info.min, info.max)
-        interpreter.set_tensor(source["index"], pixels.astype(dtype)[None])
-        interpreter.invoke()
-        values = interpreter.get_tensor(target["index"])[0].astype(np.float32)
-        results.append(values if out_scale == 0.0 else (values - out_zero) * out_scale)
-    return np.stack(results)
+    with open(model_path, "rb") as handle:
+        interpreter = make_interpreter(handle.read(), threads=None)
+    size = int(interpreter.get_input_details()[0]["shape"][1])
+    return predict(interpreter, np.stack([load_image(path, size) for path in files]))
 
 
 def calibrate(run_dir, model_path, alpha, sidecar_path=None):
@@ -98,7 +76,7 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None):
     if not rows:
         split = os.path.join(run_dir, "split.csv")
         raise CalibrationError(f"split '{split}' has no val rows: re-split with a val share.")
-    probabilities = tflite_probabilities(model_path, sidecar, [r["file"] for r in rows])
+    probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     scores = 1.0 - probabilities[np.arange(len(rows)), truth]
     reject = {

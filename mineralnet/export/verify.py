@@ -6,6 +6,8 @@ import time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from mineralnet.metrics import classification_report
+
 LATENCY_THREADS = (1, 2)
 LATENCY_RUNS = 50  # timed invocations per thread count, after LATENCY_WARMUP untimed ones
 LATENCY_WARMUP = 5
@@ -83,20 +85,11 @@ def latency_ms(interpreter, image, runs=LATENCY_RUNS):
 
 
 def classification_metrics(y_true, y_pred):
-    """Accuracy and macro precision/recall over the classes present in either array (a class never predicted
-    has precision 0, as scikit-learn's zero_division=0)."""
-    classes = np.union1d(y_true, y_pred)
-    precision, recall = [], []
-    for cls in classes:
-        hits = np.sum((y_pred == cls) & (y_true == cls))
-        predicted, actual = np.sum(y_pred == cls), np.sum(y_true == cls)
-        precision.append(hits / predicted if predicted else 0.0)
-        recall.append(hits / actual if actual else 0.0)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
-    }
+    """Accuracy and macro precision/recall, computed as in the evaluation report (mineralnet.metrics)."""
+    num_classes = int(max(np.max(y_true), np.max(y_pred))) + 1
+    report = classification_report(y_true, y_pred, [str(i) for i in range(num_classes)])
+    return {"accuracy": report["accuracy"], "macro_precision": report["precision_macro"],
+            "macro_recall": report["recall_macro"]}
 
 
 def verify(model_bytes, images, y_true, reference):
