@@ -1,7 +1,7 @@
 """The paper's model comparison (tables 4 and 5, figs. 4-6) redone on MINET-7 with the project's own training
 loop: every registry model trained on one split.csv (6:2:2, fixed seed), same augmentation, same budget.
 
-    python benchmarks/paper_tables.py                      # CPU budget: 96 px, 10 epochs, batch 16 (~1.5 h, 2 cores)
+    python benchmarks/paper_tables.py                      # CPU budget: 64 px, 6 epochs, batch 16 (~1 h, 2 cores)
     python benchmarks/paper_tables.py --full               # the paper's settings: 224 px, batch 32, 200 epochs (GPU)
     python benchmarks/paper_tables.py --smoke --out DIR    # 2 models, 1 epoch, 32 px, 6 images a class
     python benchmarks/paper_tables.py --weights PATH       # adds table 5's transfer rows (ConvNeXt-Tiny backbone)
@@ -10,11 +10,10 @@ Runs go to runs/paper/<budget|full|smoke>/<run>/ (train.py run directories). Rer
 kill: a run with eval/report.json is kept, an unfinished one resumes from its last epoch. Then writes, into --out
 (benchmarks/results/minet/): table4.md, table5.md, curves.png, confusion_matrix.png, gradcam.png, README.md.
 
-The CPU budget: training seconds per image and epoch at 96 px on the two-core CPU (measured, scaled to an idle
-machine): ConvNeXt-Tiny and ECA-ConvNeXt-Tiny ~0.25 each, VGG19 ~0.12, ResNet50 ~0.04, ResNeXt50 ~0.03,
-GoogLeNet ~0.01, simple_cnn ~0.005: ~0.7 s per training image for an epoch of all seven. 565 training images x
-10 epochs is ~65 min, plus validation (~7 min) and data checks, graph tracing, test evaluation and figures
-(~10 min): ~1.5 h. ConvNeXt's depthwise 7x7 convolutions and LayerNorms are what the CPU is slow at.
+The CPU budget, measured (benchmarks/results/minet/README.md): all seven models at 64 px for 6 epochs took
+51 minutes of training and 57 minutes in all on the two-core CPU, ConvNeXt-Tiny and ECA-ConvNeXt-Tiny ~60 % of
+it. 96 px and 10 epochs would take about 3.7x that (~3.5 h), over the two hours a CPU run should fit in; ConvNeXt's
+depthwise 7x7 convolutions and LayerNorms are what the CPU is slow at.
 """
 
 import argparse
@@ -47,7 +46,7 @@ DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "minet_512"
 DEFAULT_PAPER = os.path.join(os.path.dirname(REPO), "shared", "seeds", "001_1a1c8f790cf7c18f.txt")
 PAPER_ORDER = ("vgg19", "googlenet", "resnet50", "resnext50", "convnext_tiny", "eca_convnext_tiny")
 PRESETS = {
-    "budget": {"image_size": 96, "epochs": 10, "batch_size": 16, "limit_per_class": None, "models": None},
+    "budget": {"image_size": 64, "epochs": 6, "batch_size": 16, "limit_per_class": None, "models": None},
     "full": {"image_size": 224, "epochs": 200, "batch_size": 32, "limit_per_class": None, "models": None},
     "smoke": {"image_size": 32, "epochs": 1, "batch_size": 8, "limit_per_class": 6,
               "models": ["simple_cnn", "eca_convnext_tiny"]},
