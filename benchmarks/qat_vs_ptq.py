@@ -12,8 +12,6 @@ on a shared machine lands on all of them rather than on whichever was being time
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 
@@ -26,23 +24,10 @@ from mineralnet.export.qat.process import QatOptions  # noqa: E402
 from mineralnet.export.rundir import load_run  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
 from mineralnet.utils import read_json  # noqa: E402
+from machine import commit, cpu_name  # noqa: E402
 
 FORMATS = ("float32", "int8", "int8_qat")
 THREADS = (1, 2)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-def commit():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 def interleaved_latency(out_dir, image, runs, rounds):

@@ -13,7 +13,6 @@ accuracy a trained model keeps. Images are synthetic demo specimens: `--images` 
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,17 +28,10 @@ from mineralnet import build_model  # noqa: E402
 from mineralnet.data import load_image, make_demo_dataset  # noqa: E402
 from mineralnet.export import FORMATS, convert, list_operators  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles, predict  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 NUM_CLASSES = 6
 THREADS = (1, 2)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def demo_images(count, size, seed):
