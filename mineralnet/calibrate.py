@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-from mineralnet.data import DataError, load_image, read_split
+from mineralnet import rundir
+from mineralnet.data import DataError, load_image
 from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, write_json
 
@@ -52,11 +53,13 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None):
     for path, fix in (
         (model_path, "pass --model with an exported .tflite file"),
         (sidecar_path, "export the model with its sidecar first, or pass --sidecar"),
-        (os.path.join(run_dir, "config.json"), "pass --run with a training run directory"),
-        (os.path.join(run_dir, "labels.json"), "pass --run with a training run directory"),
     ):
         if not os.path.isfile(path):
             raise CalibrationError(f"'{path}' does not exist: {fix}.")
+    try:
+        run = rundir.Run(run_dir, required=(rundir.CONFIG, rundir.LABELS, rundir.SPLIT))
+    except rundir.RunError as error:
+        raise CalibrationError(str(error)) from None
     sidecar = read_json(sidecar_path)
     with open(model_path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
@@ -65,17 +68,15 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None):
             f"sidecar '{sidecar_path}' was written for another model than '{model_path}' (sha256 differs): pass the "
             "--sidecar exported with this model."
         )
-    labels = read_json(os.path.join(run_dir, "labels.json"))
+    labels = run.labels
     if sidecar.get("labels") != labels:
         raise CalibrationError(
             f"sidecar '{sidecar_path}' lists labels {sidecar.get('labels')} but run '{run_dir}' has {labels}: "
             "calibrate a model exported from this run."
         )
-    config = read_json(os.path.join(run_dir, "config.json"))
-    rows = [r for r in read_split(os.path.join(run_dir, "split.csv"), config["data"]) if r["subset"] == "val"]
+    rows = run.rows("val")
     if not rows:
-        split = os.path.join(run_dir, "split.csv")
-        raise CalibrationError(f"split '{split}' has no val rows: re-split with a val share.")
+        raise CalibrationError(f"split '{run.file(rundir.SPLIT)}' has no val rows: re-split with a val share.")
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     scores = 1.0 - probabilities[np.arange(len(rows)), truth]
