@@ -35,6 +35,10 @@ def train_parser():
     add("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (default 0)")
     add("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
     add("--dropout", type=float, help="dropout before the classifier (default 0)")
+    add("--mixup", type=float, help="Mixup Beta alpha on training batches, e.g. 0.2 (default 0 = off)")
+    add("--cutmix", type=float, help="CutMix Beta alpha, e.g. 1.0 (default 0 = off); with --mixup each batch picks one")
+    add("--ema", type=float, help="validate and save an exponential moving average of the weights with this "
+        "momentum, e.g. 0.999 (default 0 = off)")
     add("--freeze-epochs", type=int, help="head-only epochs with the backbone frozen, before fine-tuning (default 0)")
     add("--seed", type=int, help="seed of split, shuffling, augmentation and init (default 0)")
     add("--split", help="reuse this split.csv instead of making a new split")
@@ -46,6 +50,8 @@ def train_parser():
     add("--cpu-devices", type=int, help="split the CPU into N logical devices (test distribution without GPUs)")
     add("--augment", type=_augment, help='JSON overrides of the augmentation, e.g. \'{"rotation": 0.2, "noise": 0}\'')
     add("--no-evaluate", dest="evaluate", action="store_false", default=None, help="skip the final test evaluation")
+    add("--tta", action="store_true", default=None,
+        help="also report test-time augmentation (8 flips/rotations averaged) in the final evaluation")
     add("--config", help="YAML or JSON file of options; flags override it")
     add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     return p

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from mineralnet.data.images import load_image
+from mineralnet.data.mixing import mix_batches
 
 CROP_MARGIN = 8 / 7  # training images are decoded this much larger, then randomly cropped back (256 -> 224)
 
@@ -67,11 +68,12 @@ def _decode(files, size):
 
 
 def make_dataset(files, labels, num_classes, image_size, batch_size, training=False, augment=None, seed=0,
-                 cache=True, drop_remainder=False):
+                 cache=True, drop_remainder=False, mixup=0.0, cutmix=0.0):
     """Batches of (float32 raw-RGB images, one-hot labels) for `files` (absolute paths) and integer `labels`.
 
     Training decodes at CROP_MARGIN x size when cropping, caches decoded pixels, reshuffles every epoch, then
-    augments each batch; evaluation decodes straight to `image_size` (the export and edge contract).
+    augments each batch and mixes it (`mixup` / `cutmix`: Beta alphas, 0 = off); evaluation decodes straight
+    to `image_size` (the export and edge contract).
     """
     augment = augment or AugmentConfig()
     crop = training and augment.crop
@@ -92,6 +94,7 @@ def make_dataset(files, labels, num_classes, image_size, batch_size, training=Fa
                 lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
+        dataset = mix_batches(dataset, mixup, cutmix, seed)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

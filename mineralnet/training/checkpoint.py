@@ -14,6 +14,7 @@ import keras
 
 from mineralnet import rundir
 from mineralnet.plots import plot_curves
+from mineralnet.training.ema import averaged_weights
 from mineralnet.utils import atomic_path, atomic_write_text, read_json, write_json
 
 STATE = "state.json"
@@ -71,7 +72,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         improved = row.get("val_accuracy", -1.0) > self.best
         if improved:
             self.best, self.best_epoch = row["val_accuracy"], number
-            save_model(self.model, os.path.join(self.run_path, rundir.MODEL), with_optimizer=False)
+            with averaged_weights(self.model):  # the weights that were just validated
+                save_model(self.model, os.path.join(self.run_path, rundir.MODEL), with_optimizer=False)
         folder = os.path.join(self.run_path, rundir.CHECKPOINT_DIR)
         name = f"epoch-{number}.keras"
         save_model(self.model, os.path.join(folder, name))

@@ -18,6 +18,9 @@ DEFAULTS = {
     "warmup_epochs": 0,
     "label_smoothing": 0.0,
     "dropout": 0.0,
+    "mixup": 0.0,  # Beta alpha of Mixup on training batches (0 = off; 0.2-0.8 is usual)
+    "cutmix": 0.0,  # Beta alpha of CutMix (0 = off; 1.0 is usual); with both on, each batch picks one
+    "ema": 0.0,  # momentum of an exponential moving average of the weights, validated and saved (0 = off)
     "freeze_epochs": 0,  # head-only warm-up epochs with the backbone frozen
     "seed": 0,
     "split": None,  # reuse this split.csv instead of making one
@@ -29,6 +32,7 @@ DEFAULTS = {
     "cpu_devices": 1,  # split the CPU into N logical devices (to exercise distribution without GPUs)
     "augment": AugmentConfig().to_dict(),
     "evaluate": True,  # evaluate the best model on the test subset at the end
+    "tta": False,  # also report test-time augmentation (8 flips/rotations averaged) in the evaluation
 }
 CHOICES = {
     "mixed_precision": ("off", "float16", "bfloat16"),
@@ -88,6 +92,11 @@ def validate(config):
         raise ConfigError(f"image_size {config['image_size']} is too small: the models need at least 32 px.")
     if not 0 <= int(config["freeze_epochs"]) < int(config["epochs"]):
         raise ConfigError("freeze_epochs must be at least 0 and less than epochs (the rest fine-tunes everything).")
+    for key in ("mixup", "cutmix", "label_smoothing"):
+        if float(config[key]) < 0:
+            raise ConfigError(f"option '{key}' must be 0 (off) or positive, got {config[key]!r}.")
+    if not (float(config["ema"]) == 0 or 0.5 <= float(config["ema"]) < 1):
+        raise ConfigError(f"option 'ema' is a momentum in [0.5, 1) such as 0.999 (0 = off), got {config['ema']!r}.")
     if not config["data"] and not config["demo"]:
         raise ConfigError("no data: pass --data DIR (one sub-folder per class) or --demo for the synthetic demo set.")
     try:

@@ -16,6 +16,7 @@ from mineralnet.models import build_model
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config
 from mineralnet.training.distribute import make_strategy, split_cpu
+from mineralnet.training.ema import ema_callbacks
 from mineralnet.utils import read_json, write_json
 
 HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable during the frozen-backbone warm-up
@@ -64,8 +65,9 @@ def _compile(model, config, steps_per_epoch, epochs):
         initial_learning_rate=lr / 10 if warmup else lr, decay_steps=steps - warmup, alpha=0.0,
         warmup_target=lr if warmup else None, warmup_steps=warmup,
     )
+    ema = float(config["ema"])
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        optimizer=keras.optimizers.Adam(learning_rate=schedule, use_ema=bool(ema), ema_momentum=ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(config["label_smoothing"])),
         metrics=["accuracy"],
     )
@@ -104,7 +106,8 @@ def train(config, resume=False):
     augment = AugmentConfig.from_dict(config["augment"])
     train_files, train_labels = _arrays(rows, classes, config["data"], "train")
     val_files, val_labels = _arrays(rows, classes, config["data"], "val")
-    train_data = make_dataset(train_files, train_labels, num_classes, size, batch, True, augment, config["seed"])
+    train_data = make_dataset(train_files, train_labels, num_classes, size, batch, True, augment, config["seed"],
+                              mixup=float(config["mixup"]), cutmix=float(config["cutmix"]))
     val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
     steps_per_epoch = math.ceil(len(train_files) / batch)
     weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
@@ -122,7 +125,7 @@ def train(config, resume=False):
     if config["evaluate"]:
         from mineralnet.evaluate import evaluate_run
 
-        evaluate_run(run_path, subset="test")
+        evaluate_run(run_path, subset="test", tta=bool(config["tta"]))
     return run_path
 
 
@@ -151,7 +154,8 @@ def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights,
                 _compile(model, config, steps_per_epoch, last - first)
         callback = RunCheckpoint(run_path, phase, total, state)
         model.fit(train_data, validation_data=val_data, epochs=last, initial_epoch=max(start, first),
-                  class_weight=weights, callbacks=[callback], shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
+                  class_weight=weights, callbacks=ema_callbacks(model) + [callback], shuffle=False,
+                  verbose=1 if sys.stdout.isatty() else 0)
         state = {"history": callback.history, "best_val_accuracy": callback.best, "best_epoch": callback.best_epoch}
         start = last
 
