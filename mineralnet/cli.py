@@ -37,6 +37,8 @@ def train_parser():
     add("--dropout", type=float, help="dropout before the classifier (default 0)")
     add("--mixup", type=float, help="Mixup Beta alpha on training batches, e.g. 0.2 (default 0 = off)")
     add("--cutmix", type=float, help="CutMix Beta alpha, e.g. 1.0 (default 0 = off); with --mixup each batch picks one")
+    add("--progressive-sizes", help="progressive resizing: train the first epochs at these smaller sizes, e.g. "
+        "32,48, then at --image-size (epochs split evenly; models with global pooling)")
     add("--ema", type=float, help="validate and save an exponential moving average of the weights with this "
         "momentum, e.g. 0.999 (default 0 = off)")
     add("--freeze-epochs", type=int, help="head-only epochs with the backbone frozen, before fine-tuning (default 0)")

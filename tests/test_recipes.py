@@ -1,5 +1,6 @@
 """The training recipes of the MINET-7 attempts: Mixup, CutMix, EMA of weights, test-time augmentation."""
 
+import csv
 import json
 import os
 
@@ -16,7 +17,7 @@ from mineralnet.rundir import Run
 from mineralnet.training import ConfigError, resolve_config, train
 from mineralnet.training.checkpoint import RunCheckpoint
 from mineralnet.training.ema import ema_callbacks
-from mineralnet.training.loop import _compile
+from mineralnet.training.loop import _compile, stages
 
 NUM = 8
 VALUES = np.arange(NUM, dtype=np.float32) * 30  # image i is flat grey VALUES[i], labelled class i
@@ -147,3 +148,26 @@ def test_train_flags_reach_the_run(tmp_path, demo_data):
     assert (saved["mixup"], saved["cutmix"], saved["ema"], saved["tta"]) == (0.2, 1.0, 0.9, True)
     report = json.loads(open(os.path.join(run, "eval", "report.json")).read())
     assert 0.0 <= report["tta"]["accuracy"] <= 1.0
+
+
+def test_progressive_stages_split_the_epochs_evenly():
+    config = resolve_config(overrides={"demo": True, "image_size": 64, "epochs": 6, "progressive_sizes": "32,48"})
+    assert config["progressive_sizes"] == [32, 48]
+    assert stages(config) == [(0, 2, 32), (2, 4, 48), (4, 6, 64)]
+    assert stages(resolve_config(overrides={"demo": True, "epochs": 5})) == [(0, 5, 224)]
+    for bad in ({"progressive_sizes": [48, 32]}, {"progressive_sizes": [64]}, {"progressive_sizes": [16]},
+                {"progressive_sizes": [32, 48], "epochs": 2}, {"progressive_sizes": [32], "model": "simple_cnn"}):
+        with pytest.raises(ConfigError):
+            resolve_config(overrides={"demo": True, "image_size": 64, "epochs": 6, **bad})
+
+
+def test_progressive_resizing_trains_each_stage_at_its_size_and_serves_at_image_size(tmp_path, demo_data):
+    config = resolve_config(overrides={
+        "data": demo_data, "out": str(tmp_path / "run"), "model": "eca_convnext_tiny", "image_size": 48,
+        "epochs": 2, "batch_size": 16, "progressive_sizes": [32], "ema": 0.9,
+    })
+    run = train(config)
+    with open(os.path.join(run, "history.csv")) as handle:
+        assert [int(row["image_size"]) for row in csv.DictReader(handle)] == [32, 48]
+    assert keras.models.load_model(os.path.join(run, "model.keras")).input_shape == (None, 48, 48, 3)
+    assert json.loads(open(os.path.join(run, "eval", "report.json")).read())["num_samples"] > 0

@@ -3,18 +3,27 @@
 import os
 
 _BUILDERS = {}
+_FIXED_SIZE = set()
 
 
-def register(name):
-    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model`."""
+def register(name, any_size=True):
+    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model`; any_size=False
+    for models whose head depends on the image size (a Flatten before Dense), which cannot take (None, None, 3)."""
 
     def add(builder):
         if name in _BUILDERS:
             raise ValueError(f"model '{name}' is registered twice.")
         _BUILDERS[name] = builder
+        if not any_size:
+            _FIXED_SIZE.add(name)
         return builder
 
     return add
+
+
+def takes_any_size(name):
+    """Whether `name` builds with input_shape (None, None, 3), as progressive resizing needs."""
+    return name not in _FIXED_SIZE
 
 
 def list_models():

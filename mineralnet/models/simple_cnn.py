@@ -8,7 +8,7 @@ from mineralnet.models.convnext import classifier_head
 from mineralnet.models.registry import register
 
 
-@register("simple_cnn")
+@register("simple_cnn", any_size=False)
 def simple_cnn(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     if weights is not None:
         raise ValueError("simple_cnn has no pretrained weights: use --weights none.")

@@ -18,7 +18,7 @@ from mineralnet.training.ema import averaged_weights
 from mineralnet.utils import atomic_path, atomic_write_text, read_json, write_json
 
 STATE = "state.json"
-HISTORY_FIELDS = ["epoch", "phase", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+HISTORY_FIELDS = ["epoch", "phase", "image_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 
 
 def read_state(run_path):
@@ -27,9 +27,14 @@ def read_state(run_path):
     return read_json(path) if os.path.exists(path) else None
 
 
-def save_model(model, path, with_optimizer=True):
-    """Save atomically; without the optimizer the file is a third of the size and loads without compile state."""
-    if not with_optimizer:
+def save_model(model, path, with_optimizer=True, image_size=None):
+    """Save atomically; without the optimizer the file is a third of the size and loads without compile state.
+    A model trained at several sizes (progressive resizing) is saved for `image_size`, the size it serves at."""
+    if not with_optimizer and image_size and None in model.input_shape[1:3]:
+        fixed = keras.models.clone_model(model, input_tensors=keras.Input((image_size, image_size, 3), name="image"))
+        fixed.set_weights(model.get_weights())
+        model = fixed
+    elif not with_optimizer:
         # An uncompiled Functional over the same graph (same layers, same weights): no copy, no optimizer.
         # (keras.models.clone_model would re-compile the clone with the original's optimizer.)
         model = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -49,8 +54,9 @@ def write_history(run_path, history):
 class RunCheckpoint(keras.callbacks.Callback):
     """Writes the run's files after every epoch and prints one summary line per epoch."""
 
-    def __init__(self, run_path, phase, total_epochs, state=None):
+    def __init__(self, run_path, phase, total_epochs, state=None, image_size=None, train_size=None):
         super().__init__()
+        self.image_size, self.train_size = image_size, train_size
         self.run_path = run_path
         self.phase = phase
         self.total_epochs = total_epochs
@@ -65,7 +71,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         number = epoch + 1
-        row = {"epoch": number, "phase": self.phase, "seconds": round(time.time() - self.started, 2),
+        row = {"epoch": number, "phase": self.phase, "image_size": self.train_size, "seconds": round(time.time() - self.started, 2),
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
         self.history = [r for r in self.history if r["epoch"] < number] + [row]
@@ -73,7 +79,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         if improved:
             self.best, self.best_epoch = row["val_accuracy"], number
             with averaged_weights(self.model):  # the weights that were just validated
-                save_model(self.model, os.path.join(self.run_path, rundir.MODEL), with_optimizer=False)
+                save_model(self.model, os.path.join(self.run_path, rundir.MODEL), False, self.image_size)
         folder = os.path.join(self.run_path, rundir.CHECKPOINT_DIR)
         name = f"epoch-{number}.keras"
         save_model(self.model, os.path.join(folder, name))

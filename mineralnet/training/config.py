@@ -4,6 +4,7 @@ import json
 import os
 
 from mineralnet.data.pipeline import AugmentConfig
+from mineralnet.models.registry import takes_any_size
 
 DEFAULTS = {
     "data": None,  # folder with one sub-folder per class
@@ -20,6 +21,7 @@ DEFAULTS = {
     "dropout": 0.0,
     "mixup": 0.0,  # Beta alpha of Mixup on training batches (0 = off; 0.2-0.8 is usual)
     "cutmix": 0.0,  # Beta alpha of CutMix (0 = off; 1.0 is usual); with both on, each batch picks one
+    "progressive_sizes": [],  # train the first epochs at these smaller sizes, then at image_size (e.g. [32, 48])
     "ema": 0.0,  # momentum of an exponential moving average of the weights, validated and saved (0 = off)
     "freeze_epochs": 0,  # head-only warm-up epochs with the backbone frozen
     "seed": 0,
@@ -95,6 +97,23 @@ def validate(config):
     for key in ("mixup", "cutmix", "label_smoothing"):
         if float(config[key]) < 0:
             raise ConfigError(f"option '{key}' must be 0 (off) or positive, got {config[key]!r}.")
+    sizes = config["progressive_sizes"] or []
+    if isinstance(sizes, str):
+        sizes = [s for s in sizes.replace(" ", "").split(",") if s]
+    try:
+        config["progressive_sizes"] = [int(s) for s in sizes]
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"progressive_sizes must be image sizes like 32,48, got {sizes!r}.") from error
+    if any(not 32 <= s < int(config["image_size"]) for s in config["progressive_sizes"]) or \
+            config["progressive_sizes"] != sorted(set(config["progressive_sizes"])):
+        raise ConfigError(f"progressive_sizes {config['progressive_sizes']} must rise, each at least 32 and below "
+                          f"image_size {config['image_size']}.")
+    if config["progressive_sizes"] and not takes_any_size(config["model"]):
+        raise ConfigError(f"model '{config['model']}' needs one fixed input size (Flatten head), so it cannot "
+                          "train with progressive_sizes: drop that option or pick a model with global pooling.")
+    if len(config["progressive_sizes"]) >= int(config["epochs"]):
+        raise ConfigError("progressive resizing needs more epochs than progressive_sizes (one stage each, then "
+                          "image_size).")
     if not (float(config["ema"]) == 0 or 0.5 <= float(config["ema"]) < 1):
         raise ConfigError(f"option 'ema' is a momentum in [0.5, 1) such as 0.999 (0 = off), got {config['ema']!r}.")
     if not config["data"] and not config["demo"]:

@@ -16,9 +16,26 @@ def _ema_optimizer(model):
     return optimizer if getattr(optimizer, "use_ema", False) else None
 
 
+class RawWeightsKeeper(keras.callbacks.Callback):
+    """Keras ends every fit() by overwriting the weights with their average. The next fit() with the same
+    optimizer (the next progressive-resizing stage, or the full phase after a frozen one) must go on from the raw
+    weights, as a resumed run does: this keeps them at every epoch end for `restore_raw_weights`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.raw = [variable.numpy() for variable in self.model.trainable_variables]
+
+
 def ema_callbacks(model):
-    """The callbacks that make validation see the averaged weights (none without EMA)."""
-    return [keras.callbacks.SwapEMAWeights()] if _ema_optimizer(model) else []
+    """The callbacks of a fit() with EMA: validation on the averaged weights, raw weights kept (none without)."""
+    return [keras.callbacks.SwapEMAWeights(), RawWeightsKeeper()] if _ema_optimizer(model) else []
+
+
+def restore_raw_weights(callbacks):
+    """After fit(): put back the raw weights that `ema_callbacks` kept (a no-op without EMA)."""
+    for callback in callbacks:
+        if isinstance(callback, RawWeightsKeeper) and hasattr(callback, "raw"):
+            for variable, value in zip(callback.model.trainable_variables, callback.raw):
+                variable.assign(value)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """`train(config)`: data checks, split, model, the two-phase fit (optional frozen-backbone warm-up, then full
 fine-tuning), resumable checkpoints and the final evaluation, all into one run directory."""
 
+import functools
 import math
 import os
 import sys
@@ -16,7 +17,7 @@ from mineralnet.models import build_model
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config
 from mineralnet.training.distribute import make_strategy, split_cpu
-from mineralnet.training.ema import ema_callbacks
+from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.utils import read_json, write_json
 
 HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable during the frozen-backbone warm-up
@@ -106,8 +107,9 @@ def train(config, resume=False):
     augment = AugmentConfig.from_dict(config["augment"])
     train_files, train_labels = _arrays(rows, classes, config["data"], "train")
     val_files, val_labels = _arrays(rows, classes, config["data"], "val")
-    train_data = make_dataset(train_files, train_labels, num_classes, size, batch, True, augment, config["seed"],
-                              mixup=float(config["mixup"]), cutmix=float(config["cutmix"]))
+    train_data = functools.lru_cache(lambda train_size: make_dataset(  # one per progressive-resizing stage
+        train_files, train_labels, num_classes, train_size, batch, True, augment, config["seed"],
+        mixup=float(config["mixup"]), cutmix=float(config["cutmix"])))
     val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
     steps_per_epoch = math.ceil(len(train_files) / batch)
     weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
@@ -129,8 +131,26 @@ def train(config, resume=False):
     return run_path
 
 
+def stages(config):
+    """(first epoch, end epoch, training image size) of each progressive-resizing stage: the epochs split evenly
+    over the sizes of `progressive_sizes`, then `image_size` (one stage without progressive resizing)."""
+    sizes = [int(s) for s in config["progressive_sizes"]] + [int(config["image_size"])]
+    total = int(config["epochs"])
+    bounds = [round(total * i / len(sizes)) for i in range(len(sizes) + 1)]
+    return [(bounds[i], bounds[i + 1], size) for i, size in enumerate(sizes) if bounds[i] < bounds[i + 1]]
+
+
+def _build(config, num_classes):
+    """The registry model; with progressive resizing it takes any image size (validation and model.keras stay
+    at `image_size`)."""
+    side = None if config["progressive_sizes"] else int(config["image_size"])
+    return build_model(config["model"], num_classes, (side, side, 3), backbone_weights(config),
+                       dropout=float(config["dropout"]))
+
+
 def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights, num_classes):
-    """Build or restore the model, then run the frozen and full phases that are not finished yet."""
+    """Build or restore the model, then run the frozen and full phases (and within them the progressive-resizing
+    stages) that are not finished yet. `datasets` is (image size -> training dataset, validation dataset)."""
     train_data, val_data = datasets
     size = int(config["image_size"])
     state = read_state(run_path) if resume else None
@@ -141,8 +161,7 @@ def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights,
             model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
         else:
             keras.utils.set_random_seed(int(config["seed"]))
-            model = build_model(config["model"], num_classes, (size, size, 3), backbone_weights(config),
-                                dropout=float(config["dropout"]))
+            model = _build(config, num_classes)
     if start >= total:
         print(f"run '{run_path}' already finished {start} of {total} epochs.")
     for phase, first, last in (("frozen", 0, frozen), ("full", frozen, total)):
@@ -152,12 +171,19 @@ def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights,
             if not (state and first < start):  # a checkpoint from inside this phase has its optimizer already
                 _set_backbone_trainable(model, phase == "full")
                 _compile(model, config, steps_per_epoch, last - first)
-        callback = RunCheckpoint(run_path, phase, total, state)
-        model.fit(train_data, validation_data=val_data, epochs=last, initial_epoch=max(start, first),
-                  class_weight=weights, callbacks=ema_callbacks(model) + [callback], shuffle=False,
-                  verbose=1 if sys.stdout.isatty() else 0)
-        state = {"history": callback.history, "best_val_accuracy": callback.best, "best_epoch": callback.best_epoch}
-        start = last
+        for stage_first, stage_end, train_size in stages(config):
+            begin, end = max(start, first, stage_first), min(last, stage_end)
+            if begin >= end:
+                continue
+            callback = RunCheckpoint(run_path, phase, total, state, image_size=size, train_size=train_size)
+            extra = ema_callbacks(model)
+            model.fit(train_data(train_size), validation_data=val_data, epochs=end, initial_epoch=begin,
+                      class_weight=weights, callbacks=extra + [callback], shuffle=False,
+                      verbose=1 if sys.stdout.isatty() else 0)
+            restore_raw_weights(extra)
+            state = {"history": callback.history, "best_val_accuracy": callback.best,
+                     "best_epoch": callback.best_epoch}
+            start = end
 
 
 def run_from_args(values, config_file=None, resume=False):
