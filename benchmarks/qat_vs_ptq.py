@@ -6,7 +6,7 @@ The three models come from `mineralnet.export` (the same conversion, gate and ve
 latency is then measured again with the three files timed in interleaved rounds, so load from other processes
 on a shared machine lands on all of them rather than on whichever was being timed.
 
-    python benchmarks/qat_vs_ptq.py --run RUN [--qat-epochs 3] [--qat-lr 1e-5] [--calibration-samples 300]
+    python benchmarks/qat_vs_ptq.py --run RUN [--qat-epochs 3] [--qat-lr 1e-5] [--calibration-samples 1000]
                                     [--runs 50] [--rounds 5] [--out DIR]
 """
 
@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mineralnet.export import export_run  # noqa: E402
-from mineralnet.export.calibration import load_images  # noqa: E402
+from mineralnet.export.calibration import CALIBRATION_SAMPLES, load_images  # noqa: E402
 from mineralnet.export.qat.process import QatOptions  # noqa: E402
 from mineralnet.export.rundir import load_run  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="a finished train.py run directory")
     parser.add_argument("--qat-epochs", type=int, default=QatOptions.epochs)
     parser.add_argument("--qat-lr", type=float, default=QatOptions.lr)
-    parser.add_argument("--calibration-samples", type=int, default=300)
+    parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES)
     parser.add_argument("--runs", type=int, default=50, help="timed invocations per format and thread count")
     parser.add_argument("--rounds", type=int, default=5, help="the runs are spread over this many rounds")
     parser.add_argument("--out", default=None, help="keep the exported models here (default: a temporary folder)")

@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from mineralnet.export.calibration import CALIBRATION_SAMPLES
 from mineralnet.export.convert import ALL_FORMATS, FORMATS
 from mineralnet.export.errors import ExportError
 from mineralnet.export.pipeline import export_run
@@ -24,8 +25,9 @@ def build_parser():
         "exported, it is the reference the verification gate checks; int8_qat (quantization-aware training) needs "
         "the qat extra and is slow: see docs/qat.md",
     )
-    parser.add_argument("--calibration-samples", type=int, default=300,
-                        help="training images used to calibrate int8 (default: 300, class-balanced)")
+    parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
+                        help=f"training images used to calibrate int8, class-balanced (default: all, up to "
+                             f"{CALIBRATION_SAMPLES})")
     parser.add_argument("--qat-epochs", type=int, default=QatOptions.epochs,
                         help=f"fine-tuning epochs of int8_qat and of the pruned model (default: {QatOptions.epochs})")
     parser.add_argument("--qat-lr", type=float, default=QatOptions.lr,

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from mineralnet.export.calibration import calibration_rows, load_images
+from mineralnet.export.calibration import CALIBRATION_SAMPLES, calibration_rows, load_images
 from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_formats
 from mineralnet.export.errors import ExportError
 from mineralnet.export.operators import list_operators
@@ -49,7 +49,7 @@ class ExportPlan:
     qat: QatOptions = QatOptions()  # fine-tuning of int8_qat and of the pruned model
 
 
-def prepare_export(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None, qat=None):
+def prepare_export(run_dir, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None):
     """Check every input (fast failures first) and take the Keras reference predictions on the test subset."""
     formats = parse_formats(formats)
     qat = qat or QatOptions()
@@ -151,7 +151,7 @@ def complete_export(plan):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_run(run_dir, formats=FORMATS, calibration_samples=300, out_dir=None, qat=None):
+def export_run(run_dir, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None):
     """Export run `run_dir` to verified TFLite models in `out_dir` (default RUN/export); returns the report.
     `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
 

@@ -1,6 +1,6 @@
 """Fine-tune a tf_keras model (the quantization-aware or the pruned twin) on the run's training rows, with the
-project's own tf.data pipeline and the run's augmentation, label smoothing and batch size, so the short
-fine-tune sees what training saw."""
+project's own tf.data pipeline and the run's augmentation (Mixup/CutMix included), label smoothing and batch
+size, so the short fine-tune sees what training saw."""
 
 import logging
 import math
@@ -27,7 +27,8 @@ def fine_tune(model, run, config, epochs, lr, what, callbacks=()):
     files, labels = training_rows(run)
     num_classes = len(run.labels)
     dataset = make_dataset(files, labels, num_classes, run.image_size, int(config["batch_size"]), training=True,
-                           augment=AugmentConfig.from_dict(config.get("augment")), seed=int(config.get("seed", 0)))
+                           augment=AugmentConfig.from_dict(config.get("augment")), seed=int(config.get("seed", 0)),
+                           mixup=float(config.get("mixup", 0.0)), cutmix=float(config.get("cutmix", 0.0)))
     model.compile(
         optimizer=tf_keras.optimizers.Adam(lr),
         loss=tf_keras.losses.CategoricalCrossentropy(label_smoothing=float(config.get("label_smoothing", 0.0))),
