@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One Markdown row of `benchmarks/results/minet/attempts.md` per finished train.py run: image size, epochs and
-every recipe option that differs from train.py's defaults, best validation accuracy, test accuracy (single view, and with TTA when the run asked for
-it), and training time. Reads only the run directory, so it is exact about what ran.
+every recipe option that differs from train.py's defaults, best validation accuracy, test accuracy (single view,
+and with TTA when the run asked for it), and training time. Reads only the run directory, so it is exact about
+what ran.
 
     python benchmarks/attempt_row.py runs/moonshot/a02 runs/moonshot/a03 ...
 """
@@ -37,8 +38,8 @@ def row(run):
     minutes = sum(float(r["seconds"]) for r in history) / 60
     return (f"| {os.path.basename(os.path.normpath(run))} | {config['model']} | {recipe} | "
             f"{float(best['val_accuracy']):.2%} ({best['epoch']}) | {report['accuracy']:.2%} | "
-            f"{'—' if tta is None else f'{tta:.2%}'} | {report['precision_macro']:.2%} / {report['recall_macro']:.2%} "
-            f"| {minutes:.0f} min |")
+            f"{'—' if tta is None else f'{tta:.2%}'} | "
+            f"{report['precision_macro']:.2%} / {report['recall_macro']:.2%} | {minutes:.0f} min |")
 
 
 def main(argv=None):

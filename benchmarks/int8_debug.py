@@ -103,7 +103,8 @@ def main(argv=None):
         print(f"- {error:.1f} steps: {op} `{name}`")
 
     keras_accuracy = float(np.mean(model.predict(images, verbose=0).argmax(1) == truth))
-    print(f"\n| model | test accuracy | Δ vs Keras (points) |\n|---|---:|---:|\n| Keras float32 | {keras_accuracy:.2%} | 0 |")
+    print("\n| model | test accuracy | Δ vs Keras (points) |\n|---|---:|---:|")
+    print(f"| Keras float32 | {keras_accuracy:.2%} | 0 |")
     results = {"full int8": full.get_nondebug_quantized_model()}
     for name, fragments in VARIANTS.items():
         denied = [t for _, _, t in errors if any(f in t for f in fragments)]

@@ -4,4 +4,4 @@ from mineralnet.models import applications, convnext, googlenet, resnext, simple
 from mineralnet.models.convnext import stage_output_consumers
 from mineralnet.models.registry import build_model, list_models, register, takes_any_size
 
-__all__ = ["build_model", "list_models", "register", "stage_output_consumers"]
+__all__ = ["build_model", "list_models", "register", "stage_output_consumers", "takes_any_size"]

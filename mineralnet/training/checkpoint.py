@@ -18,7 +18,8 @@ from mineralnet.training.ema import averaged_weights
 from mineralnet.utils import atomic_path, atomic_write_text, read_json, write_json
 
 STATE = "state.json"
-HISTORY_FIELDS = ["epoch", "phase", "image_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+HISTORY_FIELDS = ["epoch", "phase", "image_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy",
+                  "seconds"]
 
 
 def read_state(run_path):
@@ -71,7 +72,8 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         number = epoch + 1
-        row = {"epoch": number, "phase": self.phase, "image_size": self.train_size, "seconds": round(time.time() - self.started, 2),
+        row = {"epoch": number, "phase": self.phase, "image_size": self.train_size,
+               "seconds": round(time.time() - self.started, 2),
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
         self.history = [r for r in self.history if r["epoch"] < number] + [row]
