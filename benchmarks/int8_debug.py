@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from mineralnet.export.calibration import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402
-from mineralnet.export.convert import _concrete_function  # noqa: E402
+from mineralnet.export.convert import make_converter  # noqa: E402
 from mineralnet.export.verify import make_interpreter  # noqa: E402
 from mineralnet.rundir import Run  # noqa: E402
 from machine import commit, cpu_name  # noqa: E402
@@ -35,12 +35,7 @@ VARIANTS = {  # tensor-name fragments left in float
 
 
 def debugger(model, image_size, calibration, debug_images, denylisted_nodes=None):
-    holder = tf.Module()
-    holder.weights = [v.value for v in model.variables]
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_concrete_function(model, image_size, pin_input_range=True)], holder)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
+    converter = make_converter(model, "int8", image_size, calibration)  # exactly what export.py converts
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylisted_nodes, fully_quantize=True)
     return tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: ([image[None].astype(np.float32)] for image in debug_images),

@@ -38,13 +38,9 @@ def _concrete_function(model, image_size, pin_input_range):
     return tf.function(forward, input_signature=[spec]).get_concrete_function()
 
 
-def convert(model, fmt, image_size, calibration_images=None):
-    """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
-
-    int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
-    output (the softmax, scale 1/256). int8_qat converts the same way; `model` is then the quantization-aware
-    tf_keras model, whose fake-quant ranges the converter keeps, calibrating only the tensors inside layers.
-    """
+def make_converter(model, fmt, image_size, calibration_images=None):
+    """The configured TFLiteConverter of `model` for format `fmt` (also what TensorFlow's QuantizationDebugger
+    takes, see benchmarks/int8_debug.py)."""
     if fmt not in ALL_FORMATS:
         raise ExportError(f"unknown format '{fmt}': choose from {', '.join(ALL_FORMATS)}.")
     # The converter freezes only variables reachable from the trackable object it is given; Keras 3 variables
@@ -70,6 +66,17 @@ def convert(model, fmt, image_size, calibration_images=None):
         converter.representative_dataset = lambda: (
             [image[None].astype(np.float32)] for image in calibration_images
         )
+    return converter
+
+
+def convert(model, fmt, image_size, calibration_images=None):
+    """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
+
+    int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
+    output (the softmax, scale 1/256). int8_qat converts the same way; `model` is then the quantization-aware
+    tf_keras model, whose fake-quant ranges the converter keeps, calibrating only the tensors inside layers.
+    """
+    converter = make_converter(model, fmt, image_size, calibration_images)
     try:
         model_bytes = converter.convert()
     except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what
