@@ -111,7 +111,7 @@ def parse_args(argv):
 
 def planned_runs(settings, weights):
     """(run name, model, weights): every chosen model from scratch, plus the ConvNeXt transfer runs."""
-    runs = [(model, model, None) for model in settings["models"]]
+    runs = [(model, model, "none") for model in settings["models"]]
     if weights:
         runs += [(f"{model}_transfer", model, weights) for model in ("convnext_tiny", "eca_convnext_tiny")
                  if model in settings["models"]]

@@ -5,7 +5,7 @@ import json
 import sys
 
 from mineralnet.data import DataError
-from mineralnet.models import list_models
+from mineralnet.models import WeightsError, list_models
 from mineralnet.training.config import ConfigError
 
 
@@ -27,7 +27,8 @@ def train_parser():
     add("--demo", action="store_true", default=None, help="make and use the small synthetic demo dataset")
     add("--out", help="run directory (default runs/train)")
     add("--model", choices=list_models(), help="registry model (default eca_convnext_tiny)")
-    add("--weights", help="imagenet | none | PATH of a backbone .weights.h5 (default none)")
+    add("--weights", help="imagenet | none | PATH of a backbone .weights.h5 (default imagenet: the paper's transfer "
+        "learning; needs internet once, or a local copy saved by python -m mineralnet.models.weights)")
     add("--image-size", type=int, help="square input size in pixels (default 224)")
     add("--epochs", type=int, help="total epochs, warm-up included (default 200)")
     add("--batch-size", type=int, help="global batch size (default 32)")
@@ -55,7 +56,11 @@ def train_parser():
     add("--tta", action="store_true", default=None,
         help="also report test-time augmentation (8 flips/rotations averaged) in the final evaluation")
     add("--config", help="YAML or JSON file of options; flags override it")
-    add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    add("--deterministic", action="store_true", default=None,
+        help="TensorFlow op determinism: the same seed and data give the same history.csv (slower on GPUs)")
+    add("--resume", action="store_true", help="continue the run in --out from its last finished epoch; a larger "
+        "--epochs extends it, --lr/--warmup-epochs/--label-smoothing/--mixup/--cutmix/--augment apply from there on; "
+        "flags that define the model or the data must not change")
     return p
 
 
@@ -66,7 +71,7 @@ def train_main(argv=None):
     config_file, resume = args.pop("config"), args.pop("resume")
     try:
         run_path = run_from_args(args, config_file, resume)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+    except (ConfigError, DataError, WeightsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"run directory: {run_path}")

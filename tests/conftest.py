@@ -21,6 +21,6 @@ def tiny_run(demo_data, tmp_path_factory):
     """A finished eca_convnext_tiny run at 32 px (2 epochs) on the demo data: every run-directory artefact."""
     from mineralnet.training import resolve_config, train
 
-    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path_factory.mktemp("run") / "tiny"),
+    config = resolve_config(overrides={"weights": "none", "data": demo_data, "out": str(tmp_path_factory.mktemp("run") / "tiny"),
                                        "image_size": 32, "epochs": 2, "batch_size": 16})
     return train(config)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mineralnet.layers import ECA
-from mineralnet.models import build_model, list_models
+from mineralnet.models import WeightsError, build_model, list_models
 from mineralnet.models.convnext import convnext_tiny_backbone
 
 from helpers import run_python
@@ -86,7 +86,7 @@ def test_backbone_weights_file_is_loaded_exactly_and_head_stays_fresh(tmp_path):
     for layer_name in ("eca_stage_0", "eca_stage_3", "predictions"):
         for mine, reference in zip(loaded.get_layer(layer_name).weights, fresh.get_layer(layer_name).weights):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(reference))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         build_model("eca_convnext_tiny", 3, (32, 32, 3), weights=str(tmp_path / "missing.weights.h5"))
 
 

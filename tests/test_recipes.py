@@ -30,8 +30,9 @@ def flat_batches(batch=4, repeats=3):
 
 
 def mixed_epochs(mixup, cutmix, epochs=2, seed=3):
-    dataset = mix_batches(flat_batches(), mixup, cutmix, seed)
-    return [[(x.numpy(), y.numpy()) for x, y in dataset] for _ in range(epochs)]
+    """The mixed batches of `epochs` epochs; each epoch has its own key, as the training pipeline gives it."""
+    return [[(x.numpy(), y.numpy()) for x, y in mix_batches(flat_batches(), mixup, cutmix, key=(seed, epoch))]
+            for epoch in range(epochs)]
 
 
 def test_mixup_mixes_pixels_and_labels_in_the_same_proportion():
@@ -64,7 +65,7 @@ def test_mixup_and_cutmix_together_use_both():
 def test_recipe_options_are_validated():
     for bad in ({"ema": 1.0}, {"ema": 0.2}, {"mixup": -1}, {"cutmix": -0.5}):
         with pytest.raises(ConfigError):
-            resolve_config(overrides={"demo": True, **bad})
+            resolve_config(overrides={"weights": "none", "demo": True, **bad})
 
 
 def test_ema_weights_are_validated_and_saved_while_training_continues_on_raw(tmp_path):
@@ -140,8 +141,8 @@ def test_tta_is_reported_beside_the_single_view_figures(tiny_run, tmp_path):
 
 def test_train_flags_reach_the_run(tmp_path, demo_data):
     config = resolve_config(overrides={
-        "data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn", "image_size": 32, "epochs": 2,
-        "batch_size": 16, "mixup": 0.2, "cutmix": 1.0, "ema": 0.9, "tta": True, "label_smoothing": 0.1,
+        "weights": "none", "data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn", "image_size": 32,
+        "epochs": 2, "batch_size": 16, "mixup": 0.2, "cutmix": 1.0, "ema": 0.9, "tta": True, "label_smoothing": 0.1,
     })
     run = train(config)
     saved = json.loads(open(os.path.join(run, "config.json")).read())
@@ -151,20 +152,20 @@ def test_train_flags_reach_the_run(tmp_path, demo_data):
 
 
 def test_progressive_stages_split_the_epochs_evenly():
-    config = resolve_config(overrides={"demo": True, "image_size": 64, "epochs": 6, "progressive_sizes": "32,48"})
+    config = resolve_config(overrides={"weights": "none", "demo": True, "image_size": 64, "epochs": 6, "progressive_sizes": "32,48"})
     assert config["progressive_sizes"] == [32, 48]
     assert stages(config) == [(0, 2, 32), (2, 4, 48), (4, 6, 64)]
-    assert stages(resolve_config(overrides={"demo": True, "epochs": 5})) == [(0, 5, 224)]
+    assert stages(resolve_config(overrides={"weights": "none", "demo": True, "epochs": 5})) == [(0, 5, 224)]
     for bad in ({"progressive_sizes": [48, 32]}, {"progressive_sizes": [64]}, {"progressive_sizes": [16]},
                 {"progressive_sizes": [32, 48], "epochs": 2}, {"progressive_sizes": [32], "model": "simple_cnn"}):
         with pytest.raises(ConfigError):
-            resolve_config(overrides={"demo": True, "image_size": 64, "epochs": 6, **bad})
+            resolve_config(overrides={"weights": "none", "demo": True, "image_size": 64, "epochs": 6, **bad})
 
 
 def test_progressive_resizing_trains_each_stage_at_its_size_and_serves_at_image_size(tmp_path, demo_data):
     config = resolve_config(overrides={
-        "data": demo_data, "out": str(tmp_path / "run"), "model": "eca_convnext_tiny", "image_size": 48,
-        "epochs": 2, "batch_size": 16, "progressive_sizes": [32], "ema": 0.9,
+        "weights": "none", "data": demo_data, "out": str(tmp_path / "run"), "model": "eca_convnext_tiny",
+        "image_size": 48, "epochs": 2, "batch_size": 16, "progressive_sizes": [32], "ema": 0.9,
     })
     run = train(config)
     with open(os.path.join(run, "history.csv")) as handle:

@@ -25,14 +25,15 @@ def history_rows(run):
 def test_loop_really_learns_separable_synthetic_data(tmp_path):
     data = make_demo_dataset(str(tmp_path / "data"), num_classes=4, images_per_class=30, image_size=40, seed=1)
     config = resolve_config(overrides={
-        "data": data, "out": str(tmp_path / "run"), "model": "simple_cnn", "image_size": 32, "epochs": 12,
-        "batch_size": 16, "lr": 3e-3, "evaluate": False,
+        "weights": "none", "data": data, "out": str(tmp_path / "run"), "model": "simple_cnn", "image_size": 32,
+        "epochs": 12, "batch_size": 16, "lr": 3e-3, "evaluate": False,
     })
     run = train(config)
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
     assert max(float(r["val_accuracy"]) for r in rows) >= 0.9
-    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)  # cosine decayed to zero
+    rates = [float(r["learning_rate"]) for r in rows]  # the rate each epoch trained at (its first step's)
+    assert rates[0] == pytest.approx(3e-3) and rates == sorted(rates, reverse=True) and rates[-1] > 0
 
 
 def test_config_file_then_flags_and_clear_errors(tmp_path, demo_data):
@@ -52,7 +53,7 @@ def test_config_file_then_flags_and_clear_errors(tmp_path, demo_data):
 
 
 def test_cli_reports_missing_data_without_writing(tmp_path):
-    done = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")],
+    done = subprocess.run([sys.executable, "train.py", "--weights", "none", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2
     assert "error: data directory" in done.stderr and "does not exist" in done.stderr
@@ -61,7 +62,7 @@ def test_cli_reports_missing_data_without_writing(tmp_path):
 
 def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data):
     out = tmp_path / "run"
-    command = [sys.executable, "train.py", "--data", demo_data, "--out", str(out), "--model", "eca_convnext_tiny",
+    command = [sys.executable, "train.py", "--weights", "none", "--data", demo_data, "--out", str(out), "--model", "eca_convnext_tiny",
                "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-evaluate"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_file = out / "checkpoint" / "state.json"
@@ -86,14 +87,14 @@ def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data):
     final = keras.models.load_model(out / "checkpoint" / "epoch-3.keras")
     steps_per_epoch = -(-sum(1 for line in open(out / "split.csv") if line.endswith(",train\n")) // 16)
     assert int(final.optimizer.iterations) == 3 * steps_per_epoch  # optimizer state carried across the kill
-    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)
+    assert float(rows[-1]["learning_rate"]) > 0
     assert sorted(os.listdir(out / "checkpoint")) == ["epoch-3.keras", "state.json"]  # no stale or temp files
     keras.models.load_model(out / "model.keras")  # the best model is intact
 
 
 def test_one_epoch_under_mirrored_strategy_on_two_cpu_devices(tmp_path, demo_data):
     done = subprocess.run(
-        [sys.executable, "train.py", "--data", demo_data, "--out", str(tmp_path / "run"), "--model", "simple_cnn",
+        [sys.executable, "train.py", "--weights", "none", "--data", demo_data, "--out", str(tmp_path / "run"), "--model", "simple_cnn",
          "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--strategy", "mirrored", "--cpu-devices", "2"],
         cwd=REPO, capture_output=True, text=True,
     )
@@ -108,14 +109,14 @@ def test_frozen_warm_up_trains_only_attention_and_head(tmp_path, demo_data):
     _set_backbone_trainable(model, False)
     trainable = sorted(v.path for v in model.trainable_weights)
     assert trainable == sorted([f"eca_stage_{i}/kernel" for i in range(4)] + ["predictions/kernel", "predictions/bias"])
-    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
+    config = resolve_config(overrides={"weights": "none", "data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
                                        "image_size": 32, "epochs": 3, "freeze_epochs": 1, "evaluate": False})
     run = train(config)
     assert [r["phase"] for r in history_rows(run)] == ["frozen", "full", "full"]
 
 
 def test_mixed_precision_run_restores_the_callers_policy(tmp_path, demo_data):
-    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
+    config = resolve_config(overrides={"weights": "none", "data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
                                        "image_size": 32, "epochs": 1, "mixed_precision": "bfloat16", "evaluate": False})
     run = train(config)
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -35,16 +35,18 @@ def cutmix(images, labels, lam, seed):
     return mixed, kept * labels + (1 - kept) * labels[::-1]
 
 
-def mix_batches(dataset, mixup_alpha=0.0, cutmix_alpha=0.0, seed=0):
+def mix_batches(dataset, mixup_alpha=0.0, cutmix_alpha=0.0, key=(0, 0)):
     """Mix every batch of (images, one-hot labels) by Mixup or CutMix; with both on, each batch picks one at
-    random (even odds). Reproducible for a seed, and different in every epoch."""
+    random (even odds). Batch b draws from fold_in(key, b): `key` is the stateless RNG key of one epoch
+    (mineralnet.data.pipeline gives each epoch its own), so the draws are reproducible and differ per epoch."""
     if not (mixup_alpha or cutmix_alpha):
         return dataset
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    key = tf.cast(tf.convert_to_tensor(key), tf.int64)
 
-    def mix(batch, key):
-        (images, labels), key = batch, tf.cast(key % (2**31 - 1), tf.int32)
-        draw = lambda salt: tf.stack([key[0], key[1] + salt])  # noqa: E731
+    def mix(index, batch):
+        images, labels = batch
+        batch_key = tf.random.experimental.stateless_fold_in(key, index)
+        draw = lambda salt: tf.random.experimental.stateless_fold_in(batch_key, salt)  # noqa: E731
         use_cutmix = bool(cutmix_alpha) and not mixup_alpha
         if mixup_alpha and cutmix_alpha:
             use_cutmix = tf.random.stateless_uniform([], seed=draw(1)) < 0.5
@@ -56,4 +58,4 @@ def mix_batches(dataset, mixup_alpha=0.0, cutmix_alpha=0.0, seed=0):
             lambda: mixup(images, labels, lam_mixup),
         )
 
-    return tf.data.Dataset.zip((dataset, seeds)).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,6 +1,18 @@
-"""tf.data input pipeline: parallel decode, resize, cache, shuffle, batch, prefetch; training-only augmentation
-with Keras 3 preprocessing layers (the paper's random crop, rotation, brightness and noise, plus flips)."""
+"""tf.data input pipeline: parallel decode, cache, per-epoch permutation, per-image augmentation, batch, prefetch.
 
+Training randomness is *stateless*: the order of epoch e, the augmentation of the image at position i of that
+epoch and the Mixup/CutMix draw of each batch are pure functions of (seed, e, i). So a resumed run continues
+exactly where it stopped (epoch 3 after a resume sees what epoch 3 of an uninterrupted run sees), two runs with
+the same seed see the same data, and nothing depends on the order in which parallel map calls happen to run.
+
+Augmentation (the paper's random crop, rotation, brightness and Gaussian noise, plus flips) is drawn per image.
+The crop keeps the scale that evaluation sees: the image is decoded at the model's input size (the whole photo
+resized, exactly as evaluation, export and the edge runner decode it), reflect-padded and cropped back at a random
+offset, i.e. a random shift. (Decoding larger and cropping, as before, made every object ~12 % larger in training
+than at test time.)
+"""
+
+import math
 from dataclasses import asdict, dataclass
 
 import keras
@@ -10,14 +22,16 @@ import tensorflow as tf
 from mineralnet.data.images import load_image
 from mineralnet.data.mixing import mix_batches
 
-CROP_MARGIN = 8 / 7  # training images are decoded this much larger, then randomly cropped back (256 -> 224)
+CROP_SHIFT = 1 / 16  # the random crop shifts the image by up to this fraction of its side, each direction
+# Independent random streams of one run: each is fold_in(seed, stream), then the epoch, then the position.
+ORDER_STREAM, AUGMENT_STREAM, MIX_STREAM = 1, 2, 3
 
 
 @dataclass
 class AugmentConfig:
     """Strengths of the training augmentation; zero turns a step off."""
 
-    crop: bool = True
+    crop: bool = True  # random shift by up to CROP_SHIFT of the side (reflect padding), at evaluation's scale
     flip: bool = True
     rotation: float = 0.1  # fraction of a full turn, both directions (0.1 = +-36 degrees)
     brightness: float = 0.2  # fraction of the 0-255 range, both directions
@@ -28,31 +42,79 @@ class AugmentConfig:
         unknown = set(values or {}) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}: use {sorted(cls.__dataclass_fields__)}.")
-        return cls(**(values or {}))
+        config = cls(**(values or {}))
+        for name in ("rotation", "brightness", "noise"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"augmentation option '{name}' must be a number from 0 (off) to 1, got {value!r}.")
+        return config
 
     def to_dict(self):
         return asdict(self)
 
 
-def augmentation_layers(image_size, config, seed=0):
-    """The training augmentation as a Keras Sequential on raw 0-255 batches; returns None when all steps are off."""
-    layers = []
+def stream_key(seed, stream, *indices):
+    """The stateless RNG key of one random stream at (epoch, position, ...): fold_in of each index in turn."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([0, int(seed)], tf.int64), stream)
+    for index in indices:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+    return key
+
+
+def _rotate(image, angle):
+    """Rotate a (H, W, C) float image by `angle` radians about its centre, reflecting at the border."""
+    height, width = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples the input at R^-1 (p - c) + c.
+    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform[None], output_shape=tf.shape(image)[:2], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def augment_image(image, key, config):
+    """One training image (H, W, 3) float32 in 0-255, augmented with the draws of `key` (stateless)."""
+    size = image.shape[0]
+    keys = tf.random.experimental.stateless_split(key, 6)
     if config.crop:
-        layers.append(keras.layers.RandomCrop(image_size, image_size, seed=seed))
+        pad = max(1, round(size * CROP_SHIFT))
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        image = tf.image.stateless_random_crop(image, (size, size, 3), seed=keys[0])
     if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 1))
+        image = tf.image.stateless_random_flip_left_right(image, seed=keys[1])
+        image = tf.image.stateless_random_flip_up_down(image, seed=keys[2])
     if config.rotation:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed + 2))
+        turn = 2 * math.pi * config.rotation
+        image = _rotate(image, tf.random.stateless_uniform([], keys[3], -turn, turn))
     if config.brightness:
-        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 3))
+        image = image + 255.0 * tf.random.stateless_uniform([], keys[4], -config.brightness, config.brightness)
     if config.noise:
-        # GaussianNoise takes stddev in [0, 1]: add it on the 0-1 scale.
-        layers += [
-            keras.layers.Rescaling(1 / 255),
-            keras.layers.GaussianNoise(config.noise, seed=seed + 4),
-            keras.layers.Rescaling(255),
-        ]
-    return keras.Sequential(layers, name="augmentation") if layers else None
+        image = image + 255.0 * config.noise * tf.random.stateless_normal(tf.shape(image), keys[5])
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+class DecodedImages:
+    """Files decoded once at one size and fetched by index (an epoch's permutation needs random access, which
+    tf.data's cache does not give). Parallel tf.data calls fill it during the first epoch; Pillow releases the
+    GIL while it decodes."""
+
+    def __init__(self, files, size, cache=True):
+        self.files, self.size, self.cache = list(files), size, {} if cache else None
+
+    def __call__(self, index):
+        index = int(index)
+        image = self.cache.get(index) if self.cache is not None else None
+        if image is None:
+            image = load_image(self.files[index], self.size)
+            if self.cache is not None:
+                self.cache[index] = image
+        return image
+
+    def dataset_map(self, index):
+        image = tf.numpy_function(self, [index], tf.uint8, stateful=False)
+        image.set_shape((self.size, self.size, 3))
+        return image
 
 
 def _decode(files, size):
@@ -67,35 +129,51 @@ def _decode(files, size):
     return files.map(decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def steps_per_epoch(num_files, batch_size, drop_remainder=False):
+    return num_files // batch_size if drop_remainder else math.ceil(num_files / batch_size)
+
+
 def make_dataset(files, labels, num_classes, image_size, batch_size, training=False, augment=None, seed=0,
-                 cache=True, drop_remainder=False, mixup=0.0, cutmix=0.0):
+                 cache=True, drop_remainder=False, mixup=0.0, cutmix=0.0, epochs=(0, 1), images=None):
     """Batches of (float32 raw-RGB images, one-hot labels) for `files` (absolute paths) and integer `labels`.
 
-    Training decodes at CROP_MARGIN x size when cropping, caches decoded pixels, reshuffles every epoch, then
-    augments each batch and mixes it (`mixup` / `cutmix`: Beta alphas, 0 = off); evaluation decodes straight
-    to `image_size` (the export and edge contract).
+    Evaluation decodes straight to `image_size` (the export and edge contract), in file order. Training yields
+    the batches of epochs `epochs[0]` to `epochs[1] - 1` one after the other (pass `steps_per_epoch(...)` to
+    fit): each epoch a fresh seeded permutation, each image its own augmentation, then Mixup / CutMix per batch
+    (`mixup` / `cutmix`: Beta alphas, 0 = off). `images`: a DecodedImages to share between calls (its decoded
+    pixels are reused).
     """
+    onehot = keras.utils.to_categorical(labels, num_classes).astype("float32")
+    if not training:
+        decoded = _decode(tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=str)), image_size)
+        dataset = tf.data.Dataset.zip((decoded, tf.data.Dataset.from_tensor_slices(onehot)))
+        dataset = dataset.cache() if cache else dataset
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
     augment = augment or AugmentConfig()
-    crop = training and augment.crop
-    decode_size = int(round(image_size * CROP_MARGIN)) if crop else image_size
-    images = _decode(tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=str)), decode_size)
-    targets = tf.data.Dataset.from_tensor_slices(keras.utils.to_categorical(labels, num_classes).astype("float32"))
-    dataset = tf.data.Dataset.zip((images, targets))
-    if cache:
-        dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-        layers = augmentation_layers(image_size, augment, seed)
-        if layers is not None:
-            dataset = dataset.map(
-                lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        dataset = mix_batches(dataset, mixup, cutmix, seed)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    images = images or DecodedImages(files, image_size, cache)
+    count, onehot = len(files), tf.constant(onehot)
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                         seed=stream_key(seed, ORDER_STREAM, epoch))
+
+        def example(position, index):
+            image = tf.cast(images.dataset_map(index), tf.float32)
+            image = augment_image(image, stream_key(seed, AUGMENT_STREAM, epoch, position), augment)
+            return image, tf.gather(onehot, index)
+
+        batches = (tf.data.Dataset.from_tensor_slices(order).enumerate()
+                   .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                   .batch(batch_size, drop_remainder=drop_remainder))
+        return mix_batches(batches, mixup, cutmix, stream_key(seed, MIX_STREAM, epoch))
+
+    first, last = epochs
+    dataset = tf.data.Dataset.range(first, last).flat_map(epoch_batches)
+    total = (last - first) * steps_per_epoch(count, batch_size, drop_remainder)
+    return dataset.apply(tf.data.experimental.assert_cardinality(total)).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(labels, num_classes):

@@ -2,6 +2,8 @@
 
 from mineralnet.models import applications, convnext, googlenet, resnext, simple_cnn  # noqa: F401  (registers the builders)
 from mineralnet.models.convnext import stage_output_consumers
-from mineralnet.models.registry import build_model, list_models, register, takes_any_size
+from mineralnet.models.registry import (WeightsError, build_model, has_imagenet_weights, list_models, register,
+                                        takes_any_size)
 
-__all__ = ["build_model", "list_models", "register", "stage_output_consumers", "takes_any_size"]
+__all__ = ["WeightsError", "build_model", "has_imagenet_weights", "list_models", "register", "stage_output_consumers",
+           "takes_any_size"]

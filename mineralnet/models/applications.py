@@ -1,8 +1,6 @@
 """VGG19 and ResNet50 baselines (the paper's table 4) from `keras.applications`, with their caffe-style input
 preprocessing moved inside the model so they take raw 0-255 RGB like every registry model."""
 
-import os
-
 import keras
 from keras import ops
 
@@ -30,30 +28,27 @@ def build_application(application, name, num_classes, input_shape, weights=None,
     CaffePreprocessing and before the project's head. The backbone is built on the preprocessed tensor, so its
     layers sit directly in the returned model (Grad-CAM finds its pooling layer) and `weights` ("imagenet" or a
     `.weights.h5` of this backbone) load into exactly those layers."""
-    if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"backbone weights file '{weights}' does not exist: pass --weights imagenet, none, or the path of a "
-            f"{name} backbone .weights.h5 file."
-        )
     inputs = keras.Input(input_shape, name="image")
-    backbone = application(
-        include_top=False,
-        weights=weights,
-        input_tensor=CaffePreprocessing(name="caffe_preprocessing")(inputs),
-        input_shape=input_shape,
-        pooling="avg",
-    )
+    backbone = application_backbone(application, inputs, weights)
     return keras.Model(inputs, classifier_head(backbone.output, num_classes, dropout), name=name)
 
 
-@register("vgg19")
+def application_backbone(application, inputs, weights):
+    """The average-pooled backbone on CaffePreprocessing(inputs): what a `--weights PATH` file of it holds."""
+    return application(include_top=False, weights=weights, pooling="avg", input_shape=tuple(inputs.shape[1:]),
+                       input_tensor=CaffePreprocessing(name="caffe_preprocessing")(inputs))
+
+
+@register("vgg19", imagenet_backbone=lambda shape: application_backbone(
+    keras.applications.VGG19, keras.Input(shape, name="image"), "imagenet"))
 def vgg19(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """VGG19 (Simonyan and Zisserman, 2015): 16 convolutions, 5 max-pools, then GAP instead of the 4096-wide
     dense layers (20.0M backbone parameters)."""
     return build_application(keras.applications.VGG19, "vgg19", num_classes, input_shape, weights, dropout)
 
 
-@register("resnet50")
+@register("resnet50", imagenet_backbone=lambda shape: application_backbone(
+    keras.applications.ResNet50, keras.Input(shape, name="image"), "imagenet"))
 def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ResNet50 (He et al., 2016), Keras' v1 bottleneck network (23.6M backbone parameters)."""
     return build_application(keras.applications.ResNet50, "resnet50", num_classes, input_shape, weights, dropout)

@@ -1,7 +1,5 @@
 """ECA-ConvNeXt-Tiny (Li et al., 2024) and plain ConvNeXt-Tiny, on `keras.applications.ConvNeXtTiny`."""
 
-import os
-
 import keras
 
 from mineralnet.layers import ECA
@@ -14,11 +12,6 @@ NUM_STAGES = 4
 def convnext_tiny_backbone(input_shape, weights=None):
     """Keras' ConvNeXt-Tiny without its classifier (ImageNet normalisation inside, global average pool, then
     LayerNormalization): the part whose weights `weights` ("imagenet" or a `.weights.h5` path) describe."""
-    if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"backbone weights file '{weights}' does not exist: pass --weights imagenet, none, or the path of a "
-            "ConvNeXt-Tiny backbone .weights.h5 file."
-        )
     return keras.applications.ConvNeXtTiny(
         include_top=False,
         include_preprocessing=True,
@@ -73,13 +66,17 @@ def build_convnext(num_classes, input_shape, weights=None, eca=True, dropout=0.0
     return model
 
 
-@register("eca_convnext_tiny")
+def imagenet_backbone(input_shape):
+    return convnext_tiny_backbone(input_shape, "imagenet")
+
+
+@register("eca_convnext_tiny", imagenet_backbone=imagenet_backbone)
 def eca_convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with ECA on each of the four stage outputs, then GAP -> LayerNorm -> dropout -> softmax."""
     return build_convnext(num_classes, input_shape, weights, eca=True, dropout=dropout)
 
 
-@register("convnext_tiny")
+@register("convnext_tiny", imagenet_backbone=imagenet_backbone)
 def convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with the same head and no attention: the ablation baseline."""
     return build_convnext(num_classes, input_shape, weights, eca=False, dropout=dropout)

@@ -11,7 +11,7 @@ network builds at 32 px and up.
 import keras
 
 from mineralnet.models.convnext import classifier_head
-from mineralnet.models.registry import check_local_weights, register
+from mineralnet.models.registry import register
 
 # (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection) per module: the paper's table 1.
 INCEPTION_WIDTHS = {
@@ -53,7 +53,6 @@ def inception(x, name):
 def googlenet(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """weights: None (random init) or the path of a `.weights.h5` of this backbone (image to pooled features),
     e.g. one trained elsewhere; there are no ImageNet weights for it in Keras."""
-    check_local_weights("googlenet", weights)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)
     x = conv_bn(x, 64, 7, "stem_conv1", strides=2)

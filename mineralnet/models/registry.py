@@ -1,14 +1,30 @@
-"""Model registry: `build_model(name, ...)` and `list_models()`; model files register builders with `@register`."""
+"""Model registry: `build_model(name, ...)` and `list_models()`; model files register builders with `@register`.
+
+Each entry says what it accepts as `weights`, so that one place checks them and says the fix:
+`imagenet` (Keras hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file loads into it).
+"""
 
 import os
 
 _BUILDERS = {}
 _FIXED_SIZE = set()
+_IMAGENET = {}  # name -> function(input_shape) building its backbone with Keras' ImageNet weights (downloads)
+_NO_LOCAL_WEIGHTS = set()
+DOWNLOAD_FAILURE = "URL fetch failure"  # how keras.utils.get_file words a failed download
 
 
-def register(name, any_size=True):
-    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model`; any_size=False
-    for models whose head depends on the image size (a Flatten before Dense), which cannot take (None, None, 3)."""
+class WeightsError(ValueError):
+    """Pretrained weights that cannot be had (no internet, no such file, none for that model); one line with
+    the fix."""
+
+
+def register(name, any_size=True, imagenet_backbone=None, local_weights=True):
+    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model`.
+
+    any_size=False for models whose head depends on the image size (a Flatten before Dense), which cannot take
+    (None, None, 3); imagenet_backbone: `fn(input_shape)` -> the backbone with Keras' ImageNet weights (what a
+    `--weights PATH` file holds), for models that have them; local_weights=False for models that load no file.
+    """
 
     def add(builder):
         if name in _BUILDERS:
@@ -16,6 +32,10 @@ def register(name, any_size=True):
         _BUILDERS[name] = builder
         if not any_size:
             _FIXED_SIZE.add(name)
+        if imagenet_backbone is not None:
+            _IMAGENET[name] = imagenet_backbone
+        if not local_weights:
+            _NO_LOCAL_WEIGHTS.add(name)
         return builder
 
     return add
@@ -26,29 +46,55 @@ def takes_any_size(name):
     return name not in _FIXED_SIZE
 
 
+def has_imagenet_weights(name):
+    return name in _IMAGENET
+
+
 def list_models():
     """Names accepted by `build_model`, sorted."""
     return sorted(_BUILDERS)
+
+
+def check_weights(name, weights):
+    """Refuse `weights` that model `name` cannot take, with the fix; None, "imagenet" or a file path."""
+    if weights is None:
+        return
+    if name in _NO_LOCAL_WEIGHTS:
+        raise WeightsError(f"{name} has no pretrained weights: use --weights none.")
+    if weights == "imagenet":
+        if name not in _IMAGENET:
+            raise WeightsError(f"{name} has no ImageNet weights in Keras: pass --weights none, or the path of a "
+                               f"{name} backbone .weights.h5 file trained elsewhere.")
+    elif not os.path.isfile(str(weights)):
+        raise WeightsError(f"backbone weights file '{weights}' does not exist: pass --weights imagenet, none, or the "
+                           f"path of a {name} backbone .weights.h5 file (python -m mineralnet.models.weights saves one).")
+
+
+def offline_error(name, error):
+    """The one-line WeightsError for a failed ImageNet download."""
+    return WeightsError(
+        f"the ImageNet weights of {name} could not be downloaded (no internet? {DOWNLOAD_FAILURE}): pass "
+        f"--weights PATH with a local copy (on a connected machine: python -m mineralnet.models.weights --model "
+        f"{name} --out {name}_imagenet.weights.h5), or --weights none to train from scratch."
+    )
 
 
 def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kwargs):
     """Build registry model `name` with a `num_classes`-way softmax head.
 
     Every model takes raw RGB pixels in 0-255 (uint8 or float) and normalises them itself.
-    weights: None (random init), "imagenet" (Keras' ImageNet backbone weights; needs internet) or the path of a
-    backbone weights file (`.weights.h5`, as saved by `backbone.save_weights`).
+    weights: None (random init), "imagenet" (Keras' ImageNet backbone weights; needs internet once, then Keras
+    caches them) or the path of a backbone weights file (`.weights.h5`, as saved by `backbone.save_weights` or
+    `python -m mineralnet.models.weights`).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-    return _BUILDERS[name](int(num_classes), tuple(input_shape), weights, **kwargs)
-
-
-def check_local_weights(model_name, weights):
-    """For models Keras hosts no weights for: only None or an existing backbone `.weights.h5` is accepted."""
-    if weights is not None and not os.path.isfile(str(weights)):
-        raise ValueError(
-            f"{model_name} has no pretrained weights '{weights}': use --weights none, or the path of an existing "
-            f"{model_name} backbone .weights.h5 file."
-        )
+    check_weights(name, weights)
+    try:
+        return _BUILDERS[name](int(num_classes), tuple(input_shape), weights, **kwargs)
+    except Exception as error:
+        if weights == "imagenet" and DOWNLOAD_FAILURE in str(error):
+            raise offline_error(name, error) from None
+        raise

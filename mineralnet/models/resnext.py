@@ -8,7 +8,7 @@ each stage's first block. 25,028,904 trainable parameters at 1000 classes, as to
 import keras
 
 from mineralnet.models.convnext import classifier_head
-from mineralnet.models.registry import check_local_weights, register
+from mineralnet.models.registry import register
 
 GROUPS, WIDTH_PER_GROUP = 32, 4
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks); a block outputs 4 x planes channels
@@ -57,7 +57,6 @@ def bottleneck(x, planes, strides, name):
 def resnext50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """weights: None (random init) or the path of a `.weights.h5` of this backbone (image to pooled features),
     e.g. one trained elsewhere; there are no ImageNet weights for it in Keras."""
-    check_local_weights("resnext50", weights)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)
     x = conv_bn(x, 64, 7, "stem", strides=2)

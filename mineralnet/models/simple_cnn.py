@@ -8,10 +8,8 @@ from mineralnet.models.convnext import classifier_head
 from mineralnet.models.registry import register
 
 
-@register("simple_cnn", any_size=False)
+@register("simple_cnn", any_size=False, local_weights=False)
 def simple_cnn(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
-    if weights is not None:
-        raise ValueError("simple_cnn has no pretrained weights: use --weights none.")
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for index, width in enumerate((32, 64)):

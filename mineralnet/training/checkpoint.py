@@ -68,13 +68,14 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
+        # The rate of the epoch's first step: what the epoch trained at (the value after it is the next one's).
+        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         number = epoch + 1
         row = {"epoch": number, "phase": self.phase, "image_size": self.train_size,
-               "seconds": round(time.time() - self.started, 2),
-               "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+               "seconds": round(time.time() - self.started, 2), "learning_rate": self.learning_rate}
         row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
         self.history = [r for r in self.history if r["epoch"] < number] + [row]
         improved = row.get("val_accuracy", -1.0) > self.best

@@ -1,6 +1,7 @@
 """Training configuration: the paper's defaults, overridden by a YAML/JSON file, overridden by flags."""
 
 import json
+import math
 import os
 
 from mineralnet.data.pipeline import AugmentConfig
@@ -11,7 +12,7 @@ DEFAULTS = {
     "demo": False,  # make and use the synthetic demo dataset instead of --data
     "out": "runs/train",
     "model": "eca_convnext_tiny",
-    "weights": "none",  # imagenet | none | PATH of a backbone .weights.h5
+    "weights": "imagenet",  # imagenet (the paper's transfer learning) | none | PATH of a backbone .weights.h5
     "image_size": 224,
     "epochs": 200,
     "batch_size": 32,
@@ -35,7 +36,16 @@ DEFAULTS = {
     "augment": AugmentConfig().to_dict(),
     "evaluate": True,  # evaluate the best model on the test subset at the end
     "tta": False,  # also report test-time augmentation (8 flips/rotations averaged) in the evaluation
+    "deterministic": False,  # TensorFlow op determinism: the same seed and data give the same history.csv
 }
+INTEGER_KEYS = ("image_size", "epochs", "batch_size", "warmup_epochs", "freeze_epochs", "seed", "cpu_devices")
+FLOAT_KEYS = ("lr", "label_smoothing", "dropout", "mixup", "cutmix", "ema")
+BOOL_KEYS = ("demo", "class_weights", "evaluate", "tta", "deterministic")
+# What a resumed run may not change: the model, its input and the data it learns from are fixed at its start
+# (a different value would be silently ignored by the restored checkpoint, or would mix two experiments).
+FIXED_ON_RESUME = ("data", "demo", "model", "weights", "image_size", "split", "split_ratios", "limit_per_class",
+                   "seed", "dropout", "mixed_precision", "ema", "freeze_epochs", "progressive_sizes", "batch_size")
+MIN_IMAGE_SIZE = 32  # the registry's models downsample 32-fold
 CHOICES = {
     "mixed_precision": ("off", "float16", "bfloat16"),
     "strategy": ("auto", "default", "mirrored", "multiworker"),
@@ -83,19 +93,56 @@ def resolve_config(file_values=None, overrides=None):
     return validate(config)
 
 
+def _cast(config):
+    """Numbers and switches as their types, once, with one clear line for a value that is not one."""
+    for keys, kind in ((INTEGER_KEYS, int), (FLOAT_KEYS, float)):
+        for key in keys:
+            value = config[key]
+            try:
+                if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):
+                    raise ValueError
+                config[key] = kind(float(value)) if kind is int else float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"option '{key}' must be {'a whole number' if kind is int else 'a number'}, "
+                                  f"got {value!r}.") from None
+            if not math.isfinite(config[key]):
+                raise ConfigError(f"option '{key}' must be a finite number, got {value!r}.")
+    for key in BOOL_KEYS:
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"option '{key}' is a switch: use true or false, got {config[key]!r}.")
+    if config["limit_per_class"] is not None:
+        if isinstance(config["limit_per_class"], bool) or not str(config["limit_per_class"]).isdigit() \
+                or int(config["limit_per_class"]) < 1:
+            raise ConfigError(f"option 'limit_per_class' must be a positive whole number, got "
+                              f"{config['limit_per_class']!r}.")
+        config["limit_per_class"] = int(config["limit_per_class"])
+
+
 def validate(config):
+    """Cast and check every option; a value that makes no sense is refused before anything is written (a negative
+    learning rate would train by gradient ascent for a whole run and report success)."""
+    _cast(config)
     for key, allowed in CHOICES.items():
         if config[key] not in allowed:
             raise ConfigError(f"option '{key}' is {config[key]!r}: use one of {', '.join(allowed)}.")
     for key in ("image_size", "epochs", "batch_size", "cpu_devices"):
-        if int(config[key]) < 1:
+        if config[key] < 1:
             raise ConfigError(f"option '{key}' must be a positive integer, got {config[key]!r}.")
-    if int(config["image_size"]) < 32:
-        raise ConfigError(f"image_size {config['image_size']} is too small: the models need at least 32 px.")
-    if not 0 <= int(config["freeze_epochs"]) < int(config["epochs"]):
+    if config["image_size"] < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image_size {config['image_size']} is too small: the models need at least "
+                          f"{MIN_IMAGE_SIZE} px.")
+    if not 0 <= config["freeze_epochs"] < config["epochs"]:
         raise ConfigError("freeze_epochs must be at least 0 and less than epochs (the rest fine-tunes everything).")
-    for key in ("mixup", "cutmix", "label_smoothing"):
-        if float(config[key]) < 0:
+    if not 0 <= config["warmup_epochs"] < config["epochs"]:
+        raise ConfigError(f"warmup_epochs must be at least 0 and less than epochs ({config['epochs']}), got "
+                          f"{config['warmup_epochs']}.")
+    if not config["lr"] > 0:
+        raise ConfigError(f"option 'lr' must be positive (Adam's peak learning rate, e.g. 1e-3), got {config['lr']!r}.")
+    for key in ("label_smoothing", "dropout"):
+        if not 0 <= config[key] < 1:
+            raise ConfigError(f"option '{key}' must be at least 0 and below 1, got {config[key]!r}.")
+    for key in ("mixup", "cutmix"):
+        if config[key] < 0:
             raise ConfigError(f"option '{key}' must be 0 (off) or positive, got {config[key]!r}.")
     sizes = config["progressive_sizes"] or []
     if isinstance(sizes, str):
@@ -104,17 +151,17 @@ def validate(config):
         config["progressive_sizes"] = [int(s) for s in sizes]
     except (TypeError, ValueError) as error:
         raise ConfigError(f"progressive_sizes must be image sizes like 32,48, got {sizes!r}.") from error
-    if any(not 32 <= s < int(config["image_size"]) for s in config["progressive_sizes"]) or \
+    if any(not MIN_IMAGE_SIZE <= s < config["image_size"] for s in config["progressive_sizes"]) or \
             config["progressive_sizes"] != sorted(set(config["progressive_sizes"])):
         raise ConfigError(f"progressive_sizes {config['progressive_sizes']} must rise, each at least 32 and below "
                           f"image_size {config['image_size']}.")
     if config["progressive_sizes"] and not takes_any_size(config["model"]):
         raise ConfigError(f"model '{config['model']}' needs one fixed input size (Flatten head), so it cannot "
                           "train with progressive_sizes: drop that option or pick a model with global pooling.")
-    if len(config["progressive_sizes"]) >= int(config["epochs"]):
+    if len(config["progressive_sizes"]) >= config["epochs"]:
         raise ConfigError("progressive resizing needs more epochs than progressive_sizes (one stage each, then "
                           "image_size).")
-    if not (float(config["ema"]) == 0 or 0.5 <= float(config["ema"]) < 1):
+    if not (config["ema"] == 0 or 0.5 <= config["ema"] < 1):
         raise ConfigError(f"option 'ema' is a momentum in [0.5, 1) such as 0.999 (0 = off), got {config['ema']!r}.")
     if not config["data"] and not config["demo"]:
         raise ConfigError("no data: pass --data DIR (one sub-folder per class) or --demo for the synthetic demo set.")
@@ -130,3 +177,26 @@ def validate(config):
 def backbone_weights(config):
     """The `weights` argument of build_model for this config."""
     return None if config["weights"] == "none" else config["weights"]
+
+
+def resume_changes(saved, config, finished_epochs):
+    """The options a resumed run changes, {key: (old, new)}; refuses those that define the model or the data,
+    and an --epochs below what the run already finished. Everything else (epochs, lr, warm-up, label smoothing,
+    Mixup/CutMix, augmentation, ...) is applied from the resumed epoch on and recorded in config.json."""
+    changes = {key: (saved.get(key), config[key]) for key in config
+               if key not in ("out",) and _comparable(saved.get(key)) != _comparable(config[key])}
+    for key in FIXED_ON_RESUME:
+        if key in changes:
+            old, new = changes[key]
+            raise ConfigError(f"--{key.replace('_', '-')} {new} differs from the run's {old}: a resumed run keeps the "
+                              f"model and data it started with. Drop the flag, or start a new run with another --out.")
+    if config["epochs"] < finished_epochs:
+        raise ConfigError(f"--epochs {config['epochs']} is below the {finished_epochs} epochs this run already "
+                          "finished: pass a larger --epochs to extend it, or omit the flag.")
+    return changes
+
+
+def _comparable(value):
+    if isinstance(value, str) and os.path.sep in value:
+        return os.path.abspath(value)
+    return json.loads(json.dumps(value))

@@ -2,7 +2,6 @@
 fine-tuning), resumable checkpoints and the final evaluation, all into one run directory."""
 
 import functools
-import math
 import os
 import sys
 import warnings
@@ -11,11 +10,11 @@ import keras
 
 from mineralnet import rundir
 from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset, write_split
-from mineralnet.data.pipeline import AugmentConfig, class_weights, make_dataset
+from mineralnet.data.pipeline import AugmentConfig, DecodedImages, class_weights, make_dataset, steps_per_epoch
 from mineralnet.data.split import parse_ratios
 from mineralnet.models import build_model
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
-from mineralnet.training.config import ConfigError, backbone_weights, resolve_config
+from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.utils import read_json, write_json
@@ -58,20 +57,40 @@ def _set_backbone_trainable(model, trainable):
             layer.trainable = trainable
 
 
-def _compile(model, config, steps_per_epoch, epochs):
+def _schedule(config, steps_per_epoch, epochs):
+    """Adam's learning rate over `epochs` epochs: optional linear warm-up from lr/10, then cosine decay to 0."""
     steps = max(1, steps_per_epoch * epochs)
-    warmup = min(steps - 1, steps_per_epoch * int(config["warmup_epochs"]))
-    lr = float(config["lr"])
-    schedule = keras.optimizers.schedules.CosineDecay(
+    warmup = min(steps - 1, steps_per_epoch * config["warmup_epochs"])
+    lr = config["lr"]
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr / 10 if warmup else lr, decay_steps=steps - warmup, alpha=0.0,
         warmup_target=lr if warmup else None, warmup_steps=warmup,
     )
-    ema = float(config["ema"])
+
+
+def _compile(model, config, steps_per_epoch, epochs, optimizer=None):
+    """Compile for one phase of `epochs` epochs. `optimizer`: a restored one (resume) whose iterations and moments
+    are kept; it gets the schedule of this config, so a run extended by --epochs decays over the new total and
+    a changed --lr or --warmup-epochs takes effect, instead of the checkpoint's old schedule running on."""
+    schedule = _schedule(config, steps_per_epoch, epochs)
+    if optimizer is None:
+        ema = config["ema"]
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, use_ema=bool(ema), ema_momentum=ema or 0.99)
+    else:
+        getattr(optimizer, "inner_optimizer", optimizer).learning_rate = schedule  # LossScaleOptimizer wraps it
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=schedule, use_ema=bool(ema), ema_momentum=ema or 0.99),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(config["label_smoothing"])),
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
         metrics=["accuracy"],
     )
+
+
+def _enable_determinism(seed):
+    """TensorFlow op determinism and every seed set: same seed and data -> same history.csv (slower on GPUs)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 def _check_run_dir(run_path, resume):
@@ -86,7 +105,9 @@ def train(config, resume=False):
     """Train (or resume) the run described by `config` (a dict over DEFAULTS); returns the run directory."""
     run_path = config["out"] = os.path.abspath(config["out"])
     _check_run_dir(run_path, resume)
-    split_cpu(int(config["cpu_devices"]))
+    if config["deterministic"]:
+        _enable_determinism(config["seed"])
+    split_cpu(config["cpu_devices"])
     strategy = make_strategy(config["strategy"])  # multi-worker needs this before any other TensorFlow op
     if config["demo"] and not config["data"]:
         config["data"] = make_demo_dataset(os.path.join(run_path, "demo_data"), image_size=max(96, config["image_size"]))
@@ -96,38 +117,53 @@ def train(config, resume=False):
         rows = read_split(os.path.join(run_path, rundir.SPLIT), config["data"])
     else:
         classes, rows, report = _prepare_data(config, run_path)
+    num_classes, size, batch = len(classes), config["image_size"], config["batch_size"]
+    state = read_state(run_path) if resume else None
+    # The model comes before any file is written: missing ImageNet weights (no internet) stop the run clean.
+    with strategy.scope():
+        if state:
+            model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
+        else:
+            keras.utils.set_random_seed(config["seed"])
+            model = _build(config, num_classes)
+    if not resume:
         write_split(rows, os.path.join(run_path, rundir.SPLIT))
         write_json(os.path.join(run_path, rundir.LABELS), classes)
         write_json(os.path.join(run_path, rundir.DATA_REPORT), report)
-        write_json(os.path.join(run_path, rundir.CONFIG), config)
         for skipped in report["skipped"]:
             print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    write_json(os.path.join(run_path, rundir.CONFIG), config)  # on resume: what the run now really uses
 
-    num_classes, size, batch = len(classes), int(config["image_size"]), int(config["batch_size"])
     augment = AugmentConfig.from_dict(config["augment"])
     train_files, train_labels = _arrays(rows, classes, config["data"], "train")
     val_files, val_labels = _arrays(rows, classes, config["data"], "val")
-    train_data = functools.lru_cache(lambda train_size: make_dataset(  # one per progressive-resizing stage
-        train_files, train_labels, num_classes, train_size, batch, True, augment, config["seed"],
-        mixup=float(config["mixup"]), cutmix=float(config["cutmix"])))
+    decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
+
+    def train_data(train_size, first, last):
+        return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, augment, config["seed"],
+                            mixup=config["mixup"], cutmix=config["cutmix"], epochs=(first, last),
+                            images=decoded(train_size))
+
     val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
-    steps_per_epoch = math.ceil(len(train_files) / batch)
     weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
     strategy_name = type(strategy).__name__.lstrip("_")
+    start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy than "
+                     "with ImageNet weights)" if config["weights"] == "none" else f"backbone weights {config['weights']}")
     print(f"{strategy_name} with {strategy.num_replicas_in_sync} replica(s); {len(train_files)} training, "
-          f"{len(val_files)} validation images of {num_classes} classes")
+          f"{len(val_files)} validation images of {num_classes} classes; {config['model']} from {start_weights}")
 
     policy = keras.mixed_precision.global_policy()
     if config["mixed_precision"] != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{config['mixed_precision']}")
     try:
-        _fit(config, run_path, resume, strategy, (train_data, val_data), steps_per_epoch, weights, num_classes)
+        _fit(config, run_path, model, state, strategy, (train_data, val_data), steps_per_epoch(len(train_files), batch),
+             weights)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # the caller's process keeps its own policy
     if config["evaluate"]:
         from mineralnet.evaluate import evaluate_run
 
-        evaluate_run(run_path, subset="test", tta=bool(config["tta"]))
+        evaluate_run(run_path, subset="test", tta=config["tta"])
     return run_path
 
 
@@ -148,37 +184,33 @@ def _build(config, num_classes):
                        dropout=float(config["dropout"]))
 
 
-def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights, num_classes):
-    """Build or restore the model, then run the frozen and full phases (and within them the progressive-resizing
-    stages) that are not finished yet. `datasets` is (image size -> training dataset, validation dataset)."""
+def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
+    """Run the frozen and full phases (and within them the progressive-resizing stages) that are not finished yet.
+    `state`: the checkpoint state the model was restored from (None for a new run); `datasets`: ((image size,
+    first epoch, end epoch) -> training dataset, validation dataset); `steps`: training batches per epoch."""
     train_data, val_data = datasets
-    size = int(config["image_size"])
-    state = read_state(run_path) if resume else None
+    size = config["image_size"]
     start = state["epoch"] if state else 0
-    total, frozen = int(config["epochs"]), int(config["freeze_epochs"])
-    with strategy.scope():
-        if state:
-            model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
-        else:
-            keras.utils.set_random_seed(int(config["seed"]))
-            model = _build(config, num_classes)
+    total, frozen = config["epochs"], config["freeze_epochs"]
     if start >= total:
         print(f"run '{run_path}' already finished {start} of {total} epochs.")
     for phase, first, last in (("frozen", 0, frozen), ("full", frozen, total)):
         if start >= last or first == last:
             continue
         with strategy.scope():
-            if not (state and first < start):  # a checkpoint from inside this phase has its optimizer already
-                _set_backbone_trainable(model, phase == "full")
-                _compile(model, config, steps_per_epoch, last - first)
+            _set_backbone_trainable(model, phase == "full")
+            # A checkpoint from inside this phase carries its optimizer (iterations, moments, EMA); a new phase
+            # starts a fresh one.
+            restored = model.optimizer if state and first < start else None
+            _compile(model, config, steps, last - first, optimizer=restored)
         for stage_first, stage_end, train_size in stages(config):
             begin, end = max(start, first, stage_first), min(last, stage_end)
             if begin >= end:
                 continue
             callback = RunCheckpoint(run_path, phase, total, state, image_size=size, train_size=train_size)
             extra = ema_callbacks(model)
-            model.fit(train_data(train_size), validation_data=val_data, epochs=end, initial_epoch=begin,
-                      class_weight=weights, callbacks=extra + [callback], shuffle=False,
+            model.fit(train_data(train_size, begin, end), validation_data=val_data, epochs=end, initial_epoch=begin,
+                      steps_per_epoch=steps, class_weight=weights, callbacks=extra + [callback], shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 0)
             restore_raw_weights(extra)
             state = {"history": callback.history, "best_val_accuracy": callback.best,
@@ -187,17 +219,22 @@ def _fit(config, run_path, resume, strategy, datasets, steps_per_epoch, weights,
 
 
 def run_from_args(values, config_file=None, resume=False):
-    """The CLI's entry: explicit flags (None = not given) over the config file over the defaults; a resumed run
-    starts from its saved config.json instead of the defaults (so only the flags given change it, e.g. --epochs)."""
+    """The CLI's entry: explicit flags (None = not given) over the config file over the defaults. A resumed run
+    starts from its saved config.json instead of the defaults: flags that define the model or the data must match
+    it (else ConfigError); the others (e.g. a larger --epochs) are applied and recorded."""
     from mineralnet.training.config import load_config_file
 
     file_values = load_config_file(config_file) if config_file else {}
-    if resume:
-        out = values.get("out") or file_values.get("out") or "runs/train"
-        saved = os.path.join(out, rundir.CONFIG)
-        _check_run_dir(os.path.abspath(out), resume=True)
-        file_values = {**read_json(saved), **file_values}
-    config = resolve_config(file_values, values)
+    if not resume:
+        config = resolve_config(file_values, values)
+    else:
+        out = os.path.abspath(values.get("out") or file_values.get("out") or "runs/train")
+        _check_run_dir(out, resume=True)
+        saved = read_json(os.path.join(out, rundir.CONFIG))
+        config = resolve_config({**saved, **file_values, "out": out}, values)
+        state = read_state(out)
+        for key, (old, new) in resume_changes(saved, config, state["epoch"] if state else 0).items():
+            print(f"resume: {key} {old} -> {new}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return train(config, resume=resume)

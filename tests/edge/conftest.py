@@ -26,8 +26,8 @@ def build_tiny_export(root):
 
     data = make_demo_dataset(os.path.join(root, "data"), num_classes=4, images_per_class=16, image_size=48)
     config = resolve_config(overrides={
-        "data": data, "out": os.path.join(root, "run"), "model": "simple_cnn", "image_size": SIZE, "epochs": 20,
-        "batch_size": 8, "evaluate": False, "augment": {"rotation": 0, "noise": 0},
+        "weights": "none", "data": data, "out": os.path.join(root, "run"), "model": "simple_cnn", "image_size": SIZE,
+        "epochs": 20, "batch_size": 8, "evaluate": False, "augment": {"rotation": 0, "noise": 0},
     })
     run = rundir.Run(train(config))
     export = os.path.join(run.path, "export")

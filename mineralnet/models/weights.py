@@ -1,0 +1,53 @@
+"""Save a registry model's ImageNet backbone weights to a file, on a machine with internet, for plants without:
+
+    python -m mineralnet.models.weights --model eca_convnext_tiny --out convnext_tiny_imagenet.weights.h5
+
+Copy the file to the training machine and train with `--weights convnext_tiny_imagenet.weights.h5`: the same
+transfer learning as `--weights imagenet`, without a download.
+"""
+
+import argparse
+import sys
+
+from mineralnet.models.registry import _IMAGENET, DOWNLOAD_FAILURE, WeightsError, list_models, offline_error
+from mineralnet.utils import atomic_path
+
+SAVE_SIZE = 224  # the backbones are fully convolutional: the file loads at any input size
+
+
+def save_backbone_weights(name, path, backbone=None):
+    """Write model `name`'s ImageNet backbone weights (or those of `backbone`, a model built the same way) to
+    `path` atomically; returns the path."""
+    if name not in _IMAGENET:
+        raise WeightsError(f"{name} has no ImageNet weights in Keras: choose one of {', '.join(sorted(_IMAGENET))}.")
+    if backbone is None:
+        try:
+            backbone = _IMAGENET[name]((SAVE_SIZE, SAVE_SIZE, 3))
+        except Exception as error:
+            if DOWNLOAD_FAILURE in str(error):
+                raise offline_error(name, error) from None
+            raise
+    if not str(path).endswith(".weights.h5"):
+        raise WeightsError(f"'{path}' must end in .weights.h5 (Keras' weights file format): pass another --out.")
+    with atomic_path(path) as tmp:
+        backbone.save_weights(tmp)
+    return path
+
+
+def main(argv=None):
+    models = [name for name in list_models() if name in _IMAGENET]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, choices=models, help="registry model whose backbone to save")
+    parser.add_argument("--out", required=True, help="weights file to write, ending in .weights.h5")
+    args = parser.parse_args(argv)
+    try:
+        path = save_backbone_weights(args.model, args.out)
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"saved {args.model}'s ImageNet backbone weights to {path}: train with --weights {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
