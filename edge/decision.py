@@ -1,22 +1,29 @@
 """From class probabilities to a bin, never sending an uncertain item to a product bin.
 
-With a calibrated sidecar (split conformal prediction, written by `python -m mineralnet.calibrate`) the
-prediction set is {classes with p >= 1 - qhat}, which holds the true class with probability >= 1 - alpha. Exactly
-one class in the set means the model is sure enough: that class's bin. An empty set (nothing plausible) or
-several classes (ambiguous) send the item to the recheck bin. Without calibration the same rule runs with the
-config's confidence threshold as the cutoff.
+With a calibrated sidecar (conformal prediction, written by `python -m mineralnet.calibrate`) the prediction set
+is {classes c with p_c >= cutoff_c}. For `split_conformal` every class has the cutoff 1 - qhat and the set holds
+the true class with probability >= 1 - alpha (over all items); for `mondrian_conformal` (`--per-class`) class c
+has its own cutoff 1 - qhat_per_class[c] and the set holds the true class with probability >= 1 - alpha for
+items of every class, rare ones included. Both hold only while items resemble the calibration photos. Exactly one
+class in the set means the model is sure enough: that class's bin. An empty set (nothing plausible) or several
+classes (ambiguous) send the item to the recheck bin. A class whose qhat is 1 (too few calibration items) is in
+every set, so its items never reach a product bin, not even when it is alone in the set. With per-class cutoffs
+the one class in the set need not be the most probable one: the item goes to that class's bin all the same.
+Without calibration the same rule runs with the config's confidence threshold as the cutoff of every class.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
+SPLIT_CONFORMAL, MONDRIAN_CONFORMAL = "split_conformal", "mondrian_conformal"
+
 
 @dataclass(frozen=True)
 class Decision:
     label: str  # the most probable class
     top3: tuple  # ((label, probability), ...) best first
-    prediction_set: tuple  # labels whose probability reaches the cutoff
+    prediction_set: tuple  # labels whose probability reaches their cutoff
     bin: str
     reason: str  # "confident" or "uncertain"
 
@@ -26,12 +33,28 @@ class Decider:
         """`bins`: the config's BinsConfig; `reject`: the sidecar's calibration or None; `threshold`: fallback."""
         self.labels = list(labels)
         self.bins = bins
-        if reject is not None:
-            self.method = "split_conformal"
-            self.cutoff = 1.0 - float(reject["qhat"])
+        self.alpha = None if reject is None else reject.get("alpha")
+        if reject is None:
+            self.method, self.cutoff = "threshold", float(threshold)
+        elif reject.get("method") == MONDRIAN_CONFORMAL:
+            self.method, self.cutoff = MONDRIAN_CONFORMAL, None  # no single cutoff: see self.cutoffs
         else:
-            self.method = "threshold"
-            self.cutoff = float(threshold)
+            self.method, self.cutoff = SPLIT_CONFORMAL, 1.0 - float(reject["qhat"])
+        if self.cutoff is None:
+            self.cutoffs = np.array([1.0 - float(reject["qhat_per_class"][label]) for label in self.labels])
+        else:
+            self.cutoffs = np.full(len(self.labels), self.cutoff)
+
+    def describe(self):
+        """The rule for records: method, alpha when calibrated, and `cutoff` (one for all) or `cutoffs` per class."""
+        described = {"method": self.method}
+        if self.alpha is not None:
+            described["alpha"] = self.alpha
+        if self.cutoff is None:
+            described["cutoffs"] = {label: round(float(c), 6) for label, c in zip(self.labels, self.cutoffs)}
+        else:
+            described["cutoff"] = round(self.cutoff, 6)
+        return described
 
     def bin_of(self, label):
         return self.bins.classes.get(label, self.bins.default)
@@ -39,7 +62,9 @@ class Decider:
     def decide(self, probabilities):
         order = np.argsort(-probabilities, kind="stable")
         top3 = tuple((self.labels[i], float(probabilities[i])) for i in order[:3])
-        prediction_set = tuple(self.labels[i] for i in order if probabilities[i] >= self.cutoff)
-        if len(prediction_set) == 1:
+        members = [i for i in order if probabilities[i] >= self.cutoffs[i]]
+        prediction_set = tuple(self.labels[i] for i in members)
+        # A class with cutoff 0 (qhat 1: too few calibration items) is in every set on no evidence: never sort to it.
+        if len(members) == 1 and self.cutoffs[members[0]] > 0:
             return Decision(top3[0][0], top3, prediction_set, self.bin_of(prediction_set[0]), "confident")
         return Decision(top3[0][0], top3, prediction_set, self.bins.recheck, "uncertain")

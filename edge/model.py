@@ -1,6 +1,6 @@
 """The exported .tflite model and its sidecar JSON, checked against each other before the runner starts.
 
-The sidecar is the only place the labels, the input quantisation and the calibrated reject threshold live, so a
+The sidecar is the only place the labels, the input quantisation and the calibrated reject threshold(s) live, so a
 sidecar from another export would sort every item into the wrong bin without any error. The runner therefore
 refuses to start unless the model's sha256, output size and input tensor agree with the sidecar.
 """
@@ -13,9 +13,11 @@ import time
 
 import numpy as np
 
+from edge.decision import MONDRIAN_CONFORMAL, SPLIT_CONFORMAL
 from edge.preprocess import dequantize
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
+_REJECT_METHODS = (SPLIT_CONFORMAL, MONDRIAN_CONFORMAL)  # what edge/decision.py's Decider implements
 
 
 class ModelError(ValueError):
@@ -64,6 +66,11 @@ def read_sidecar(path):
     problem = _sidecar_problem(sidecar)
     if problem:
         raise ModelError(f"sidecar '{path}' {problem}: re-export the model to get a valid sidecar.")
+    problem = _reject_problem(sidecar.get("reject"), sidecar["labels"])
+    if problem:
+        raise ModelError(
+            f"sidecar '{path}' has a 'reject' {problem}: re-run python -m mineralnet.calibrate on this model."
+        )
     return sidecar
 
 
@@ -99,14 +106,26 @@ def _sidecar_problem(sidecar):
         if key in preprocessing and preprocessing[key] != value:
             # A different contract would need a different edge/preprocess.py: refuse rather than mis-sort.
             return f"asks for preprocessing {key}={preprocessing[key]!r}, but this runner does {value!r}"
-    reject = sidecar.get("reject")
-    if reject is not None:
-        if not isinstance(reject, dict) or reject.get("method") != "split_conformal":
-            return "has a 'reject' whose method is not 'split_conformal'"
-        qhat = reject.get("qhat")
-        if not isinstance(qhat, (int, float)) or not math.isfinite(qhat) or not 0.0 <= qhat <= 1.0:
-            return "has a 'reject' whose qhat is not a number between 0 and 1"
     return None
+
+
+def _is_qhat(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+
+
+def _reject_problem(reject, labels):
+    """What is wrong with the calibrated reject block (None if absent or fine): a bad one would mis-sort silently."""
+    if reject is None:
+        return None
+    if not isinstance(reject, dict) or reject.get("method") not in _REJECT_METHODS:
+        return f"whose method is not one of {', '.join(_REJECT_METHODS)}"
+    if reject["method"] == SPLIT_CONFORMAL:
+        return None if _is_qhat(reject.get("qhat")) else "whose qhat is not a number between 0 and 1"
+    per_class = reject.get("qhat_per_class")
+    if not isinstance(per_class, dict) or set(per_class) != set(labels):
+        return "whose qhat_per_class does not name exactly the sidecar's labels"
+    bad = [label for label in labels if not _is_qhat(per_class[label])]
+    return f"whose qhat_per_class['{bad[0]}'] is not a number between 0 and 1" if bad else None
 
 
 class Model:

@@ -146,7 +146,7 @@ class Runner:
         return {
             "model": self.model.path,
             "model_sha256": self.model.sha256,
-            "reject": {"method": self.decider.method, "cutoff": round(self.decider.cutoff, 6)},
+            "reject": self.decider.describe(),
             "started": iso_time(self.started_wall),
             "uptime_s": round(self.clock.now() - self.started, 3),
             "exit": exit_reason,
@@ -174,7 +174,7 @@ class Runner:
         stalled = False
         self.events.emit(
             "start", model=self.model.path, model_sha256=self.model.sha256, labels=self.model.labels,
-            reject=self.decider.method, cutoff=round(self.decider.cutoff, 6),
+            reject=self.decider.describe(),
         )
         capture.start()
         try:
@@ -194,7 +194,7 @@ class Runner:
                     last_frame = now
                     self.process(frame)
                 if now - last_stats >= interval:
-                    self.events.emit("stats", **self.tally.stats(now - last_stats))
+                    self.events.emit("stats", **self.tally.stats(now - last_stats), reject=self.decider.describe())
                     last_stats = now
             else:  # the loop condition ended it, not the source
                 exit_reason = self._stop_reason or "item limit reached"

@@ -1,12 +1,26 @@
 """Calibrate an exported model's reject rule with split conformal prediction and store it in the sidecar.
 
-    python -m mineralnet.calibrate --run RUN --model RUN/export/model_int8.tflite --alpha 0.05
+    python -m mineralnet.calibrate --run RUN --model RUN/export/model_int8.tflite --alpha 0.05 [--per-class]
 
-Runs the .tflite model itself (so quantisation error is calibrated too) on the `val` rows of RUN/split.csv.
+Runs the .tflite model itself (so quantisation error is calibrated too) on the `calib` rows of RUN/split.csv:
+rows that neither trained the model nor picked its best epoch, which is what the guarantee below needs. A split
+from before `calib` existed (train/val/test) falls back to the `val` rows, and says so: those rows chose the best
+epoch, so they look slightly better to the model than new items and the guarantee is only approximate.
+
 Score = 1 - p_true; qhat = the ceil((n + 1)(1 - alpha))-th smallest score (1.0 when that rank exceeds n). The
 edge runner's prediction set {classes with p >= 1 - qhat} then holds the true class with probability >= 1 - alpha
-on data like the validation set; a set that is empty or holds several classes sends the item to recheck.
-Only the sidecar's "reject" entry changes, written atomically.
+(marginal coverage, averaged over items and classes), provided the calibration items and the future items are
+exchangeable (drawn alike: same ores, camera, ROI, lighting). With --per-class (Mondrian conformal) each class c
+gets its own qhat_c from its own calibration items only, and class c is in the set iff p_c >= 1 - qhat_c: then
+P(true class in set | true class = c) >= 1 - alpha for every class, so a rare valuable ore is covered as well as a
+common one, where the marginal rule may cover it far worse. A class with fewer than 1/alpha - 1 calibration items
+gets qhat_c = 1: it is in every set and the runner never sorts to it, so every item goes to recheck (warned).
+
+Not guaranteed: the error rate among *sorted* items (one class in the set), which can exceed alpha; items unlike
+the calibration photos (another camera ROI, lighting, ore body); drift over time. The share of calibration items
+that would be sorted (`sorted_share`) is printed and stored: below 50 % the model sends most items to recheck.
+A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" entry
+changes, written atomically.
 """
 
 import argparse
@@ -23,6 +37,9 @@ from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, write_json
 
 METHOD = "split_conformal"
+MONDRIAN = "mondrian_conformal"
+SCORE = "1 - p_true"
+LOW_SORTED_SHARE = 0.5  # below this the runner sends most items to recheck: say so rather than let it go unseen
 
 
 class CalibrationError(ValueError):
@@ -39,6 +56,48 @@ def conformal_qhat(scores, alpha):
     return 1.0 if rank > n else float(scores[rank - 1])
 
 
+def min_items(alpha):
+    """The fewest calibration items for which conformal_qhat can be below 1 (n >= 1/alpha - 1)."""
+    return math.ceil((1.0 - alpha) / alpha - 1e-9)
+
+
+def class_cutoffs(reject, labels):
+    """Per-class probability cutoffs (1 - qhat, in label order) of a split or Mondrian reject block."""
+    if reject["method"] == MONDRIAN:
+        return np.array([1.0 - reject["qhat_per_class"][label] for label in labels])
+    return np.full(len(labels), 1.0 - reject["qhat"])
+
+
+def sorted_mask(probabilities, cutoffs):
+    """Which items the edge Decider would sort: their prediction set {c : p_c >= cutoff_c} holds exactly one class,
+    and not one whose cutoff is 0 (qhat 1, too few calibration items: in every set on no evidence)."""
+    in_set = np.asarray(probabilities) >= np.asarray(cutoffs)[None, :]
+    return (in_set.sum(axis=1) == 1) & (in_set @ (np.asarray(cutoffs) > 0))
+
+
+def reject_rule(probabilities, truth, labels, alpha, per_class=False, subset="calib"):
+    """The sidecar's reject block from calibration probabilities (n, classes) and true class indices."""
+    probabilities, truth = np.asarray(probabilities), np.asarray(truth)
+    scores = 1.0 - probabilities[np.arange(len(truth)), truth].astype(np.float64)
+    reject = {"method": MONDRIAN if per_class else METHOD, "subset": subset, "n": len(truth), "alpha": alpha}
+    if per_class:
+        reject["n_per_class"] = {label: int(np.sum(truth == c)) for c, label in enumerate(labels)}
+        reject["qhat_per_class"] = {
+            label: conformal_qhat(scores[truth == c], alpha) for c, label in enumerate(labels)
+        }
+    else:
+        reject["qhat"] = conformal_qhat(scores, alpha)
+    sorted_items = sorted_mask(probabilities, class_cutoffs(reject, labels))
+    wrong = sorted_items & (np.argmax(probabilities, axis=1) != truth)
+    reject.update({
+        "score": SCORE,
+        "sorted_share": float(np.mean(sorted_items)),
+        # Measured on the calibration items, NOT guaranteed: conformal bounds the set's miss rate, not this.
+        "sorted_error": float(wrong.sum() / sorted_items.sum()) if sorted_items.any() else None,
+    })
+    return reject
+
+
 def tflite_probabilities(model_path, files):
     """Class probabilities of the .tflite model for image files, preprocessed by the training contract."""
     with open(model_path, "rb") as handle:
@@ -47,8 +106,19 @@ def tflite_probabilities(model_path, files):
     return predict(interpreter, np.stack([load_image(path, size) for path in files]))
 
 
-def calibrate(run_dir, model_path, alpha, sidecar_path=None):
-    """Compute the reject rule on the run's validation rows and write it into the sidecar; returns it."""
+def calibration_rows(run):
+    """(subset, rows): the `calib` rows, or the `val` rows of an older 3-part split."""
+    for subset in ("calib", "val"):
+        rows = run.rows(subset)
+        if rows:
+            return subset, rows
+    raise CalibrationError(
+        f"split '{run.file(rundir.SPLIT)}' has neither calib nor val rows: re-split with a calib share."
+    )
+
+
+def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
+    """Compute the reject rule on the run's calib (else val) rows and write it into the sidecar; returns it."""
     sidecar_path = sidecar_path or os.path.splitext(model_path)[0] + ".json"
     for path, fix in (
         (model_path, "pass --model with an exported .tflite file"),
@@ -74,17 +144,62 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None):
             f"sidecar '{sidecar_path}' lists labels {sidecar.get('labels')} but run '{run_dir}' has {labels}: "
             "calibrate a model exported from this run."
         )
-    rows = run.rows("val")
-    if not rows:
-        raise CalibrationError(f"split '{run.file(rundir.SPLIT)}' has no val rows: re-split with a val share.")
+    subset, rows = calibration_rows(run)
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
-    scores = 1.0 - probabilities[np.arange(len(rows)), truth]
-    reject = {
-        "method": METHOD, "alpha": alpha, "qhat": conformal_qhat(scores, alpha), "n": len(rows), "score": "1 - p_true",
-    }
+    reject = reject_rule(probabilities, truth, labels, alpha, per_class, subset)
     write_json(sidecar_path, {**sidecar, "reject": reject})
     return reject
+
+
+def report(reject, split_path):
+    """Print what was calibrated on, the threshold(s), the sorted share and every reason to distrust them."""
+    alpha, n, subset = reject["alpha"], reject["n"], reject["subset"]
+    if subset == "calib":
+        print(f"calibrate: using the {n} calib rows of '{split_path}' (they neither trained the model nor picked "
+              "its best epoch).")
+    else:
+        print(
+            f"calibrate: warning: '{split_path}' has no calib rows (a train/val/test split), so the {n} val rows are "
+            "used. They also picked the best epoch, so coverage >= 1 - alpha holds only approximately: re-split "
+            "with a calib share (train/val/calib/test) and retrain for the full guarantee.", file=sys.stderr,
+        )
+    if reject["method"] == MONDRIAN:
+        qhats = ", ".join(
+            f"{label} {q:.4f} (n={reject['n_per_class'][label]})" for label, q in reject["qhat_per_class"].items()
+        )
+        print(f"calibrate: per-class qhat at alpha={alpha}: {qhats}; class c is in the set when p_c >= 1 - qhat_c.")
+        for label, count in reject["n_per_class"].items():
+            if count < min_items(alpha):
+                print(
+                    f"calibrate: warning: class '{label}' has {count} {subset} images, too few for alpha={alpha} "
+                    f"(needs at least {min_items(alpha)}); its qhat is 1, so it is in every prediction set and "
+                    f"every item goes to recheck. Add {subset} images of that class or raise --alpha.",
+                    file=sys.stderr,
+                )
+    else:
+        print(
+            f"calibrate: qhat={reject['qhat']:.4f} from {n} {subset} images (alpha={alpha}); an item is sorted "
+            f"only when exactly one class has p >= {1 - reject['qhat']:.4f}."
+        )
+        if reject["qhat"] >= 1.0 and n < min_items(alpha):
+            print(
+                f"calibrate: warning: {n} {subset} images are too few for alpha={alpha} (needs at least "
+                f"{min_items(alpha)}); every item will go to recheck. Add {subset} images or raise --alpha.",
+                file=sys.stderr,
+            )
+    share = reject["sorted_share"]
+    error = "" if reject["sorted_error"] is None else (
+        f"; {100 * reject['sorted_error']:.1f} % of those had the wrong class (measured here, not guaranteed)"
+    )
+    print(f"calibrate: {100 * share:.1f} % of the {n} {subset} images would be sorted (one class in the set), "
+          f"{100 * (1 - share):.1f} % sent to recheck{error}.")
+    if share < LOW_SORTED_SHARE:
+        print(
+            f"calibrate: warning: only {100 * share:.1f} % of items would be sorted at alpha={alpha}: the runner "
+            "would send most items to recheck. Raise --alpha, or improve the model (more or better training "
+            "images).", file=sys.stderr,
+        )
 
 
 def main(argv=None):
@@ -93,24 +208,19 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="exported .tflite model to calibrate")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
     parser.add_argument("--alpha", type=float, default=0.05, help="allowed miss rate of the prediction set")
+    parser.add_argument(
+        "--per-class", action="store_true",
+        help="one threshold per class (Mondrian conformal): every class, rare ones too, covered at 1 - alpha",
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}.")
     try:
-        reject = calibrate(args.run, args.model, args.alpha, args.sidecar)
+        reject = calibrate(args.run, args.model, args.alpha, args.sidecar, args.per_class)
     except (CalibrationError, DataError) as error:
         print(f"calibrate: {error}", file=sys.stderr)
         return 2
-    print(
-        f"calibrate: qhat={reject['qhat']:.4f} from {reject['n']} val images (alpha={args.alpha}); an item is sorted "
-        f"only when exactly one class has p >= {1 - reject['qhat']:.4f}."
-    )
-    if reject["qhat"] >= 1.0:
-        print(
-            f"calibrate: warning: {reject['n']} val images are too few for alpha={args.alpha} (needs at least "
-            f"{math.ceil(1 / args.alpha) - 1}); every item will go to recheck. Add val images or raise --alpha.",
-            file=sys.stderr,
-        )
+    report(reject, os.path.join(args.run, rundir.SPLIT))
     return 0
 
 

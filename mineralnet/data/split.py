@@ -104,9 +104,9 @@ def read_split(path, data_dir=None, check_files=True):
         if reader.fieldnames is None or not {"path", "label", "subset"} <= set(reader.fieldnames):
             raise DataError(f"split file '{path}' must have the columns path,label,subset.")
         rows = list(reader)
-    bad = [r["subset"] for r in rows if r["subset"] not in SUBSETS]
+    bad = [r["subset"] for r in rows if r["subset"] not in SUBSETS + ("calib",)]  # calib: conformal calibration
     if bad:
-        raise DataError(f"split file '{path}' has unknown subset '{bad[0]}': use train, val or test.")
+        raise DataError(f"split file '{path}' has unknown subset '{bad[0]}': use train, val, calib or test.")
     if data_dir is not None:
         missing = []
         for row in rows:
