@@ -1,34 +1,89 @@
 """The model input for one picture, made exactly as training's evaluation path makes it.
 
 Contract (mineralnet/data/images.py, re-implemented here because the device has no mineralnet): decode with
-Pillow, first frame, convert to 8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit), resize the whole
-picture to size x size with Pillow's BILINEAR filter (aspect ratio not kept), raw 0-255 values; the model
-normalises internally. Edge-only steps: OpenCV's BGR frames become RGB first, the region of interest is cropped
-before the resize, and int8 models get their input quantised with the sidecar's scale and zero point.
+Pillow, first frame, upright by its EXIF Orientation, embedded ICC profile converted to sRGB (relative
+colorimetric; no profile means sRGB, left as it is), convert to 8-bit RGB (alpha composited on white, 16-bit
+scaled to 8-bit), resize the whole picture to size x size with Pillow's BILINEAR filter (aspect ratio not kept),
+raw 0-255 values; the model normalises internally. A file whose profile cannot be read or does not fit its pixels
+is unusable (skipped, as training's scan skips it): its true colours are unknown. Edge-only steps: OpenCV's BGR
+frames (no EXIF, no profile: sRGB) become RGB first, the region of interest is cropped before the resize, and int8
+models get their input quantised with the sidecar's scale and zero point.
 Change both files together: tests/edge/test_edge_preprocess.py checks they agree byte for byte.
 """
 
+import io
+
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the extensions training reads
+DECODE_METHOD = "pillow-exif-orientation-icc-srgb-relative"  # in the sidecar: edge/model.py refuses any other
+
+# Relative colorimetric keeps every in-gamut colour exactly (mapped to sRGB's white) and clips only what sRGB cannot
+# show; perceptual would compress all colours by a table that differs per camera vendor, so the same stone would
+# reach the model with different values from different phones. (Matrix profiles, the usual camera ones, have no
+# perceptual table, where both give the same numbers.)
+RENDERING_INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
+SRGB = ImageCms.createProfile("sRGB")
+_PROFILE_MODES = {  # ICC colour space -> the 8-bit Pillow mode lcms reads it in, and the picture modes it fits
+    "RGB": ("RGB", ("RGB", "RGBA", "RGBX", "P", "PA")),
+    "GRAY": ("L", ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F")),
+    "CMYK": ("CMYK", ("CMYK",)),
+}
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 # A truncated file must be skipped and counted, never decoded to a half-grey picture and sorted.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def deep_to_l(image):
+    """A 16-bit or 32-bit grey image (I;16, I, F) as 8-bit L: 16-bit range scaled, 0-255 values kept."""
+    array = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+    array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(array, mode="L")
+
+
+def to_srgb(image, profile_bytes):
+    """`image` converted from its embedded ICC profile to sRGB (RGB, or RGBA keeping its alpha); without one, as is.
+
+    Raises OSError naming the problem when the profile cannot be read or does not fit the pixels.
+    """
+    if not profile_bytes:
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(profile_bytes))
+    except (OSError, ImageCms.PyCMSError) as error:
+        raise OSError(f"unreadable embedded ICC colour profile ({error}): re-save the picture as sRGB") from None
+    space = profile.profile.xcolor_space.strip()
+    lcms_mode, fitting = _PROFILE_MODES.get(space, (None, ()))
+    if image.mode not in fitting:
+        raise OSError(f"embedded ICC colour profile is for {space or 'unknown'} pictures but the pixels are "
+                      f"{image.mode}: re-save the picture as sRGB")
+    alpha = None
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+    pixels = deep_to_l(image) if image.mode in _DEEP_MODES else image.convert(lcms_mode)
+    try:
+        converted = ImageCms.profileToProfile(pixels, profile, SRGB, renderingIntent=RENDERING_INTENT,
+                                              outputMode="RGB")
+    except ImageCms.PyCMSError as error:
+        raise OSError(f"embedded ICC colour profile cannot be applied ({error}): re-save the picture as sRGB") from None
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 def to_rgb(image):
     """Any Pillow image (RGBA, LA, P, L, I;16, I, F, CMYK...) as 8-bit RGB."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in _DEEP_MODES:
+        return deep_to_l(image).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in _ALPHA_MODES:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
@@ -36,11 +91,14 @@ def to_rgb(image):
 
 
 def open_rgb(path):
-    """Decode the first frame of an image file fully (raises on truncated or non-image files) as RGB."""
+    """The first frame of an image file, upright, in sRGB, as RGB (raises on truncated or non-image files and on
+    colour profiles that cannot be applied)."""
     with Image.open(path) as image:
         image.seek(0)
         image.load()
-        return to_rgb(image)
+        profile_bytes = image.info.get("icc_profile")
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(to_srgb(image, profile_bytes))
 
 
 def from_bgr(frame):

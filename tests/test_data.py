@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mineralnet.data import DataError, load_image, make_split, read_split, scan_dataset, write_split
+from mineralnet.data import DataError, load_image, make_split, open_rgb, read_split, scan_dataset, write_split
 from mineralnet.data.demo import make_specimen
 from mineralnet.data.pipeline import AugmentConfig, class_weights, make_dataset
 
-from helpers import MINET, requires_minet
+from helpers import MINET, ORIENTED, requires_minet, write_decode_cases
 
 
 def write_dataset(root, per_class=10, classes=("alpha", "beta", "gamma"), size=24):
@@ -113,6 +113,62 @@ def test_every_pixel_format_becomes_rgb(tmp_path):
     gif = load_image(str(tmp_path / "anim.gif"), 12)
     assert gif.std() > 10  # the first (textured) frame, not the flat second one
 
+
+def _centres(pixels, block=8):
+    """The colour at the centre of each flat block along the long side (JPEG is exact only away from edges)."""
+    if pixels.shape[0] > pixels.shape[1]:
+        return [pixels[i + block // 2, block // 2].tolist() for i in range(0, pixels.shape[0], block)]
+    return [pixels[block // 2, i + block // 2].tolist() for i in range(0, pixels.shape[1], block)]
+
+
+def test_exif_orientation_makes_photos_upright(tmp_path):
+    good, _ = write_decode_cases(tmp_path)
+    for orientation, upright in ORIENTED.items():
+        path = good[f"exif_{orientation}"]
+        with Image.open(path) as stored:  # the pixels as stored, which is what the old decoder returned
+            expected = upright(np.asarray(stored.convert("RGB")))
+        assert np.array_equal(np.asarray(open_rgb(path)), expected), f"orientation {orientation}"
+        reference = np.asarray(Image.fromarray(np.ascontiguousarray(expected)).resize((16, 16), Image.BILINEAR))
+        assert np.array_equal(load_image(path, 16), reference), f"orientation {orientation}"
+
+
+def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
+    good, _ = write_decode_cases(tmp_path)
+    # Linear-light profile with red and green swapped: red is sRGB green, 128 grey (linear 0.5) is sRGB 188.
+    pixels = np.asarray(open_rgb(good["swapped_png"])).astype(int)
+    expected = [[0, 255, 0], [255, 0, 0], [0, 0, 255], [188, 188, 188], [255, 255, 255], [0, 0, 0]]
+    assert np.abs(pixels[0] - expected).max() <= 1
+    # JPEG's off-by-one near 0 becomes up to ~13 through a linear-light profile: hence the looser tolerance.
+    assert np.abs(np.array(_centres(np.asarray(open_rgb(good["swapped_jpg"])))) - expected[:4]).max() <= 16
+    upright = np.asarray(open_rgb(good["swapped_rotated_jpg"]))  # red left of blue, turned clockwise, then sRGB
+    assert upright.shape == (16, 8, 3)
+    assert np.abs(np.array(_centres(upright)) - [[0, 255, 0], [0, 0, 255]]).max() <= 16
+    assert np.asarray(open_rgb(good["swapped_rgba_png"])).tolist() == [[[0, 255, 0], [255, 255, 255]]]  # alpha kept
+    assert np.asarray(open_rgb(good["swapped_palette_png"])).tolist() == [[[0, 255, 0], [255, 0, 0]]]
+    for grey in ("grey_png", "grey16_png"):  # a linear grey profile: 55 -> 128, 128 -> 188
+        assert np.asarray(open_rgb(good[grey]))[0, :, 0].tolist() == [0, 128, 188, 255], grey
+    cmyk = np.array(_centres(np.asarray(open_rgb(good["cmyk_jpg"]))))  # Pillow's naive CMYK gives 127 for k=128
+    assert np.abs(cmyk - [[255, 0, 0], [187, 187, 187]]).max() <= 16
+    # No profile means sRGB and is decoded as before; a file tagged sRGB gives the same bytes.
+    with Image.open(good["untagged_png"]) as plain:
+        untagged = np.asarray(plain.convert("RGB"))
+    assert np.array_equal(np.asarray(open_rgb(good["untagged_png"])), untagged)
+    assert np.array_equal(np.asarray(open_rgb(good["srgb_tagged_png"])), untagged)
+
+
+def test_unusable_colour_profiles_skip_the_file_with_the_reason(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=4)
+    _, bad = write_decode_cases(tmp_path)
+    for name, path in bad.items():
+        with pytest.raises(OSError, match="ICC colour profile.*re-save the picture as sRGB"):
+            load_image(path, 16)
+        shutil.copy(path, root / "alpha" / f"{name}.png")
+    with pytest.warns(UserWarning, match="ICC colour profile"):
+        _, samples, report = scan_dataset(str(root))
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"alpha/corrupt.png", "alpha/mismatched.png"} and len(samples) == 12
+    assert "unreadable embedded ICC" in reasons["alpha/corrupt.png"]
+    assert "for GRAY pictures but the pixels are RGB" in reasons["alpha/mismatched.png"]
 
 def test_pipeline_batches_augments_training_only_and_weights_classes(tmp_path):
     root = write_dataset(tmp_path / "data", per_class=6, size=40)

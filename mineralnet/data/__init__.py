@@ -1,12 +1,13 @@
 """Datasets of one folder per class: checking, splitting, the synthetic demo set and the tf.data pipeline."""
 
 from mineralnet.data.demo import make_demo_dataset
-from mineralnet.data.images import IMAGE_EXTENSIONS, RESIZE_METHOD, load_image, open_rgb, resize_rgb, to_rgb
+from mineralnet.data.images import (DECODE_METHOD, IMAGE_EXTENSIONS, RESIZE_METHOD, load_image, open_rgb, resize_rgb,
+                                    to_rgb)
 from mineralnet.data.scan import DataError, Sample, list_classes, scan_dataset
 from mineralnet.data.split import SUBSETS, make_split, parse_ratios, read_split, write_split
 
 __all__ = [
-    "DataError", "IMAGE_EXTENSIONS", "RESIZE_METHOD", "SUBSETS", "Sample", "list_classes", "load_image",
-    "make_demo_dataset", "make_split", "open_rgb", "parse_ratios", "read_split", "resize_rgb", "scan_dataset",
-    "to_rgb", "write_split",
+    "DECODE_METHOD", "DataError", "IMAGE_EXTENSIONS", "RESIZE_METHOD", "SUBSETS", "Sample", "list_classes",
+    "load_image", "make_demo_dataset", "make_split", "open_rgb", "parse_ratios", "read_split", "resize_rgb",
+    "scan_dataset", "to_rgb", "write_split",
 ]

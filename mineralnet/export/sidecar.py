@@ -1,8 +1,9 @@
 """The JSON file beside each .tflite: everything a device needs to feed the model and trust the file.
 
 Contract (read by the edge runner): format, labels, input/output {shape, dtype, scale, zero_point} (scale 0.0
-means not quantised), preprocessing, sha256 of the .tflite and of the source model.keras, the run, versions
-and the creation time.
+means not quantised), preprocessing (decode: EXIF orientation and ICC profile to sRGB, resize: Pillow bilinear,
+as mineralnet/data/images.py states), sha256 of the .tflite and of the source model.keras, the run, versions and
+the creation time.
 """
 
 import hashlib
@@ -11,7 +12,7 @@ import keras
 import tensorflow as tf
 
 import mineralnet
-from mineralnet.data import RESIZE_METHOD
+from mineralnet.data import DECODE_METHOD, RESIZE_METHOD
 
 EXPORTER_VERSION = "1.0"
 
@@ -41,6 +42,7 @@ def make_sidecar(fmt, labels, image_size, model_bytes, input_contract, output_co
             "color": "RGB",
             "input_size": int(image_size),
             "resize_method": RESIZE_METHOD,
+            "decode": DECODE_METHOD,
         },
         "sha256": sha256_bytes(model_bytes),
         "source_model_sha256": source_sha256,

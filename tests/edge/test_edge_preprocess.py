@@ -1,11 +1,16 @@
 """edge/preprocess.py must give byte-identical model inputs to training's mineralnet.data.load_image."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from edge import preprocess
-from mineralnet.data import load_image
+from edge.model import ModelError, read_sidecar
+from mineralnet.data import DECODE_METHOD, load_image
+
+from helpers import write_decode_cases
 
 
 def _write_images(directory):
@@ -27,7 +32,8 @@ def _write_images(directory):
     Image.fromarray(rng.integers(0, 65536, (41, 29), dtype=np.uint16)).save(paths["png16"])
     paths["already_32"] = directory / "small.png"
     Image.fromarray(rgb[:32, :32]).save(paths["already_32"])
-    return paths
+    good, _ = write_decode_cases(directory)  # EXIF orientations 1-8 and ICC-tagged RGB, RGBA, P, L, I;16, CMYK
+    return {**paths, **good}
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -39,9 +45,31 @@ def test_same_bytes_as_training(tmp_path, size):
         assert np.array_equal(edge_pixels, training_pixels), f"{kind} differs from mineralnet.data.load_image"
 
 
+def test_same_files_unusable_as_in_training(tmp_path):
+    """A file training's scan skips (its colour profile cannot be applied) is skipped by the runner too."""
+    _, bad = write_decode_cases(tmp_path)
+    for kind, path in bad.items():
+        with pytest.raises(OSError, match="ICC colour profile") as edge_error:
+            preprocess.open_rgb(path)
+        with pytest.raises(OSError) as training_error:
+            load_image(path, 32)
+        assert str(edge_error.value) == str(training_error.value), kind
+    assert preprocess.DECODE_METHOD == DECODE_METHOD
+
+
 def test_dataset_images_match_training(tiny_export):
     for row in tiny_export["test_rows"][:5]:
         assert np.array_equal(preprocess.resize_rgb(preprocess.open_rgb(row["file"]), 32), load_image(row["file"], 32))
+
+
+def test_sidecar_names_the_decode_and_a_runner_refuses_another(tmp_path, tiny_export):
+    sidecar_path = tiny_export["float32"][: -len(".tflite")] + ".json"
+    sidecar = read_sidecar(sidecar_path)
+    assert sidecar["preprocessing"]["decode"] == preprocess.DECODE_METHOD
+    other = {**sidecar, "preprocessing": {**sidecar["preprocessing"], "decode": "pillow-stored-pixels"}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ModelError, match="asks for preprocessing decode='pillow-stored-pixels'"):
+        read_sidecar(str(tmp_path / "other.json"))
 
 
 def test_opencv_bgr_frame_goes_through_the_same_resize(tmp_path):

@@ -56,7 +56,8 @@ def test_sidecars_follow_the_contract(exported, export_run_dir):
         assert sidecar["input"]["shape"] == [1, size, size, 3]
         assert sidecar["output"]["shape"] == [1, len(labels)]
         assert sidecar["preprocessing"] == {"pixels": "raw RGB 0-255", "color": "RGB", "input_size": size,
-                                            "resize_method": "pillow-bilinear"}
+                                            "resize_method": "pillow-bilinear",
+                                            "decode": "pillow-exif-orientation-icc-srgb-relative"}
         assert sidecar["sha256"] == sha256(os.path.join(out_dir, f"model_{fmt}.tflite"))
         assert sidecar["source_model_sha256"] == sha256(os.path.join(export_run_dir, "model.keras"))
         assert sidecar["run"] == os.path.abspath(export_run_dir)
