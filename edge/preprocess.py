@@ -58,13 +58,14 @@ def to_srgb(image, profile_bytes):
         raise OSError(f"unreadable embedded ICC colour profile ({error}): re-save the picture as sRGB") from None
     space = profile.profile.xcolor_space.strip()
     lcms_mode, fitting = _PROFILE_MODES.get(space, (None, ()))
-    if image.mode not in fitting:
+    grey_in_rgb_space = space == "RGB" and image.mode in _PROFILE_MODES["GRAY"][1]  # ImageMagick writes these
+    if image.mode not in fitting and not grey_in_rgb_space:
         raise OSError(f"embedded ICC colour profile is for {space or 'unknown'} pictures but the pixels are "
                       f"{image.mode}: re-save the picture as sRGB")
     alpha = None
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         alpha = image.convert("RGBA").getchannel("A")
-    pixels = deep_to_l(image) if image.mode in _DEEP_MODES else image.convert(lcms_mode)
+    pixels = (deep_to_l(image) if image.mode in _DEEP_MODES else image).convert(lcms_mode)
     try:
         converted = ImageCms.profileToProfile(pixels, profile, SRGB, renderingIntent=RENDERING_INTENT,
                                               outputMode="RGB")

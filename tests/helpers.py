@@ -139,6 +139,8 @@ def write_decode_cases(directory):
     Image.fromarray(grey).save(good["grey_png"], icc_profile=icc_profile("GRAY"))
     good["grey16_png"] = path("grey16_linear.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(good["grey16_png"], icc_profile=icc_profile("GRAY"))
+    good["grey_rgb_profile_png"] = path("grey_rgb_profile.png")  # ImageMagick tags grey files with RGB profiles
+    Image.fromarray(grey).save(good["grey_rgb_profile_png"], icc_profile=swapped)
     good["cmyk_jpg"] = path("cmyk.jpg")
     Image.fromarray(flat_blocks([(0, 255, 255, 0), (0, 0, 0, 128)]), "CMYK").save(
         good["cmyk_jpg"], quality=100, icc_profile=icc_profile("CMYK"))

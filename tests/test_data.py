@@ -145,7 +145,7 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
     assert np.abs(np.array(_centres(upright)) - [[0, 255, 0], [0, 0, 255]]).max() <= 16
     assert np.asarray(open_rgb(good["swapped_rgba_png"])).tolist() == [[[0, 255, 0], [255, 255, 255]]]  # alpha kept
     assert np.asarray(open_rgb(good["swapped_palette_png"])).tolist() == [[[0, 255, 0], [255, 0, 0]]]
-    for grey in ("grey_png", "grey16_png"):  # a linear grey profile: 55 -> 128, 128 -> 188
+    for grey in ("grey_png", "grey16_png", "grey_rgb_profile_png"):  # a linear grey profile: 55 -> 128, 128 -> 188
         assert np.asarray(open_rgb(good[grey]))[0, :, 0].tolist() == [0, 128, 188, 255], grey
     cmyk = np.array(_centres(np.asarray(open_rgb(good["cmyk_jpg"]))))  # Pillow's naive CMYK gives 127 for k=128
     assert np.abs(cmyk - [[255, 0, 0], [187, 187, 187]]).max() <= 16

@@ -39,7 +39,7 @@ def test_loop_really_learns_separable_synthetic_data(tmp_path):
 def test_config_file_then_flags_and_clear_errors(tmp_path, demo_data):
     config_file = tmp_path / "options.yaml"
     config_file.write_text(f"data: {demo_data}\nmodel: simple_cnn\nimage_size: 40\nepochs: 2\nlr: 0.01\n")
-    run = run_from_args({"out": str(tmp_path / "run"), "lr": 0.002, "image_size": 32, "evaluate": False},
+    run = run_from_args({"out": str(tmp_path / "run"), "lr": 0.002, "image_size": 32, "evaluate": False, "weights": "none"},
                         str(config_file))
     saved = json.load(open(os.path.join(run, "config.json")))
     assert (saved["model"], saved["image_size"], saved["lr"], saved["epochs"]) == ("simple_cnn", 32, 0.002, 2)

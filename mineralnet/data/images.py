@@ -6,9 +6,10 @@ are stored sideways), convert an embedded ICC profile to sRGB (relative colorime
 malachite from chrysocolla, and a Display P3 or Adobe RGB photo read as sRGB has the wrong colours), convert to
 8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit), resize the whole image (no crop, aspect ratio not
 kept) to size x size with Pillow's BILINEAR filter, keep raw 0-255 values. Normalisation lives inside the model.
-A picture without a profile is taken as sRGB and left as it is. A profile that cannot be read or applied (corrupt,
-or for another colour space than the pixels) makes the file unusable, like a truncated one: scanning skips and
-reports it, the edge runner skips it; its true colours are unknown, and guessing them could sort a rock wrongly.
+A picture without a profile is taken as sRGB and left as it is; a grey picture with an RGB profile is the grey of
+that RGB space. A profile that cannot be read or applied (corrupt, or for another colour space than the pixels)
+makes the file unusable, like a truncated one: scanning skips and reports it, the edge runner skips it; its true
+colours are unknown, and guessing them could sort a rock wrongly.
 """
 
 import io
@@ -59,13 +60,14 @@ def to_srgb(image, profile_bytes):
         raise OSError(f"unreadable embedded ICC colour profile ({error}): re-save the picture as sRGB") from None
     space = profile.profile.xcolor_space.strip()
     lcms_mode, fitting = _PROFILE_MODES.get(space, (None, ()))
-    if image.mode not in fitting:
+    grey_in_rgb_space = space == "RGB" and image.mode in _PROFILE_MODES["GRAY"][1]  # ImageMagick writes these
+    if image.mode not in fitting and not grey_in_rgb_space:
         raise OSError(f"embedded ICC colour profile is for {space or 'unknown'} pictures but the pixels are "
                       f"{image.mode}: re-save the picture as sRGB")
     alpha = None
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         alpha = image.convert("RGBA").getchannel("A")
-    pixels = deep_to_l(image) if image.mode in _DEEP_MODES else image.convert(lcms_mode)
+    pixels = (deep_to_l(image) if image.mode in _DEEP_MODES else image).convert(lcms_mode)
     try:
         converted = ImageCms.profileToProfile(pixels, profile, SRGB, renderingIntent=RENDERING_INTENT,
                                               outputMode="RGB")
