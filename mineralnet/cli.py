@@ -45,7 +45,8 @@ def train_parser():
     add("--freeze-epochs", type=int, help="head-only epochs with the backbone frozen, before fine-tuning (default 0)")
     add("--seed", type=int, help="seed of split, shuffling, augmentation and init (default 0)")
     add("--split", help="reuse this split.csv instead of making a new split")
-    add("--split-ratios", help="train:val:test (default 6:2:2)")
+    add("--split-ratios", help="train:val:calib:test (default 6:1:1:2; calib is held out for the conformal reject "
+        "threshold); a three-part train:val:test like 6:2:2 makes no calib subset")
     add("--limit-per-class", type=int, help="use at most N images per class (quick runs)")
     add("--class-weights", action="store_true", default=None, help="weight the loss by inverse class frequency")
     add("--mixed-precision", choices=["off", "float16", "bfloat16"], help="mixed-precision policy (default off)")

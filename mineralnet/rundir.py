@@ -5,6 +5,9 @@
     RUN/split.csv          path,label,subset                  RUN/history.csv      one row per epoch
     RUN/data_report.json   images used, files skipped         RUN/curves.png       accuracy and loss curves
     RUN/eval/              report.json, report.md, confusion_matrix.png (test subset)
+
+split.csv subsets: train (fit), val (best epoch), calib (conformal reject threshold only; absent in runs split
+train:val:test and in runs made before it existed), test (final measures). Training reads only train and val.
 """
 
 import os

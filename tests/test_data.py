@@ -1,4 +1,5 @@
 import collections
+import json
 import os
 import shutil
 
@@ -6,9 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mineralnet.data import DataError, load_image, make_split, open_rgb, read_split, scan_dataset, write_split
+from mineralnet.data import (
+    SUBSETS, DataError, duplicate_report, load_image, make_split, open_rgb, parse_ratios, read_split, scan_dataset,
+    write_split,
+)
 from mineralnet.data.demo import make_specimen
 from mineralnet.data.pipeline import AugmentConfig, class_weights, make_dataset
+from mineralnet.data.split import duplicate_groups
 
 from helpers import MINET, ORIENTED, requires_minet, write_decode_cases
 
@@ -25,17 +30,59 @@ def write_dataset(root, per_class=10, classes=("alpha", "beta", "gamma"), size=2
 def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
     root = write_dataset(tmp_path / "data", per_class=20)
     _, samples, _ = scan_dataset(str(root))
-    first, again, other = make_split(samples, "6:2:2", seed=3), make_split(samples, "6:2:2", seed=3), make_split(samples, "6:2:2", seed=4)
-    assert first == again
+    first, again, other = make_split(samples, seed=3), make_split(samples, "6:1:1:2", seed=3), make_split(samples, seed=4)
+    assert first == again  # 6:1:1:2 is the default
     assert first != other
     counts = collections.Counter((r["label"], r["subset"]) for r in first)
     for label in ("alpha", "beta", "gamma"):
-        assert (counts[(label, "train")], counts[(label, "val")], counts[(label, "test")]) == (12, 4, 4)
+        assert tuple(counts[(label, s)] for s in SUBSETS) == (12, 2, 2, 4)
     assert len({r["path"] for r in first}) == len(first) == 60  # every file exactly once
+    three = collections.Counter((r["label"], r["subset"]) for r in make_split(samples, "6:2:2", seed=3))
+    for label in ("alpha", "beta", "gamma"):  # a three-part ratio is train:val:test, without calib
+        assert tuple(three[(label, s)] for s in SUBSETS) == (12, 4, 0, 4)
+    no_calib = make_split(samples, "6:2:0:2", seed=3)
+    assert no_calib == make_split(samples, "6:2:2", seed=3)
+
+
+def test_bad_split_ratios_raise_one_clear_line():
+    assert parse_ratios("6:1:1:2") == pytest.approx((0.6, 0.1, 0.1, 0.2))
+    assert parse_ratios("0.6,0.2,0.2") == pytest.approx((0.6, 0.2, 0.0, 0.2))
+    assert parse_ratios((3, 1, 1)) == pytest.approx((0.6, 0.2, 0.0, 0.2))
+    for bad, why in (("6:-1:1:2", ">= 0"), ("6:x:2", "non-negative numbers"), ("6:2", "2 part"), ("6:1:1:1:1", "5 part"),
+                     ("0:1:1:2", "train share > 0"), ("6:nan:1:2", ">= 0"), ("6:inf:1:2", ">= 0")):
+        with pytest.raises(DataError, match=f"--split-ratios.*{why}") as caught:
+            parse_ratios(bad)
+        assert "\n" not in str(caught.value)
+
+
+def test_train_cli_refuses_bad_ratios_and_too_small_classes_before_writing(tmp_path, capsys):
+    from mineralnet.cli import train_main
+
+    root = write_dataset(tmp_path / "data", per_class=4)
+    for ratios, message in (("6:-1:1:2", "error: --split-ratios must be"),
+                            ("6:1:1:2", "error: class 'alpha' has 4 image(s) to split, so its val share")):
+        assert train_main(["--data", str(root), "--out", str(tmp_path / "run"), "--split-ratios", ratios]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+        assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_share_that_rounds_to_no_image_is_refused_naming_class_and_subset(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=20, classes=("alpha", "beta"))
+    for number in range(4, 20):  # beta keeps 4 images: 10 % of 4 is 0.4 images
+        os.remove(root / "beta" / f"{number:03d}.png")
+    _, samples, _ = scan_dataset(str(root))
+    with pytest.raises(DataError, match=r"class 'beta' has 4 image.*its val share \(10%, 0.4 images\) rounds to none.*"
+                                        r"raise the val share of --split-ratios, or set it to 0"):
+        make_split(samples, "6:1:1:2")
+    with pytest.raises(DataError, match="class 'beta'.*calib share"):
+        make_split(samples, "6:2:1:2")
+    rows = make_split(samples, "2:1:1")  # 50 % / 25 % / 25 % of 4: one each, calib intentionally absent
+    assert collections.Counter(r["subset"] for r in rows if r["label"] == "beta") == {"train": 2, "val": 1, "test": 1}
 
 
 def test_identical_and_near_identical_files_share_a_subset(tmp_path):
-    root = write_dataset(tmp_path / "data", per_class=12)
+    root = write_dataset(tmp_path / "data", per_class=12, size=64)  # at 24 px, JPEG changes the texture itself
     for number in range(5):  # exact copies
         shutil.copy(root / "alpha" / "000.png", root / "alpha" / f"copy{number}.png")
     Image.open(root / "beta" / "001.png").convert("RGB").save(root / "beta" / "001_reencoded.jpg", quality=80)
@@ -46,16 +93,57 @@ def test_identical_and_near_identical_files_share_a_subset(tmp_path):
         assert rows["beta/001.png"] == rows["beta/001_reencoded.jpg"]
 
 
+def test_label_conflicts_stay_in_train_and_cross_class_near_duplicates_are_listed_not_grouped(tmp_path):
+    root = write_dataset(tmp_path / "data", per_class=12, size=64)
+    shutil.copy(root / "alpha" / "003.png", root / "beta" / "conflict.png")  # one file, two labels
+    shutil.copy(root / "alpha" / "003.png", root / "gamma" / "conflict.png")
+    Image.open(root / "beta" / "005.png").convert("RGB").save(root / "gamma" / "like_beta.jpg", quality=80)
+    _, samples, _ = scan_dataset(str(root))
+    report = duplicate_report(samples)
+    assert report["label_conflicts"] == [["alpha/003.png", "beta/conflict.png", "gamma/conflict.png"]]
+    assert report["cross_class_near_duplicates"] == [["beta/005.png", "gamma/like_beta.jpg"]]
+    groups = [{samples[i].path for i in g} for g in duplicate_groups(samples) if len(g) > 1]
+    assert groups == [{"alpha/003.png", "beta/conflict.png", "gamma/conflict.png"}]  # the near pair is not grouped
+    for seed in range(5):
+        rows = {r["path"]: r["subset"] for r in make_split(samples, seed=seed)}
+        assert {rows[p] for p in groups[0]} == {"train"}  # never evaluated or calibrated on
+
+
+def test_training_refuses_a_reused_split_that_separates_a_label_conflict(tmp_path, capsys):
+    from mineralnet.training import resolve_config
+    from mineralnet.training.loop import _prepare_data
+
+    root = write_dataset(tmp_path / "data", per_class=12)
+    shutil.copy(root / "alpha" / "003.png", root / "beta" / "conflict.png")
+    config = resolve_config(overrides={"data": str(root), "out": str(tmp_path / "run")})
+    _, rows, report = _prepare_data(config, str(tmp_path / "run"))
+    assert report["label_conflicts"] == [["alpha/003.png", "beta/conflict.png"]]
+    assert "label conflict: identical files alpha/003.png, beta/conflict.png (all in train)" in capsys.readouterr().err
+    for row in rows:
+        row["subset"] = "test" if row["path"] == "beta/conflict.png" else row["subset"]
+    write_split(rows, str(tmp_path / "split.csv"))
+    with pytest.raises(DataError, match="identical files alpha/003.png, beta/conflict.png in test and train"):
+        _prepare_data({**config, "split": str(tmp_path / "split.csv")}, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_split_csv_round_trip_and_missing_files(tmp_path):
     root = write_dataset(tmp_path / "data")
     _, samples, _ = scan_dataset(str(root))
     rows = make_split(samples)
+    assert {r["subset"] for r in rows} == set(SUBSETS)
     write_split(rows, str(tmp_path / "split.csv"))
     back = read_split(str(tmp_path / "split.csv"), str(root))
     assert [{k: r[k] for k in ("path", "label", "subset")} for r in back] == rows
     assert all(os.path.isfile(r["file"]) for r in back)
     with pytest.raises(DataError, match="do not exist.*--data"):
         read_split(str(tmp_path / "split.csv"), str(tmp_path / "moved"))
+    old = "path,label,subset\nalpha/000.png,alpha,train\nalpha/001.png,alpha,val\nalpha/002.png,alpha,test\n"
+    (tmp_path / "old.csv").write_text(old)  # a split.csv of a run made before calib existed
+    assert [r["subset"] for r in read_split(str(tmp_path / "old.csv"), str(root))] == ["train", "val", "test"]
+    (tmp_path / "bad.csv").write_text(old.replace("val", "holdout"))
+    with pytest.raises(DataError, match="unknown subset 'holdout': use train, val, calib, test"):
+        read_split(str(tmp_path / "bad.csv"))
 
 
 def test_bad_files_are_skipped_named_and_counted(tmp_path):
@@ -88,8 +176,10 @@ def test_missing_dir_empty_class_and_tiny_class_error_clearly(tmp_path):
     rng = np.random.default_rng(5)
     for number in range(2):
         Image.fromarray(make_specimen(4, 24, rng)).save(root / "delta" / f"{number}.png")
+    for number in range(2, 8):  # 8 images, but only 2 distinct ones: too few for four subsets
+        shutil.copy(root / "delta" / f"{number % 2}.png", root / "delta" / f"{number}.png")
     _, samples, _ = scan_dataset(str(root))
-    with pytest.raises(DataError, match="class 'delta' has 2 distinct image"):
+    with pytest.raises(DataError, match="class 'delta' has 2 distinct image.*train, val, calib, test"):
         make_split(samples)
 
 
@@ -189,11 +279,43 @@ def test_pipeline_batches_augments_training_only_and_weights_classes(tmp_path):
 
 
 @requires_minet
-def test_real_minet_split_keeps_the_known_near_duplicates_together():
+def test_real_minet_split_keeps_the_known_near_duplicates_together_and_never_joins_classes():
     _, samples, report = scan_dataset(MINET)
     assert report["num_images"] == 941 and report["num_skipped"] == 0
+    groups = [sorted(samples[i].path for i in g) for g in duplicate_groups(samples) if len(g) > 1]
+    assert all(len({path.split("/")[0] for path in group}) == 1 for group in groups)
+    # The README's two near-duplicate pairs and nothing else (the old hash-only rule also joined e.g.
+    # chrysocolla/0018, chrysocolla/0072, malachite/0229 and quartz/0072 into one group).
+    assert groups == [["bornite/0009.jpg", "bornite/0016.jpg"], ["quartz/0101.jpg", "quartz/0115.jpg"]]
+    assert duplicate_report(samples) == {"label_conflicts": [], "cross_class_near_duplicates": []}
     rows = {r["path"]: r["subset"] for r in make_split(samples, seed=0)}
     assert rows["bornite/0009.jpg"] == rows["bornite/0016.jpg"]
     assert rows["quartz/0101.jpg"] == rows["quartz/0115.jpg"]
     shares = collections.Counter(rows.values())
-    assert abs(shares["train"] / 941 - 0.6) < 0.02 and abs(shares["test"] / 941 - 0.2) < 0.02
+    for subset, share in zip(SUBSETS, (0.6, 0.1, 0.1, 0.2)):
+        assert abs(shares[subset] / 941 - share) < 0.01, subset
+
+
+def test_training_fits_on_train_and_val_rows_only_never_calib_or_test(tmp_path, monkeypatch, demo_data):
+    """A spy around mineralnet's own make_dataset (the real one still builds every dataset) records which files
+    the fit reads."""
+    from mineralnet.training import loop, resolve_config, train
+
+    seen = []
+
+    def recording_make_dataset(files, labels, *args, **kwargs):
+        seen.append((kwargs.get("training", args[4] if len(args) > 4 else False), list(files)))
+        return make_dataset(files, labels, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_dataset", recording_make_dataset)
+    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
+                                       "image_size": 32, "epochs": 1, "batch_size": 16, "evaluate": False})
+    run = train(config)
+    rows = read_split(os.path.join(run, "split.csv"), demo_data)
+    files = {s: {r["file"] for r in rows if r["subset"] == s} for s in SUBSETS}
+    per_subset = json.load(open(os.path.join(run, "data_report.json")))["per_subset"]
+    assert per_subset == {s: len(files[s]) for s in SUBSETS} and per_subset["calib"] == 8  # 2 of each class's 16
+    assert per_subset["val"] == 8 and per_subset["test"] == 12
+    read = [set(f) for _, f in seen]
+    assert files["train"] in read and files["val"] in read
+    assert all(f in (files["train"], files["val"]) for f in read)  # no calib or test file ever reaches the fit

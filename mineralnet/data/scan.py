@@ -5,9 +5,10 @@ import os
 import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from mineralnet.data.images import IMAGE_EXTENSIONS, open_rgb
 
@@ -16,12 +17,16 @@ class DataError(ValueError):
     """A dataset problem that stops a run before anything is written; the message names the file and the fix."""
 
 
+THUMBNAIL_SIZE = 8  # 192 bytes a sample; small enough that re-encoding noise averages out
+
+
 @dataclass(frozen=True)
 class Sample:
     path: str  # relative to the data directory, POSIX separators
     label: str
     sha256: str
     dhash: int  # 64-bit difference hash, for near-duplicate grouping
+    thumbnail: bytes = field(repr=False)  # THUMBNAIL_SIZE^2 RGB uint8 pixels: second near-duplicate check (split.py)
 
 
 def _difference_hash(image):
@@ -31,7 +36,7 @@ def _difference_hash(image):
 
 
 def check_image(path):
-    """(sha256, dhash) of a decodable image file, or raise with the reason it is unusable."""
+    """(sha256, dhash, thumbnail) of a decodable image file, or raise with the reason it is unusable."""
     if os.path.getsize(path) == 0:
         raise OSError("zero-byte file")
     with open(path, "rb") as handle:
@@ -39,7 +44,8 @@ def check_image(path):
     image = open_rgb(path)
     if min(image.size) < 1:
         raise OSError("image has no pixels")
-    return digest, _difference_hash(image)
+    thumbnail = image.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BOX).tobytes()
+    return digest, _difference_hash(image), thumbnail
 
 
 def list_classes(data_dir):

@@ -1,7 +1,15 @@
-"""Deterministic, stratified, duplicate-aware train/val/test split, stored as split.csv (path,label,subset)."""
+"""Deterministic, stratified, duplicate-aware train/val/calib/test split, stored as split.csv (path,label,subset).
+
+The four subsets have one job each: `train` fits the weights, `val` picks the best epoch (and any other model
+selection), `calib` is held out for the conformal reject threshold, `test` measures the final model. A threshold
+calibrated on the rows that also chose the epoch is biased towards that model, so its coverage can fall below
+1 - alpha; `calib` rows are never read by training. A three-part ratio (train:val:test) leaves `calib` empty and
+old three-subset split.csv files still load.
+"""
 
 import csv
 import io
+import math
 import os
 import random
 from collections import defaultdict
@@ -11,22 +19,62 @@ import numpy as np
 from mineralnet.data.scan import DataError
 from mineralnet.utils import atomic_write_text
 
-SUBSETS = ("train", "val", "test")
-NEAR_DUPLICATE_BITS = 4  # difference hashes this close are the same photo, re-encoded or slightly edited
+SUBSETS = ("train", "val", "calib", "test")
+DEFAULT_RATIOS = "6:1:1:2"  # the paper's 60 % training and 20 % test; its 20 % validation shared with calib
+
+# Near-duplicate rule: difference hashes within NEAR_DUPLICATE_BITS bits AND mean absolute difference of the 8x8 RGB
+# thumbnails (0-255 scale) at most NEAR_DUPLICATE_MAD, and within one class only. Measured on MINET-7 (941 photos):
+# the two known near-duplicate pairs score dhash 1 / MAD 0.4 (quartz 0101~0115) and dhash 4 / MAD 1.5 (bornite
+# 0009~0016). The old rule (dhash <= 4 alone, across classes, transitive) also joined 7 other pairs, at MAD 11.1 to
+# 34.1 (e.g. chrysocolla/0018~quartz/0072 34.1, chrysocolla/0072~malachite/0229 21.1, chrysocolla/0081~
+# malachite/0121 11.1); among all 96 pairs within 8 bits the lowest MAD apart from the known two is 10.0
+# (malachite/0060~0095). Thumbnails alone are not enough: the lowest MAD of any other pair, whatever its hash, is
+# 4.5 (pyrite/0053~0079, 13 bits; quartz/0081~0103, a crystal and a glass pipe both on white, 10 bits), since a
+# uniform background makes thumbnails alike; the hash must agree too. 8 bits and 3.0 leave a factor 2 of margin
+# above the known pairs and 1.5 (MAD) / 1.25 (bits) below the closest different pictures.
+NEAR_DUPLICATE_BITS = 8
+NEAR_DUPLICATE_MAD = 3.0
 
 
 def parse_ratios(text):
-    """'6:2:2', '0.6,0.2,0.2' or a sequence -> normalised (train, val, test) fractions."""
+    """'6:1:1:2' (train:val:calib:test), '6:2:2' (train:val:test, no calib), '0.6,0.2,0.2' or a sequence ->
+    normalised (train, val, calib, test) fractions. A zero share leaves that subset out on purpose."""
     parts = text.replace(":", ",").split(",") if isinstance(text, str) else list(text)
-    values = [float(p) for p in parts]
-    if len(values) != 3 or min(values) < 0 or values[0] <= 0 or sum(values) <= 0:
-        raise ValueError(f"split ratios must be three non-negative numbers like 6:2:2, got {text!r}.")
+    usage = f"--split-ratios must be train:val:calib:test or train:val:test like {DEFAULT_RATIOS} or 6:2:2"
+    try:
+        values = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise DataError(f"{usage}, got {text!r}: use non-negative numbers.") from None
+    if len(values) not in (3, 4):
+        raise DataError(f"{usage}, got {text!r} ({len(values)} part(s)).")
+    if not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
+        raise DataError(f"{usage}, got {text!r}: every share must be a number >= 0 and the train share > 0.")
+    if len(values) == 3:
+        values.insert(2, 0.0)
     total = sum(values)
     return tuple(v / total for v in values)
 
 
+def _is_near_duplicate(a, b):
+    """The second, independent check after the hash: mean absolute difference of the colour thumbnails."""
+    first, second = (np.frombuffer(s.thumbnail, np.uint8).astype(np.int16) for s in (a, b))
+    return float(np.abs(first - second).mean()) <= NEAR_DUPLICATE_MAD
+
+
+def _near_duplicate_pairs(samples):
+    """(i, j) index pairs, i < j, of near-identical pictures of any classes (identical files included)."""
+    hashes = np.array([s.dhash for s in samples], dtype=np.uint64)
+    pairs = []
+    for i in range(len(samples) - 1):
+        close = np.flatnonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= NEAR_DUPLICATE_BITS)
+        pairs += [(i, i + 1 + int(j)) for j in close if _is_near_duplicate(samples[i], samples[i + 1 + int(j)])]
+    return pairs
+
+
 def duplicate_groups(samples):
-    """Group indices of samples with identical content (sha256) or near-identical pictures (difference hash)."""
+    """Group indices of samples that must share a subset: identical content (sha256), and near-identical pictures
+    (see NEAR_DUPLICATE_BITS) of the same class. Near-duplicates never join two classes: only identical files
+    can, and such a group is a label conflict (see `label_conflicts`)."""
     parent = list(range(len(samples)))
 
     def find(i):
@@ -41,38 +89,66 @@ def duplicate_groups(samples):
     first_by_digest = {}
     for i, sample in enumerate(samples):
         union(i, first_by_digest.setdefault(sample.sha256, i))
-    hashes = np.array([s.dhash for s in samples], dtype=np.uint64)
-    for i in range(len(samples) - 1):
-        close = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= NEAR_DUPLICATE_BITS
-        for j in np.flatnonzero(close):
-            union(i, i + 1 + int(j))
+    for i, j in _near_duplicate_pairs(samples):
+        if samples[i].label == samples[j].label:
+            union(i, j)
     groups = defaultdict(list)
     for i in range(len(samples)):
         groups[find(i)].append(i)
     return sorted(groups.values())
 
 
-def make_split(samples, ratios=(0.6, 0.2, 0.2), seed=0):
+def duplicate_report(samples):
+    """What data_report.json lists about duplicates across classes.
+
+    label_conflicts: the paths of each identical file found in more than one class folder (one label is wrong).
+    cross_class_near_duplicates: [path, path] pairs of near-identical pictures in different classes; they are not
+    grouped (the rule could be wrong about two different specimens), but a person should look at them.
+    """
+    by_digest = defaultdict(list)
+    for sample in samples:
+        by_digest[sample.sha256].append(sample)
+    conflicts = [sorted(s.path for s in same) for same in by_digest.values() if len({s.label for s in same}) > 1]
+    near = [sorted((samples[i].path, samples[j].path)) for i, j in _near_duplicate_pairs(samples)
+            if samples[i].label != samples[j].label and samples[i].sha256 != samples[j].sha256]
+    return {"label_conflicts": sorted(conflicts), "cross_class_near_duplicates": sorted(near)}
+
+
+def make_split(samples, ratios=DEFAULT_RATIOS, seed=0):
     """Assign every sample a subset; returns rows [{path, label, subset}] sorted by path.
 
-    Stratified per class (each group counted under its first member's class), whole duplicate groups at a
-    time, shuffled by `seed` only: the same files and seed always give the same split.
+    Stratified per class, whole duplicate groups at a time, shuffled by `seed` only: the same files and seed always
+    give the same split. A label conflict (identical files in several classes) goes to `train` whole: it is never
+    split between subsets, and never evaluated or calibrated on, since no answer to it can be right.
+    Raises DataError, before anything is written, when a class cannot fill every subset of non-zero ratio.
     """
     ratios = parse_ratios(ratios)
-    by_class = defaultdict(list)
-    for group in duplicate_groups(samples):
-        by_class[samples[group[0]].label].append(group)
+    needed = [subset for subset, ratio in zip(SUBSETS, ratios) if ratio > 0]
+    by_class = {label: [] for label in sorted({s.label for s in samples})}
     assignment = {}
-    for label in sorted(by_class):
-        groups = sorted(by_class[label], key=lambda g: samples[g[0]].path)
-        random.Random(f"{seed}/{label}").shuffle(groups)
-        needed = [subset for subset, ratio in zip(SUBSETS, ratios) if ratio > 0]
+    for group in duplicate_groups(samples):
+        labels = {samples[i].label for i in group}
+        if len(labels) > 1:
+            assignment.update({i: "train" for i in group})
+        else:
+            by_class[labels.pop()].append(group)
+    for label, groups in by_class.items():
+        total = sum(len(g) for g in groups)
+        for subset, ratio in zip(SUBSETS, ratios):
+            if 0 < ratio and total * ratio < 0.5:
+                raise DataError(
+                    f"class '{label}' has {total} image(s) to split, so its {subset} share ({ratio:.0%}, "
+                    f"{total * ratio:.1f} images) rounds to none: add images to that class, raise the {subset} share "
+                    f"of --split-ratios, or set it to 0 to leave {subset} out."
+                )
         if len(groups) < len(needed):
             raise DataError(
-                f"class '{label}' has {len(groups)} distinct image(s), too few to put one in each of "
-                f"{', '.join(needed)}: add images to that class folder or remove it."
+                f"class '{label}' has {len(groups)} distinct image(s) (near-duplicates count once, label conflicts "
+                f"not at all), too few to put one in each of {', '.join(needed)}: add images to that class folder, "
+                "set shares of --split-ratios to 0, or remove the class."
             )
-        total = sum(len(g) for g in groups)
+        groups = sorted(groups, key=lambda g: samples[g[0]].path)
+        random.Random(f"{seed}/{label}").shuffle(groups)
         targets = {s: max(1, round(total * r)) if r > 0 else 0 for s, r in zip(SUBSETS, ratios)}
         counts = dict.fromkeys(SUBSETS, 0)
         # Seed one group into every non-empty subset, then give each next group to the most under-filled subset.
@@ -96,7 +172,8 @@ def write_split(rows, path):
 
 
 def read_split(path, data_dir=None, check_files=True):
-    """Rows of a split.csv; with `data_dir`, each row gains `file`, the absolute path, which must exist."""
+    """Rows of a split.csv (four subsets, or the three of older runs); with `data_dir`, each row gains `file`, the
+    absolute path, which must exist."""
     if not os.path.isfile(path):
         raise DataError(f"split file '{path}' does not exist: pass the split.csv of an earlier run.")
     with open(path, newline="") as handle:
@@ -106,7 +183,7 @@ def read_split(path, data_dir=None, check_files=True):
         rows = list(reader)
     bad = [r["subset"] for r in rows if r["subset"] not in SUBSETS + ("calib",)]  # calib: conformal calibration
     if bad:
-        raise DataError(f"split file '{path}' has unknown subset '{bad[0]}': use train, val, calib or test.")
+        raise DataError(f"split file '{path}' has unknown subset '{bad[0]}': use {', '.join(SUBSETS)}.")
     if data_dir is not None:
         missing = []
         for row in rows:

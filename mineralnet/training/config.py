@@ -27,7 +27,7 @@ DEFAULTS = {
     "freeze_epochs": 0,  # head-only warm-up epochs with the backbone frozen
     "seed": 0,
     "split": None,  # reuse this split.csv instead of making one
-    "split_ratios": "6:2:2",
+    "split_ratios": "6:1:1:2",  # train:val:calib:test; train:val:test (e.g. 6:2:2) leaves calib out
     "limit_per_class": None,
     "class_weights": False,
     "mixed_precision": "off",  # off | float16 | bfloat16

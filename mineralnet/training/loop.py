@@ -11,7 +11,7 @@ import keras
 from mineralnet import rundir
 from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset, write_split
 from mineralnet.data.pipeline import AugmentConfig, DecodedImages, class_weights, make_dataset, steps_per_epoch
-from mineralnet.data.split import parse_ratios
+from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
 from mineralnet.models import build_model
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
@@ -23,9 +23,15 @@ HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable durin
 
 
 def _prepare_data(config, run_path):
-    """Scan the data, make or reuse the split; raises before anything is written."""
+    """Scan the data, make or reuse the split; raises before anything is written.
+
+    Training reads only the train and val rows (`_arrays`); calib and test rows stay unseen by the fit, the
+    choice of the best epoch and early stopping. Identical files in several classes (label conflicts) and
+    near-identical pictures across classes are printed here, one line each, and listed in data_report.json.
+    """
     data_dir = config["data"]
     classes, samples, report = scan_dataset(data_dir, config["limit_per_class"], config["seed"])
+    report.update(duplicate_report(samples))
     split_file = config["split"]
     if split_file:
         rows = read_split(split_file, data_dir)
@@ -38,10 +44,22 @@ def _prepare_data(config, run_path):
         report["split_rows_dropped"] = dropped
     else:
         rows = make_split(samples, parse_ratios(config["split_ratios"]), config["seed"])
-    report["per_subset"] = {s: sum(r["subset"] == s for r in rows) for s in ("train", "val", "test")}
+    report["per_subset"] = {s: sum(r["subset"] == s for r in rows) for s in SUBSETS}
     for subset in ("train", "val"):
         if not report["per_subset"][subset]:
             raise DataError(f"the split of '{data_dir}' has no {subset} images: use other --split-ratios or more data.")
+    subset_of = {r["path"]: r["subset"] for r in rows}
+    for paths in report["label_conflicts"]:
+        subsets = sorted({subset_of[p] for p in paths if p in subset_of})
+        if len(subsets) > 1:
+            raise DataError(
+                f"split '{split_file}' puts the identical files {', '.join(paths)} in {' and '.join(subsets)}: "
+                "delete the copy in the wrong class folder, or drop --split to make a new split."
+            )
+        print(f"label conflict: identical files {', '.join(paths)} (all in {', '.join(subsets) or 'no subset'}): "
+              "delete the copy in the wrong class folder", file=sys.stderr)
+    for paths in report["cross_class_near_duplicates"]:
+        print(f"near-duplicate pictures in two classes: {' ~ '.join(paths)} (check their labels)", file=sys.stderr)
     return classes, rows, report
 
 
