@@ -2,10 +2,14 @@
 `python -m mineralnet.gradcam --run RUN --images FILES... --out DIR`.
 
 Works for every registry model: the feature map explained is the input of the model's global pooling (or
-flatten) layer, i.e. the last stage's output after its residual add and attention.
+flatten) layer, i.e. the last stage's output after its residual add and attention. The score differentiated is
+the class *logit* y^c, the paper's "score before the softmax", recomputed from the input of the model's
+`predictions` Dense layer and its kernel and bias: a confident prediction saturates the softmax (p = 1.0 in
+float32 has a zero gradient), which would turn every map of the classes the model is surest of into zeros.
 """
 
 import argparse
+import collections
 import os
 import sys
 
@@ -26,21 +30,37 @@ def feature_map_tensor(model):
     return pooling[-1].input
 
 
-def gradcam_heatmaps(model, images, class_indices=None):
-    """Heatmaps in [0, 1] at feature-map resolution, and the probabilities, for a batch of raw RGB images.
+def softmax_head(model):
+    """The model's `predictions` layer: the Dense softmax layer (float32) every registry model ends in, whose
+    kernel and bias turn its input into the logits Grad-CAM differentiates."""
+    head = next((layer for layer in model.layers if layer.name == "predictions"), None)
+    if (not isinstance(head, keras.layers.Dense) or getattr(head.activation, "__name__", None) != "softmax"
+            or head.output is not model.outputs[0]):
+        raise ValueError(f"model '{model.name}' does not end in a Dense softmax layer named 'predictions': Grad-CAM "
+                         f"needs its logits; build the model with mineralnet.models.build_model.")
+    return head
 
-    class_indices: the class to explain per image; default the predicted one.
+
+def gradcam_heatmaps(model, images, class_indices=None):
+    """Heatmaps in [0, 1] at feature-map resolution, and the model's probabilities, for a batch of raw RGB images.
+
+    The gradient is that of the explained class's logit (not its probability, which saturates): see the module
+    docstring. class_indices: the class to explain per image; default the predicted one.
     """
     import tensorflow as tf
 
-    explainer = keras.Model(model.inputs, [feature_map_tensor(model), model.outputs[0]])
+    head = softmax_head(model)
+    explainer = keras.Model(model.inputs, [feature_map_tensor(model), head.input, model.outputs[0]])
 
     @tf.function  # one trace for the whole batch instead of eager op-by-op (and retracing) calls
     def forward_backward(batch, chosen):
         with tf.GradientTape() as tape:
-            features, probabilities = explainer(batch, training=False)
+            features, head_input, probabilities = explainer(batch, training=False)
+            logits = tf.matmul(tf.cast(head_input, tf.float32), tf.cast(head.kernel, tf.float32))
+            if head.bias is not None:
+                logits += tf.cast(head.bias, tf.float32)
             chosen = tf.where(chosen < 0, tf.argmax(probabilities, axis=1, output_type=tf.int32), chosen)
-            score = tf.reduce_sum(tf.gather(probabilities, chosen, axis=1, batch_dims=1))
+            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
         return features, probabilities, tape.gradient(score, features)
 
     images = tf.convert_to_tensor(np.asarray(images, dtype="float32"))
@@ -64,8 +84,29 @@ def overlay(image, heatmap, alpha=0.45):
     return np.uint8(np.clip((1 - alpha) * image + alpha * colours, 0, 255))
 
 
+def output_names(paths):
+    """`<stem>_gradcam.png` per input path, unique within the batch (compared case-insensitively, as on macOS and
+    Windows disks): stems shared by several inputs (`a/0000.jpg`, `b/0000.jpg`) take their parent folder's name
+    as a prefix (`a_0000_gradcam.png`), and names still equal after that (the same file twice) a `-2`, `-3`...
+    suffix in input order. Deterministic in the input list, so a user can tell which overlay is which file."""
+    stem = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    shared = collections.Counter(s.lower() for s in stem)
+    parent = [os.path.basename(os.path.dirname(os.path.abspath(path))) for path in paths]
+    names = [f"{p}_{s}" if shared[s.lower()] > 1 and p else s for p, s in zip(parent, stem)]
+    reserved, used, unique = {name.lower() for name in names}, set(), []
+    for name in names:
+        candidate, number = name, 1
+        while candidate.lower() in used or (number > 1 and candidate.lower() in reserved):
+            number += 1
+            candidate = f"{name}-{number}"
+        used.add(candidate.lower())
+        unique.append(candidate + "_gradcam.png")
+    return unique
+
+
 def gradcam_run(run_path, images, out_dir, model_path=None):
-    """Write `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image; returns the paths."""
+    """Write one `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image, named by
+    output_names so that equal file names from different folders never overwrite each other; returns the paths."""
     from mineralnet.plots import plt, save_figure
 
     run = rundir.Run(run_path)
@@ -76,7 +117,7 @@ def gradcam_run(run_path, images, out_dir, model_path=None):
     pixels = np.stack([load_image(path, run.image_size) for path in images])
     heatmaps, probabilities = gradcam_heatmaps(model, pixels)
     written = []
-    for path, image, heatmap, probs in zip(images, pixels, heatmaps, probabilities):
+    for path, name, image, heatmap, probs in zip(images, output_names(images), pixels, heatmaps, probabilities):
         figure, axes = plt.subplots(1, 2, figsize=(6, 3.3))
         axes[0].imshow(image)
         axes[1].imshow(overlay(image, heatmap))
@@ -84,7 +125,7 @@ def gradcam_run(run_path, images, out_dir, model_path=None):
             axis.axis("off")
         best = int(np.argmax(probs))
         figure.suptitle(f"{os.path.basename(path)}: {run.labels[best]} ({probs[best]:.0%})", fontsize=9)
-        target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + "_gradcam.png")
+        target = os.path.join(out_dir, name)
         save_figure(figure, target)
         written.append(target)
     return written
