@@ -34,7 +34,8 @@ MIN_CLASS_IMAGES = 10  # below this, one image moves a class's recall by more th
 # Classifier chosen on MINET-7 (6:2:2 split, seed 0: 565 training, 188 validation, 188 test photos) by validation
 # accuracy: logistic regression C=1 val 0.702 / test 0.606 accuracy (test macro F1 0.547), C=0.1 val 0.691 / test
 # 0.617; linear SVM C=0.1 val 0.686 / test 0.638, C=0.01 val 0.676 / test 0.617. All within one standard error
-# (3.4 points) of each other; 9 s for the whole fit-and-score on 2 CPU cores, nearly all of it decoding.
+# (3.4 points) of each other; 9 s for the whole fit-and-score on 2 idle CPU cores (24 s on busy ones), nearly all
+# of it decoding.
 CLASSIFIERS = {"logistic": "logistic regression (multinomial, C=1) on standardised features",
                "svm": "linear SVM (C=0.1) on standardised features"}
 DESCRIPTION = (f"{FEATURE_SIZE} px image: HSV histograms ({HSV_BINS} bins per channel), uniform LBP histograms of "
