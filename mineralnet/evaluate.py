@@ -3,6 +3,11 @@
 Writes RUN/eval/ (test subset; RUN/eval_val/ for --subset val): report.json, report.md, confusion_matrix.png.
 With --tta the report also gives test-time-augmentation figures, as an extra: the main figures are always those
 of a single view, which is what the exported models and the edge runner deliver.
+
+Every report sets the model beside baselines (mineralnet.baseline: majority class, chance, and a colour + texture
+features model fitted on the run's training rows; --no-baseline skips the latter) and lists, in report.md and as
+`warning:` lines, what makes the model or its figures untrustworthy: classes never predicted, classes with few
+images, no lead over the baselines.
 """
 
 import argparse
@@ -12,8 +17,9 @@ import sys
 import numpy as np
 
 from mineralnet import rundir
+from mineralnet.baseline import features_baseline, majority_baseline, weak_model_warnings
 from mineralnet.data import DataError
-from mineralnet.metrics import classification_report, report_markdown
+from mineralnet.metrics import classification_report, never_predicted, report_markdown
 from mineralnet.plots import plot_confusion_matrix
 from mineralnet.utils import atomic_write_text, write_json
 
@@ -40,8 +46,9 @@ def predict_rows(model, rows, labels, image_size, batch_size=32, views=1):
     return np.mean(per_view, axis=0)
 
 
-def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False):
-    """Evaluate and write the report files; returns the report dict (with `predictions`, true/pred indices)."""
+def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True):
+    """Evaluate and write the report files; returns the report dict. `baseline` False skips the features baseline
+    (the majority and chance figures are always there)."""
     run = rundir.Run(run_path)
     rows = run.rows(subset, data_dir)
     if not rows:
@@ -52,6 +59,14 @@ def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_di
     y_pred = probabilities.argmax(axis=1)
     report = classification_report(y_true, y_pred, run.labels)
     report.update({"subset": subset, "model": os.path.abspath(model_path or run.file(rundir.MODEL))})
+    train_rows = rows if subset == "train" else run.rows("train", data_dir)
+    report["never_predicted"] = never_predicted(report)
+    report["baseline"] = {
+        "majority": majority_baseline([r["label"] for r in train_rows], y_true, run.labels),
+        "chance": {"accuracy": 1 / len(run.labels)},
+        "features": features_baseline(train_rows, rows, run.labels) if baseline else None,
+    }
+    report["warnings"] = weak_model_warnings(report, subset)
     if tta:
         tta_pred = predict_rows(model, rows, run.labels, run.image_size, views=TTA_VIEWS).argmax(axis=1)
         tta_report = classification_report(y_true, tta_pred, run.labels)
@@ -70,6 +85,12 @@ def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_di
     print(f"{subset}: accuracy {report['accuracy']:.4f}, precision {report['precision_macro']:.4f}, recall "
           f"{report['recall_macro']:.4f} on {report['num_samples']} images -> {out_dir}"
           + (f" (TTA x{TTA_VIEWS}: accuracy {report['tta']['accuracy']:.4f})" if tta else ""))
+    features = report["baseline"]["features"]
+    if features:
+        print(f"{subset}: features baseline accuracy {features['accuracy']:.4f}, F1 {features['f1_macro']:.4f} "
+              f"({features['seconds']:.1f} s); majority class {report['baseline']['majority']['accuracy']:.4f}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     return report
 
 
@@ -81,9 +102,12 @@ def main(argv=None):
     parser.add_argument("--data", help="data directory, if it moved since training")
     parser.add_argument("--out", help="output folder (default RUN/eval)")
     parser.add_argument("--tta", action="store_true", help=f"also report test-time augmentation ({TTA_VIEWS} views)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the colour + texture features baseline (it decodes every training and evaluated "
+                             "image once more: seconds for a thousand photos, long for a huge dataset)")
     args = parser.parse_args(argv)
     try:
-        evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta)
+        evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline)
     except (rundir.RunError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

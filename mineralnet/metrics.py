@@ -43,16 +43,49 @@ def classification_report(y_true, y_pred, labels):
     }
 
 
+def never_predicted(report):
+    """Labels the model output for no image of the report's subset (an empty column of the confusion matrix):
+    on a sorting belt those bins would stay empty whatever arrives."""
+    predicted = np.asarray(report["confusion_matrix"]).sum(axis=0)
+    return [label for label, count in zip(report["labels"], predicted) if count == 0]
+
+
+def baseline_markdown(report):
+    """The model's accuracy and macro F1 beside those of the report's `baseline` entries (see mineralnet.baseline)."""
+    baseline = report["baseline"]
+    majority, features = baseline["majority"], baseline.get("features")
+    lines = ["## Against baselines", "", "| | accuracy | F1 (macro) |", "|---|---:|---:|",
+             f"| this model | {report['accuracy']:.4f} | {report['f1_macro']:.4f} |"]
+    if features:
+        lines.append(f"| features baseline ({features['classifier']}; {features['seconds']:.1f} s) "
+                     f"| {features['accuracy']:.4f} | {features['f1_macro']:.4f} |")
+    lines += [f"| majority class ('{majority['label']}', most frequent in training) | {majority['accuracy']:.4f} "
+              f"| {majority['f1_macro']:.4f} |",
+              f"| chance (1/{len(report['labels'])}) | {baseline['chance']['accuracy']:.4f} | |", ""]
+    lines.append(f"Features baseline: {features['features']}." if features else "Features baseline: not run "
+                 "(--no-baseline).")
+    return lines
+
+
 def report_markdown(report, title="Evaluation"):
-    """The report as Markdown tables: summary, per class, confusion matrix."""
+    """The report as Markdown: warnings first, summary, baselines (when the report has them), per class,
+    confusion matrix."""
     labels = report["labels"]
-    lines = [
-        f"# {title}", "",
+    lines = [f"# {title}", ""]
+    if report.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- **warning:** {w}" for w in report["warnings"]] + [""]
+    lines += [
         "| accuracy | precision (macro) | recall (macro) | F1 (macro) | images |",
         "|---:|---:|---:|---:|---:|",
         f"| {report['accuracy']:.4f} | {report['precision_macro']:.4f} | {report['recall_macro']:.4f} "
-        f"| {report['f1_macro']:.4f} | {report['num_samples']} |",
-        "", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|",
+        f"| {report['f1_macro']:.4f} | {report['num_samples']} |", "",
+    ]
+    if "baseline" in report:
+        lines += baseline_markdown(report) + [""]
+    if report.get("never_predicted"):
+        lines += [f"Never predicted on this subset: {', '.join(report['never_predicted'])}.", ""]
+    lines += [
+        "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|",
     ]
     for label in labels:
         row = report["per_class"][label]

@@ -9,14 +9,20 @@ import numpy as np  # noqa: E402
 from mineralnet.utils import atomic_path  # noqa: E402
 
 
-def save_figure(figure, path):
+BEST_EPOCH_KEY = "best_epoch"  # PNG text chunk of curves.png: the epoch marked as model.keras, for tools and tests
+
+
+def save_figure(figure, path, metadata=None):
+    """PNG written atomically; `metadata` (str -> str) goes into its text chunks."""
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png", metadata=metadata)
     plt.close(figure)
 
 
-def plot_curves(history, path):
-    """Training and validation accuracy and loss per epoch; `history` is a list of dicts with epoch and metrics."""
+def curves_figure(history, best_epoch=None):
+    """Training and validation accuracy and loss per epoch; `history` is a list of dicts with epoch and metrics.
+    `best_epoch`, the epoch saved as model.keras (best validation accuracy), gets a vertical line on both panels:
+    the figures the evaluation reports belong to that epoch, not to the last one."""
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("accuracy", "loss")):
@@ -24,11 +30,20 @@ def plot_curves(history, path):
             values = [row.get(prefix + metric) for row in history]
             if any(v is not None for v in values):
                 axis.plot(epochs, values, style, marker="o", markersize=3, label=("validation " if prefix else "training ") + metric)
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5,
+                         label=f"model.keras (epoch {best_epoch})")
         axis.set_xlabel("epoch")
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-    save_figure(figure, path)
+    return figure
+
+
+def plot_curves(history, path, best_epoch=None):
+    """curves.png (see curves_figure); the marked epoch is also stored in the PNG's `best_epoch` text chunk."""
+    metadata = {BEST_EPOCH_KEY: str(best_epoch)} if best_epoch is not None else None
+    save_figure(curves_figure(history, best_epoch), path, metadata)
 
 
 def plot_confusion_matrix(matrix, labels, path):

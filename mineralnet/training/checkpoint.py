@@ -43,13 +43,14 @@ def save_model(model, path, with_optimizer=True, image_size=None):
         model.save(tmp)
 
 
-def write_history(run_path, history):
+def write_history(run_path, history, best_epoch=None):
+    """history.csv, and curves.png with `best_epoch` (the one saved as model.keras) marked."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(os.path.join(run_path, rundir.HISTORY), buffer.getvalue())
-    plot_curves(history, os.path.join(run_path, rundir.CURVES))
+    plot_curves(history, os.path.join(run_path, rundir.CURVES), best_epoch)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -93,7 +94,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         for old in os.listdir(folder):
             if old.endswith(".keras") and old != name:
                 os.remove(os.path.join(folder, old))
-        write_history(self.run_path, self.history)
+        write_history(self.run_path, self.history, self.best_epoch)
         print(
             f"epoch {number}/{self.total_epochs} [{self.phase}] loss {row.get('loss', float('nan')):.4f} "
             f"acc {row.get('accuracy', float('nan')):.4f} val_loss {row.get('val_loss', float('nan')):.4f} "
