@@ -18,7 +18,7 @@ import numpy as np
 
 from mineralnet import rundir
 from mineralnet.baseline import features_baseline, majority_baseline, weak_model_warnings
-from mineralnet.data import DataError
+from mineralnet.data import SUBSETS, DataError
 from mineralnet.metrics import classification_report, never_predicted, report_markdown
 from mineralnet.plots import plot_confusion_matrix
 from mineralnet.utils import atomic_write_text, write_json
@@ -97,7 +97,7 @@ def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_di
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory made by train.py")
-    parser.add_argument("--subset", default="test", choices=["test", "val", "train"])
+    parser.add_argument("--subset", default="test", choices=SUBSETS)
     parser.add_argument("--model", help="model file to evaluate instead of RUN/model.keras")
     parser.add_argument("--data", help="data directory, if it moved since training")
     parser.add_argument("--out", help="output folder (default RUN/eval)")
