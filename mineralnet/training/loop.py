@@ -1,6 +1,7 @@
 """`train(config)`: data checks, split, model, the two-phase fit (optional frozen-backbone warm-up, then full
 fine-tuning), resumable checkpoints and the final evaluation, all into one run directory."""
 
+import contextlib
 import functools
 import os
 import sys
@@ -119,6 +120,18 @@ def _check_run_dir(run_path, resume):
         raise ConfigError(f"run directory '{run_path}' already holds a run: pass --resume to continue it, or a new --out.")
 
 
+@contextlib.contextmanager
+def mixed_precision(name):
+    """Keras' global dtype policy `mixed_<name>` inside the block ("off": unchanged); the caller's comes back."""
+    policy = keras.mixed_precision.global_policy()
+    if name != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{name}")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def train(config, resume=False):
     """Train (or resume) the run described by `config` (a dict over DEFAULTS); returns the run directory."""
     run_path = config["out"] = os.path.abspath(config["out"])
@@ -137,47 +150,42 @@ def train(config, resume=False):
         classes, rows, report = _prepare_data(config, run_path)
     num_classes, size, batch = len(classes), config["image_size"], config["batch_size"]
     state = read_state(run_path) if resume else None
-    # The model comes before any file is written: missing ImageNet weights (no internet) stop the run clean.
-    with strategy.scope():
-        if state:
-            model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
-        else:
-            keras.utils.set_random_seed(config["seed"])
-            model = _build(config, num_classes)
-    if not resume:
-        write_split(rows, os.path.join(run_path, rundir.SPLIT))
-        write_json(os.path.join(run_path, rundir.LABELS), classes)
-        write_json(os.path.join(run_path, rundir.DATA_REPORT), report)
-        for skipped in report["skipped"]:
-            print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-    write_json(os.path.join(run_path, rundir.CONFIG), config)  # on resume: what the run now really uses
+    with mixed_precision(config["mixed_precision"]):
+        # The model comes before any file is written: missing ImageNet weights (no internet) stop the run clean.
+        with strategy.scope():
+            if state:
+                model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
+            else:
+                keras.utils.set_random_seed(config["seed"])
+                model = _build(config, num_classes)
+        if not resume:
+            write_split(rows, os.path.join(run_path, rundir.SPLIT))
+            write_json(os.path.join(run_path, rundir.LABELS), classes)
+            write_json(os.path.join(run_path, rundir.DATA_REPORT), report)
+            for skipped in report["skipped"]:
+                print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+        write_json(os.path.join(run_path, rundir.CONFIG), config)  # on resume: what the run now really uses
 
-    augment = AugmentConfig.from_dict(config["augment"])
-    train_files, train_labels = _arrays(rows, classes, config["data"], "train")
-    val_files, val_labels = _arrays(rows, classes, config["data"], "val")
-    decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
+        augment = AugmentConfig.from_dict(config["augment"])
+        train_files, train_labels = _arrays(rows, classes, config["data"], "train")
+        val_files, val_labels = _arrays(rows, classes, config["data"], "val")
+        decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
 
-    def train_data(train_size, first, last):
-        return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, augment, config["seed"],
-                            mixup=config["mixup"], cutmix=config["cutmix"], epochs=(first, last),
-                            images=decoded(train_size))
+        def train_data(train_size, first, last):
+            return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, augment,
+                                config["seed"], mixup=config["mixup"], cutmix=config["cutmix"], epochs=(first, last),
+                                images=decoded(train_size))
 
-    val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
-    weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
-    strategy_name = type(strategy).__name__.lstrip("_")
-    start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy than "
-                     "with ImageNet weights)" if config["weights"] == "none" else f"backbone weights {config['weights']}")
-    print(f"{strategy_name} with {strategy.num_replicas_in_sync} replica(s); {len(train_files)} training, "
-          f"{len(val_files)} validation images of {num_classes} classes; {config['model']} from {start_weights}")
-
-    policy = keras.mixed_precision.global_policy()
-    if config["mixed_precision"] != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{config['mixed_precision']}")
-    try:
-        _fit(config, run_path, model, state, strategy, (train_data, val_data), steps_per_epoch(len(train_files), batch),
-             weights)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)  # the caller's process keeps its own policy
+        val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
+        weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
+        start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy "
+                         "than with ImageNet weights)" if config["weights"] == "none"
+                         else f"backbone weights {config['weights']}")
+        print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
+              f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
+              f"{config['model']} from {start_weights}")
+        _fit(config, run_path, model, state, strategy, (train_data, val_data),
+             steps_per_epoch(len(train_files), batch), weights)
     if config["evaluate"]:
         from mineralnet.evaluate import evaluate_run
 
