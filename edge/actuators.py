@@ -13,6 +13,7 @@ import heapq
 import itertools
 import threading
 
+from edge.deps import require
 from edge.records import LineWriter
 
 
@@ -144,6 +145,16 @@ class GpioActuator:
         self.devices = {}
 
 
+_LIBRARIES = {"serial": ("serial", "pyserial"), "gpio": ("gpiozero", "gpiozero"), "modbus": ("pymodbus", "pymodbus")}
+
+
+def require_library(actuator_config):
+    """At start: the configured driver's library must import (else MissingLibrary with the pip command)."""
+    if actuator_config.type in _LIBRARIES:
+        module, package = _LIBRARIES[actuator_config.type]
+        require(module, package, f'[actuator] type = "{actuator_config.type}"')
+
+
 def make_actuator(actuator_config, clock, pin_factory=None):
     """A fresh, unopened actuator from the config's [actuator] section."""
     if actuator_config.type == "serial":
@@ -210,6 +221,11 @@ class SupervisedActuator:
             return False
         self._backoff = self.retry_initial_s
         return True
+
+    @property
+    def listening(self):
+        """The addresses the open driver listens on (a Modbus server), for the start log line."""
+        return list(getattr(self._actuator, "listening", []))
 
     def close(self):
         if self._actuator is not None:

@@ -285,6 +285,12 @@ def _check_together(config):
         if not actuator.pins:
             raise config.error("actuator.pins", "is missing (type is \"gpio\": one pin per ejected bin)")
         for bin_name in actuator.pins:
+            if bin_name == config.bins.recheck:
+                raise config.error(
+                    f"actuator.pins.{bin_name}",
+                    "is the recheck bin, which never gets a valve: it is where items land when no valve fires; "
+                    "remove that pin",
+                )
             if bin_name not in config.bin_names():
                 raise config.error(
                     f"actuator.pins.{bin_name}",

@@ -2,6 +2,7 @@
 
     python edge/runner.py --model model_int8.tflite --source camera:0 --config belt.toml [--events events.jsonl]
                           [--sidecar model_int8.json] [--threads 4] [--benchmark 1000]
+    python edge/runner.py --init-config belt.toml --model model_int8.tflite   # a config for this model's labels
 
 Each frame is classified, given a bin (or the recheck bin when the model is unsure, the decision is late or the
 ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM.
@@ -10,7 +11,9 @@ See edge/README.md.
 
 import argparse
 import dataclasses
+import json
 import os
+import re
 import signal
 import sys
 import time
@@ -21,12 +24,16 @@ import numpy as np
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge.actuators import SupervisedActuator, make_actuator  # noqa: E402
-from edge.config import ConfigError, load_config  # noqa: E402
+from edge.actuators import SupervisedActuator, make_actuator, require_library  # noqa: E402
+from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
+from edge.deps import MissingLibrary  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
-from edge.records import EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_json, iso_time, percentile  # noqa: E402
+from edge.records import (  # noqa: E402
+    EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_bytes, atomic_write_json, check_writable, iso_time,
+    percentile,
+)
 from edge.review import ReviewQueue  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
@@ -58,6 +65,8 @@ class Runner:
         self.started = clock.now()
         self._stop_reason = None
         self._sequence = 0
+        self.review_lost = 0
+        self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
 
     def stop(self, reason):
         """Finish after the current item (signal-safe: only sets a flag)."""
@@ -95,8 +104,8 @@ class Runner:
         bin_name, reason = decision.bin, decision.reason
         if self.clock.now() > due:
             bin_name, reason = recheck, "late"  # too late to fire: the item rides on to the recheck bin
-        elif not self.actuator.send(bin_name, due, frame.frame_id):
-            bin_name, reason = recheck, "error"
+        elif bin_name != recheck and not self.actuator.send(bin_name, due, frame.frame_id):
+            bin_name, reason = recheck, "error"  # recheck gets no command: it is where items land when none fires
         latency = {
             "capture": start - frame.capture_time, "preprocess": prepared - start, "inference": inferred - prepared,
         }
@@ -139,6 +148,7 @@ class Runner:
         try:
             self.review.add(stem, region, {**record, "model_sha256": self.model.sha256, "labels": self.model.labels})
         except OSError as error:  # a full or read-only disk loses review copies, never sorting
+            self.review_lost += 1
             self.events.emit("review_error", frame=frame.frame_id, error=str(error))
 
     def summary(self, capture, exit_reason):
@@ -163,6 +173,7 @@ class Runner:
             "actuator_errors": self.actuator.errors,
             "alarms": self.alarms,
             "events_lost": self.events.lost,
+            "review_lost": self.review_lost,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
         }
 
@@ -172,9 +183,10 @@ class Runner:
         interval = self.config.records.stats_interval_s
         last_stats = last_frame = self.clock.now()
         stalled = False
+        self.actuator.open()  # now, not at the first item: a PLC polls a Modbus server before anything is sorted
         self.events.emit(
-            "start", model=self.model.path, model_sha256=self.model.sha256, labels=self.model.labels,
-            reject=self.decider.describe(),
+            "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
+            labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
         )
         capture.start()
         try:
@@ -202,9 +214,23 @@ class Runner:
             capture.stop()
             self.actuator.close()
             summary = self.summary(capture, exit_reason)
-            atomic_write_json(self.config.records.summary, summary)
-            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary)
+            written = self._write_summary(summary)
+            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary if written else None)
         return summary
+
+    def _write_summary(self, summary):
+        """Write summary.json; if that fails (disk full, folder gone) the summary goes to stderr as one JSON line."""
+        path = self.config.records.summary
+        try:
+            atomic_write_json(path, summary)
+            return True
+        except OSError as error:
+            print(
+                f"runner: summary '{path}' could not be written ({error.strerror or error}); it follows as JSON.",
+                file=sys.stderr,
+            )
+            print(json.dumps(summary), file=sys.stderr, flush=True)
+            return False
 
 
 def benchmark_figures(runner, summary):
@@ -250,22 +276,83 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported .tflite model")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
-    parser.add_argument("--source", required=True, help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
-    parser.add_argument("--config", required=True, help="TOML config (see edge/example_config.toml)")
+    parser.add_argument("--source", help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
+    parser.add_argument("--config", help="TOML config (see edge/example_config.toml)")
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
+    parser.add_argument(
+        "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
+    )
     args = parser.parse_args(argv)
+    if not args.init_config:
+        missing = [f"--{name}" for name in ("source", "config") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"{' and '.join(missing)} required (or --init-config FILE.toml to write a config).")
     for name in ("threads", "benchmark"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")
     return args
 
 
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_config.toml")
+_CLASSES_TABLE = re.compile(r"^\[bins\.classes\]\n(?:#.*\n|\".*\n)*", re.MULTILINE)
+
+
+def init_config(path, model):
+    """Write the example config with [bins.classes] listing `model`'s own labels (each to a bin of its name).
+
+    A config naming classes the model does not have is refused at start, so a config made from the model's
+    sidecar is the only kind that runs at once. An existing file is never overwritten.
+    """
+    if os.path.exists(path):
+        raise ConfigError(f"--init-config '{path}' already exists: pass a new file name (it is never overwritten).")
+    with open(EXAMPLE_CONFIG) as handle:
+        template = handle.read()
+    lines = [
+        "[bins.classes]",
+        f"# class = \"bin\" for every class of {os.path.basename(model.path)} (sha256 {model.sha256[:12]}..., labels",
+        "# from its sidecar). Rename the bins to your ejectors; several classes may share one; an unlisted class goes",
+        "# to bins.default.",
+    ]
+    lines += [f"{json.dumps(label)} = \"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}\"" for label in model.labels]
+    text = _CLASSES_TABLE.sub(lambda _: "\n".join(lines) + "\n", template, count=1)
+    parse_config(text, path).check_labels(model.labels)  # what is written must be what the runner accepts
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as error:
+        raise ConfigError(f"--init-config '{path}' cannot be written ({error.strerror}): pass a writable path.") from None
+
+
+def check_outputs(args, config):
+    """Every file the runner will write, tried now: a bad path stops it with one line instead of a later loss."""
+    outputs = [("records.summary", config.records.summary, False)]
+    if config.review.dir:
+        outputs.append(("review.dir", config.review.dir, True))
+    if config.actuator.type == "jsonl" and config.actuator.path != "-":
+        outputs.append(("actuator.path", config.actuator.path, False))
+    for key, path, directory in outputs:
+        try:
+            check_writable(path, directory)
+        except OSError as error:
+            raise config.error(key, f"'{path}' cannot be written ({error.strerror})") from None
+    if args.events and args.events != "-":
+        try:
+            check_writable(args.events)
+        except OSError as error:
+            raise ConfigError(
+                f"--events '{args.events}' cannot be written ({error.strerror}): pass a writable file path."
+            ) from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     clock = Clock()
     try:
+        if args.init_config:
+            init_config(args.init_config, Model(args.model, args.sidecar, args.threads))
+            print(f"runner: wrote '{args.init_config}' for the labels of '{args.model}'.", file=sys.stderr)
+            return 0
         config = load_config(args.config)
         if args.benchmark:  # folders loop to reach N items; stdout is kept for the table
             config = dataclasses.replace(
@@ -275,9 +362,11 @@ def main(argv=None):
                     config.actuator, path=os.devnull if config.actuator.path == "-" else config.actuator.path
                 ),
             )
+        require_library(config.actuator)
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
+        check_outputs(args, config)
         review = None
         if config.review.dir:
             try:
@@ -286,10 +375,13 @@ def main(argv=None):
                 )
             except OSError as error:
                 raise config.error("review.dir", f"cannot be used ({error.strerror})") from None
-    except (ConfigError, ModelError, SourceSpecError) as error:
+        events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+    except (ConfigError, ModelError, SourceSpecError, MissingLibrary) as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
-    events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+    except OSError as error:  # the events file went away between the check and the open
+        print(f"runner: --events '{args.events}' cannot be opened ({error.strerror}).", file=sys.stderr)
+        return 2
     actuator = SupervisedActuator(
         lambda: make_actuator(config.actuator, clock), clock, events,
         config.actuator.retry_initial_s, config.actuator.retry_max_s,
@@ -304,6 +396,13 @@ def main(argv=None):
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
         blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
+    actuator.open()
+    runner.listening += actuator.listening
+    print(
+        f"runner: config '{config.path}', model '{model.path}' sha256 {model.sha256}, source {args.source}, "
+        f"actuator {config.actuator.type}, listening: {', '.join(runner.listening) or 'none'}",
+        file=sys.stderr, flush=True,
+    )
     started = time.perf_counter()
     summary = runner.run(capture, max_items=args.benchmark)
     if args.benchmark:

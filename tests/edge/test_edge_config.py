@@ -44,6 +44,7 @@ def test_defaults_and_values():
         (VALID + "[source]\nroi = [0, 0, 100]\n", ["'source.roi'", "[x, y, width, height]"]),
         (VALID + "[actuator]\ntype = \"gpio\"\n", ["'actuator.pins' is missing"]),
         (VALID + '[actuator]\ntype = "gpio"\npins = { light = 17, shiny = 27 }\n', ["'actuator.pins.shiny'", "no bin"]),
+        (VALID + '[actuator]\ntype = "gpio"\npins = { light = 17, recheck = 27 }\n', ["'actuator.pins.recheck'", "never"]),
         (VALID + "[actuator]\ntype = \"serial\"\n", ["'actuator.port' is missing"]),
         (VALID + "[actuator]\ntype = \"can\"\n", ["'actuator.type' must be one of 'jsonl', 'serial', 'gpio'"]),
         (VALID + "[decision]\nconfidence_threshold = 1.5\n", ["'decision.confidence_threshold' must be <= 1.0"]),
