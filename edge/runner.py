@@ -29,6 +29,7 @@ from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
 from edge.deps import MissingLibrary  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
+from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
 from edge.records import (  # noqa: E402
     EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_bytes, atomic_write_json, check_writable, iso_time,
@@ -66,6 +67,7 @@ class Runner:
         self._stop_reason = None
         self._sequence = 0
         self.review_lost = 0
+        self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
         self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
 
     def stop(self, reason):
@@ -96,8 +98,10 @@ class Runner:
             probabilities = model.classify(tensor)
             inferred = self.clock.now()
         except Exception as error:  # an interpreter fault must not stop the belt: this item goes to recheck
+            self.model_ok = False
             self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
             return self._record(frame, start, None, recheck, "error", {"capture": start - frame.capture_time})
+        self.model_ok = True
         self.invoke_s.append(model.last_invoke_s)
         decision = self.decider.decide(probabilities)
         due = self.timing.due(frame.capture_time)
@@ -131,6 +135,7 @@ class Runner:
             "latency_ms": {key: _ms(value) for key, value in latency.items()},
         }
         self.events.emit("item", **record)
+        self.actuator.record(record, frame.capture_time)  # every item, recheck too: a PLC sees every sequence number
         share = self.alarm.update(bin_name == self.config.bins.recheck)
         if share is not None:
             self.alarms += 1
@@ -187,10 +192,12 @@ class Runner:
         self.events.emit(
             "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
             labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
+            bin_codes=self.config.bin_codes(),
         )
         capture.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
+                self.actuator.heartbeat(SOURCE_FAILING if stalled else RUNNING, self.model_ok)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:
@@ -383,7 +390,7 @@ def main(argv=None):
         print(f"runner: --events '{args.events}' cannot be opened ({error.strerror}).", file=sys.stderr)
         return 2
     actuator = SupervisedActuator(
-        lambda: make_actuator(config.actuator, clock), clock, events,
+        lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels), clock, events,
         config.actuator.retry_initial_s, config.actuator.retry_max_s,
     )
     capture = Capture(

@@ -72,11 +72,15 @@ def test_a_summary_that_cannot_be_written_goes_to_stderr(tmp_path, tiny_export, 
     assert stop["type"] == "stop" and stop["summary"] is None
 
 
-@pytest.mark.parametrize("kind, module, package", [("serial", "serial", "pyserial"), ("gpio", "gpiozero", "gpiozero")])
+@pytest.mark.parametrize(
+    "kind, module, package",
+    [("serial", "serial", "pyserial"), ("gpio", "gpiozero", "gpiozero"), ("modbus", "pymodbus", "pymodbus")],
+)
 def test_a_missing_actuator_library_stops_the_runner_with_the_pip_command(
     tmp_path, tiny_export, write_config, kind, module, package
 ):
-    actuator = {"type": kind, "port": "/dev/ttyUSB0"} if kind == "serial" else {"type": kind, "pins": {"bin_a": 17}}
+    actuator = {"serial": {"type": kind, "port": "/dev/ttyUSB0"}, "gpio": {"type": kind, "pins": {"bin_a": 17}},
+                "modbus": {"type": kind}}[kind]
     argv = ["--model", tiny_export["float32"], "--source", f"folder:{_folder(tmp_path, tiny_export)}",
             "--config", write_config(actuator=actuator), "--events", str(tmp_path / "events.jsonl")]
     result = _run_cli(argv, tmp_path, hide=[module])
