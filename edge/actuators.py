@@ -246,6 +246,11 @@ class SupervisedActuator:
             self._fail(name, error)
 
     @property
+    def up(self):
+        """True while a driver is open (telemetry)."""
+        return self._actuator is not None
+
+    @property
     def listening(self):
         """The addresses the open driver listens on (a Modbus server), for the start log line."""
         return list(getattr(self._actuator, "listening", []))

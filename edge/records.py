@@ -167,6 +167,11 @@ class RecheckAlarm:
         self._recent = deque(maxlen=window)
         self._tripped = False
 
+    @property
+    def share(self):
+        """The recheck share of the items in the window so far (0 before the first)."""
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+
     def update(self, is_recheck):
         """Record one item; returns the share when the alarm trips, else None."""
         self._recent.append(bool(is_recheck))

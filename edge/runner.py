@@ -27,7 +27,7 @@ if not __package__:  # run as a script (python edge/runner.py): make the `edge` 
 from edge.actuators import SupervisedActuator, make_actuator, require_library  # noqa: E402
 from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
-from edge.deps import MissingLibrary  # noqa: E402
+from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
@@ -37,6 +37,7 @@ from edge.records import (  # noqa: E402
 )
 from edge.review import ReviewQueue  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source  # noqa: E402
+from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
 
 
@@ -48,13 +49,14 @@ class Runner:
     """The sorting loop. Every collaborator (model, actuator, event sink, clock, review queue) is passed in, so
     tests run the real loop with a driven clock, a fake camera or a pseudo-terminal for a serial port."""
 
-    def __init__(self, config, model, actuator, events, clock, review=None):
+    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None):
         self.config = config
         self.model = model
         self.actuator = actuator
         self.events = events
         self.clock = clock
         self.review = review
+        self.telemetry = telemetry  # edge.telemetry.Telemetry (--metrics-port) or None
         self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
         self.timing = EjectTiming.from_belt(config.belt)
         self.tally = Tally()
@@ -124,6 +126,8 @@ class Runner:
             self.busy[0] = start
         self.busy[1] = finish
         self.tally.add(decision.label if decision else None, bin_name, reason, latency["total"])
+        if self.telemetry is not None:
+            self.telemetry.observe(decision.label if decision else None, bin_name, reason, latency)
         record = {
             "seq": self._sequence,
             "frame": frame.frame_id,
@@ -198,6 +202,8 @@ class Runner:
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
                 self.actuator.heartbeat(SOURCE_FAILING if stalled else RUNNING, self.model_ok)
+                if self.telemetry is not None:
+                    self.telemetry.update(capture.depth, self.alarm.share, not stalled, self.actuator.up)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:
@@ -288,6 +294,8 @@ def parse_args(argv=None):
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     parser.add_argument(
         "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
     )
@@ -299,6 +307,8 @@ def parse_args(argv=None):
     for name in ("threads", "benchmark"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be a TCP port number 0-65535.")
     return args
 
 
@@ -370,6 +380,8 @@ def main(argv=None):
                 ),
             )
         require_library(config.actuator)
+        if args.metrics_port is not None:
+            require("prometheus_client", "prometheus-client", "--metrics-port")
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
@@ -397,7 +409,18 @@ def main(argv=None):
         source, clock, events, config.source.queue_size, config.source.fps,
         config.source.retry_initial_s, config.source.retry_max_s,
     )
-    runner = Runner(config, model, actuator, events, clock, review)
+    telemetry = None
+    if args.metrics_port is not None:
+        telemetry = Telemetry(model)
+        try:
+            runner_listening = [telemetry.serve(args.metrics_host, args.metrics_port)]
+        except OSError as error:
+            print(f"runner: --metrics-port {args.metrics_port} cannot be served on {args.metrics_host} "
+                  f"({error.strerror}): pass a free port.", file=sys.stderr)
+            return 2
+    runner = Runner(config, model, actuator, events, clock, review, telemetry)
+    if telemetry is not None:
+        runner.listening += runner_listening
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
@@ -411,7 +434,11 @@ def main(argv=None):
         file=sys.stderr, flush=True,
     )
     started = time.perf_counter()
-    summary = runner.run(capture, max_items=args.benchmark)
+    try:
+        summary = runner.run(capture, max_items=args.benchmark)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
     if args.benchmark:
         print(f"benchmark: {args.model}, {summary['items']} items in {time.perf_counter() - started:.1f} s")
         print(benchmark_table(benchmark_figures(runner, summary)))

@@ -200,6 +200,11 @@ class Capture:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    @property
+    def depth(self):
+        """Frames waiting for the model (telemetry)."""
+        return len(self._queue)
+
     def get(self, timeout):
         """The next Frame, Capture.END after the last one, or None if nothing came within `timeout` seconds."""
         with self._cond:

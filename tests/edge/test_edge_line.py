@@ -144,3 +144,10 @@ def test_the_systemd_unit_has_restart_limits_and_a_valid_command():
     assert command[1].endswith("edge/runner.py")
     args = parse_args(command[2:])
     assert args.model and args.source and args.config and args.events
+
+
+def test_metrics_without_prometheus_client_stop_the_runner_with_the_pip_command(tmp_path, tiny_export, write_config):
+    argv = ["--model", tiny_export["float32"], "--source", f"folder:{_folder(tmp_path, tiny_export)}",
+            "--config", write_config(), "--metrics-port", "0"]
+    result = _run_cli(argv, tmp_path, hide=["prometheus_client"])
+    assert result.returncode == 2 and "pip install prometheus-client" in result.stderr
