@@ -69,7 +69,9 @@ def soak(model_path, folder, frames, threads, config_path):
         blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
         events = EventSink(LineWriter(os.devnull), clock)
-        actuator = SupervisedActuator(lambda: make_actuator(config.actuator, clock), clock, events)
+        actuator = SupervisedActuator(
+            lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels), clock, events
+        )
         runner = Runner(config, model, actuator, events, clock)
         capture = Capture(FolderSource(folder, clock, loop=True), clock, events, config.source.queue_size)
         rss_start = rss_mb()

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import threading
 
+from edge.deps import require
 from edge.records import LineWriter
 
 
@@ -144,8 +145,26 @@ class GpioActuator:
         self.devices = {}
 
 
-def make_actuator(actuator_config, clock, pin_factory=None):
-    """A fresh, unopened actuator from the config's [actuator] section."""
+_LIBRARIES = {"serial": ("serial", "pyserial"), "gpio": ("gpiozero", "gpiozero"), "modbus": ("pymodbus", "pymodbus")}
+
+
+def require_library(actuator_config):
+    """At start: the configured driver's library must import (else MissingLibrary with the pip command)."""
+    if actuator_config.type in _LIBRARIES:
+        module, package = _LIBRARIES[actuator_config.type]
+        require(module, package, f'[actuator] type = "{actuator_config.type}"')
+
+
+def make_actuator(actuator_config, clock, pin_factory=None, config=None, labels=()):
+    """A fresh, unopened actuator from the config's [actuator] section (modbus also needs the whole config, for the
+    bin codes, and the model's labels, for the class codes)."""
+    if actuator_config.type == "modbus":
+        from edge.modbus import ModbusBoard
+
+        return ModbusBoard(
+            actuator_config.host, config.modbus_port, actuator_config.unit_id, actuator_config.ring_size,
+            config.bin_codes(), labels, clock,
+        )
     if actuator_config.type == "serial":
         return SerialActuator(actuator_config.port, actuator_config.baudrate, clock)
     if actuator_config.type == "gpio":
@@ -210,6 +229,31 @@ class SupervisedActuator:
             return False
         self._backoff = self.retry_initial_s
         return True
+
+    def record(self, item, capture_time, position=None):
+        """Publish a decided item to a driver that publishes decisions (Modbus); a failure is reported and retried."""
+        self._forward("record", item, capture_time, position)
+
+    def heartbeat(self, state, model_ok):
+        self._forward("heartbeat", state, model_ok)
+
+    def _forward(self, name, *args):
+        if self._actuator is None or not hasattr(self._actuator, name):
+            return
+        try:
+            getattr(self._actuator, name)(*args)
+        except Exception as error:
+            self._fail(name, error)
+
+    @property
+    def up(self):
+        """True while a driver is open (telemetry)."""
+        return self._actuator is not None
+
+    @property
+    def listening(self):
+        """The addresses the open driver listens on (a Modbus server), for the start log line."""
+        return list(getattr(self._actuator, "listening", []))
 
     def close(self):
         if self._actuator is not None:

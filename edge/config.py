@@ -59,6 +59,12 @@ def _text(value):
     return value
 
 
+def _port(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Invalid("must be a device path in quotes (serial) or a TCP port number (modbus)")
+    return value
+
+
 def _bin(value):
     if not isinstance(value, str) or not BIN_NAME.match(value):
         raise _Invalid("must be a bin name of letters, digits, '_', '-' or '.'")
@@ -141,9 +147,12 @@ class BeltConfig:
 
 @dataclass(frozen=True)
 class ActuatorConfig:
-    type: str = _key('type = "jsonl"', _choice("jsonl", "serial", "gpio"), "jsonl")
+    type: str = _key('type = "jsonl"', _choice("jsonl", "serial", "gpio", "modbus"), "jsonl")
     path: str = _key('path = "-"  # jsonl: a file, or "-" for stdout', _text, "-")
-    port: str = _key('port = "/dev/ttyUSB0"', _text, "")
+    port: object = _key('port = "/dev/ttyUSB0"  # serial; modbus: port = 5020', _port, "")
+    host: str = _key('host = "127.0.0.1"  # modbus: the address the server listens on', _text, "127.0.0.1")
+    unit_id: int = _key("unit_id = 1  # modbus", _integer(0, 247), 1)
+    ring_size: int = _key("ring_size = 64  # modbus: decisions kept for the PLC", _integer(1, 1000), 64)
     baudrate: int = _key("baudrate = 115200", _integer(1), 115200)
     pins: dict = _key("pins = { light = 17, heavy = 27 }", _pins, {})
     pulse_ms: float = _key("pulse_ms = 30", _number(above=0.0), 30.0)
@@ -202,6 +211,14 @@ class Config:
 
     def bin_names(self):
         return {self.bins.default, self.bins.recheck, *self.bins.classes.values()}
+
+    def bin_codes(self):
+        """Bin names by code, for the Modbus register map: 0 is the recheck bin, then the others by name."""
+        return [self.bins.recheck, *sorted(self.bin_names() - {self.bins.recheck})]
+
+    @property
+    def modbus_port(self):
+        return self.actuator.port if self.actuator.port != "" else 5020
 
 
 def _error(path, key, problem):
@@ -279,12 +296,23 @@ def _check_together(config):
             name = "source" if section is config.source else "actuator"
             raise config.error(f"{name}.retry_max_s", f"is below {name}.retry_initial_s ({section.retry_initial_s:g})")
     actuator = config.actuator
-    if actuator.type == "serial" and not actuator.port:
-        raise config.error("actuator.port", "is missing (type is \"serial\")")
+    if actuator.type == "serial" and (not actuator.port or not isinstance(actuator.port, str)):
+        raise config.error("actuator.port", "is missing or not a device path in quotes (type is \"serial\")")
+    if actuator.type == "modbus":
+        if isinstance(actuator.port, str) and actuator.port != "" or not 0 < config.modbus_port < 65536:
+            raise config.error("actuator.port", "must be a TCP port number 1-65535 for type \"modbus\" (default 5020)")
+        if len(config.bin_codes()) > 16:
+            raise config.error("bins.classes", "names more than 16 bins, the most the Modbus register map counts")
     if actuator.type == "gpio":
         if not actuator.pins:
             raise config.error("actuator.pins", "is missing (type is \"gpio\": one pin per ejected bin)")
         for bin_name in actuator.pins:
+            if bin_name == config.bins.recheck:
+                raise config.error(
+                    f"actuator.pins.{bin_name}",
+                    "is the recheck bin, which never gets a valve: it is where items land when no valve fires; "
+                    "remove that pin",
+                )
             if bin_name not in config.bin_names():
                 raise config.error(
                     f"actuator.pins.{bin_name}",

@@ -37,6 +37,25 @@ def atomic_write_bytes(path, data, sync=True):
             os.remove(tmp)
 
 
+def check_writable(path, directory=False):
+    """Raise OSError now if `path` (a file, or with `directory=True` a folder) could not be written later.
+
+    Run at start for every output, so that a read-only or mistyped path stops the runner with one line instead of
+    a traceback, or a summary lost after hours of sorting. A probe file is created and removed beside the target.
+    """
+    folder = path if directory else (os.path.dirname(os.path.abspath(path)) or ".")
+    if not directory and os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    if not directory and os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: written in place
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied", path)
+        return
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    os.close(fd)
+    os.remove(probe)
+
+
 def atomic_write_json(path, data):
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
@@ -147,6 +166,11 @@ class RecheckAlarm:
         self.limit = limit
         self._recent = deque(maxlen=window)
         self._tripped = False
+
+    @property
+    def share(self):
+        """The recheck share of the items in the window so far (0 before the first)."""
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def update(self, is_recheck):
         """Record one item; returns the share when the alarm trips, else None."""

@@ -2,6 +2,7 @@
 
     python edge/runner.py --model model_int8.tflite --source camera:0 --config belt.toml [--events events.jsonl]
                           [--sidecar model_int8.json] [--threads 4] [--benchmark 1000]
+    python edge/runner.py --init-config belt.toml --model model_int8.tflite   # a config for this model's labels
 
 Each frame is classified, given a bin (or the recheck bin when the model is unsure, the decision is late or the
 ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM.
@@ -10,7 +11,9 @@ See edge/README.md.
 
 import argparse
 import dataclasses
+import json
 import os
+import re
 import signal
 import sys
 import time
@@ -21,14 +24,20 @@ import numpy as np
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge.actuators import SupervisedActuator, make_actuator  # noqa: E402
-from edge.config import ConfigError, load_config  # noqa: E402
+from edge.actuators import SupervisedActuator, make_actuator, require_library  # noqa: E402
+from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
+from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
+from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
-from edge.records import EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_json, iso_time, percentile  # noqa: E402
+from edge.records import (  # noqa: E402
+    EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_bytes, atomic_write_json, check_writable, iso_time,
+    percentile,
+)
 from edge.review import ReviewQueue  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source  # noqa: E402
+from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
 
 
@@ -40,13 +49,14 @@ class Runner:
     """The sorting loop. Every collaborator (model, actuator, event sink, clock, review queue) is passed in, so
     tests run the real loop with a driven clock, a fake camera or a pseudo-terminal for a serial port."""
 
-    def __init__(self, config, model, actuator, events, clock, review=None):
+    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None):
         self.config = config
         self.model = model
         self.actuator = actuator
         self.events = events
         self.clock = clock
         self.review = review
+        self.telemetry = telemetry  # edge.telemetry.Telemetry (--metrics-port) or None
         self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
         self.timing = EjectTiming.from_belt(config.belt)
         self.tally = Tally()
@@ -58,6 +68,9 @@ class Runner:
         self.started = clock.now()
         self._stop_reason = None
         self._sequence = 0
+        self.review_lost = 0
+        self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
+        self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
 
     def stop(self, reason):
         """Finish after the current item (signal-safe: only sets a flag)."""
@@ -87,16 +100,18 @@ class Runner:
             probabilities = model.classify(tensor)
             inferred = self.clock.now()
         except Exception as error:  # an interpreter fault must not stop the belt: this item goes to recheck
+            self.model_ok = False
             self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
             return self._record(frame, start, None, recheck, "error", {"capture": start - frame.capture_time})
+        self.model_ok = True
         self.invoke_s.append(model.last_invoke_s)
         decision = self.decider.decide(probabilities)
         due = self.timing.due(frame.capture_time)
         bin_name, reason = decision.bin, decision.reason
         if self.clock.now() > due:
             bin_name, reason = recheck, "late"  # too late to fire: the item rides on to the recheck bin
-        elif not self.actuator.send(bin_name, due, frame.frame_id):
-            bin_name, reason = recheck, "error"
+        elif bin_name != recheck and not self.actuator.send(bin_name, due, frame.frame_id):
+            bin_name, reason = recheck, "error"  # recheck gets no command: it is where items land when none fires
         latency = {
             "capture": start - frame.capture_time, "preprocess": prepared - start, "inference": inferred - prepared,
         }
@@ -111,6 +126,8 @@ class Runner:
             self.busy[0] = start
         self.busy[1] = finish
         self.tally.add(decision.label if decision else None, bin_name, reason, latency["total"])
+        if self.telemetry is not None:
+            self.telemetry.observe(decision.label if decision else None, bin_name, reason, latency)
         record = {
             "seq": self._sequence,
             "frame": frame.frame_id,
@@ -122,6 +139,7 @@ class Runner:
             "latency_ms": {key: _ms(value) for key, value in latency.items()},
         }
         self.events.emit("item", **record)
+        self.actuator.record(record, frame.capture_time)  # every item, recheck too: a PLC sees every sequence number
         share = self.alarm.update(bin_name == self.config.bins.recheck)
         if share is not None:
             self.alarms += 1
@@ -139,6 +157,7 @@ class Runner:
         try:
             self.review.add(stem, region, {**record, "model_sha256": self.model.sha256, "labels": self.model.labels})
         except OSError as error:  # a full or read-only disk loses review copies, never sorting
+            self.review_lost += 1
             self.events.emit("review_error", frame=frame.frame_id, error=str(error))
 
     def summary(self, capture, exit_reason):
@@ -163,6 +182,7 @@ class Runner:
             "actuator_errors": self.actuator.errors,
             "alarms": self.alarms,
             "events_lost": self.events.lost,
+            "review_lost": self.review_lost,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
         }
 
@@ -172,13 +192,18 @@ class Runner:
         interval = self.config.records.stats_interval_s
         last_stats = last_frame = self.clock.now()
         stalled = False
+        self.actuator.open()  # now, not at the first item: a PLC polls a Modbus server before anything is sorted
         self.events.emit(
-            "start", model=self.model.path, model_sha256=self.model.sha256, labels=self.model.labels,
-            reject=self.decider.describe(),
+            "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
+            labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
+            bin_codes=self.config.bin_codes(),
         )
         capture.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
+                self.actuator.heartbeat(SOURCE_FAILING if stalled else RUNNING, self.model_ok)
+                if self.telemetry is not None:
+                    self.telemetry.update(capture.depth, self.alarm.share, not stalled, self.actuator.up)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:
@@ -202,9 +227,23 @@ class Runner:
             capture.stop()
             self.actuator.close()
             summary = self.summary(capture, exit_reason)
-            atomic_write_json(self.config.records.summary, summary)
-            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary)
+            written = self._write_summary(summary)
+            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary if written else None)
         return summary
+
+    def _write_summary(self, summary):
+        """Write summary.json; if that fails (disk full, folder gone) the summary goes to stderr as one JSON line."""
+        path = self.config.records.summary
+        try:
+            atomic_write_json(path, summary)
+            return True
+        except OSError as error:
+            print(
+                f"runner: summary '{path}' could not be written ({error.strerror or error}); it follows as JSON.",
+                file=sys.stderr,
+            )
+            print(json.dumps(summary), file=sys.stderr, flush=True)
+            return False
 
 
 def benchmark_figures(runner, summary):
@@ -250,22 +289,87 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported .tflite model")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
-    parser.add_argument("--source", required=True, help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
-    parser.add_argument("--config", required=True, help="TOML config (see edge/example_config.toml)")
+    parser.add_argument("--source", help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
+    parser.add_argument("--config", help="TOML config (see edge/example_config.toml)")
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    parser.add_argument(
+        "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
+    )
     args = parser.parse_args(argv)
+    if not args.init_config:
+        missing = [f"--{name}" for name in ("source", "config") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"{' and '.join(missing)} required (or --init-config FILE.toml to write a config).")
     for name in ("threads", "benchmark"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be a TCP port number 0-65535.")
     return args
+
+
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_config.toml")
+_CLASSES_TABLE = re.compile(r"^\[bins\.classes\]\n(?:#.*\n|\".*\n)*", re.MULTILINE)
+
+
+def init_config(path, model):
+    """Write the example config with [bins.classes] listing `model`'s own labels (each to a bin of its name).
+
+    A config naming classes the model does not have is refused at start, so a config made from the model's
+    sidecar is the only kind that runs at once. An existing file is never overwritten.
+    """
+    if os.path.exists(path):
+        raise ConfigError(f"--init-config '{path}' already exists: pass a new file name (it is never overwritten).")
+    with open(EXAMPLE_CONFIG) as handle:
+        template = handle.read()
+    lines = [
+        "[bins.classes]",
+        f"# class = \"bin\" for every class of {os.path.basename(model.path)} (sha256 {model.sha256[:12]}..., labels",
+        "# from its sidecar). Rename the bins to your ejectors; several classes may share one; an unlisted class goes",
+        "# to bins.default.",
+    ]
+    lines += [f"{json.dumps(label)} = \"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}\"" for label in model.labels]
+    text = _CLASSES_TABLE.sub(lambda _: "\n".join(lines) + "\n", template, count=1)
+    parse_config(text, path).check_labels(model.labels)  # what is written must be what the runner accepts
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as error:
+        raise ConfigError(f"--init-config '{path}' cannot be written ({error.strerror}): pass a writable path.") from None
+
+
+def check_outputs(args, config):
+    """Every file the runner will write, tried now: a bad path stops it with one line instead of a later loss."""
+    outputs = [("records.summary", config.records.summary, False)]
+    if config.review.dir:
+        outputs.append(("review.dir", config.review.dir, True))
+    if config.actuator.type == "jsonl" and config.actuator.path != "-":
+        outputs.append(("actuator.path", config.actuator.path, False))
+    for key, path, directory in outputs:
+        try:
+            check_writable(path, directory)
+        except OSError as error:
+            raise config.error(key, f"'{path}' cannot be written ({error.strerror})") from None
+    if args.events and args.events != "-":
+        try:
+            check_writable(args.events)
+        except OSError as error:
+            raise ConfigError(
+                f"--events '{args.events}' cannot be written ({error.strerror}): pass a writable file path."
+            ) from None
 
 
 def main(argv=None):
     args = parse_args(argv)
     clock = Clock()
     try:
+        if args.init_config:
+            init_config(args.init_config, Model(args.model, args.sidecar, args.threads))
+            print(f"runner: wrote '{args.init_config}' for the labels of '{args.model}'.", file=sys.stderr)
+            return 0
         config = load_config(args.config)
         if args.benchmark:  # folders loop to reach N items; stdout is kept for the table
             config = dataclasses.replace(
@@ -275,9 +379,13 @@ def main(argv=None):
                     config.actuator, path=os.devnull if config.actuator.path == "-" else config.actuator.path
                 ),
             )
+        require_library(config.actuator)
+        if args.metrics_port is not None:
+            require("prometheus_client", "prometheus-client", "--metrics-port")
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
+        check_outputs(args, config)
         review = None
         if config.review.dir:
             try:
@@ -286,26 +394,51 @@ def main(argv=None):
                 )
             except OSError as error:
                 raise config.error("review.dir", f"cannot be used ({error.strerror})") from None
-    except (ConfigError, ModelError, SourceSpecError) as error:
+        events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+    except (ConfigError, ModelError, SourceSpecError, MissingLibrary) as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
-    events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+    except OSError as error:  # the events file went away between the check and the open
+        print(f"runner: --events '{args.events}' cannot be opened ({error.strerror}).", file=sys.stderr)
+        return 2
     actuator = SupervisedActuator(
-        lambda: make_actuator(config.actuator, clock), clock, events,
+        lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels), clock, events,
         config.actuator.retry_initial_s, config.actuator.retry_max_s,
     )
     capture = Capture(
         source, clock, events, config.source.queue_size, config.source.fps,
         config.source.retry_initial_s, config.source.retry_max_s,
     )
-    runner = Runner(config, model, actuator, events, clock, review)
+    telemetry = None
+    if args.metrics_port is not None:
+        telemetry = Telemetry(model)
+        try:
+            runner_listening = [telemetry.serve(args.metrics_host, args.metrics_port)]
+        except OSError as error:
+            print(f"runner: --metrics-port {args.metrics_port} cannot be served on {args.metrics_host} "
+                  f"({error.strerror}): pass a free port.", file=sys.stderr)
+            return 2
+    runner = Runner(config, model, actuator, events, clock, review, telemetry)
+    if telemetry is not None:
+        runner.listening += runner_listening
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
         blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
+    actuator.open()
+    runner.listening += actuator.listening
+    print(
+        f"runner: config '{config.path}', model '{model.path}' sha256 {model.sha256}, source {args.source}, "
+        f"actuator {config.actuator.type}, listening: {', '.join(runner.listening) or 'none'}",
+        file=sys.stderr, flush=True,
+    )
     started = time.perf_counter()
-    summary = runner.run(capture, max_items=args.benchmark)
+    try:
+        summary = runner.run(capture, max_items=args.benchmark)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
     if args.benchmark:
         print(f"benchmark: {args.model}, {summary['items']} items in {time.perf_counter() - started:.1f} s")
         print(benchmark_table(benchmark_figures(runner, summary)))

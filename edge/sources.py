@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from edge.deps import require
 from edge.preprocess import IMAGE_EXTENSIONS, from_bgr, open_rgb
 
 
@@ -149,12 +150,8 @@ def parse_source(spec, source_config, clock):
             raise SourceSpecError(f"--source {spec}: folder '{target}' does not exist: pass an existing directory.")
         return FolderSource(target, clock, loop=source_config.loop)
     if kind in ("video", "camera") and target:
-        try:
-            import cv2  # noqa: F401  (checked here so a missing package fails at start, not in the capture thread)
-        except ImportError:
-            raise SourceSpecError(
-                f"--source {spec} needs OpenCV: pip install opencv-python-headless (see edge/requirements.txt)."
-            ) from None
+        # checked here so a missing package fails at start, not in the capture thread
+        require("cv2", "opencv-python-headless", f"--source {spec}")
         if kind == "video":
             if not os.path.isfile(target):
                 raise SourceSpecError(f"--source {spec}: video file '{target}' does not exist.")
@@ -202,6 +199,11 @@ class Capture:
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    @property
+    def depth(self):
+        """Frames waiting for the model (telemetry)."""
+        return len(self._queue)
 
     def get(self, timeout):
         """The next Frame, Capture.END after the last one, or None if nothing came within `timeout` seconds."""

@@ -148,7 +148,8 @@ def make_runner(tmp_path):
         events_path = str(tmp_path / "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
         actuator = SupervisedActuator(
-            actuator_factory or (lambda: make_actuator(config.actuator, clock)), clock, events,
+            actuator_factory or (lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels)),
+            clock, events,
             config.actuator.retry_initial_s, config.actuator.retry_max_s,
         )
         review = None

@@ -44,8 +44,12 @@ def test_defaults_and_values():
         (VALID + "[source]\nroi = [0, 0, 100]\n", ["'source.roi'", "[x, y, width, height]"]),
         (VALID + "[actuator]\ntype = \"gpio\"\n", ["'actuator.pins' is missing"]),
         (VALID + '[actuator]\ntype = "gpio"\npins = { light = 17, shiny = 27 }\n', ["'actuator.pins.shiny'", "no bin"]),
+        (VALID + '[actuator]\ntype = "gpio"\npins = { light = 17, recheck = 27 }\n', ["'actuator.pins.recheck'", "never"]),
         (VALID + "[actuator]\ntype = \"serial\"\n", ["'actuator.port' is missing"]),
-        (VALID + "[actuator]\ntype = \"can\"\n", ["'actuator.type' must be one of 'jsonl', 'serial', 'gpio'"]),
+        (VALID + "[actuator]\ntype = \"can\"\n", ["'actuator.type' must be one of 'jsonl', 'serial', 'gpio', 'modbus'"]),
+        (VALID + '[actuator]\ntype = "modbus"\nport = "/dev/ttyUSB0"\n', ["'actuator.port' must be a TCP port"]),
+        (VALID + '[actuator]\ntype = "modbus"\nport = 70000\n', ["'actuator.port' must be a TCP port"]),
+        (VALID + '[actuator]\ntype = "serial"\nport = 5020\n', ["'actuator.port' is missing or not a device path"]),
         (VALID + "[decision]\nconfidence_threshold = 1.5\n", ["'decision.confidence_threshold' must be <= 1.0"]),
         (VALID + "[review]\nmax_items = 0\n", ["'review.max_items' must be >= 1"]),
         (VALID + "[alarms]\nwindow = 3\n", ["unknown section [alarms]"]),
@@ -59,6 +63,12 @@ def test_bad_config_names_the_key_and_the_fix(text, expected):
     assert "\n" not in message and message.startswith("config 'belt.toml'")
     for part in expected:
         assert part in message
+
+
+def test_modbus_defaults():
+    config = parse_config(VALID + '[actuator]\ntype = "modbus"\n')
+    assert (config.actuator.host, config.modbus_port, config.actuator.unit_id) == ("127.0.0.1", 5020, 1)
+    assert config.bin_codes() == ["recheck", "heavy", "light", "mixed"]
 
 
 def test_cli_exits_with_one_line(tmp_path, capsys):

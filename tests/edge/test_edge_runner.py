@@ -65,7 +65,8 @@ def test_folder_source_through_the_cli(tmp_path, tiny_export, write_config):
     assert summary["recheck"] == summary["per_bin"].get("recheck", 0) == summary["per_reason"]["uncertain"]
     assert summary["late"] == summary["failed"] == 0
     commands = _lines(tmp_path / "commands.jsonl")
-    assert [(c["frame"], c["bin"]) for c in commands] == [(e["frame"], e["bin"]) for e in items]
+    # recheck gets no command: it is where items land when no valve fires
+    assert [(c["frame"], c["bin"]) for c in commands] == [(e["frame"], e["bin"]) for e in items if e["bin"] != "recheck"]
     assert all(c["due_in_ms"] > 99_000 for c in commands)  # 1000 mm at 10 mm/s, minus the 20 ms lead
 
 
@@ -87,10 +88,18 @@ def test_runner_decides_like_keras(tmp_path, tiny_export, write_config, make_run
     assert agree / len(keras) >= 0.99
 
 
+def _surest_image(tiny_export):
+    """The test image the model is surest of, and a confidence threshold just below its top probability: it is
+    then sorted confidently to a product bin and gets an eject command (the tiny model is never 80 % sure)."""
+    top = np.max(tiny_export["keras_test_probabilities"], axis=1)
+    best = int(np.argmax(top))
+    return open_rgb(tiny_export["test_rows"][best]["file"]), {"confidence_threshold": round(float(top[best]) - 0.01, 4)}
+
+
 def test_late_decisions_go_to_recheck_and_are_not_fired(tiny_export, write_config, make_runner, fake_clock, tmp_path):
-    config = write_config(belt={"speed_mm_s": 1000.0, "camera_to_ejector_mm": 500.0, "valve_lead_ms": 100.0})
-    runner, events_path = make_runner(config, tiny_export["float32"], clock=fake_clock)
-    image = open_rgb(tiny_export["test_rows"][0]["file"])  # command due 0.5 s - 0.1 s after capture
+    image, decision = _surest_image(tiny_export)  # command due 0.5 s - 0.1 s after capture
+    belt = {"speed_mm_s": 1000.0, "camera_to_ejector_mm": 500.0, "valve_lead_ms": 100.0}
+    runner, events_path = make_runner(write_config(belt=belt, decision=decision), tiny_export["float32"], clock=fake_clock)
     for frame_id, delay in (("on_time", 0.0), ("just_in_time", 0.4), ("late", 0.4001), ("very_late", 3.0)):
         frame = Frame(frame_id, fake_clock.now(), image)
         fake_clock.advance(delay)
@@ -112,10 +121,10 @@ def test_actuator_failure_counts_items_as_failed(tiny_export, write_config, make
         def close(self):
             pass
 
+    image, decision = _surest_image(tiny_export)
     runner, events_path = make_runner(
-        write_config(), tiny_export["float32"], clock=fake_clock, actuator_factory=UnpluggedValve
+        write_config(decision=decision), tiny_export["float32"], clock=fake_clock, actuator_factory=UnpluggedValve
     )
-    image = open_rgb(tiny_export["test_rows"][0]["file"])
     for number in range(3):
         runner.process(Frame(str(number), fake_clock.now(), image))
     events = _lines(events_path)

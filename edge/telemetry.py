@@ -1,0 +1,72 @@
+"""Prometheus telemetry for the line's monitoring system (`--metrics-port`), through prometheus-client.
+
+Each runner has its own CollectorRegistry (two runners in one process, as in the tests, never share counters),
+served over HTTP on 127.0.0.1 unless `--metrics-host` says otherwise: the metrics name the model and the line's
+throughput, which is nobody else's business by default. The counters are the summary's: a scrape after the run
+gives exactly summary.json's per_class, per_bin and per_reason.
+"""
+
+PREFIX = "mineralnet_runner_"
+# Latency buckets in seconds: camera-to-PLC budgets are 8-15 ms plus inference; belts travel about 0.1-1 s.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Telemetry:
+    def __init__(self, model):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+        self.registry = registry = CollectorRegistry()
+        self.by_class = Counter(PREFIX + "items_by_class", "Sorted items by most probable class", ["class"],
+                                registry=registry)
+        self.by_bin = Counter(PREFIX + "items_by_bin", "Sorted items by bin", ["bin"], registry=registry)
+        self.by_reason = Counter(PREFIX + "items_by_reason", "Sorted items by reason (confident, uncertain, late, "
+                                 "error)", ["reason"], registry=registry)
+        self.latency = {
+            stage: Histogram(PREFIX + f"{stage}_seconds", text, buckets=BUCKETS, registry=registry)
+            for stage, text in (
+                ("preprocess", "Crop, resize and quantisation time per item"),
+                ("inference", "Interpreter time per item"),
+                ("capture_to_decision", "From the picture being taken to the item's decision"),
+            )
+        }
+        self.queue_depth = Gauge(PREFIX + "queue_depth", "Frames waiting between capture and the model",
+                                 registry=registry)
+        self.recheck_share = Gauge(PREFIX + "recheck_share", "Share of the alarm window's items sent to recheck",
+                                   registry=registry)
+        self.source_up = Gauge(PREFIX + "source_up", "1 while frames arrive, 0 while the source is stalled",
+                               registry=registry)
+        self.actuator_up = Gauge(PREFIX + "actuator_up", "1 while the actuator is open, 0 while it is being retried",
+                                 registry=registry)
+        Info(PREFIX + "model", "The model being run", registry=registry).info(
+            {"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)}
+        )
+        self.server = None
+
+    def serve(self, host, port):
+        """Start the HTTP endpoint (port 0: any free one); returns the address for the start log line."""
+        from prometheus_client import start_http_server
+
+        self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return f"metrics http://{host}:{self.server.server_port}/metrics"
+
+    def observe(self, label, bin_name, reason, latency):
+        """One decided item: `latency` in seconds by stage (preprocess and inference absent after an error)."""
+        if label is not None:
+            self.by_class.labels(label).inc()
+        self.by_bin.labels(bin_name).inc()
+        self.by_reason.labels(reason).inc()
+        for stage, key in (("preprocess", "preprocess"), ("inference", "inference"), ("capture_to_decision", "total")):
+            if key in latency:
+                self.latency[stage].observe(latency[key])
+
+    def update(self, queue_depth, recheck_share, source_up, actuator_up):
+        self.queue_depth.set(queue_depth)
+        self.recheck_share.set(recheck_share)
+        self.source_up.set(int(source_up))
+        self.actuator_up.set(int(actuator_up))
+
+    def close(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -1,0 +1,77 @@
+"""Prometheus telemetry (issue 13, point 3): /metrics scraped over real HTTP on 127.0.0.1 during and after a run."""
+
+import os
+import shutil
+import threading
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.sources import Capture, FolderSource
+from edge.telemetry import Telemetry
+
+
+def _scrape(address):
+    with urllib.request.urlopen(address.split(" ", 1)[1], timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    return families
+
+
+def _by_label(family, label):
+    return {s.labels[label]: int(s.value) for s in family.samples if s.name.endswith("_total")}
+
+
+class GatedFolder(FolderSource):
+    """A folder that waits before its last frame until the test has scraped mid-run."""
+
+    def __init__(self, directory, clock, scraped):
+        super().__init__(directory, clock)
+        self.scraped = scraped
+
+    def read(self):
+        if len(self._paths) == 1:
+            self.scraped.wait(60)
+        return super().read()
+
+
+def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export, write_config, make_runner):
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    rows = tiny_export["test_rows"][:6]
+    for row in rows:
+        shutil.copy(row["file"], folder / f"{row['label']}_{os.path.basename(row['file'])}")
+    runner, _ = make_runner(write_config(), tiny_export["int8"])
+    runner.telemetry = telemetry = Telemetry(runner.model)
+    address = telemetry.serve("127.0.0.1", 0)
+    assert address.startswith("metrics http://127.0.0.1:")
+    scraped, results = threading.Event(), {}
+    capture = Capture(GatedFolder(str(folder), runner.clock, scraped), runner.clock, runner.events, queue_size=1)
+    sorting = threading.Thread(target=lambda: results.update(summary=runner.run(capture)))
+    sorting.start()
+    try:
+        while runner.tally.items < len(rows) - 2:  # mid-run: the last frame is held back
+            sorting.join(0.01)
+        during = _scrape(address)
+    finally:
+        scraped.set()
+        sorting.join(60)
+    try:
+        after = _scrape(address)
+    finally:
+        telemetry.close()
+    summary = results["summary"]
+    assert sum(_by_label(during["mineralnet_runner_items_by_bin"], "bin").values()) < summary["items"]
+    assert _by_label(after["mineralnet_runner_items_by_class"], "class") == summary["per_class"]
+    assert _by_label(after["mineralnet_runner_items_by_bin"], "bin") == summary["per_bin"]
+    per_reason = {r: n for r, n in summary["per_reason"].items() if n}
+    assert _by_label(after["mineralnet_runner_items_by_reason"], "reason") == per_reason
+    for stage in ("preprocess", "inference", "capture_to_decision"):
+        counts = [s.value for s in after[f"mineralnet_runner_{stage}_seconds"].samples if s.name.endswith("_count")]
+        assert counts == [summary["items"]]
+    info = after["mineralnet_runner_model_info"].samples[0].labels
+    assert info["sha256"] == runner.model.sha256 and info["labels"].split(",") == tiny_export["labels"]
+    for gauge in ("queue_depth", "recheck_share", "source_up", "actuator_up"):
+        assert len(after[f"mineralnet_runner_{gauge}"].samples) == 1
+    assert after["mineralnet_runner_actuator_up"].samples[0].value == 1.0
+    share = summary["recheck"] / summary["items"]  # alarm window (200) larger than the run: the share of all items
+    assert abs(after["mineralnet_runner_recheck_share"].samples[0].value - share) < 1e-9 or summary["items"] > 200
