@@ -26,7 +26,9 @@ def train_parser():
     add("--data", help="folder with one sub-folder of images per class")
     add("--demo", action="store_true", default=None, help="make and use the small synthetic demo dataset")
     add("--out", help="run directory (default runs/train)")
-    add("--model", choices=list_models(), help="registry model (default eca_convnext_tiny)")
+    add("--model", choices=[*list_models(), "auto"], help="registry model (default eca_convnext_tiny); auto: the "
+        "measured small-data recipe when --weights none and under 500 images per class, else eca_convnext_tiny "
+        "(config.json records the model it picked)")
     add("--weights", help="imagenet | none | PATH of a backbone .weights.h5 (default imagenet: the paper's transfer "
         "learning; needs internet once, or a local copy saved by python -m mineralnet.models.weights)")
     add("--image-size", type=int, help="square input size in pixels (default 224)")

@@ -8,7 +8,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mineralnet.export import convert
-from mineralnet.models import build_model, list_models
+from mineralnet.models import WeightsError, build_model, list_models
 
 # Szegedy et al. 2014, table 1: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) and the module's output.
 GOOGLENET_TABLE_1 = {
@@ -101,9 +101,9 @@ def test_resnext50_has_32_groups_of_width_4_and_torchvision_parameter_count():
     assert model.count_params() == pytest.approx(TORCHVISION_PARAMETERS["resnext50"], rel=0.02)
 
 
-@pytest.mark.parametrize("name", ["googlenet", "resnext50"])
+@pytest.mark.parametrize("name", ["googlenet", "resnext50", "eca_resnet18"])
 def test_written_models_reject_imagenet_weights(name):
-    with pytest.raises(ValueError, match="no pretrained weights 'imagenet'"):
+    with pytest.raises(WeightsError, match=f"{name} has no ImageNet weights in Keras: pass --weights none"):
         build_model(name, 3, (32, 32, 3), weights="imagenet")
 
 

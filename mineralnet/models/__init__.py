@@ -1,6 +1,7 @@
 """Model registry. `build_model(name, num_classes, input_shape, weights)`; `list_models()` names them all."""
 
-from mineralnet.models import applications, convnext, googlenet, resnext, simple_cnn  # noqa: F401  (registers the builders)
+from mineralnet.models import (applications, convnext, ecaresnet, googlenet, resnext,  # noqa: F401  (registers)
+                               simple_cnn)
 from mineralnet.models.convnext import stage_output_consumers
 from mineralnet.models.registry import (WeightsError, build_model, has_imagenet_weights, list_models, register,
                                         takes_any_size)

@@ -14,6 +14,7 @@ from mineralnet.data import DataError, make_demo_dataset, make_split, read_split
 from mineralnet.data.pipeline import AugmentConfig, DecodedImages, class_weights, make_dataset, steps_per_epoch
 from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
 from mineralnet.models import build_model
+from mineralnet.training.advice import resolve_auto
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
@@ -148,6 +149,9 @@ def train(config, resume=False):
         rows = read_split(os.path.join(run_path, rundir.SPLIT), config["data"])
     else:
         classes, rows, report = _prepare_data(config, run_path)
+        advice = resolve_auto(config, len(rows), len(classes))  # --model auto becomes a name before config.json
+        if advice:
+            print(advice)
     num_classes, size, batch = len(classes), config["image_size"], config["batch_size"]
     state = read_state(run_path) if resume else None
     with mixed_precision(config["mixed_precision"]):

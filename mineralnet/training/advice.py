@@ -1,0 +1,50 @@
+"""What a run without pretrained weights on small data should use (issue 16): the line train.py prints, and what
+`--model auto` picks.
+
+The recipe is a measured row of benchmarks/results/minet/attempts.md (MINET-7, 6:2:2 split, from scratch on
+2 CPU cores), not a guess: change it only together with a new measured row there.
+"""
+
+from mineralnet.training.config import DEFAULTS, ConfigError, validate
+
+AUTO = "auto"
+SMALL_DATA_IMAGES_PER_CLASS = 500  # below this average, without pretrained weights, the recipe below applies
+SMALL_DATA_RECIPE = {"model": "simple_cnn", "image_size": 64, "epochs": 6}
+MEASURED = ("simple_cnn 70.7 % vs eca_convnext_tiny 64.9 % test accuracy on MINET-7 at 64 px / 6 epochs, "
+            "benchmarks/results/minet/attempts.md")
+
+
+def recipe_flags(recipe=SMALL_DATA_RECIPE):
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+
+
+def resolve_auto(config, num_images, num_classes):
+    """Make `config["model"] == "auto"` concrete, in place, before the model is built and config.json written; return
+    the one line to print (None when there is nothing to say).
+
+    Small data (< SMALL_DATA_IMAGES_PER_CLASS images per class on average) with `weights: none` gets
+    SMALL_DATA_RECIPE: its model, and its other settings where the config left them at train.py's defaults (an
+    explicit value wins). Otherwise auto is the default model (the paper's, for ImageNet weights); a backbone
+    weights file belongs to one model, which auto cannot guess.
+    """
+    per_class = num_images / max(num_classes, 1)
+    small_from_scratch = config["weights"] == "none" and per_class < SMALL_DATA_IMAGES_PER_CLASS
+    situation = (f"{per_class:.0f} images per class on average, "
+                 f"{'no pretrained weights' if config['weights'] == 'none' else 'weights ' + str(config['weights'])}")
+    if config["model"] == AUTO:
+        if small_from_scratch:
+            chosen = {key: value for key, value in SMALL_DATA_RECIPE.items()
+                      if key == "model" or config[key] == DEFAULTS[key]}
+        elif config["weights"] not in ("none", "imagenet"):
+            raise ConfigError(f"--model auto cannot tell which model the weights file '{config['weights']}' belongs "
+                              "to: name that model with --model.")
+        else:
+            chosen = {"model": DEFAULTS["model"]}
+        config.update(chosen)
+        validate(config)  # the recipe meets the user's other options (e.g. progressive_sizes needs any-size models)
+        why = f" (measured: {MEASURED})" if small_from_scratch else ""
+        return f"--model auto: {situation} -> {', '.join(f'{k} {v}' for k, v in chosen.items())}{why}"
+    if small_from_scratch:
+        return (f"small data without pretrained weights ({situation}): the measurements favour {recipe_flags()} "
+                f"(what --model auto picks; {MEASURED}); ImageNet weights do far better, see README 'Your own photos'")
+    return None
