@@ -100,6 +100,7 @@ def test_one_epoch_under_mirrored_strategy_on_two_cpu_devices(tmp_path, demo_dat
     )
     assert done.returncode == 0, done.stderr
     assert "MirroredStrategy with 2 replica(s)" in done.stdout
+    assert "epoch 1/1 step " in done.stdout  # progress lines although stdout is no terminal
     assert [int(r["epoch"]) for r in history_rows(tmp_path / "run")] == [1]
     assert os.path.exists(tmp_path / "run" / "eval" / "report.json")
 

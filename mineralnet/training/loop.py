@@ -19,6 +19,7 @@ from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
+from mineralnet.training.progress import progress_callbacks
 from mineralnet.utils import read_json, write_json
 
 HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable during the frozen-backbone warm-up
@@ -239,9 +240,10 @@ def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
                 continue
             callback = RunCheckpoint(run_path, phase, total, state, image_size=size, train_size=train_size)
             extra = ema_callbacks(model)
+            lines = progress_callbacks(total, steps)
             model.fit(train_data(train_size, begin, end), validation_data=val_data, epochs=end, initial_epoch=begin,
-                      steps_per_epoch=steps, class_weight=weights, callbacks=extra + [callback], shuffle=False,
-                      verbose=1 if sys.stdout.isatty() else 0)
+                      steps_per_epoch=steps, class_weight=weights, callbacks=extra + [callback] + lines,
+                      shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
             restore_raw_weights(extra)
             state = {"history": callback.history, "best_val_accuracy": callback.best,
                      "best_epoch": callback.best_epoch}
