@@ -311,6 +311,7 @@ def benchmark_figures(runner, summary):
         "latency_p95_ms": summary["latency_ms"]["p95"],
         "invoke_p50_ms": percentile(invoke, 50),
         "invoke_p95_ms": percentile(invoke, 95),
+        "invoke_mean_ms": mean_invoke * 1000.0,
         "overhead_pct": (span / items / mean_invoke - 1) * 100 if items and mean_invoke else None,
     }
 
