@@ -8,9 +8,16 @@ Reported per model: items/s, end-to-end latency p50/p95 (capture to decision), i
 overhead over invoke() (target <= 5 % for eca_convnext_tiny at 224 px) and RSS after warm-up and at the end
 (target: flat; a leak shows as growth). The models come from `python -m mineralnet.export` with their sidecars.
 Uses only the edge runner's dependencies (no TensorFlow).
+
+`--actuator modbus` serves the decisions as the runner's Modbus TCP server (edge/modbus.py) and runs a real
+pymodbus client in a thread that polls it like a PLC every `--poll-ms` (10), reading each new ring slot; it adds
+capture-to-register (the slot written) and capture-to-PLC (the slot first read by the poller) latencies, each also
+"beyond inference" (minus that item's invoke time). `--fps` paces the folder like a camera, so those latencies are
+not dominated by frames queuing behind each other (a folder read as fast as possible keeps the queue full).
 """
 
 import argparse
+import logging
 import multiprocessing
 import os
 import sys
@@ -19,6 +26,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SOAK_CONFIG = """
+[source]
+fps = {fps}
 [bins]
 default = "product"
 recheck = "recheck"
@@ -26,7 +35,7 @@ recheck = "recheck"
 speed_mm_s = 1
 camera_to_ejector_mm = 1000000   # commands are always on time: the soak measures the runner, not the belt
 [actuator]
-path = "{devnull}"
+{actuator}
 [records]
 summary = "{summary}"
 stats_interval_s = 3600
@@ -45,8 +54,78 @@ def rss_mb():
     return None
 
 
-def soak(model_path, folder, frames, threads, config_path):
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PlcPoller:
+    """A pymodbus client polling the runner's register map every `poll_s`, as a PLC would: the last sequence number,
+    then every new ring slot. `seen[seq]` is the monotonic time the slot was first read (same clock as capture)."""
+
+    def __init__(self, port, unit_id, ring_size, poll_s, frames):
+        import threading
+
+        import numpy as np
+
+        self.port, self.unit_id, self.ring_size, self.poll_s = port, unit_id, ring_size, poll_s
+        self.seen = np.full(frames + 1, np.nan)  # allocated up front: bookkeeping must not look like a leak
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="plc", daemon=True)
+
+    def start(self):
+        import pymodbus.client  # noqa: F401  imported here: two threads importing pymodbus at once can deadlock it
+
+        self._thread.start()
+
+    def _run(self):
+        import time
+
+        from pymodbus.client import ModbusTcpClient
+
+        from edge.modbus import LAST_SEQ, RING, SLOT
+
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # "connection refused" until the server is up
+        client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1)
+        last_read = 0
+        next_poll = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                header = client.read_holding_registers(LAST_SEQ, count=2, device_id=self.unit_id).registers
+                last = header[0] << 16 | header[1]
+                for sequence in range(max(last_read + 1, last - self.ring_size + 1), last + 1):
+                    slot = RING + SLOT * ((sequence - 1) % self.ring_size)
+                    entry = client.read_holding_registers(slot, count=2, device_id=self.unit_id).registers
+                    if (entry[0] << 16 | entry[1]) == sequence and sequence < len(self.seen):
+                        self.seen[sequence] = time.monotonic()
+                last_read = max(last_read, last)
+                self.polls += 1
+            except Exception:  # the server is not up yet, or has stopped
+                client.close()
+            next_poll += self.poll_s
+            self._stop.wait(max(0.0, next_poll - time.monotonic()))
+        client.close()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _percentiles(values):
+    from edge.records import percentile
+
+    # percentile() takes seconds and returns milliseconds
+    return percentile(values, 50), percentile(values, 95)
+
+
+def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps=0.0, poll_ms=10.0):
     """Run the real runner loop over `frames` items of a looping folder; returns the figures as a dict."""
+    import threading
+
     import numpy as np
 
     from edge.actuators import SupervisedActuator, make_actuator
@@ -61,23 +140,82 @@ def soak(model_path, folder, frames, threads, config_path):
     clock = Clock()
     with tempfile.TemporaryDirectory() as scratch:
         summary_path = os.path.join(scratch, "summary.json")
+        port, ring_size = _free_port(), 1000
         if config_path:
             config = load_config(config_path)
         else:
-            config = parse_config(SOAK_CONFIG.format(devnull=os.devnull, summary=summary_path), "<soak config>")
+            section = f'type = "modbus"\nport = {port}\nring_size = {ring_size}' if actuator == "modbus" else (
+                f'path = "{os.devnull}"'
+            )
+            config = parse_config(
+                SOAK_CONFIG.format(actuator=section, summary=summary_path, fps=fps), "<soak config>"
+            )
         model = Model(model_path, threads=threads)
         blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
         events = EventSink(LineWriter(os.devnull), clock)
-        actuator = SupervisedActuator(
-            lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels), clock, events
-        )
+        written = np.full((frames + 1, 3), np.nan)  # seq -> capture time, slot written, that item's inference s
+
+        def make():
+            board = make_actuator(config.actuator, clock, config=config, labels=model.labels)
+            if config.actuator.type == "modbus":
+                publish = board.record
+
+                def record(item, capture_time, position=None):
+                    publish(item, capture_time, position)
+                    if item["seq"] <= frames:
+                        written[item["seq"]] = (capture_time, clock.now(), item["latency_ms"].get("inference", 0) / 1e3)
+
+                board.record = record
+            return board
+
+        actuator = SupervisedActuator(make, clock, events)
         runner = Runner(config, model, actuator, events, clock)
-        capture = Capture(FolderSource(folder, clock, loop=True), clock, events, config.source.queue_size)
-        rss_start = rss_mb()
+        capture = Capture(
+            FolderSource(folder, clock, loop=True), clock, events, config.source.queue_size, config.source.fps
+        )
+        poller = None
+        if config.actuator.type == "modbus":
+            poller = PlcPoller(
+                config.modbus_port, config.actuator.unit_id, config.actuator.ring_size, poll_ms / 1e3, frames
+            )
+            poller.start()
+        rss = [rss_mb()]
+        sampling = threading.Event()
+
+        def sample():
+            while not sampling.wait(0.5):
+                rss.append(rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         summary = runner.run(capture, max_items=frames)
+        sampling.set()
+        sampler.join()
+        rss.append(rss_mb())
         figures = benchmark_figures(runner, summary)
-    return {"model": os.path.basename(model_path), **figures, "rss_start_mb": rss_start, "rss_end_mb": rss_mb()}
+        if poller is not None:
+            poller.stop()
+            done = ~np.isnan(written[:, 0])
+            seen = done & ~np.isnan(poller.seen)
+            capture_s, written_s, inference_s = written.T
+            register = list(written_s[done] - capture_s[done])
+            register_beyond = list(written_s[done] - capture_s[done] - inference_s[done])
+            plc = list(poller.seen[seen] - capture_s[seen])
+            plc_beyond = list(poller.seen[seen] - capture_s[seen] - inference_s[seen])
+            figures.update({
+                "register_p50_ms": _percentiles(register)[0], "register_p95_ms": _percentiles(register)[1],
+                "register_beyond_p50_ms": _percentiles(register_beyond)[0],
+                "register_beyond_p95_ms": _percentiles(register_beyond)[1],
+                "plc_p50_ms": _percentiles(plc)[0], "plc_p95_ms": _percentiles(plc)[1],
+                "plc_beyond_p50_ms": _percentiles(plc_beyond)[0], "plc_beyond_p95_ms": _percentiles(plc_beyond)[1],
+                "plc_seen": len(plc), "plc_polls": poller.polls,
+            })
+    middle = rss[len(rss) // 2]
+    return {
+        "model": os.path.basename(model_path), "actuator": config.actuator.type, **figures,
+        "rss_start_mb": rss[0], "rss_mid_mb": middle, "rss_end_mb": rss[-1], "rss_max_mb": max(rss),
+    }
 
 
 def _worker(arguments, results):
@@ -95,6 +233,10 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--threads", type=int, help="interpreter threads")
     parser.add_argument("--config", help="runner TOML config (default: a belt on which nothing is ever late)")
+    parser.add_argument("--actuator", choices=("jsonl", "modbus"), default="jsonl",
+                        help="jsonl to /dev/null, or the Modbus server polled by a PLC-like client (default jsonl)")
+    parser.add_argument("--fps", type=float, default=0.0, help="pace the folder like a camera (0: as fast as it can)")
+    parser.add_argument("--poll-ms", type=float, default=10.0, help="the PLC client's polling period (modbus)")
     args = parser.parse_args(argv)
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per model: RSS is that model's alone
@@ -102,25 +244,42 @@ def main(argv=None):
     for model_path in args.models:
         results = context.Queue()
         worker = context.Process(
-            target=_worker, args=((model_path, args.folder, args.frames, args.threads, args.config), results)
+            target=_worker,
+            args=((model_path, args.folder, args.frames, args.threads, args.config, args.actuator, args.fps,
+                   args.poll_ms), results),
         )
         worker.start()
         rows.append(results.get())
         worker.join()
         print(f"done: {model_path}", file=sys.stderr)
 
-    print(f"{args.frames} frames from {args.folder}, threads={args.threads or 'default'}\n")
+    print(f"{args.frames} frames from {args.folder}, threads={args.threads or 'default'}, actuator={args.actuator}, "
+          f"fps={args.fps or 'unpaced'}\n")
     print(
-        "| model | items/s | latency p50 ms | latency p95 ms | invoke p50 ms | overhead % | RSS start MiB "
-        "| RSS end MiB |"
+        "| model | items/s | latency p50 ms | latency p95 ms | invoke p50 ms | overhead % | runner ms/item "
+        "| RSS start / mid / end / max MiB |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
+        per_item = (1000.0 / row["items_per_s"] - row["invoke_mean_ms"]) if row["items_per_s"] else None
         print(
             f"| {row['model']} | {_cell(row['items_per_s'], 1)} | {_cell(row['latency_p50_ms'], 2)} | "
             f"{_cell(row['latency_p95_ms'], 2)} | {_cell(row['invoke_p50_ms'], 2)} | {_cell(row['overhead_pct'], 1)} | "
-            f"{_cell(row['rss_start_mb'], 1)} | {_cell(row['rss_end_mb'], 1)} |"
+            f"{_cell(per_item, 3)} | {_cell(row['rss_start_mb'], 1)} / {_cell(row['rss_mid_mb'], 1)} / "
+            f"{_cell(row['rss_end_mb'], 1)} / {_cell(row['rss_max_mb'], 1)} |"
         )
+    if args.actuator == "modbus":
+        print(f"\n| model | capture-to-register p50 / p95 ms | beyond inference p50 / p95 ms | capture-to-PLC "
+              f"({args.poll_ms:g} ms polls) p50 / p95 ms | beyond inference p50 / p95 ms | items seen by the PLC |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            print(
+                f"| {row['model']} | {_cell(row['register_p50_ms'], 2)} / {_cell(row['register_p95_ms'], 2)} | "
+                f"{_cell(row['register_beyond_p50_ms'], 2)} / {_cell(row['register_beyond_p95_ms'], 2)} | "
+                f"{_cell(row['plc_p50_ms'], 2)} / {_cell(row['plc_p95_ms'], 2)} | "
+                f"{_cell(row['plc_beyond_p50_ms'], 2)} / {_cell(row['plc_beyond_p95_ms'], 2)} | "
+                f"{row['plc_seen']} of {row['items']} |"
+            )
     return 0
 
 

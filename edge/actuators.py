@@ -188,6 +188,7 @@ class SupervisedActuator:
         self.retry_max_s = retry_max_s
         self.errors = 0
         self._actuator = None
+        self._lock = threading.RLock()  # an encoder-timed belt fires from its poll thread while the loop sorts
         self._backoff = retry_initial_s
         self._retry_at = clock.now()
 
@@ -207,6 +208,10 @@ class SupervisedActuator:
 
     def open(self):
         """Open now if the backoff allows; True when an actuator is ready."""
+        with self._lock:
+            return self._open()
+
+    def _open(self):
         if self._actuator is None and self.clock.now() >= self._retry_at:
             actuator = self.factory()
             try:
@@ -220,15 +225,16 @@ class SupervisedActuator:
 
     def send(self, bin_name, due, frame_id):
         """Command one ejection; False if it could not be delivered (reported, retried later)."""
-        if not self.open():
-            return False
-        try:
-            self._actuator.send(bin_name, due, frame_id)
-        except Exception as error:
-            self._fail("send", error)
-            return False
-        self._backoff = self.retry_initial_s
-        return True
+        with self._lock:
+            if not self._open():
+                return False
+            try:
+                self._actuator.send(bin_name, due, frame_id)
+            except Exception as error:
+                self._fail("send", error)
+                return False
+            self._backoff = self.retry_initial_s
+            return True
 
     def record(self, item, capture_time, position=None):
         """Publish a decided item to a driver that publishes decisions (Modbus); a failure is reported and retried."""
@@ -238,12 +244,13 @@ class SupervisedActuator:
         self._forward("heartbeat", state, model_ok)
 
     def _forward(self, name, *args):
-        if self._actuator is None or not hasattr(self._actuator, name):
-            return
-        try:
-            getattr(self._actuator, name)(*args)
-        except Exception as error:
-            self._fail(name, error)
+        with self._lock:
+            if self._actuator is None or not hasattr(self._actuator, name):
+                return
+            try:
+                getattr(self._actuator, name)(*args)
+            except Exception as error:
+                self._fail(name, error)
 
     @property
     def up(self):
@@ -256,6 +263,7 @@ class SupervisedActuator:
         return list(getattr(self._actuator, "listening", []))
 
     def close(self):
-        if self._actuator is not None:
-            self._actuator.close()
-            self._actuator = None
+        with self._lock:
+            if self._actuator is not None:
+                self._actuator.close()
+                self._actuator = None

@@ -143,6 +143,32 @@ class BeltConfig:
     speed_mm_s: float = _key("speed_mm_s = 500", _number(above=0.0))
     camera_to_ejector_mm: float = _key("camera_to_ejector_mm = 600", _number(above=0.0))
     valve_lead_ms: float = _key("valve_lead_ms = 20", _number(low=0.0), 0.0)
+    position: str = _key(
+        'position = "clock"  # or "modbus": track the PLC\'s encoder count ([encoder])', _choice("clock", "modbus"),
+        "clock",
+    )
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The PLC register holding the belt's encoder count (`[belt] position = "modbus"`); the runner is its client."""
+
+    host: str = _key('host = "127.0.0.1"  # the PLC', _text, "127.0.0.1")
+    port: int = _key("port = 502", _integer(1, 65535), 502)
+    unit_id: int = _key("unit_id = 1", _integer(0, 247), 1)
+    address: int = _key("address = 0  # holding register of the count (0-based)", _integer(0, 65535), None)
+    registers: int = _key("registers = 2  # 1: 16-bit counter, 2: 32-bit counter", _integer(1, 2), 2)
+    word_order: str = _key(
+        'word_order = "high_first"  # 32-bit counters: or "low_first"', _choice("high_first", "low_first"),
+        "high_first",
+    )
+    counts_per_mm: float = _key("counts_per_mm = 4.0  # encoder counts per mm of belt travel", _number(above=0.0),
+                                None)
+    poll_ms: float = _key("poll_ms = 2  # how often the count is read while ejections wait", _number(above=0.0), 2.0)
+    timeout_s: float = _key("timeout_s = 0.1  # one read", _number(above=0.0), 0.1)
+    fire_window_mm: float = _key(
+        "fire_window_mm = 10  # an ejection found passed by more than this is not fired", _number(above=0.0), 10.0
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +207,7 @@ class RecordsConfig:
 
 
 _SECTIONS = {
-    "decision": DecisionConfig, "source": SourceConfig, "bins": BinsConfig, "belt": BeltConfig,
+    "decision": DecisionConfig, "source": SourceConfig, "bins": BinsConfig, "belt": BeltConfig, "encoder": EncoderConfig,
     "actuator": ActuatorConfig, "review": ReviewConfig, "alarm": AlarmConfig, "records": RecordsConfig,
 }
 
@@ -193,6 +219,7 @@ class Config:
     source: SourceConfig
     bins: BinsConfig
     belt: BeltConfig
+    encoder: EncoderConfig
     actuator: ActuatorConfig
     review: ReviewConfig
     alarm: AlarmConfig
@@ -265,6 +292,9 @@ def parse_config(text, path="<config>"):
             )
     sections = {name: _section(path, name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     config = Config(path=path, **sections)
+    if "encoder" in raw and config.belt.position != "modbus":
+        raise config.error("belt.position", 'is "clock" but an [encoder] section is set: set position = "modbus" to '
+                           "time ejections by the encoder, or remove [encoder]")
     _check_together(config)
     return config
 
@@ -281,6 +311,22 @@ def load_config(path):
     return parse_config(text, path)
 
 
+def _check_encoder(config):
+    """An encoder-timed belt needs the count's register and scale, and a distance the counter can span."""
+    encoder = config.encoder
+    for key in ("address", "counts_per_mm"):
+        if getattr(encoder, key) is None:
+            raise config.error(f"encoder.{key}", 'is missing (belt.position is "modbus")')
+    half = 1 << (16 * encoder.registers - 1)
+    counts = config.belt.camera_to_ejector_mm * encoder.counts_per_mm
+    if counts >= half:
+        raise config.error(
+            "encoder.counts_per_mm",
+            f"makes camera_to_ejector_mm {counts:g} counts, not under half the {16 * encoder.registers}-bit counter "
+            f"({half}), so a wrapped count could not be told from a passed one; use registers = 2 or check the scale",
+        )
+
+
 def _check_together(config):
     """Rules that involve several keys."""
     belt = config.belt
@@ -291,6 +337,8 @@ def _check_together(config):
             f"is {belt.valve_lead_ms:g} ms but an item needs only {travel_ms:g} ms from camera to ejector, so no "
             "command could ever be on time; lower it or check speed_mm_s and camera_to_ejector_mm",
         )
+    if belt.position == "modbus":
+        _check_encoder(config)
     for section in (config.source, config.actuator):
         if section.retry_max_s < section.retry_initial_s:
             name = "source" if section is config.source else "actuator"

@@ -14,7 +14,8 @@ is documented as a table in edge/README.md and fixed here:
     7        register map version (1)
     10 + 2b  items sent to bin code b so far (32 bits, high word first), b < 16
     100 + 8k ring slot k = (sequence - 1) mod N, 8 registers: sequence (2, high first), bin code, position (2, high
-             first: the encoder count at capture, or the capture time in ms mod 2**32 on a clock-timed belt), lane
+             first: the encoder count at capture on an encoder-timed belt, 0 for a `no_position` item; the capture
+             time in ms mod 2**32 on a clock-timed belt), lane
              (0: one lane), class code (1 + the label's index in the sidecar, 0 = none), confidence x 1000
 
 Bin code 0 is the recheck bin, then the other bins in name order (Config.bin_codes). Every item is published, the

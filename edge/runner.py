@@ -28,6 +28,7 @@ from edge.actuators import SupervisedActuator, make_actuator, require_library  #
 from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
 from edge.deps import MissingLibrary, require  # noqa: E402
+from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
@@ -36,7 +37,7 @@ from edge.records import (  # noqa: E402
     percentile,
 )
 from edge.review import ReviewQueue  # noqa: E402
-from edge.sources import Capture, SourceSpecError, parse_source  # noqa: E402
+from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
 from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
 
@@ -49,7 +50,7 @@ class Runner:
     """The sorting loop. Every collaborator (model, actuator, event sink, clock, review queue) is passed in, so
     tests run the real loop with a driven clock, a fake camera or a pseudo-terminal for a serial port."""
 
-    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None):
+    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None, belt=None):
         self.config = config
         self.model = model
         self.actuator = actuator
@@ -59,6 +60,9 @@ class Runner:
         self.telemetry = telemetry  # edge.telemetry.Telemetry (--metrics-port) or None
         self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
         self.timing = EjectTiming.from_belt(config.belt)
+        if belt is None and config.belt.position == "modbus":
+            belt = EncoderBelt(config.encoder, config.belt, clock, events)
+        self.belt = belt  # edge.encoder.EncoderBelt when ejections follow the PLC's encoder count, else None
         self.tally = Tally()
         self.alarm = RecheckAlarm(config.alarm.window, config.alarm.max_recheck_share)
         self.alarms = 0
@@ -106,18 +110,51 @@ class Runner:
         self.model_ok = True
         self.invoke_s.append(model.last_invoke_s)
         decision = self.decider.decide(probabilities)
-        due = self.timing.due(frame.capture_time)
-        bin_name, reason = decision.bin, decision.reason
-        if self.clock.now() > due:
-            bin_name, reason = recheck, "late"  # too late to fire: the item rides on to the recheck bin
-        elif bin_name != recheck and not self.actuator.send(bin_name, due, frame.frame_id):
-            bin_name, reason = recheck, "error"  # recheck gets no command: it is where items land when none fires
+        if self.belt is not None:
+            bin_name, reason = self._eject_by_position(frame, decision)
+        else:
+            due = self.timing.due(frame.capture_time)
+            bin_name, reason = decision.bin, decision.reason
+            if self.clock.now() > due:
+                bin_name, reason = recheck, "late"  # too late to fire: the item rides on to the recheck bin
+            elif bin_name != recheck and not self.actuator.send(bin_name, due, frame.frame_id):
+                bin_name, reason = recheck, "error"  # recheck gets no command: it is where items land when none fires
         latency = {
             "capture": start - frame.capture_time, "preprocess": prepared - start, "inference": inferred - prepared,
         }
         record = self._record(frame, start, decision, bin_name, reason, latency)
         if decision.reason == "uncertain" and self.review is not None:
             self._save_for_review(frame, region, record)
+
+    def _eject_by_position(self, frame, decision):
+        """Encoder-timed belt: the valve opens when the count reaches the capture count plus the distance in counts.
+
+        Without a count at capture, or now, the item cannot be placed on the belt: recheck (`no_position`). A count
+        already past the valve's is `late`, as on a clock-timed belt. Bench ejectors (jsonl, serial, gpio) are
+        fired by the encoder's poll thread when the count is reached; with Modbus the PLC fires from the ring.
+        """
+        recheck, belt = self.config.bins.recheck, self.belt
+        if frame.position is None:
+            return recheck, "no_position"
+        target = belt.target(frame.position)
+        position = belt.read()
+        if position is None:
+            return recheck, "no_position"
+        if belt.delta(position, target) >= 0:
+            return recheck, "late"
+        bin_name, frame_id = decision.bin, frame.frame_id
+        if bin_name == recheck:
+            return bin_name, decision.reason
+        if self.config.actuator.type == "modbus":
+            ready = self.actuator.send(bin_name, self.clock.now(), frame_id)
+        else:
+            ready = self.actuator.open()
+            if ready:
+                belt.schedule(
+                    target, lambda: self.actuator.send(bin_name, self.clock.now(), frame_id),
+                    seq=self._sequence, frame=frame_id, bin=bin_name,
+                )
+        return (bin_name, decision.reason) if ready else (recheck, "error")
 
     def _record(self, frame, start, decision, bin_name, reason, latency):
         finish = self.clock.now()
@@ -138,8 +175,13 @@ class Runner:
             "reason": reason,
             "latency_ms": {key: _ms(value) for key, value in latency.items()},
         }
+        if self.belt is not None:
+            record["position"] = frame.position
         self.events.emit("item", **record)
-        self.actuator.record(record, frame.capture_time)  # every item, recheck too: a PLC sees every sequence number
+        position = None  # clock-timed: the board publishes the capture time in ms
+        if self.belt is not None:  # encoder-timed: the count at capture; 0 (with the recheck bin) when unreadable
+            position = 0 if frame.position is None else frame.position
+        self.actuator.record(record, frame.capture_time, position)  # every item, recheck too: a PLC sees every sequence number
         share = self.alarm.update(bin_name == self.config.bins.recheck)
         if share is not None:
             self.alarms += 1
@@ -172,7 +214,7 @@ class Runner:
             "items": tally.items,
             "per_class": dict(sorted(tally.per_class.items())),
             "per_bin": dict(sorted(tally.per_bin.items())),
-            "per_reason": {r: tally.per_reason[r] for r in ("confident", "uncertain", "late", "error")},
+            "per_reason": {r: tally.per_reason[r] for r in ("confident", "uncertain", "late", "error", "no_position")},
             "recheck": tally.per_bin[self.config.bins.recheck],
             "late": tally.per_reason["late"],
             "failed": tally.per_reason["error"],
@@ -184,6 +226,7 @@ class Runner:
             "events_lost": self.events.lost,
             "review_lost": self.review_lost,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
+            **({"encoder": self.belt.counts()} if self.belt is not None else {}),
         }
 
     def run(self, capture, max_items=None):
@@ -198,6 +241,9 @@ class Runner:
             labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
             bin_codes=self.config.bin_codes(),
         )
+        if self.belt is not None:
+            capture.stamp = capture.stamp or self.belt.stamp  # the count is read as each frame arrives
+            self.belt.start()
         capture.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
@@ -225,6 +271,8 @@ class Runner:
                 exit_reason = self._stop_reason or "item limit reached"
         finally:
             capture.stop()
+            if self.belt is not None:
+                self.belt.close()  # ejections still waiting are counted as missed: those items go to recheck
             self.actuator.close()
             summary = self.summary(capture, exit_reason)
             written = self._write_summary(summary)
@@ -263,6 +311,7 @@ def benchmark_figures(runner, summary):
         "latency_p95_ms": summary["latency_ms"]["p95"],
         "invoke_p50_ms": percentile(invoke, 50),
         "invoke_p95_ms": percentile(invoke, 95),
+        "invoke_mean_ms": mean_invoke * 1000.0,
         "overhead_pct": (span / items / mean_invoke - 1) * 100 if items and mean_invoke else None,
     }
 
@@ -289,7 +338,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported .tflite model")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
-    parser.add_argument("--source", help="folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN")
+    parser.add_argument("--source", help="folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN or stream:URL")
     parser.add_argument("--config", help="TOML config (see edge/example_config.toml)")
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
@@ -385,6 +434,8 @@ def main(argv=None):
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
+        if config.belt.position == "modbus":
+            require("pymodbus", "pymodbus", '[belt] position = "modbus"')
         check_outputs(args, config)
         review = None
         if config.review.dir:
@@ -395,7 +446,11 @@ def main(argv=None):
             except OSError as error:
                 raise config.error("review.dir", f"cannot be used ({error.strerror})") from None
         events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
-    except (ConfigError, ModelError, SourceSpecError, MissingLibrary) as error:
+        belt = None
+        if config.belt.position == "modbus":  # an unreachable encoder stops the runner before anything is sorted
+            belt = EncoderBelt(config.encoder, config.belt, clock, events)
+            belt.open()
+    except (ConfigError, ModelError, SourceSpecError, MissingLibrary, EncoderError) as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the events file went away between the check and the open
@@ -418,7 +473,7 @@ def main(argv=None):
             print(f"runner: --metrics-port {args.metrics_port} cannot be served on {args.metrics_host} "
                   f"({error.strerror}): pass a free port.", file=sys.stderr)
             return 2
-    runner = Runner(config, model, actuator, events, clock, review, telemetry)
+    runner = Runner(config, model, actuator, events, clock, review, telemetry, belt)
     if telemetry is not None:
         runner.listening += runner_listening
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -429,8 +484,9 @@ def main(argv=None):
     actuator.open()
     runner.listening += actuator.listening
     print(
-        f"runner: config '{config.path}', model '{model.path}' sha256 {model.sha256}, source {args.source}, "
-        f"actuator {config.actuator.type}, listening: {', '.join(runner.listening) or 'none'}",
+        f"runner: config '{config.path}', model '{model.path}' sha256 {model.sha256}, source {redact(args.source)}, "
+        f"actuator {config.actuator.type}, belt position {belt.endpoint if belt else 'clock'}, "
+        f"listening: {', '.join(runner.listening) or 'none'}",
         file=sys.stderr, flush=True,
     )
     started = time.perf_counter()

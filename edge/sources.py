@@ -6,6 +6,7 @@ device stops delivering, `close()`, and `live` (frames keep coming whether or no
 """
 
 import os
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ class Frame:
     capture_time: float  # clock seconds when the picture was taken (or read)
     image: object = None  # Pillow RGB image; None when the picture could not be decoded
     error: str = None  # why it could not be decoded
+    position: int = None  # the belt encoder's count at capture ([belt] position = "modbus"); None if unreadable
 
 
 class SourceError(Exception):
@@ -142,13 +144,61 @@ class CameraSource:
             self._capture.release()
 
 
+class StreamSource(CameraSource):
+    """A network camera: an RTSP or HTTP MJPEG URL opened by OpenCV's FFmpeg backend.
+
+    It is a camera as far as the runner is concerned (live: frames dropped when the model falls behind; a stream
+    that fails to open, ends or times out is reported and reconnected with the camera backoff; frame numbers go on
+    across reconnections). Opening and each read give up after `timeout_s` (the source's stall timeout), so a
+    stream that stops sending is reconnected instead of blocking the capture thread for ever.
+    """
+
+    def __init__(self, url, clock, timeout_s=10.0):
+        super().__init__(url, clock)
+        self.timeout_ms = int(timeout_s * 1000)
+
+    def open(self):
+        import cv2
+
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+        self._capture = cv2.VideoCapture(self.device, cv2.CAP_FFMPEG, params)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"stream {redact(self.device)} did not open")
+
+    def read(self):
+        ok, frame = self._capture.read()
+        if not ok or frame is None:
+            raise SourceError(f"stream {redact(self.device)} stopped delivering frames")
+        self._number += 1
+        return Frame(str(self._number), self.clock.now(), from_bgr(frame))
+
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+
+
+def redact(text):
+    """A URL or --source argument with any user:password@ replaced by ***@, for logs and events."""
+    return _CREDENTIALS.sub("***@", text)
+
+
 def parse_source(spec, source_config, clock):
-    """A source from a --source argument: folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN."""
+    """A source from a --source argument: folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN or stream:URL."""
     kind, _, target = spec.partition(":")
     if kind == "folder" and target:
         if not os.path.isdir(target):
             raise SourceSpecError(f"--source {spec}: folder '{target}' does not exist: pass an existing directory.")
         return FolderSource(target, clock, loop=source_config.loop)
+    if kind == "stream" and target:
+        scheme = target.partition("://")[0].lower()
+        if "://" not in target or scheme not in STREAM_SCHEMES:
+            raise SourceSpecError(
+                f"--source {redact(spec)}: not a stream URL: use stream:rtsp://HOST/PATH or stream:http://HOST/PATH "
+                "(MJPEG)."
+            )
+        require("cv2", "opencv-python-headless", f"--source {redact(spec)}")
+        return StreamSource(target, clock, source_config.stall_timeout_s)
     if kind in ("video", "camera") and target:
         # checked here so a missing package fails at start, not in the capture thread
         require("cv2", "opencv-python-headless", f"--source {spec}")
@@ -158,7 +208,8 @@ def parse_source(spec, source_config, clock):
             return VideoSource(target, clock, loop=source_config.loop)
         return CameraSource(int(target) if target.isdigit() else target, clock, fps=source_config.fps)
     raise SourceSpecError(
-        f"--source {spec!r} is not understood: use folder:DIR, video:FILE, camera:INDEX or camera:/dev/videoN."
+        f"--source {redact(spec)!r} is not understood: use folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN "
+        "or stream:URL (rtsp:// or http:// MJPEG)."
     )
 
 
@@ -173,8 +224,11 @@ class Capture:
 
     END = object()
 
-    def __init__(self, source, clock, events, queue_size=4, fps=0.0, retry_initial_s=0.5, retry_max_s=30.0):
+    def __init__(
+        self, source, clock, events, queue_size=4, fps=0.0, retry_initial_s=0.5, retry_max_s=30.0, stamp=None
+    ):
         self.source = source
+        self.stamp = stamp  # called on each frame as it is read (the encoder count at capture), in this thread
         self.clock = clock
         self.events = events
         self.queue_size = queue_size
@@ -261,6 +315,8 @@ class Capture:
                     continue
                 if frame is None:
                     break
+                if self.stamp is not None:
+                    self.stamp(frame)
                 if failing:
                     self.events.emit("source_recovered", errors=self.source_errors)
                     failing, backoff = False, self.retry_initial_s

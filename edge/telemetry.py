@@ -20,7 +20,7 @@ class Telemetry:
                                 registry=registry)
         self.by_bin = Counter(PREFIX + "items_by_bin", "Sorted items by bin", ["bin"], registry=registry)
         self.by_reason = Counter(PREFIX + "items_by_reason", "Sorted items by reason (confident, uncertain, late, "
-                                 "error)", ["reason"], registry=registry)
+                                 "error, no_position)", ["reason"], registry=registry)
         self.latency = {
             stage: Histogram(PREFIX + f"{stage}_seconds", text, buckets=BUCKETS, registry=registry)
             for stage, text in (

@@ -140,7 +140,7 @@ def make_runner(tmp_path):
     from edge.runner import Runner
     from edge.timing import Clock
 
-    def make(config_path, model_path, clock=None, actuator_factory=None):
+    def make(config_path, model_path, clock=None, actuator_factory=None, belt=None):
         clock = clock or Clock()
         config = load_config(config_path)
         model = Model(model_path)
@@ -155,6 +155,8 @@ def make_runner(tmp_path):
         review = None
         if config.review.dir:
             review = ReviewQueue(config.review.dir, config.review.max_items, config.review.max_mb)
-        return Runner(config, model, actuator, events, clock, review), events_path
+        if belt is not None:  # a factory (config, clock, events) -> EncoderBelt, e.g. one the test polls itself
+            belt = belt(config, clock, events)
+        return Runner(config, model, actuator, events, clock, review, belt=belt), events_path
 
     return make

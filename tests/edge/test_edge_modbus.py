@@ -76,6 +76,10 @@ def test_a_plc_reads_every_decision_of_a_folder_run_from_the_ring(tmp_path, tiny
             time.sleep(0.05)
         heartbeats = set()
         seen = _plc_reads_every_decision(client, unit, 64, len(rows), heartbeats)
+        deadline = time.monotonic() + 10
+        while len(heartbeats) < 2 and time.monotonic() < deadline:  # idle, it still beats at least 4 times a second
+            heartbeats.add(client.read_holding_registers(HEARTBEAT, count=1, device_id=unit).registers[0])
+            time.sleep(0.02)
         header = client.read_holding_registers(0, count=8, device_id=unit).registers
         counters = client.read_holding_registers(BIN_COUNTERS, count=32, device_id=unit).registers
         assert client.write_register(LAST_SEQ, 0, device_id=unit).isError()  # the PLC cannot write the map
