@@ -127,5 +127,7 @@ def test_train_py_model_auto_records_the_model_it_picked(demo_data, tmp_path):
     assert "--model auto: 16 images per class on average, no pretrained weights -> " in done.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == SMALL_DATA_RECIPE["model"]
-    assert (config["image_size"], config["epochs"]) == (32, 1)
+    assert (config["image_size"], config["epochs"]) == (32, 1)  # explicit flags win over the recipe
+    assert config["label_smoothing"] == SMALL_DATA_RECIPE["label_smoothing"]
+    assert config["warmup_epochs"] == 0  # the recipe's warm-up does not fit in 1 epoch
     assert keras.models.load_model(out / "model.keras").name == SMALL_DATA_RECIPE["model"]
