@@ -308,8 +308,9 @@ def test_training_fits_on_train_and_val_rows_only_never_calib_or_test(tmp_path, 
         return make_dataset(files, labels, *args, **kwargs)
 
     monkeypatch.setattr(loop, "make_dataset", recording_make_dataset)
-    config = resolve_config(overrides={"data": demo_data, "out": str(tmp_path / "run"), "model": "simple_cnn",
-                                       "image_size": 32, "epochs": 1, "batch_size": 16, "evaluate": False})
+    config = resolve_config(overrides={"weights": "none", "data": demo_data, "out": str(tmp_path / "run"),
+                                       "model": "simple_cnn", "image_size": 32, "epochs": 1, "batch_size": 16,
+                                       "evaluate": False})
     run = train(config)
     rows = read_split(os.path.join(run, "split.csv"), demo_data)
     files = {s: {r["file"] for r in rows if r["subset"] == s} for s in SUBSETS}
