@@ -3,7 +3,7 @@
 
 import sys
 
-from mineralnet.cli import train_main
+from mineralnet.train_cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

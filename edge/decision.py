@@ -1,6 +1,6 @@
 """From class probabilities to a bin, never sending an uncertain item to a product bin.
 
-With a calibrated sidecar (conformal prediction, written by `python -m mineralnet.calibrate`) the prediction set
+With a calibrated sidecar (conformal prediction, written by `python -m mineralnet.conformal`) the prediction set
 is {classes c with p_c >= cutoff_c}. For `split_conformal` every class has the cutoff 1 - qhat and the set holds
 the true class with probability >= 1 - alpha (over all items); for `mondrian_conformal` (`--per-class`) class c
 has its own cutoff 1 - qhat_per_class[c] and the set holds the true class with probability >= 1 - alpha for

@@ -69,7 +69,7 @@ def read_sidecar(path):
     problem = _reject_problem(sidecar.get("reject"), sidecar["labels"])
     if problem:
         raise ModelError(
-            f"sidecar '{path}' has a 'reject' {problem}: re-run python -m mineralnet.calibrate on this model."
+            f"sidecar '{path}' has a 'reject' {problem}: re-run python -m mineralnet.conformal on this model."
         )
     return sidecar
 

@@ -56,7 +56,7 @@ def test_bad_split_ratios_raise_one_clear_line():
 
 
 def test_train_cli_refuses_bad_ratios_and_too_small_classes_before_writing(tmp_path, capsys):
-    from mineralnet.cli import train_main
+    from mineralnet.train_cli import train_main
 
     root = write_dataset(tmp_path / "data", per_class=4)
     for ratios, message in (("6:-1:1:2", "error: --split-ratios must be"),

@@ -1,4 +1,4 @@
-"""Conformal calibration (mineralnet.calibrate: split and --per-class Mondrian) and the runner's use of it."""
+"""Conformal calibration (mineralnet.conformal: split and --per-class Mondrian) and the runner's use of it."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from edge.decision import Decider
 from edge.model import Model, ModelError, read_sidecar
 from edge.preprocess import open_rgb, prepare
 from edge.sources import Capture, FolderSource
-from mineralnet.calibrate import conformal_qhat, main, min_items, reject_rule
+from mineralnet.conformal import conformal_qhat, main, min_items, reject_rule
 from mineralnet.data import read_split, write_split
 
 ALPHA = 0.1
@@ -296,7 +296,7 @@ def test_a_bad_reject_block_is_refused(tiny_export, tmp_path, reject, problem):
     path.write_text(json.dumps({**sidecar, "reject": reject}))
     with pytest.raises(ModelError, match=problem) as error:
         read_sidecar(str(path))
-    assert "mineralnet.calibrate" in str(error.value)
+    assert "mineralnet.conformal" in str(error.value)
     bad_value = {**sidecar, "reject": {"method": "mondrian_conformal",
                                         "qhat_per_class": {label: -1 for label in sidecar["labels"]}}}
     path.write_text(json.dumps(bad_value))

@@ -1,6 +1,6 @@
 """Calibrate an exported model's reject rule with split conformal prediction and store it in the sidecar.
 
-    python -m mineralnet.calibrate --run RUN --model RUN/export/model_int8.tflite --alpha 0.05 [--per-class]
+    python -m mineralnet.conformal --run RUN --model RUN/export/model_int8.tflite --alpha 0.05 [--per-class]
 
 Runs the .tflite model itself (so quantisation error is calibrated too) on the `calib` rows of RUN/split.csv:
 rows that neither trained the model nor picked its best epoch, which is what the guarantee below needs. A split
