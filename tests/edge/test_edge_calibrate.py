@@ -93,16 +93,29 @@ def _truth(model, rows):
     return np.array([model.labels.index(r["label"]) for r in rows])
 
 
+def _three_part_run(tiny_export, directory):
+    """The tiny export's run with an old-style 3-part split: its calib rows become val rows."""
+    run = os.path.join(directory, "three_part_run")
+    os.makedirs(run)
+    for name in ("labels.json", "config.json"):
+        shutil.copy(os.path.join(tiny_export["run"], name), os.path.join(run, name))
+    rows = [{**r, "subset": "val" if r["subset"] == "calib" else r["subset"]}
+            for r in read_split(os.path.join(tiny_export["run"], "split.csv"))]
+    write_split(rows, os.path.join(run, "split.csv"))
+    return run
+
+
 def test_a_split_without_calib_rows_falls_back_to_val_and_says_so(tiny_export, tmp_path, capsys):
     model_path = _copy_model(tiny_export, "float32", tmp_path)
     sidecar_path = model_path[: -len(".tflite")] + ".json"
     before = json.load(open(sidecar_path))
-    assert main(["--run", tiny_export["run"], "--model", model_path, "--alpha", "0.2"]) == 0
+    run = _three_part_run(tiny_export, str(tmp_path / "runs"))
+    assert main(["--run", run, "--model", model_path, "--alpha", "0.2"]) == 0
     after = json.load(open(sidecar_path))
     reject = after.pop("reject")
     assert after == before  # nothing else changed
     assert reject == {
-        "method": "split_conformal", "subset": "val", "n": len(_rows(tiny_export["run"], "val")), "alpha": 0.2,
+        "method": "split_conformal", "subset": "val", "n": len(_rows(run, "val")), "alpha": 0.2,
         "qhat": reject["qhat"], "score": "1 - p_true", "sorted_share": reject["sorted_share"],
         "sorted_error": reject["sorted_error"],
     }
@@ -205,7 +218,7 @@ def test_per_class_warns_about_classes_with_too_few_items(tiny_export, tmp_path,
     reject = Model(model_path).reject
     assert min_items(0.2) == 4
     for label, count in reject["n_per_class"].items():
-        assert (f"class '{label}' has {count} val images, too few" in err) == (count < 4)
+        assert (f"class '{label}' has {count} {reject['subset']} images, too few" in err) == (count < 4)
         if count < 4:
             assert reject["qhat_per_class"][label] == 1.0
 
