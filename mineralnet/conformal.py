@@ -32,7 +32,8 @@ import sys
 import numpy as np
 
 from mineralnet import rundir
-from mineralnet.data import DataError, load_image
+from mineralnet.data import load_image
+from mineralnet.errors import MineralnetError, cli
 from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, write_json
 
@@ -42,7 +43,7 @@ SCORE = "1 - p_true"
 LOW_SORTED_SHARE = 0.5  # below this the runner sends most items to recheck: say so rather than let it go unseen
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MineralnetError):
     """A problem with the run, the model or the sidecar; one line naming the file and the fix."""
 
 
@@ -202,6 +203,7 @@ def report(reject, split_path):
         )
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="training run directory (config.json, labels.json, split.csv)")
@@ -215,13 +217,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}.")
-    try:
-        reject = calibrate(args.run, args.model, args.alpha, args.sidecar, args.per_class)
-    except (CalibrationError, DataError) as error:
-        print(f"calibrate: {error}", file=sys.stderr)
-        return 2
+    reject = calibrate(args.run, args.model, args.alpha, args.sidecar, args.per_class)
     report(reject, os.path.join(args.run, rundir.SPLIT))
-    return 0
 
 
 if __name__ == "__main__":

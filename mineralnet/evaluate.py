@@ -19,6 +19,7 @@ import numpy as np
 from mineralnet import rundir
 from mineralnet.baseline import features_baseline, majority_baseline, weak_model_warnings
 from mineralnet.data import SUBSETS, DataError
+from mineralnet.errors import cli
 from mineralnet.metrics import classification_report, never_predicted, report_markdown
 from mineralnet.plots import plot_confusion_matrix
 from mineralnet.utils import atomic_write_text, write_json
@@ -94,6 +95,7 @@ def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_di
     return report
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory made by train.py")
@@ -106,12 +108,7 @@ def main(argv=None):
                         help="skip the colour + texture features baseline (it decodes every training and evaluated "
                              "image once more: seconds for a thousand photos, long for a huge dataset)")
     args = parser.parse_args(argv)
-    try:
-        evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline)
-    except (rundir.RunError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline)
 
 
 if __name__ == "__main__":

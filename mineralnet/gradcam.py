@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from mineralnet import rundir
-from mineralnet.data import load_image
+from mineralnet.data import DataError, load_image
+from mineralnet.errors import cli
 
 POOLING_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
 
@@ -26,7 +27,7 @@ def feature_map_tensor(model):
     """The last 4-D feature map of `model`: the input of its last pooling/flatten layer."""
     pooling = [layer for layer in model.layers if isinstance(layer, POOLING_TYPES)]
     if not pooling:
-        raise ValueError(f"model '{model.name}' has no global pooling or flatten layer to take Grad-CAM's map from.")
+        raise rundir.RunError(f"model '{model.name}' has no global pooling or flatten layer to take Grad-CAM's map from.")
     return pooling[-1].input
 
 
@@ -36,7 +37,7 @@ def softmax_head(model):
     head = next((layer for layer in model.layers if layer.name == "predictions"), None)
     if (not isinstance(head, keras.layers.Dense) or getattr(head.activation, "__name__", None) != "softmax"
             or head.output is not model.outputs[0]):
-        raise ValueError(f"model '{model.name}' does not end in a Dense softmax layer named 'predictions': Grad-CAM "
+        raise rundir.RunError(f"model '{model.name}' does not end in a Dense softmax layer named 'predictions': Grad-CAM "
                          f"needs its logits; build the model with mineralnet.models.build_model.")
     return head
 
@@ -113,7 +114,7 @@ def gradcam_run(run_path, images, out_dir, model_path=None):
     model = run.load_model(model_path)
     missing = [path for path in images if not os.path.isfile(path)]
     if missing:
-        raise FileNotFoundError(f"image file '{missing[0]}' does not exist: pass existing files to --images.")
+        raise DataError(f"image file '{missing[0]}' does not exist: pass existing files to --images.")
     pixels = np.stack([load_image(path, run.image_size) for path in images])
     heatmaps, probabilities = gradcam_heatmaps(model, pixels)
     written = []
@@ -131,6 +132,7 @@ def gradcam_run(run_path, images, out_dir, model_path=None):
     return written
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Grad-CAM overlays of a run's model on image files.")
     parser.add_argument("--run", required=True, help="run directory made by train.py")
@@ -138,13 +140,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the overlay PNGs")
     parser.add_argument("--model", help="model file instead of RUN/model.keras")
     args = parser.parse_args(argv)
-    try:
-        for path in gradcam_run(args.run, args.images, args.out, args.model):
-            print(path)
-    except (rundir.RunError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    for path in gradcam_run(args.run, args.images, args.out, args.model):
+        print(path)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ train:val:test and in runs made before it existed), test (final measures). Train
 import os
 
 from mineralnet.data.split import read_split
+from mineralnet.errors import MineralnetError
 from mineralnet.utils import read_json
 
 CONFIG, LABELS, SPLIT, MODEL, DATA_REPORT = "config.json", "labels.json", "split.csv", "model.keras", "data_report.json"
 HISTORY, CURVES, CHECKPOINT_DIR, EVAL_DIR = "history.csv", "curves.png", "checkpoint", "eval"
 
 
-class RunError(ValueError):
+class RunError(MineralnetError):
     """A run directory that cannot be used; the message names the file and the fix."""
 
 

@@ -2,11 +2,9 @@
 
 import argparse
 import json
-import sys
 
-from mineralnet.data import DataError
-from mineralnet.models import WeightsError, list_models
-from mineralnet.training.config import ConfigError
+from mineralnet.errors import cli
+from mineralnet.models import list_models
 
 
 def _augment(text):
@@ -67,15 +65,10 @@ def train_parser():
     return p
 
 
+@cli
 def train_main(argv=None):
     from mineralnet.training import run_from_args
 
     args = vars(train_parser().parse_args(argv))
     config_file, resume = args.pop("config"), args.pop("resume")
-    try:
-        run_path = run_from_args(args, config_file, resume)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"run directory: {run_path}")
-    return 0
+    print(f"run directory: {run_from_args(args, config_file, resume)}")

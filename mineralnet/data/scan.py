@@ -3,17 +3,18 @@
 import hashlib
 import os
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mineralnet.errors import MineralnetError
 from PIL import Image
 
 from mineralnet.data.images import IMAGE_EXTENSIONS, open_rgb
 
 
-class DataError(ValueError):
+class DataError(MineralnetError):
     """A dataset problem that stops a run before anything is written; the message names the file and the fix."""
 
 
@@ -67,8 +68,8 @@ def list_classes(data_dir):
 def scan_dataset(data_dir, limit_per_class=None, seed=0, workers=8):
     """Check every image under `data_dir`; return (classes, samples, report).
 
-    Unreadable, zero-byte, truncated and non-image files are skipped with one warning each and listed in the
-    report; an empty class folder raises DataError. `limit_per_class` keeps a seeded random subset per class
+    Unreadable, zero-byte, truncated and non-image files are skipped and listed in the report (train.py prints
+    one line for each); an empty class folder raises DataError. `limit_per_class` keeps a seeded random subset per class
     (for quick runs) before checking.
     """
     classes = list_classes(data_dir)
@@ -94,7 +95,6 @@ def scan_dataset(data_dir, limit_per_class=None, seed=0, workers=8):
     samples, skipped = [], []
     for (path, label), hashes, reason in results:
         if hashes is None:
-            warnings.warn(f"skipping unreadable image {os.path.join(data_dir, path)} ({reason})", stacklevel=2)
             skipped.append({"path": path, "reason": reason})
         else:
             samples.append(Sample(path, label, *hashes))

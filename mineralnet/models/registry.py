@@ -6,6 +6,8 @@ Each entry says what it accepts as `weights`, so that one place checks them and 
 
 import os
 
+from mineralnet.errors import MineralnetError
+
 _BUILDERS = {}
 _FIXED_SIZE = set()
 _IMAGENET = {}  # name -> function(input_shape) building its backbone with Keras' ImageNet weights (downloads)
@@ -13,7 +15,7 @@ _NO_LOCAL_WEIGHTS = set()
 DOWNLOAD_FAILURE = "URL fetch failure"  # how keras.utils.get_file words a failed download
 
 
-class WeightsError(ValueError):
+class WeightsError(MineralnetError):
     """Pretrained weights that cannot be had (no internet, no such file, none for that model); one line with
     the fix."""
 

@@ -9,6 +9,7 @@ transfer learning as `--weights imagenet`, without a download.
 import argparse
 import sys
 
+from mineralnet.errors import cli
 from mineralnet.models.registry import _IMAGENET, DOWNLOAD_FAILURE, WeightsError, list_models, offline_error
 from mineralnet.utils import atomic_path
 
@@ -34,19 +35,15 @@ def save_backbone_weights(name, path, backbone=None):
     return path
 
 
+@cli
 def main(argv=None):
     models = [name for name in list_models() if name in _IMAGENET]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=models, help="registry model whose backbone to save")
     parser.add_argument("--out", required=True, help="weights file to write, ending in .weights.h5")
     args = parser.parse_args(argv)
-    try:
-        path = save_backbone_weights(args.model, args.out)
-    except WeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path = save_backbone_weights(args.model, args.out)
     print(f"saved {args.model}'s ImageNet backbone weights to {path}: train with --weights {path}")
-    return 0
 
 
 if __name__ == "__main__":

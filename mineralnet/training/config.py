@@ -5,6 +5,7 @@ import math
 import os
 
 from mineralnet.data.pipeline import AugmentConfig
+from mineralnet.errors import MineralnetError
 from mineralnet.models.registry import takes_any_size
 
 DEFAULTS = {
@@ -52,7 +53,7 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(MineralnetError):
     """A configuration problem, found before anything is written."""
 
 
