@@ -106,9 +106,6 @@ def _selective_int8(converter):
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
     keep_float = sorted(name for name in tensor_names(calibrated) if FLOAT_MARKER in name)
-    if not keep_float:  # no rewritten LayerNorm: exactly the converter's own int8 path
-        converter._experimental_calibrate_only = False
-        return converter.convert()
     return tflite_convert.mlir_quantize(
         calibrated,
         disable_per_channel=converter._experimental_disable_per_channel,

@@ -116,18 +116,22 @@ def _check_accuracy_drop(plan, fmt, results):
 
 
 class _ExportModels:
-    """The clones converted instead of plan.model (mineralnet.export.rewrite): the exact rewrite for float
-    formats, the one with GELU approximated for int8; each made once, on first use."""
+    """The clones converted instead of plan.model (mineralnet.export.rewrite): the exact rewrite for float32 and
+    float16, without the depthwise split for dynamic, with GELU approximated for int8; each made once."""
 
     def __init__(self, model):
         self.model, self.clones, self.rewrites = model, {}, {}
 
     def get(self, fmt):
-        gelu = INTEGER_GELU if fmt in FULL_INTEGER else None
-        if gelu not in self.clones:
-            self.clones[gelu], counts = rewrite_for_export(self.model, gelu=gelu)
-            self.rewrites["exact" if gelu is None else f"int8 (GELU: {gelu} form)"] = counts
-        return self.clones[gelu]
+        if fmt in FULL_INTEGER:
+            variant, options = f"int8 (GELU: {INTEGER_GELU} form)", {"gelu": INTEGER_GELU}
+        elif fmt == "dynamic":
+            variant, options = "dynamic (7x7 depthwise kept)", {"split_depthwise": False}
+        else:
+            variant, options = "exact", {}
+        if variant not in self.clones:
+            self.clones[variant], self.rewrites[variant] = rewrite_for_export(self.model, **options)
+        return self.clones[variant]
 
 
 def complete_export(plan):

@@ -9,6 +9,9 @@ Exact (every format; the same function up to float rounding, tests/export/test_r
   as named ops, so the int8 conversion can keep exactly those in float (`FLOAT_MARKER`): XNNPACK runs int8
   RSQRT / SQUARED_DIFFERENCE nowhere and refuses int8 `var + eps` (eps is < 1/1024 of the output scale).
 
+- resnet50/vgg19's CaffePreprocessing (RGB->BGR flip, mean subtraction) becomes a 1x1 convolution: int8
+  REVERSE_V2 is not delegated.
+
 Approximate (integer formats only): GELU, which XNNPACK runs in float only, becomes x * sigmoid(1.702 x), built
 from int8 MUL and LOGISTIC (`GELU_APPROXIMATIONS`; the choice was measured, see docs/export.md).
 """
@@ -171,9 +174,9 @@ def _is_exact_gelu(layer):
     return type(layer) is keras.layers.Activation and getattr(layer.activation, "__name__", "") == "gelu"
 
 
-def _replacement(layer, gelu):
+def _replacement(layer, gelu, split_depthwise):
     """(new layer built to the old one's weight shapes, function old weights -> new weights), or None."""
-    if _is_long_depthwise(layer):
+    if split_depthwise and _is_long_depthwise(layer):
         new = SplitDepthwiseConv2D(layer.kernel_size, layer.padding, layer.use_bias, name=layer.name)
         new.build((None, None, None, layer.filters))
         # Conv2D with groups=C keeps its kernel as (kh, kw, 1, C); a depthwise kernel is (kh, kw, C, 1).
@@ -184,6 +187,14 @@ def _replacement(layer, gelu):
         return new, list
     if gelu and _is_exact_gelu(layer):
         return ApproximateGelu(gelu, name=layer.name), list
+    if type(layer).__name__ == "CaffePreprocessing":
+        # RGB->BGR flip and mean subtraction as a 1x1 convolution (a permutation kernel of ones, the negated
+        # means as bias): exact, and XNNPACK delegates it, where int8 REVERSE_V2 stays outside.
+        new = keras.layers.Conv2D(3, 1, name=layer.name)
+        new.build((None, None, None, 3))
+        kernel = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
+        from mineralnet.models.applications import CAFFE_BGR_MEAN
+        return new, lambda weights: [kernel, -np.asarray(CAFFE_BGR_MEAN, np.float32)]
     return None
 
 
@@ -198,11 +209,15 @@ def _leaves(model):
     return out
 
 
-def rewrite_for_export(model, gelu=None):
+def rewrite_for_export(model, gelu=None, split_depthwise=True):
     """A clone of functional/Sequential `model` with the rewrites above (`gelu`: None keeps GELU exact, else a
     key of GELU_APPROXIMATIONS), its weights copied; `model` itself is untouched. Nested Sequential models
     (ConvNeXt's stem and downsampling blocks) are rewritten too. Returns (clone, {rewritten layer type: count});
-    a subclassed model, which has no graph to rewrite, comes back as it is with no counts."""
+    a subclassed model, which has no graph to rewrite, comes back as it is with no counts.
+
+    split_depthwise=False is for the dynamic-range format: XNNPACK delegates no DEPTHWISE_CONV_2D with int8
+    weights and float activations (measured: each slab split the delegate), while it does take the original
+    grouped CONV_2D; that format keeps the slow 7x7 path rather than 16 partitions."""
     if gelu is not None and gelu not in GELU_APPROXIMATIONS:
         raise ValueError(f"unknown GELU approximation '{gelu}': choose from {', '.join(GELU_APPROXIMATIONS)}.")
     if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False) \
@@ -211,7 +226,7 @@ def rewrite_for_export(model, gelu=None):
     converters = {}
 
     def clone(layer):
-        plan = _replacement(layer, gelu)
+        plan = _replacement(layer, gelu, split_depthwise)
         if plan is None:
             return layer.__class__.from_config(layer.get_config())
         converters[id(plan[0])] = plan[1]
