@@ -74,15 +74,29 @@ def test_old_eca_model_file_loads_and_computes_the_same():
     assert np.abs(model.predict(x, verbose=0) - saved[:, 8 * 8 * 3:]).max() <= 1e-6
 
 
-def test_every_format_is_one_xnnpack_partition(exported):
+def test_report_lists_partitions_read_from_each_file(exported):
+    """Float formats of the tiny run are one partition with nothing outside; the report holds what the files
+    give. (Its 2-epoch int8 is not checked for one partition: LayerScale still near its 1e-6 init makes residual
+    branches < 1/1024 of the residual's range, an int8 ADD XNNPACK refuses; trained models are not like that.)"""
     report = read_json(os.path.join(exported[0], "report.json"))
     for fmt in FORMATS:
         with open(os.path.join(exported[0], f"model_{fmt}.tflite"), "rb") as handle:
             measured = delegation(handle.read())  # counted from the interpreter, not from the report
-        assert measured["partitions"] == 1, (fmt, measured)
-        assert set(measured["outside"]) <= (ALLOWED_OUTSIDE if fmt == "int8" else set()), (fmt, measured)
         assert report["formats"][fmt]["xnnpack"] == measured
-    assert "1 partition, outside: QUANTIZE x2" in exported[1]  # the table shows it
+        if fmt != "int8":
+            assert measured == {"partitions": 1, "outside": {}}, (fmt, measured)
+    assert "1 partition, outside: nothing" in exported[1]  # the table shows it
+
+
+def test_int8_of_a_tiny_eca_convnext_is_one_xnnpack_partition():
+    """Weights random at a trained model's scale (LayerScale ~1, not its 1e-6 init), 64 px, the export's int8
+    path: exactly one DELEGATE node and only the uint8<->int8 QUANTIZE of input and output outside it."""
+    keras.utils.set_random_seed(0)
+    model = _randomise(build_model("eca_convnext_tiny", 4, (64, 64, 3)))
+    images = np.random.RandomState(0).randint(0, 256, (8, 64, 64, 3)).astype(np.uint8)
+    clone, _ = rewrite_for_export(model, gelu="sigmoid")
+    measured = delegation(convert(clone, "int8", 64, images))
+    assert measured["partitions"] == 1 and set(measured["outside"]) <= ALLOWED_OUTSIDE, measured
 
 
 def test_delegation_counts_the_partitions_of_an_unrewritten_int8_file():
