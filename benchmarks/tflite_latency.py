@@ -13,7 +13,6 @@ gives XNNPACK's MAC rate on this CPU; the floor of a format is ConvNeXt-T's MACs
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
