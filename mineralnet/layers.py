@@ -50,8 +50,11 @@ class ECA(keras.layers.Layer):
         weights = ops.conv(
             ops.expand_dims(pooled, -1), ops.cast(self.kernel, "float32"), strides=1, padding="same"
         )  # (batch, channels, 1): the channel axis is the convolution's spatial axis
-        weights = ops.sigmoid(weights[:, :, 0])
-        return inputs * ops.cast(weights[:, None, None, :], inputs.dtype)
+        # Reshapes, not `[:, :, 0]` / `[:, None, None, :]` indexing: the same values, but indexing becomes
+        # STRIDED_SLICE in TFLite, which the XNNPACK delegate does not take, splitting the graph at every ECA.
+        channels = ops.shape(inputs)[-1]
+        weights = ops.sigmoid(ops.reshape(weights, (-1, channels)))
+        return inputs * ops.cast(ops.reshape(weights, (-1, 1, 1, channels)), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -7,7 +7,7 @@ import sys
 from mineralnet.export.calibration import CALIBRATION_SAMPLES
 from mineralnet.export.convert import ALL_FORMATS, FORMATS
 from mineralnet.export.errors import ExportError
-from mineralnet.export.pipeline import export_run
+from mineralnet.export.pipeline import MAX_ACCURACY_DROP, export_run
 from mineralnet.export.qat.process import QatOptions
 from mineralnet.export.report import markdown_table
 
@@ -35,12 +35,16 @@ def build_parser():
     parser.add_argument("--prune-sparsity", type=float, default=None,
                         help="also export float32_pruned: this fraction of the weights (e.g. 0.5) pruned to zero "
                         "with tfmot and fine-tuned; smaller gzip download, no speed-up (see report.md)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP,
+                        help=f"fail the export (exit 2, nothing written) if a quantized format's test accuracy is "
+                             f"more than this many percentage points below float32's (default "
+                             f"{MAX_ACCURACY_DROP:g}); raise it only knowingly, e.g. for a tiny test subset")
     parser.add_argument("--out", default=None, help="output directory (default: RUN/export)")
     return parser
 
 
 def main(argv=None):
-    """Run the export; returns the exit status (0 ok, 1 export error, 130 interrupted)."""
+    """Run the export; returns the exit status (0 ok, 1 export error, 2 accuracy gate, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     log = logging.getLogger("mineralnet.export")
     handler = logging.StreamHandler(sys.stderr)  # progress: conversion and verification take minutes
@@ -50,10 +54,10 @@ def main(argv=None):
     log.setLevel(logging.INFO)
     try:
         qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
-        report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat)
+        report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat, args.max_accuracy_drop)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_status
     except KeyboardInterrupt:
         print("error: interrupted; no partial model or sidecar was left behind.", file=sys.stderr)
         return 130

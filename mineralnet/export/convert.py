@@ -4,7 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from mineralnet.export.errors import ExportError
-from mineralnet.export.operators import check_no_flex
+from mineralnet.export.operators import check_no_flex, tensor_names
+from mineralnet.export.rewrite import FLOAT_MARKER
 
 FORMATS = ("float32", "float16", "dynamic", "int8")  # the default set
 QAT_FORMAT = "int8_qat"  # opt-in: quantization-aware training in a tf_keras child process (mineralnet.export.qat)
@@ -78,7 +79,10 @@ def convert(model, fmt, image_size, calibration_images=None):
     """
     converter = make_converter(model, fmt, image_size, calibration_images)
     try:
-        model_bytes = converter.convert()
+        if fmt == "int8":
+            model_bytes = _selective_int8(converter)
+        else:
+            model_bytes = converter.convert()
     except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(
@@ -87,3 +91,27 @@ def convert(model, fmt, image_size, calibration_images=None):
         ) from None
     check_no_flex(model_bytes, fmt)
     return model_bytes
+
+
+def _selective_int8(converter):
+    """Full-integer conversion that leaves the ops named with FLOAT_MARKER (LayerNorm statistics, written so by
+    mineralnet.export.rewrite) and SOFTMAX in float, and quantises everything else as `converter.convert()`
+    would. XNNPACK runs those ops in float only: quantised, each would split the delegate.
+
+    This is the converter's selective quantization: calibrate only, then quantize the calibrated model with a
+    denylist of nodes, as tf.lite.experimental.QuantizationDebugger does. `mlir_quantize` is private TensorFlow
+    API; tests/export/test_rewrite.py pins what this relies on (uint8 in/out, marked ops float)."""
+    from tensorflow.lite.python import convert as tflite_convert  # private: see the docstring
+
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    keep_float = sorted(name for name in tensor_names(calibrated) if FLOAT_MARKER in name)
+    return tflite_convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=converter._experimental_disable_per_channel,
+        input_data_type=tf.uint8,
+        output_data_type=tf.uint8,
+        denylisted_nodes=keep_float,
+        denylisted_ops=["SOFTMAX"],
+        disable_per_channel_for_dense_layers=converter._experimental_disable_per_channel_quantization_for_dense_layers,
+    )

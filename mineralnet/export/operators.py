@@ -30,6 +30,16 @@ def list_operators(model_bytes):
     return counts
 
 
+def tensor_names(model_bytes):
+    """Names of every tensor of every subgraph (the converter names them after the TensorFlow ops)."""
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    names = []
+    for graph_index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(graph_index)
+        names += [graph.Tensors(index).Name().decode() for index in range(graph.TensorsLength())]
+    return names
+
+
 def check_no_flex(model_bytes, what):
     """Raise ExportError naming every Flex (TensorFlow Select) op in the model: edge runtimes have none."""
     flex = sorted(name for name in list_operators(model_bytes) if name.startswith("Flex"))

@@ -2,16 +2,20 @@
 
 import os
 
+from mineralnet.export.delegation import describe
 from mineralnet.export.verify import LATENCY_RUNS
 
 _COLUMNS = (
     "format", "size MB", "accuracy", "macro P", "macro R", "agree w/ Keras", "mean abs Δp", "max abs Δp",
-    "1 thread p50/p90 ms", "2 threads p50/p90 ms", "input → output",
+    "1 thread p50/p90 ms", "2 threads p50/p90 ms", "input → output", "XNNPACK",
 )
 
 
-def build_report(run, out_dir, created, source_sha256, keras_metrics, results, calibration_images, min_agreement):
-    """`results` maps format -> the dict of `verify.verify` plus `file` and `operators`."""
+def build_report(run, out_dir, created, source_sha256, keras_metrics, results, calibration_images, min_agreement,
+                 max_accuracy_drop=None, rewrites=None):
+    """`results` maps format -> the dict of `verify.verify` plus `file`, `operators` and `xnnpack` (delegate
+    partitions and the ops left outside, mineralnet.export.delegation); `rewrites` the layers the export
+    rewrote (mineralnet.export.rewrite), per variant."""
     return {
         "run": run.path,
         "out_dir": os.path.abspath(out_dir),
@@ -24,7 +28,11 @@ def build_report(run, out_dir, created, source_sha256, keras_metrics, results, c
             "float32_min_agreement_with_keras": min_agreement,
             "float32_agreement_with_keras": results["float32"]["agreement_with_keras"],
             "passed": results["float32"]["agreement_with_keras"] >= min_agreement,
+            "max_accuracy_drop_points": max_accuracy_drop,
+            "accuracy_drop_points": {fmt: 100.0 * (results["float32"]["accuracy"] - result["accuracy"])
+                                     for fmt, result in results.items() if fmt != "float32"},
         },
+        "rewrites": rewrites or {},
         "keras": keras_metrics,
         "formats": results,
     }
@@ -43,14 +51,15 @@ def markdown_table(report):
         "|" + "|".join("---" for _ in _COLUMNS) + "|",
         f"| keras (reference) | {keras_row['size_bytes'] / 1e6:.1f} | {keras_row['accuracy']:.2%} | "
         f"{keras_row['macro_precision']:.2%} | {keras_row['macro_recall']:.2%} | – | – | – | – | – | "
-        "float32 → float32 |",
+        "float32 → float32 | – |",
     ]
     for fmt, result in report["formats"].items():
         lines.append(
             f"| {fmt} | {result['size_bytes'] / 1e6:.1f} | {result['accuracy']:.2%} | "
             f"{result['macro_precision']:.2%} | {result['macro_recall']:.2%} | {result['agreement_with_keras']:.2%} | "
             f"{result['mean_abs_prob_diff']:.2e} | {result['max_abs_prob_diff']:.2e} | {_latency(result, 1)} | "
-            f"{_latency(result, 2)} | {result['input']['dtype']} → {result['output']['dtype']} |"
+            f"{_latency(result, 2)} | {result['input']['dtype']} → {result['output']['dtype']} | "
+            f"{describe(result['xnnpack']) if 'xnnpack' in result else '–'} |"
         )
     return "\n".join(lines)
 
@@ -86,6 +95,12 @@ def _child_sections(report):
     return "\n" + "\n".join(lines) + "\n"
 
 
+def _rewrites(rewrites):
+    parts = [f"{variant}: " + (", ".join(f"{count} {kind}" for kind, count in counts.items()) or "none")
+             for variant, counts in rewrites.items()]
+    return "; ".join(parts) or "none"
+
+
 def markdown_report(report):
     gate = report["gate"]
     return (
@@ -95,7 +110,10 @@ def markdown_report(report):
         f"- measured on the {report['test_images']} test images of split.csv; int8 calibrated on "
         f"{report['calibration_images']} training images\n"
         f"- gate: float32 agrees with Keras on {gate['float32_agreement_with_keras']:.2%} of test images "
-        f"(needs ≥ {gate['float32_min_agreement_with_keras']:.1%}): {'passed' if gate['passed'] else 'FAILED'}\n"
+        f"(needs ≥ {gate['float32_min_agreement_with_keras']:.1%}): {'passed' if gate['passed'] else 'FAILED'}; "
+        f"quantized formats may lose at most {gate.get('max_accuracy_drop_points', 0):g} points of test accuracy "
+        f"against float32\n"
+        f"- rewrites for XNNPACK (on a clone of model.keras): {_rewrites(report.get('rewrites', {}))}\n"
         f"- latency: one image, batch 1, LiteRT interpreter (XNNPACK) on this machine; p50 / p90 over "
         f"{report['latency_runs']} invocations\n\n"
         f"{markdown_table(report)}\n{_child_sections(report)}"
