@@ -6,7 +6,7 @@ import sys
 
 from mineralnet.export.calibration import CALIBRATION_SAMPLES
 from mineralnet.export.convert import ALL_FORMATS, FORMATS
-from mineralnet.export.errors import ExportError
+from mineralnet.errors import cli
 from mineralnet.export.pipeline import MAX_ACCURACY_DROP, export_run
 from mineralnet.export.qat.process import QatOptions
 from mineralnet.export.report import markdown_table
@@ -43,8 +43,10 @@ def build_parser():
     return parser
 
 
+@cli
 def main(argv=None):
-    """Run the export; returns the exit status (0 ok, 1 export error, 2 accuracy gate, 130 interrupted)."""
+    """Run the export; returns the exit status (0 ok, 2 an ExportError, printed as one line by @cli; 130
+    interrupted)."""
     args = build_parser().parse_args(argv)
     log = logging.getLogger("mineralnet.export")
     handler = logging.StreamHandler(sys.stderr)  # progress: conversion and verification take minutes
@@ -55,9 +57,6 @@ def main(argv=None):
     try:
         qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
         report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat, args.max_accuracy_drop)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_status
     except KeyboardInterrupt:
         print("error: interrupted; no partial model or sidecar was left behind.", file=sys.stderr)
         return 130
@@ -66,4 +65,3 @@ def main(argv=None):
     print(markdown_table(report))
     print(f"\nwrote {len(report['formats'])} model(s), their sidecars, labels.txt and report.md/.json to "
           f"{report['out_dir']}")
-    return 0

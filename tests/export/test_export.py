@@ -209,9 +209,10 @@ def test_split_whose_images_are_gone(assert_fails, link_run, tiny_run, tmp_path)
                  out_dir=os.path.join(run, "export"))
 
 
-def test_script_exits_non_zero_with_one_error_line(tmp_path):
-    done = subprocess.run([sys.executable, "export.py", "--run", str(tmp_path / "nope")], cwd=REPO,
+@pytest.mark.parametrize("command", [["export.py"], ["-m", "mineralnet.export"]])
+def test_script_exits_non_zero_with_one_error_line(tmp_path, command):
+    done = subprocess.run([sys.executable, *command, "--run", str(tmp_path / "nope")], cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: run directory '{tmp_path / 'nope'}' does not exist"), done.stderr
