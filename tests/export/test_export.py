@@ -162,12 +162,12 @@ def test_gate_fails_when_the_converted_model_differs_from_the_reference(tiny_run
 
 @pytest.fixture
 def assert_fails(run_cli):
-    """assert_fails(argv, *texts, out_dir=None): the CLI exits 1 with one `error: ` line holding every text,
+    """assert_fails(argv, *texts, out_dir=None): the CLI exits 2 with one `error: ` line holding every text,
     and writes no `out_dir`."""
 
     def check(argv, *expected, out_dir=None):
         code, stdout, stderr = run_cli(argv)
-        assert code == 1 and stdout == ""
+        assert code == 2 and stdout == ""
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), stderr
         for text in expected:

@@ -121,7 +121,7 @@ def test_keras3_still_in_charge_after_qat(qat_exported):
 
 def test_bad_prune_sparsity_fails_before_loading_anything(run_cli, tiny_run, tmp_path):
     code, stdout, stderr = run_cli(["--run", tiny_run, "--prune-sparsity", "1.5", "--out", str(tmp_path / "out")])
-    assert code == 1 and stderr.strip().startswith("error: --prune-sparsity") and not (tmp_path / "out").exists()
+    assert code == 2 and stderr.strip().startswith("error: --prune-sparsity") and not (tmp_path / "out").exists()
 
 
 def test_missing_qat_extra_names_the_install_command(monkeypatch):
