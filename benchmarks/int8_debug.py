@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from mineralnet.export.calibration import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402
+from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402
 from mineralnet.export.convert import make_converter  # noqa: E402
 from mineralnet.export.verify import make_interpreter  # noqa: E402
 from mineralnet.rundir import Run  # noqa: E402

@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from mineralnet import build_model  # noqa: E402
 from mineralnet.export import convert  # noqa: E402
-from mineralnet.export.calibration import calibration_rows, load_images  # noqa: E402
+from mineralnet.export.representative import calibration_rows, load_images  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.rewrite import rewrite_for_export  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles, predict  # noqa: E402

@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from mineralnet.export.calibration import CALIBRATION_SAMPLES
+from mineralnet.export.representative import CALIBRATION_SAMPLES
 from mineralnet.export.convert import ALL_FORMATS, FORMATS
 from mineralnet.errors import cli
 from mineralnet.export.pipeline import MAX_ACCURACY_DROP, export_run

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from mineralnet.export.calibration import CALIBRATION_SAMPLES, calibration_rows, load_images
+from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images
 from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_formats
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError

@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mineralnet.export import (
     FORMATS, MIN_FLOAT32_AGREEMENT, ExportError, check_no_flex, complete_export, list_operators, prepare_export,
 )
-from mineralnet.export.calibration import calibration_rows
+from mineralnet.export.representative import calibration_rows
 from mineralnet.utils import read_json, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
