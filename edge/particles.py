@@ -1,0 +1,217 @@
+"""Many particles on a wide belt: find each one in a camera frame, without TensorFlow (OpenCV and numpy only).
+
+The belt is a known, roughly uniform background. A background model (per-pixel median of empty-belt frames) is
+subtracted from each frame; a pixel whose colour differs from the belt's by more than `threshold` (largest
+difference of the three channels, 0-255) is a particle pixel. Morphology removes sensor noise and closes small
+gaps; each outer contour, filled, is one blob (holes, e.g. a specimen's dark spots that match the belt, belong to
+it). A blob that is not convex enough (touching particles leave a neck) is split by distance transform +
+watershed. Blobs whose size (diameter of the circle of the same area, in mm: `mm_per_px`) is below `min_mm` or
+above `max_mm` are dropped and counted, never classified.
+
+The belt changes slowly (dust, wear, light): where no particle is (the particle mask dilated by a margin), the
+background moves towards the frame by `background_rate` per frame (an exponential mean; 0.02 forgets half of an
+old belt in about 35 frames), so a particle lying still for a while is not learned as belt.
+
+Preprocessing contract for a particle's crop (what the classifier sees; training's photos must look like it): a
+square centred on the particle's bounding box, side = the box's longer side x (1 + 2 x `pad`), so the specimen is
+centred with a margin of belt on every side; pixels of *other* particles and pixels beyond the frame are replaced
+by the background model's belt, so each crop shows one specimen on belt. RGB uint8, at camera resolution: the
+runner resizes it to the model's size with Pillow BILINEAR like any picture (edge/preprocess.py). Train on photos of
+single specimens on the same belt (or a belt-coloured background) with the same margin.
+"""
+
+import math
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Particle:
+    """One particle in a frame. Pixel coordinates are the frame's: x across the belt, y along it."""
+
+    index: int  # 0.. in the frame, ordered by y then x
+    centroid: tuple  # (x, y) px
+    bbox: tuple  # (x, y, width, height) px
+    area_px: int
+    area_mm2: float
+    size_mm: float  # diameter of the circle of the same area
+    lanes: tuple  # valve lanes its x-extent covers (empty without [valves] or when off the valve bar)
+    split: bool  # True when it was cut out of a blob of touching particles
+    crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
+
+
+@dataclass
+class Segmentation:
+    particles: list
+    too_small: int = 0  # blobs below min_mm (noise, fines)
+    too_large: int = 0  # blobs above max_mm (a clump that could not be split, a foreign object)
+    mask: np.ndarray = field(default=None, repr=False)  # uint8 particle mask of the frame (255 = particle)
+
+
+class BackgroundModel:
+    """The empty belt: per-pixel BGR median of a few empty frames, then a slow running mean where no particle is."""
+
+    def __init__(self, frames, rate=0.02):
+        frames = [np.asarray(f) for f in frames]
+        if not frames:
+            raise ValueError("the background model needs at least one empty-belt frame")
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1 or frames[0].ndim != 3 or frames[0].shape[2] != 3:
+            raise ValueError(f"empty-belt frames must all be BGR pictures of one size, got shapes {sorted(shapes)}")
+        self.mean = np.median(np.stack(frames), axis=0).astype(np.float32)
+        self.rate = float(rate)
+        self._refresh()
+
+    def _refresh(self):
+        self.image = cv2.convertScaleAbs(self.mean)
+        self.colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)  # beyond the frame
+
+    def difference(self, frame):
+        """Largest per-channel absolute difference from the belt, uint8 (one channel)."""
+        diff = cv2.absdiff(frame, self.image)
+        return cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+
+    def update(self, frame, particle_mask, margin_px):
+        """Learn the frame where no particle is (the mask dilated by `margin_px`), at `rate`."""
+        if self.rate <= 0:
+            return
+        if margin_px > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+            particle_mask = cv2.dilate(particle_mask, kernel)
+        cv2.accumulateWeighted(frame, self.mean, self.rate, mask=cv2.bitwise_not(particle_mask))
+        self._refresh()
+
+
+def lanes_of(x0_mm, x1_mm, valves):
+    """Valve lanes covered by the belt span [x0_mm, x1_mm): lane i is [first + i*lane, first + (i+1)*lane)."""
+    if valves is None or x1_mm <= x0_mm:
+        return ()
+    first = math.floor((x0_mm - valves.first_lane_mm) / valves.lane_mm)
+    last = math.ceil((x1_mm - valves.first_lane_mm) / valves.lane_mm) - 1
+    return tuple(range(max(first, 0), min(last, valves.count - 1) + 1))
+
+
+class Segmenter:
+    """Frame -> particles. `particles`: the config's ParticlesConfig; `valves`: ValvesConfig or None."""
+
+    def __init__(self, particles, background, valves=None):
+        self.cfg = particles
+        self.valves = valves
+        self.background = background
+        self.mm_per_px = particles.mm_per_px
+        px = 1.0 / particles.mm_per_px
+        self.min_area_px = math.pi / 4 * (particles.min_mm * px) ** 2
+        self.max_area_px = math.pi / 4 * (particles.max_mm * px) ** 2
+        # Opening removes specks well under the smallest particle; closing bridges thin gaps inside a specimen.
+        open_px = max(1, min(5, int(particles.min_mm * px / 4)) | 1)
+        self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px))
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
+
+    def segment(self, frame, learn=True):
+        """The particles of one BGR frame (uint8, the background's size); learns the belt where none is."""
+        frame = np.asarray(frame)
+        if frame.shape != self.background.image.shape:
+            raise ValueError(
+                f"frame of shape {frame.shape} does not match the empty-belt frames ({self.background.image.shape})"
+            )
+        _, mask = cv2.threshold(self.background.difference(frame), self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        labels = np.zeros(mask.shape, np.int32)
+        blobs, too_small = [], 0
+        for contour in contours:
+            if cv2.contourArea(contour) < self.min_area_px * 0.5:  # noise: cheaper to drop before filling
+                too_small += 1
+                continue
+            blobs.append(contour)
+        filled = np.zeros_like(mask)
+        for contour in blobs:
+            cv2.drawContours(filled, [contour], -1, 255, cv2.FILLED)
+        regions = []  # (label, bbox, split) per candidate particle
+        for contour in blobs:
+            x, y, w, h = cv2.boundingRect(contour)
+            blob = np.zeros((h, w), np.uint8)
+            cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
+            parts = self._split(blob, contour) if self.cfg.split else [blob]
+            for part in parts:
+                regions.append((part, x, y, len(parts) > 1))
+        particles, too_large, kept = [], 0, []
+        for part, x, y, was_split in regions:
+            area = int(cv2.countNonZero(part))
+            if area < self.min_area_px:
+                too_small += 1
+                continue
+            if area > self.max_area_px:
+                too_large += 1
+                continue
+            kept.append((part, x, y, was_split, area))
+        for number, (part, x, y, _, _) in enumerate(kept, start=1):
+            view = labels[y:y + part.shape[0], x:x + part.shape[1]]
+            view[part > 0] = number
+        for number, (part, x, y, was_split, area) in enumerate(kept, start=1):
+            particles.append(self._particle(frame, labels, number, part, x, y, was_split, area))
+        particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
+        particles = [replace(p, index=i) for i, p in enumerate(particles)]
+        if learn:
+            self.background.update(frame, filled, self._margin_px)
+        return Segmentation(particles, too_small, too_large, filled)
+
+    def _split(self, blob, contour):
+        """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
+
+        Markers are the parts of the distance map above `split_level` of its peak; each marker becomes a particle,
+        and the watershed gives every blob pixel to the nearest marker across the distance map's ridges.
+        """
+        hull_area = cv2.contourArea(cv2.convexHull(contour))
+        if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
+            return [blob]
+        dist = cv2.distanceTransform(blob, cv2.DIST_L2, 5)
+        peak = float(dist.max())
+        count, markers = cv2.connectedComponents((dist > self.cfg.split_level * peak).astype(np.uint8))
+        if count <= 2:  # background + one marker: one particle
+            return [blob]
+        markers = markers.astype(np.int32) + 1  # 1 = surely belt, 2.. = particles, 0 = to decide
+        markers[(blob > 0) & (markers == 1)] = 0
+        padded = cv2.copyMakeBorder(markers, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+        shade = cv2.copyMakeBorder(
+            cv2.cvtColor(cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR),
+            1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0,
+        )
+        cv2.watershed(255 - shade, padded)
+        padded = padded[1:-1, 1:-1]
+        return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, count + 1)]
+
+    def _particle(self, frame, labels, number, part, x, y, was_split, area):
+        moments = cv2.moments(part, binaryImage=True)
+        cx, cy = x + moments["m10"] / moments["m00"], y + moments["m01"] / moments["m00"]
+        px, py, w, h = cv2.boundingRect(part)
+        bbox = (x + px, y + py, w, h)
+        mm = self.mm_per_px
+        area_mm2 = area * mm * mm
+        return Particle(
+            index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
+            size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
+            lanes=lanes_of(bbox[0] * mm, (bbox[0] + w) * mm, self.valves), split=was_split,
+            crop=self._crop(frame, labels, number, bbox),
+        )
+
+    def _crop(self, frame, labels, number, bbox):
+        """The padded square crop of one particle, others and off-frame pixels replaced by the belt (RGB)."""
+        x, y, w, h = bbox
+        side = int(math.ceil(max(w, h) * (1 + 2 * self.cfg.pad)))
+        x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+        height, width = labels.shape
+        belt = self.background.image
+        crop = np.empty((side, side, 3), np.uint8)
+        crop[:] = self.background.colour
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+        window = frame[fy0:fy1, fx0:fx1]
+        own = labels[fy0:fy1, fx0:fx1]
+        crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = np.where(
+            ((own == number) | (own == 0))[..., None], window, belt[fy0:fy1, fx0:fx1]
+        )
+        return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
