@@ -78,7 +78,7 @@ class BackgroundModel:
         if self.rate <= 0:
             return
         if margin_px > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin_px + 1, 2 * margin_px + 1))  # separable: fast
             particle_mask = cv2.dilate(particle_mask, kernel)
         cv2.accumulateWeighted(frame, self.mean, self.rate, mask=cv2.bitwise_not(particle_mask))
         self._refresh()
@@ -209,9 +209,10 @@ class Segmenter:
         crop = np.empty((side, side, 3), np.uint8)
         crop[:] = self.background.colour
         fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
-        window = frame[fy0:fy1, fx0:fx1]
+        inside = crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+        inside[:] = frame[fy0:fy1, fx0:fx1]
         own = labels[fy0:fy1, fx0:fx1]
-        crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = np.where(
-            ((own == number) | (own == 0))[..., None], window, belt[fy0:fy1, fx0:fx1]
-        )
+        others = (own != 0) & (own != number)
+        if others.any():  # most crops have no neighbour: skip the masked copy
+            inside[others] = belt[fy0:fy1, fx0:fx1][others]
         return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
