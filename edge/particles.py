@@ -15,16 +15,21 @@ old belt in about 35 frames), so a particle lying still for a while is not learn
 Preprocessing contract for a particle's crop (what the classifier sees; training's photos must look like it): a
 square centred on the particle's bounding box, side = the box's longer side x (1 + 2 x `pad`), so the specimen is
 centred with a margin of belt on every side; pixels of *other* particles and pixels beyond the frame are replaced
-by the background model's belt, so each crop shows one specimen on belt. RGB uint8, at camera resolution: the
-runner resizes it to the model's size with Pillow BILINEAR like any picture (edge/preprocess.py). Train on photos of
-single specimens on the same belt (or a belt-coloured background) with the same margin.
+by the background model's belt, so each crop shows one specimen on belt. Crops keep the frame's channel order (the
+runner passes RGB frames, so crops are RGB uint8), at camera resolution: the runner resizes each to the model's
+size with Pillow BILINEAR like any picture (edge/preprocess.py). Train on photos of single specimens on the same
+belt (or a belt-coloured background) with the same margin.
 """
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
+from PIL import Image
+
+from edge.preprocess import dequantize, quantize, resize_rgb
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class Segmentation:
 
 
 class BackgroundModel:
-    """The empty belt: per-pixel BGR median of a few empty frames, then a slow running mean where no particle is."""
+    """The empty belt: per-pixel median of a few empty frames, then a slow running mean where no particle is."""
 
     def __init__(self, frames, rate=0.02):
         frames = [np.asarray(f) for f in frames]
@@ -59,14 +64,14 @@ class BackgroundModel:
             raise ValueError("the background model needs at least one empty-belt frame")
         shapes = {f.shape for f in frames}
         if len(shapes) != 1 or frames[0].ndim != 3 or frames[0].shape[2] != 3:
-            raise ValueError(f"empty-belt frames must all be BGR pictures of one size, got shapes {sorted(shapes)}")
+            raise ValueError(f"empty-belt frames must all be 3-channel pictures of one size, got shapes {sorted(shapes)}")
         self.mean = np.median(np.stack(frames), axis=0).astype(np.float32)
         self.rate = float(rate)
         self._refresh()
 
     def _refresh(self):
         self.image = cv2.convertScaleAbs(self.mean)
-        self.colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)  # beyond the frame
+        self.colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)  # crops beyond the frame
 
     def difference(self, frame):
         """Largest per-channel absolute difference from the belt, uint8 (one channel)."""
@@ -94,7 +99,10 @@ def lanes_of(x0_mm, x1_mm, valves):
 
 
 class Segmenter:
-    """Frame -> particles. `particles`: the config's ParticlesConfig; `valves`: ValvesConfig or None."""
+    """Frame -> particles. `particles`: the config's ParticlesConfig; `valves`: ValvesConfig or None.
+
+    Frames are 3-channel uint8 arrays of the empty-belt frames' size, in any channel order (the crops keep it).
+    """
 
     def __init__(self, particles, background, valves=None):
         self.cfg = particles
@@ -111,7 +119,7 @@ class Segmenter:
         self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
 
     def segment(self, frame, learn=True):
-        """The particles of one BGR frame (uint8, the background's size); learns the belt where none is."""
+        """The particles of one frame (uint8, the background's size); learns the belt where none is."""
         frame = np.asarray(frame)
         if frame.shape != self.background.image.shape:
             raise ValueError(
@@ -200,7 +208,7 @@ class Segmenter:
         )
 
     def _crop(self, frame, labels, number, bbox):
-        """The padded square crop of one particle, others and off-frame pixels replaced by the belt (RGB)."""
+        """The padded square crop of one particle, others and off-frame pixels replaced by the belt."""
         x, y, w, h = bbox
         side = int(math.ceil(max(w, h) * (1 + 2 * self.cfg.pad)))
         x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
@@ -215,4 +223,58 @@ class Segmenter:
         others = (own != 0) & (own != number)
         if others.any():  # most crops have no neighbour: skip the masked copy
             inside[others] = belt[fy0:fy1, fx0:fx1][others]
-        return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        return crop
+
+
+class CropClassifier:
+    """Class probabilities for all crops of a frame in one interpreter call where the model allows it.
+
+    The exported models have a static batch of 1; LiteRT can resize the input to [N, S, S, 3]
+    (`resize_tensor_input` + `allocate_tensors`). To avoid re-allocating at every frame the batch is grown to the
+    next power of two and the unused rows are zero (their outputs ignored). A model that refuses the resize is run
+    once per crop in a tight loop (`batched` False). Each crop is resized with Pillow BILINEAR and quantised exactly
+    as a single picture is (edge/preprocess.py).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.batched = True
+        self._capacity = 1
+
+    def _reserve(self, count):
+        if count <= self._capacity or not self.batched:
+            return
+        capacity = 1 << (count - 1).bit_length()
+        interpreter, index = self.model._interpreter, self.model._input["index"]
+        try:
+            interpreter.resize_tensor_input(index, [capacity, self.model.input_size, self.model.input_size, 3])
+            interpreter.allocate_tensors()
+            self._capacity = capacity
+        except (RuntimeError, ValueError):
+            self.batched = False  # fall back to one call per crop, at the export's own shape
+            interpreter.resize_tensor_input(index, [1, self.model.input_size, self.model.input_size, 3])
+            interpreter.allocate_tensors()
+            self._capacity = 1
+
+    def classify(self, crops):
+        """(N, classes) float32 probabilities, in the order of `crops` (RGB uint8 arrays)."""
+        model = self.model
+        if not crops:
+            return np.zeros((0, len(model.labels)), np.float32)
+        tensors = np.concatenate([
+            quantize(resize_rgb(Image.fromarray(crop), model.input_size), model.input_dtype, model.input_scale,
+                     model.input_zero_point)
+            for crop in crops
+        ])
+        self._reserve(len(crops))
+        if not self.batched or self._capacity == 1:
+            return np.stack([model.classify(tensor[None]) for tensor in tensors])
+        batch = np.zeros((self._capacity, *tensors.shape[1:]), tensors.dtype)
+        batch[:len(crops)] = tensors
+        interpreter = model._interpreter
+        interpreter.set_tensor(model._input["index"], batch)
+        start = time.perf_counter()
+        interpreter.invoke()
+        model.last_invoke_s = time.perf_counter() - start
+        values = interpreter.get_tensor(model._output["index"])[:len(crops)]
+        return dequantize(values, model._output_scale, model._output_zero_point)

@@ -13,6 +13,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from edge.config import ConfigError, parse_config
 from edge.particles import BackgroundModel, Segmenter, lanes_of
@@ -214,7 +215,7 @@ def test_crop_is_one_specimen_centred_on_belt():
     side = int(np.ceil(60 * 1.3))
     assert red.crop.shape == (side, side, 3)
     centre = red.crop[side // 2 - 20:side // 2 + 20, side // 2 - 20:side // 2 + 20]
-    assert (centre == [250, 0, 0]).all()  # RGB
+    assert (centre == [0, 0, 250]).all()  # the frame's channel order
     border = np.concatenate([red.crop[:8].reshape(-1, 3), red.crop[-8:].reshape(-1, 3), red.crop[:, -8:].reshape(-1, 3)])
     assert (border == 60).all()  # belt all round: the blue neighbour is gone
     green = next(p for p in result.particles if p.bbox[0] == 0)
@@ -272,3 +273,24 @@ def test_no_tensorflow_imported():
     modules = json.loads(result.stdout.strip().splitlines()[-1])
     assert "cv2" in modules
     assert [m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "mineralnet")] == []
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_crops_classified_in_one_call_as_single_pictures(tiny_export, kind):
+    """Each crop gets the probabilities a single-picture call gives it (same preprocessing, same model), whether the
+    model takes a batch or (today's exports: a reshape with a static batch of 1 refuses it) runs crop by crop."""
+    from edge.model import Model
+    from edge.particles import CropClassifier
+    from edge.preprocess import prepare
+
+    rng = np.random.default_rng(5)
+    crops = [rng.integers(0, 255, (int(s), int(s), 3), dtype=np.uint8) for s in rng.integers(20, 90, 5)]
+    single = Model(tiny_export[kind])
+    expected = [single.classify(prepare(Image.fromarray(c), None, single.input_size, single.input_dtype,
+                                        single.input_scale, single.input_zero_point)) for c in crops]
+    classifier = CropClassifier(Model(tiny_export[kind]))
+    got = classifier.classify(crops)
+    assert classifier._capacity == (8 if classifier.batched else 1)  # batch grown to the next power of two
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+    np.testing.assert_allclose(classifier.classify(crops[:2]), np.stack(expected[:2]), atol=1e-5)
+    assert classifier.classify([]).shape == (0, len(single.labels))
