@@ -221,6 +221,8 @@ class ParticlesConfig:
                                  _number(above=0.0, high=1.0), 0.9)
     split_level: float = _key("split_level = 0.7  # watershed markers: distance map above this share of its peak",
                               _number(above=0.0, high=1.0), 0.7)
+    track_mm: float = _key("track_mm = 10  # a particle within this of an already decided one is that one",
+                           _number(above=0.0), 10.0)
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,13 @@ class ValvesConfig:
 
     count: int = _key("count = 64  # valves across the belt", _integer(1, 4096))
     lane_mm: float = _key("lane_mm = 12.5  # width of one valve's lane", _number(above=0.0))
+    bin: str = _key('bin = "product"  # the bin the valve bar ejects into; every other particle rides on', _bin)
     first_lane_mm: float = _key("first_lane_mm = 0  # x of lane 0's left edge, from the frame's left edge",
                                 _number(), 0.0)
+    pulse_margin_mm: float = _key("pulse_margin_mm = 2  # valves open this much before and after a particle",
+                                  _number(low=0.0), 2.0)
+    conflict: str = _key('conflict = "skip"  # a pulse that would hit a particle to keep: "skip" it or "fire" anyway',
+                         _choice("skip", "fire"), "skip")
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,9 @@ def _check_together(config):
         _check_encoder(config)
     if config.particles is not None and config.particles.max_mm <= config.particles.min_mm:
         raise config.error("particles.max_mm", f"is not above particles.min_mm ({config.particles.min_mm:g})")
+    if config.valves is not None and config.valves.bin not in config.bin_names() - {config.bins.recheck}:
+        raise config.error("valves.bin", f"names no bin of [bins] the bar can eject into (bins: "
+                           f"{', '.join(sorted(config.bin_names() - {config.bins.recheck}))})")
     if config.valves is not None and config.particles is None:
         raise config.error("valves.count", "is set but there is no [particles] section: add [particles] (valve "
                            "lanes come from each particle's position) or remove [valves]")

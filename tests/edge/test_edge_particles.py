@@ -22,7 +22,8 @@ from tests.helpers import MINET, requires_minet
 MM_PER_PX = 0.5
 WIDTH, HEIGHT = 1280, 720
 BASE_CONFIG = "[bins]\ndefault = \"mixed\"\nrecheck = \"recheck\"\n[belt]\nspeed_mm_s = 1000\ncamera_to_ejector_mm = 300\n"
-PARTICLES = "[particles]\nmm_per_px = 0.5\nmin_mm = 6\nmax_mm = 80\nthreshold = 15\n[valves]\ncount = 32\nlane_mm = 20\n"
+PARTICLES = "[particles]\nmm_per_px = 0.5\nmin_mm = 6\nmax_mm = 80\nthreshold = 15\n"
+VALVES = "[valves]\ncount = 32\nlane_mm = 20\nbin = \"mixed\"\n"
 SIZES_MM = (16.0, 50.0)  # the documented size range the recall/precision figures hold for
 
 
@@ -117,8 +118,8 @@ def compose_scene(specimens, belt, rng, count, pairs=0, sizes_mm=SIZES_MM):
     return frame, truth, info
 
 
-def segmenter(specimens_config=PARTICLES, frames=()):
-    config = parse_config(BASE_CONFIG + specimens_config)
+def segmenter(particles_config=PARTICLES, frames=()):
+    config = parse_config(BASE_CONFIG + particles_config + VALVES)
     return Segmenter(config.particles, BackgroundModel(frames, config.particles.background_rate), config.valves), config
 
 
@@ -235,18 +236,20 @@ def test_background_learns_slowly_only_where_no_particle_is():
 
 def test_config_sections():
     assert parse_config(BASE_CONFIG).particles is None  # absent: one item per frame, as before
-    config = parse_config(BASE_CONFIG + PARTICLES)
+    config = parse_config(BASE_CONFIG + PARTICLES + VALVES)
     assert (config.particles.mm_per_px, config.valves.count, config.valves.lane_mm) == (0.5, 32, 20.0)
     with pytest.raises(ConfigError, match="particles.mm_per_px' is missing"):
         parse_config(BASE_CONFIG + "[particles]\nmin_mm = 5\n")
     with pytest.raises(ConfigError, match="particles.max_mm' is not above"):
         parse_config(BASE_CONFIG + "[particles]\nmm_per_px = 1\nmin_mm = 50\nmax_mm = 20\n")
     with pytest.raises(ConfigError, match=r"no \[particles\] section"):
-        parse_config(BASE_CONFIG + "[valves]\ncount = 4\nlane_mm = 10\n")
+        parse_config(BASE_CONFIG + VALVES)
+    with pytest.raises(ConfigError, match="valves.bin' names no bin"):
+        parse_config(BASE_CONFIG + PARTICLES + VALVES.replace("mixed", "recheck"))
 
 
 def test_lanes_of_edges():
-    valves = parse_config(BASE_CONFIG + PARTICLES).valves  # 32 lanes of 20 mm from 0
+    valves = parse_config(BASE_CONFIG + PARTICLES + VALVES).valves  # 32 lanes of 20 mm from 0
     assert lanes_of(0, 20, valves) == (0,)
     assert lanes_of(19.9, 20.1, valves) == (0, 1)
     assert lanes_of(-30, 10, valves) == (0,)
@@ -260,7 +263,7 @@ def test_no_tensorflow_imported():
         "import sys, numpy as np\n"
         "from edge.particles import BackgroundModel, Segmenter\n"
         "from edge.config import parse_config\n"
-        f"c = parse_config({BASE_CONFIG + PARTICLES!r})\n"
+        f"c = parse_config({BASE_CONFIG + PARTICLES + VALVES!r})\n"
         "belt = np.full((100, 100, 3), 60, np.uint8)\n"
         "s = Segmenter(c.particles, BackgroundModel([belt]), c.valves)\n"
         "f = belt.copy(); f[30:70, 30:70] = 200\n"
@@ -294,3 +297,65 @@ def test_crops_classified_in_one_call_as_single_pictures(tiny_export, kind):
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
     np.testing.assert_allclose(classifier.classify(crops[:2]), np.stack(expected[:2]), atol=1e-5)
     assert classifier.classify([]).shape == (0, len(single.labels))
+
+
+def _particle(bbox, lanes, centroid=None):
+    from edge.particles import Particle
+
+    x, y, w, h = bbox
+    centroid = centroid or (x + w / 2, y + h / 2)
+    return Particle(0, centroid, bbox, w * h, 0.0, 0.0, lanes, False, None)
+
+
+def _bar(config_text=BASE_CONFIG + PARTICLES + VALVES, encoder=None):
+    from edge.valves import ValveBar
+
+    config = parse_config(config_text)
+    if encoder is None:
+        return ValveBar(config.belt, config.particles, config.valves, HEIGHT, 1.0 / config.belt.speed_mm_s)
+    return ValveBar(config.belt, config.particles, config.valves, HEIGHT, encoder, modulus=1 << 16)
+
+
+def test_valve_positions_on_clock_and_encoder_belts():
+    """Belt 1000 mm/s, camera to valves 300 mm, 0.5 mm/px, 720 rows: a particle's leading edge at row 600 is 120 mm
+    past the centre row, so its valves open 300 - 120 - 2 (margin) = 178 mm later, for 20 mm + 2 x 2 mm."""
+    particle = _particle((400, 560, 30, 40), (10, 11))
+    plan = _bar().plan(particle, 50.0)
+    assert plan.lanes == (10, 11)
+    assert plan.open_at == pytest.approx(50.178) and plan.close_at == pytest.approx(50.202)
+    # Encoder: 4 counts per mm from capture count 65530 on a 16-bit counter: the due count wraps.
+    plan = _bar(encoder=4.0).plan(particle, 65530)
+    assert plan.open_at == pytest.approx((65530 + 178 * 4) % 65536) and plan.close_at == pytest.approx(
+        (65530 + 202 * 4) % 65536)
+    # The valve lead comes off the distance: 20 ms at 1000 mm/s = 20 mm earlier.
+    lead = _bar(BASE_CONFIG.replace("camera_to_ejector_mm = 300", "camera_to_ejector_mm = 300\nvalve_lead_ms = 20")
+                + PARTICLES + VALVES).plan(particle, 50.0)
+    assert lead.open_at == pytest.approx(50.158)
+
+
+def test_a_particle_in_two_overlapping_frames_is_decided_once():
+    bar = _bar()
+    first = bar.plan(_particle((400, 200, 30, 40), (10, 11)), 10.0)
+    # 0.1 s later the belt has moved 100 mm = 200 px down the frame; a centroid 1.5 px off (segmentation noise).
+    again = bar.plan(_particle((400, 400, 30, 40), (10, 11), centroid=(416.5, 421.5)), 10.1)
+    other = bar.plan(_particle((600, 400, 30, 40), (15, 16)), 10.1)
+    assert not bar.seen_before(first, 10.0)
+    assert bar.seen_before(again, 10.1)
+    assert not bar.seen_before(other, 10.1)
+    assert not bar.seen_before(bar.plan(_particle((400, 200, 30, 40), (10, 11)), 11.0), 11.0)  # a new one, later
+
+
+def test_arbitration_of_a_shared_lane():
+    bar = _bar()
+    eject = bar.plan(_particle((400, 560, 30, 40), (10, 11)), 0.0)
+    beside = bar.plan(_particle((430, 570, 30, 40), (11, 12)), 0.0)  # lane 11, overlapping time
+    behind = bar.plan(_particle((430, 100, 30, 40), (11, 12)), 0.0)  # lane 11, long after
+    commands, conflicts, hits = bar.arbitrate({1: eject}, {2: beside, 3: behind})
+    assert (commands, conflicts, hits) == ([], [1], [])  # "skip": purity first, particle 1 rides on
+    commands, conflicts, hits = bar.arbitrate({1: eject}, {3: behind})
+    assert [c.particles for c in commands] == [(1,)] and commands[0].lanes == (10, 11) and conflicts == []
+    fire = _bar(BASE_CONFIG + PARTICLES + VALVES + 'conflict = "fire"\n')
+    commands, conflicts, hits = fire.arbitrate({1: eject}, {2: beside})
+    assert [c.particles for c in commands] == [(1,)] and hits == [2]
+    commands, conflicts, _ = bar.arbitrate({4: bar.plan(_particle((1270, 100, 10, 10), ()), 0.0)}, {})
+    assert conflicts == [4]  # off the valve bar
