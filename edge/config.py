@@ -391,6 +391,12 @@ def _check_together(config):
     if config.valves is not None and config.valves.bin not in config.bin_names() - {config.bins.recheck}:
         raise config.error("valves.bin", f"names no bin of [bins] the bar can eject into (bins: "
                            f"{', '.join(sorted(config.bin_names() - {config.bins.recheck}))})")
+    if config.particles is not None and config.valves is None:
+        raise config.error("particles.mm_per_px", "is set but there is no [valves] section: add [valves] with the "
+                           "valve bar's count, lane_mm and bin (particles are ejected by lane)")
+    if config.particles is not None and config.actuator.type != "jsonl":
+        raise config.error("actuator.type", f"is {config.actuator.type!r}, but with [particles] the valve bar's "
+                           "commands (lanes, pulse) are written as JSON lines only so far: set type = \"jsonl\"")
     if config.valves is not None and config.particles is None:
         raise config.error("valves.count", "is set but there is no [particles] section: add [particles] (valve "
                            "lanes come from each particle's position) or remove [valves]")

@@ -10,10 +10,14 @@ counts (capture count + distance x counts_per_mm; compared modulo the counter), 
 valves back.
 
 Tracking: where one particle is seen in two overlapping frames both sightings reach the valve bar at the same belt
-position, so a particle is the same one as an earlier decided particle when its centre's valve position and its x
-lie within `[particles] track_mm` of that one's. It is then not decided again (`tracked`). A particle touching the
-frame's upstream edge (row 0) is not decided: it is entering and will be seen whole in the next frame (frames must
-overlap along the belt by at least max_mm for that; counted `entering`).
+position, so each decided particle's footprint is remembered in belt positions (along: its valve opening and
+closing positions; across: its x-extent). A particle whose centre lies on a remembered footprint (widened by
+`[particles] track_mm`) is that particle, or a fragment of it cut apart differently this time, and is not decided
+again (`tracked`). A particle touching the
+frame's upstream edge (row 0) is not decided: it is entering and will be seen whole in the next frame; one touching
+the downstream edge (the last row) was seen whole in the previous frame. Frames must therefore overlap along the belt
+by at least max_mm (counted `entering` and `leaving`; a particle cut by the downstream edge of the very first frame
+is never decided and rides on to the recheck bin).
 
 Arbitration (`[valves] conflict`): the bar ejects the particles of `[valves] bin`; every other particle must ride
 on to the end of the belt. A pulse that would also hit a particle that must not be ejected (a shared lane at an
@@ -26,6 +30,8 @@ frame whose pulse reaches one decided now is not checked (rare when frames overl
 
 from dataclasses import dataclass
 
+from edge.records import LineWriter
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -34,8 +40,10 @@ class Plan:
     lanes: tuple
     open_at: float  # position at which its lanes' valves open
     close_at: float  # position at which they close
-    centre_at: float  # position of its centre at the bar (tracking key)
+    centre_at: float  # position of its centre at the bar
     x_mm: float  # its centre across the belt
+    x0_mm: float  # its extent across the belt
+    x1_mm: float
 
 
 @dataclass(frozen=True)
@@ -82,17 +90,21 @@ class ValveBar:
         centre_mm = self.distance_mm - (particle.centroid[1] - self.half_height) * self.mm_per_px
         return Plan(
             particle.lanes, self._at(start, open_mm), self._at(start, open_mm + h * self.mm_per_px + 2 * margin),
-            self._at(start, centre_mm), particle.centroid[0] * self.mm_per_px,
+            self._at(start, centre_mm), particle.centroid[0] * self.mm_per_px, x * self.mm_per_px,
+            (x + w) * self.mm_per_px,
         )
 
     def seen_before(self, plan, now):
-        """True when `plan` is a particle already decided (and remembers it otherwise); forgets passed ones."""
+        """True when `plan`'s centre lies on the predicted footprint of a particle already decided (then it is that
+        particle, or a fragment of it cut apart differently in this frame); remembers it otherwise. Footprints are
+        widened by track_mm and forgotten once they have passed the valve bar by more than track_mm."""
         tolerance = self.track_mm * self.per_mm
-        self._decided = [(c, x) for c, x in self._decided if self.delta(c, now) > -tolerance]
-        for centre, x in self._decided:
-            if abs(self.delta(plan.centre_at, centre)) <= tolerance and abs(plan.x_mm - x) <= self.track_mm:
+        self._decided = [d for d in self._decided if self.delta(d.close_at, now) > -tolerance]
+        for seen in self._decided:
+            if (self.delta(plan.centre_at, seen.open_at) >= -tolerance and self.delta(plan.centre_at, seen.close_at)
+                    <= tolerance and seen.x0_mm - self.track_mm <= plan.x_mm <= seen.x1_mm + self.track_mm):
                 return True
-        self._decided.append((plan.centre_at, plan.x_mm))
+        self._decided.append(plan)
         return False
 
     def _overlap(self, a, b):
@@ -118,3 +130,34 @@ class ValveBar:
         commands = [Command(plan.lanes, plan.open_at, plan.close_at, (pid,))
                     for pid, plan in sorted(fired, key=lambda item: self.delta(item[1].open_at, fired[0][1].open_at))]
         return commands, conflicts, sorted(hits)
+
+
+class ValveJsonlActuator:
+    """The valve bar's commands as JSON lines (`[actuator] type = "jsonl"`), one per ejected particle.
+
+    Clock belt: `{"type": "valves", "lanes": [...], "due_in_ms": ..., "pulse_ms": ..., "frame": ..., "particles":
+    [...]}`, due_in_ms counted from writing the line. Encoder belt: `"open_count"` and `"close_count"` (the encoder
+    counts at which the lanes' valves open and close, modulo the counter) instead of due_in_ms and pulse_ms. It has
+    the interface of edge/actuators.py's drivers, the command taking the place of the bin, so the runner's
+    SupervisedActuator reports and retries it like any other.
+    """
+
+    def __init__(self, path, clock, encoder=False):
+        self.path, self.clock, self.encoder = path, clock, encoder
+        self._writer = None
+
+    def open(self):
+        self._writer = LineWriter(self.path)
+
+    def send(self, command, due, frame_id):
+        line = {"type": "valves", "lanes": list(command.lanes), "frame": frame_id, "particles": list(command.particles)}
+        if self.encoder:
+            line.update(open_count=int(round(command.open_at)), close_count=int(round(command.close_at)))
+        else:
+            line.update(due_in_ms=max(0, round((command.open_at - self.clock.now()) * 1000.0)),
+                        pulse_ms=round((command.close_at - command.open_at) * 1000.0, 3))
+        self._writer.write(line)
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
