@@ -448,3 +448,57 @@ def test_runner_sorts_every_particle_once(specimens, tiny_export, write_config, 
     bin_a = counts["truth"]["per_bin"]["bin_a"]
     assert bin_a["recovery"] == pytest.approx(right / wanted, abs=1e-3)
     assert bin_a["purity"] == (pytest.approx(right / landed, abs=1e-3) if landed else None)
+
+
+@requires_minet
+def test_runner_times_the_valve_bar_by_encoder_counts(specimens, tiny_export, write_config, make_runner, fake_clock,
+                                                      tmp_path):
+    """With `position = "modbus"` (a real Modbus server plays the PLC, 16-bit counter about to wrap) each command
+    carries the counts at which its lanes open and close: capture count + distance x counts_per_mm, wrapped."""
+    from edge.encoder import EncoderBelt
+    from edge.sources import Frame
+    from edge.valves import ValveJsonlActuator
+    from test_edge_encoder import ADDRESS, EncoderPLC, free_port
+
+    encoder = EncoderPLC(free_port(), registers=1).start()
+    try:
+        commands_path = tmp_path / "valves.jsonl"
+        path = write_config(
+            particles={"mm_per_px": MM_PER_PX, "min_mm": 6.0, "threshold": 15, "background_frames": 2},
+            valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"},
+            actuator={"path": str(commands_path)},
+            belt={"speed_mm_s": 1000.0, "camera_to_ejector_mm": 300.0, "valve_lead_ms": 0.0, "position": "modbus"},
+            encoder={"port": encoder.port, "address": ADDRESS, "registers": 1, "counts_per_mm": 4.0, "timeout_s": 0.5},
+            decision={"confidence_threshold": 0.3},
+            bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
+        )
+        runner, events_path = make_runner(
+            path, tiny_export["float32"], clock=fake_clock,
+            actuator_factory=lambda: ValveJsonlActuator(str(commands_path), fake_clock, encoder=True),
+            belt=lambda config, clock, events: EncoderBelt(config.encoder, config.belt, clock, events,
+                                                           background=False),
+        )
+        rng = np.random.default_rng(4)
+        belt = make_belt()
+        scene, _, info = compose_scene(specimens, belt, rng, count=10)
+        encoder.count = 65_000  # the belt stands still while the frame is decided: nothing is late
+        for frame_id, pixels in [("e1", belt_frame(belt, rng)), ("e2", belt_frame(belt, rng)), ("A", scene)]:
+            frame = Frame(frame_id, fake_clock.now(), Image.fromarray(pixels[..., ::-1].copy()))
+            runner.belt.stamp(frame)
+            runner.process(frame)
+        runner.actuator.close()
+        runner.belt.close()
+    finally:
+        encoder.stop()
+    particles = [e for e in map(json.loads, open(events_path)) if e["type"] == "particle"]
+    assert len(particles) == len(info) and all(p["position"] == 65_000 for p in particles)
+    commands = [json.loads(line) for line in open(commands_path)]
+    assert commands and len(commands) == sum(p["bin"] == "bin_a" for p in particles)
+    for command in commands:
+        particle = next(p for p in particles if p["seq"] == command["particles"][0])
+        x, y, w, h = particle["bbox"]
+        open_mm = 300.0 - (y + h - HEIGHT / 2) * MM_PER_PX - 2.0
+        assert command["lanes"] == particle["lanes"]
+        assert command["open_count"] == round(65_000 + open_mm * 4) % 65_536
+        assert command["close_count"] == round(65_000 + (open_mm + h * MM_PER_PX + 4.0) * 4) % 65_536
+    assert any(c["open_count"] < 65_000 for c in commands)  # the counter wrapped for some
