@@ -73,12 +73,19 @@ class BackgroundModel:
 
     def _refresh(self):
         self.image = cv2.convertScaleAbs(self.mean)
-        self.colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)  # crops beyond the frame
+        self._colour = None
+
+    @property
+    def colour(self):
+        """The belt's median colour, for the part of a crop beyond the frame (computed when first needed)."""
+        if self._colour is None:
+            self._colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)
+        return self._colour
 
     def difference(self, frame):
         """Largest per-channel absolute difference from the belt, uint8 (one channel)."""
-        diff = cv2.absdiff(frame, self.image)
-        return cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+        first, second, third = cv2.split(cv2.absdiff(frame, self.image))  # contiguous planes: twice as fast
+        return cv2.max(cv2.max(first, second), third)
 
     def update(self, frame, particle_mask, margin_px):
         """Learn the frame where no particle is (the mask dilated by `margin_px`), at `rate`."""
@@ -163,8 +170,9 @@ class Segmenter:
         for number, (part, x, y, _, _) in enumerate(kept, start=1):
             view = labels[y:y + part.shape[0], x:x + part.shape[1]]
             view[part > 0] = number
+        boxes = np.array([_box(part, x, y) for part, x, y, _, _ in kept], np.int64).reshape(-1, 4)
         for number, (part, x, y, was_split, area) in enumerate(kept, start=1):
-            particles.append(self._particle(frame, labels, number, part, x, y, was_split, area))
+            particles.append(self._particle(frame, labels, boxes, number, part, x, y, was_split, area))
         particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
         particles = [replace(p, index=i) for i, p in enumerate(particles)]
         if learn:
@@ -196,37 +204,52 @@ class Segmenter:
         padded = padded[1:-1, 1:-1]
         return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, count + 1)]
 
-    def _particle(self, frame, labels, number, part, x, y, was_split, area):
+    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
         moments = cv2.moments(part, binaryImage=True)
         cx, cy = x + moments["m10"] / moments["m00"], y + moments["m01"] / moments["m00"]
-        px, py, w, h = cv2.boundingRect(part)
-        bbox = (x + px, y + py, w, h)
+        x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
+        bbox = (x0, y0, x1 - x0, y1 - y0)
+        w = bbox[2]
         mm = self.mm_per_px
         area_mm2 = area * mm * mm
         return Particle(
             index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
             size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
             lanes=lanes_of(bbox[0] * mm, (bbox[0] + w) * mm, self.valves), split=was_split,
-            crop=self._crop(frame, labels, number, bbox),
+            crop=self._crop(frame, labels, boxes, number, bbox),
         )
 
-    def _crop(self, frame, labels, number, bbox):
-        """The padded square crop of one particle, others and off-frame pixels replaced by the belt."""
+    def _crop(self, frame, labels, boxes, number, bbox):
+        """The padded square crop of one particle, others and off-frame pixels replaced by the belt.
+
+        Fast paths (most crops): a square inside the frame is one copy; the neighbours' pixels are looked for only
+        when another particle's box reaches into the square."""
         x, y, w, h = bbox
         side = int(math.ceil(max(w, h) * (1 + 2 * self.cfg.pad)))
         x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
         height, width = labels.shape
-        belt = self.background.image
-        crop = np.empty((side, side, 3), np.uint8)
-        crop[:] = self.background.colour
         fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
-        inside = crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
-        inside[:] = frame[fy0:fy1, fx0:fx1]
-        own = labels[fy0:fy1, fx0:fx1]
-        others = (own != 0) & (own != number)
-        if others.any():  # most crops have no neighbour: skip the masked copy
-            inside[others] = belt[fy0:fy1, fx0:fx1][others]
+        if (fx0, fy0, fx1, fy1) == (x0, y0, x0 + side, y0 + side):
+            crop = frame[y0:y0 + side, x0:x0 + side].copy()
+            inside = crop
+        else:
+            crop = np.empty((side, side, 3), np.uint8)
+            crop[:] = self.background.colour
+            inside = crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+            inside[:] = frame[fy0:fy1, fx0:fx1]
+        near = (boxes[:, 0] < fx1) & (boxes[:, 2] > fx0) & (boxes[:, 1] < fy1) & (boxes[:, 3] > fy0)
+        near[number - 1] = False
+        if near.any():
+            own = labels[fy0:fy1, fx0:fx1]
+            others = (own != 0) & (own != number)
+            inside[others] = self.background.image[fy0:fy1, fx0:fx1][others]
         return crop
+
+
+def _box(part, x, y):
+    """(x0, y0, x1, y1) in the frame of a part mask placed at (x, y)."""
+    px, py, w, h = cv2.boundingRect(part)
+    return x + px, y + py, x + px + w, y + py + h
 
 
 class CropClassifier:
