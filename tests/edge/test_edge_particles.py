@@ -502,3 +502,47 @@ def test_runner_times_the_valve_bar_by_encoder_counts(specimens, tiny_export, wr
         assert command["open_count"] == round(65_000 + open_mm * 4) % 65_536
         assert command["close_count"] == round(65_000 + (open_mm + h * MM_PER_PX + 4.0) * 4) % 65_536
     assert any(c["open_count"] < 65_000 for c in commands)  # the counter wrapped for some
+
+
+@requires_minet
+def test_cli_sorts_a_belt_folder_without_tensorflow(specimens, tiny_export, write_config, tmp_path):
+    """The runner script on a folder of belt frames ([particles] set): belt learned, particles recorded, valve lines
+    written, summary.json with its particles block; TensorFlow, Keras and mineralnet never imported."""
+    rng = np.random.default_rng(8)
+    belt = make_belt()
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    scene, _, info = compose_scene(specimens, belt, rng, count=8)
+    for name, pixels in [("a1.png", belt_frame(belt, rng)), ("a2.png", belt_frame(belt, rng)), ("b.png", scene)]:
+        cv2.imwrite(str(folder / name), pixels)
+    config = write_config(
+        particles={"mm_per_px": MM_PER_PX, "min_mm": 6.0, "threshold": 15, "background_frames": 2},
+        valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"},
+        decision={"confidence_threshold": 0.3},
+        bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
+    )
+    runner = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "edge",
+                          "runner.py")
+    argv = [runner, "--model", tiny_export["float32"], "--source", f"folder:{folder}", "--config", config,
+            "--events", str(tmp_path / "events.jsonl")]
+    script = (
+        "import json, runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        f"    runpy.run_path({runner!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "cv2" in modules and "ai_edge_litert.interpreter" in modules
+    assert [m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "mineralnet")] == []
+    events = [json.loads(line) for line in open(tmp_path / "events.jsonl")]
+    particles = [e for e in events if e["type"] == "particle"]
+    assert len(particles) == len(info) and not [e for e in events if e["type"] == "item"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["items"] == len(info) and summary["particles"]["frames"] == 1
+    commands = [json.loads(line) for line in open(tmp_path / "commands.jsonl")]
+    assert {c["type"] for c in commands} == {"valves"} and len(commands) == summary["per_bin"].get("bin_a", 0)
