@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import numpy as np
+from PIL import Image
 
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -298,6 +299,8 @@ class Runner:
         if self.belt is not None:
             record["position"] = frame.position
         self.events.emit("particle", **record)
+        if decision is not None and decision.reason == "uncertain" and self.review is not None:
+            self._save_for_review(frame, Image.fromarray(particle.crop), record)  # the crop the model saw
         share = self.alarm.update(decision is None or decision.bin == self.config.bins.recheck)  # uncertain share
         if share is not None:
             self.alarms += 1
@@ -346,7 +349,7 @@ class Runner:
         return record
 
     def _save_for_review(self, frame, region, record):
-        stem = f"{int(self.clock.wall() * 1000):013d}_{self._sequence:08d}"
+        stem = f"{int(self.clock.wall() * 1000):013d}_{record['seq']:08d}"
         try:
             self.review.add(stem, region, {**record, "model_sha256": self.model.sha256, "labels": self.model.labels})
         except OSError as error:  # a full or read-only disk loses review copies, never sorting

@@ -439,6 +439,8 @@ def test_runner_sorts_every_particle_once(specimens, tiny_export, write_config, 
         assert particle["bin"] in ("bin_a", "recheck") and particle["area_mm2"] > 0 and particle["lanes"]
         assert particle["reason"] in ("confident", "uncertain", "conflict")
     assert summary["items"] == len(info) and counts["per_frame"]["max"] == len(info)
+    uncertain = [p for p in particles if p["reason"] == "uncertain"]
+    assert uncertain and len(list((tmp_path / "review").glob("*.jpg"))) == len(uncertain)  # each crop, none overwritten
     assert sum(counts["area_mm2_per_bin"].values()) == pytest.approx(sum(p["area_mm2"] for p in particles), abs=1)
     # Recovery and purity of bin_a by area, recomputed from the records and the truth given to the runner.
     in_a = [(truths[tuple(p["bbox"])] == tiny_export["labels"][0], p["bin"] == "bin_a", p["area_mm2"])
