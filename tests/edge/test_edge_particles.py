@@ -548,3 +548,35 @@ def test_cli_sorts_a_belt_folder_without_tensorflow(specimens, tiny_export, writ
     assert summary["items"] == len(info) and summary["particles"]["frames"] == 1
     commands = [json.loads(line) for line in open(tmp_path / "commands.jsonl")]
     assert {c["type"] for c in commands} == {"valves"} and len(commands) == summary["per_bin"].get("bin_a", 0)
+
+
+def test_a_decision_after_the_valve_opening_is_late(tiny_export, write_config, make_runner, fake_clock, tmp_path):
+    """A frame whose particles have passed the valve bar by the time they are decided: nothing fires, all ride on."""
+    from edge.sources import Frame
+    from edge.valves import ValveJsonlActuator
+
+    commands_path = tmp_path / "valves.jsonl"
+    path = write_config(
+        particles={"mm_per_px": MM_PER_PX, "background_frames": 1},
+        valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"},
+        bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
+    )
+    runner, events_path = make_runner(path, tiny_export["float32"], clock=fake_clock,
+                                      actuator_factory=lambda: ValveJsonlActuator(str(commands_path), fake_clock))
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    frame = belt.copy()
+    for x in (200, 600, 1000):
+        cv2.circle(frame, (x, 360), 30, (200, 180, 160), -1)
+    runner.process(Frame("empty", fake_clock.now(), Image.fromarray(belt)))
+    # The tiny model never saw discs: a cutoff between its two best probabilities makes the discs confident.
+    from edge.decision import Decider
+
+    probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segment(frame, learn=False).particles])
+    best, second = np.sort(probabilities[0])[::-1][:2]
+    runner.decider = Decider(runner.model.labels, runner.config.bins, None, (best + second) / 2)
+    # Captured 200 s ago: at 10 mm/s the particles needed 100 s to reach the valves 1000 mm away.
+    runner.process(Frame("old", fake_clock.now() - 200.0, Image.fromarray(frame)))
+    particles = [e for e in map(json.loads, open(events_path)) if e["type"] == "particle"]
+    assert len(particles) == 3
+    assert {(p["decided"], p["bin"], p["reason"]) for p in particles} == {("bin_a", "recheck", "late")}
+    assert not commands_path.exists() or commands_path.read_text() == ""
