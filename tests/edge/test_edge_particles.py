@@ -580,3 +580,37 @@ def test_a_decision_after_the_valve_opening_is_late(tiny_export, write_config, m
     assert len(particles) == 3
     assert {(p["decided"], p["bin"], p["reason"]) for p in particles} == {("bin_a", "recheck", "late")}
     assert not commands_path.exists() or commands_path.read_text() == ""
+
+
+def test_a_model_with_a_free_batch_classifies_all_crops_in_one_call(tmp_path):
+    """A TFLite model whose batch dimension is free (converted from a Keras model with batch None) gets all crops of a
+    frame in one invoke(), with the probabilities single calls give."""
+    import hashlib
+
+    import keras
+    import tensorflow as tf
+
+    from edge.model import Model
+    from edge.particles import CropClassifier
+    from edge.preprocess import prepare
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(hidden))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
+    path = tmp_path / "free_batch.tflite"
+    path.write_bytes(converter.convert())
+    (tmp_path / "free_batch.json").write_text(json.dumps({
+        "labels": ["a", "b", "c"], "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "input": {"dtype": "float32", "shape": [1, 32, 32, 3]}, "output": {"dtype": "float32", "shape": [1, 3]},
+    }))
+    rng = np.random.default_rng(6)
+    crops = [rng.integers(0, 255, (int(s), int(s), 3), dtype=np.uint8) for s in rng.integers(20, 90, 5)]
+    single = Model(str(path))
+    expected = np.stack([single.classify(prepare(Image.fromarray(c), None, 32, np.float32, 0.0, 0)) for c in crops])
+    classifier = CropClassifier(Model(str(path)))
+    got = classifier.classify(crops)
+    assert classifier.batched and classifier._capacity == 8  # one call, the batch grown to a power of two
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(classifier.classify(crops[:3]), expected[:3], atol=1e-5)  # smaller: padded, same
