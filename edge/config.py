@@ -232,7 +232,7 @@ class ValvesConfig:
     count: int = _key("count = 64  # valves across the belt", _integer(1, 4096))
     lane_mm: float = _key("lane_mm = 12.5  # width of one valve's lane", _number(above=0.0))
     bin: str = _key('bin = "product"  # the bin the valve bar ejects into; every other particle rides on', _bin)
-    first_lane_mm: float = _key("first_lane_mm = 0  # x of lane 0's left edge, from the frame's left edge",
+    first_lane_mm: float = _key("first_lane_mm = 0  # x of lane 0's left edge, from the frame's (roi's) left edge",
                                 _number(), 0.0)
     pulse_margin_mm: float = _key("pulse_margin_mm = 2  # valves open this much before and after a particle",
                                   _number(low=0.0), 2.0)
