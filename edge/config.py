@@ -201,6 +201,46 @@ class AlarmConfig:
 
 
 @dataclass(frozen=True)
+class ParticlesConfig:
+    """Many particles per frame (edge/particles.py); absent = one item per frame, as before."""
+
+    mm_per_px: float = _key("mm_per_px = 0.5  # belt millimetres per camera pixel", _number(above=0.0))
+    min_mm: float = _key("min_mm = 8  # smaller blobs (equal-area circle diameter) are dropped", _number(above=0.0),
+                         8.0)
+    max_mm: float = _key("max_mm = 80  # larger blobs are dropped", _number(above=0.0), 80.0)
+    threshold: int = _key("threshold = 30  # colour difference from the belt (0-255) of a particle pixel",
+                          _integer(1, 254), 30)
+    background_frames: int = _key("background_frames = 10  # empty-belt frames learned at start", _integer(1), 10)
+    background_rate: float = _key("background_rate = 0.02  # belt learning rate per frame where no particle is",
+                                  _number(low=0.0, high=1.0), 0.02)
+    pad: float = _key("pad = 0.15  # belt margin of a crop, as a share of the particle's longer side",
+                      _number(low=0.0, high=2.0), 0.15)
+    split: bool = _key("split = true  # cut touching particles apart (distance transform + watershed)", _boolean,
+                       True)
+    split_solidity: float = _key("split_solidity = 0.9  # blobs less convex than this are tried for a split",
+                                 _number(above=0.0, high=1.0), 0.9)
+    split_level: float = _key("split_level = 0.7  # watershed markers: distance map above this share of its peak",
+                              _number(above=0.0, high=1.0), 0.7)
+    track_mm: float = _key("track_mm = 10  # a particle within this of an already decided one is that one",
+                           _number(above=0.0), 10.0)
+
+
+@dataclass(frozen=True)
+class ValvesConfig:
+    """The valve bar across the belt: lane i spans [first_lane_mm + i * lane_mm, first_lane_mm + (i+1) * lane_mm)."""
+
+    count: int = _key("count = 64  # valves across the belt", _integer(1, 4096))
+    lane_mm: float = _key("lane_mm = 12.5  # width of one valve's lane", _number(above=0.0))
+    bin: str = _key('bin = "product"  # the bin the valve bar ejects into; every other particle rides on', _bin)
+    first_lane_mm: float = _key("first_lane_mm = 0  # x of lane 0's left edge, from the frame's (roi's) left edge",
+                                _number(), 0.0)
+    pulse_margin_mm: float = _key("pulse_margin_mm = 2  # valves open this much before and after a particle",
+                                  _number(low=0.0), 2.0)
+    conflict: str = _key('conflict = "skip"  # a pulse that would hit a particle to keep: "skip" it or "fire" anyway',
+                         _choice("skip", "fire"), "skip")
+
+
+@dataclass(frozen=True)
 class RecordsConfig:
     summary: str = _key('summary = "summary.json"', _text, "summary.json")
     stats_interval_s: float = _key("stats_interval_s = 60", _number(above=0.0), 60.0)
@@ -209,7 +249,9 @@ class RecordsConfig:
 _SECTIONS = {
     "decision": DecisionConfig, "source": SourceConfig, "bins": BinsConfig, "belt": BeltConfig, "encoder": EncoderConfig,
     "actuator": ActuatorConfig, "review": ReviewConfig, "alarm": AlarmConfig, "records": RecordsConfig,
+    "particles": ParticlesConfig, "valves": ValvesConfig,
 }
+_OPTIONAL = ("particles", "valves")  # None when absent: their required keys are required only when they are set
 
 
 @dataclass(frozen=True)
@@ -224,6 +266,8 @@ class Config:
     review: ReviewConfig
     alarm: AlarmConfig
     records: RecordsConfig
+    particles: ParticlesConfig = None  # None: one item per frame
+    valves: ValvesConfig = None
 
     def error(self, key, problem):
         return _error(self.path, key, problem)
@@ -290,7 +334,10 @@ def parse_config(text, path="<config>"):
             raise ConfigError(
                 f"config '{path}': unknown section [{name}]: check the spelling (sections: {', '.join(_SECTIONS)})."
             )
-    sections = {name: _section(path, name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    sections = {
+        name: _section(path, name, cls, raw.get(name, {}))
+        for name, cls in _SECTIONS.items() if name not in _OPTIONAL or name in raw
+    }
     config = Config(path=path, **sections)
     if "encoder" in raw and config.belt.position != "modbus":
         raise config.error("belt.position", 'is "clock" but an [encoder] section is set: set position = "modbus" to '
@@ -339,6 +386,20 @@ def _check_together(config):
         )
     if belt.position == "modbus":
         _check_encoder(config)
+    if config.particles is not None and config.particles.max_mm <= config.particles.min_mm:
+        raise config.error("particles.max_mm", f"is not above particles.min_mm ({config.particles.min_mm:g})")
+    if config.valves is not None and config.valves.bin not in config.bin_names() - {config.bins.recheck}:
+        raise config.error("valves.bin", f"names no bin of [bins] the bar can eject into (bins: "
+                           f"{', '.join(sorted(config.bin_names() - {config.bins.recheck}))})")
+    if config.particles is not None and config.valves is None:
+        raise config.error("particles.mm_per_px", "is set but there is no [valves] section: add [valves] with the "
+                           "valve bar's count, lane_mm and bin (particles are ejected by lane)")
+    if config.particles is not None and config.actuator.type != "jsonl":
+        raise config.error("actuator.type", f"is {config.actuator.type!r}, but with [particles] the valve bar's "
+                           "commands (lanes, pulse) are written as JSON lines only so far: set type = \"jsonl\"")
+    if config.valves is not None and config.particles is None:
+        raise config.error("valves.count", "is set but there is no [particles] section: add [particles] (valve "
+                           "lanes come from each particle's position) or remove [valves]")
     for section in (config.source, config.actuator):
         if section.retry_max_s < section.retry_initial_s:
             name = "source" if section is config.source else "actuator"

@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import numpy as np
+from PIL import Image
 
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +32,7 @@ from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
+from edge.particles import BackgroundModel, CropClassifier, ParticleTally, Segmenter  # noqa: E402
 from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
 from edge.records import (  # noqa: E402
     EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_bytes, atomic_write_json, check_writable, iso_time,
@@ -40,6 +42,7 @@ from edge.review import ReviewQueue  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
 from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
+from edge.valves import ValveBar, ValveJsonlActuator  # noqa: E402
 
 
 def _ms(seconds):
@@ -50,7 +53,7 @@ class Runner:
     """The sorting loop. Every collaborator (model, actuator, event sink, clock, review queue) is passed in, so
     tests run the real loop with a driven clock, a fake camera or a pseudo-terminal for a serial port."""
 
-    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None, belt=None):
+    def __init__(self, config, model, actuator, events, clock, review=None, telemetry=None, belt=None, truth=None):
         self.config = config
         self.model = model
         self.actuator = actuator
@@ -75,6 +78,12 @@ class Runner:
         self.review_lost = 0
         self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
         self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
+        # [particles]: many particles per frame (edge/particles.py, edge/valves.py); None: one item per frame.
+        self.particles = ParticleTally(config.bins, model.labels) if config.particles is not None else None
+        self.segmenter = self.valve_bar = None  # made once the empty belt is learned
+        self._empty_frames = []
+        self.classifier = CropClassifier(model) if config.particles is not None else None
+        self.truth = truth  # optional (frame_id, particle) -> true label: recovery and purity in summary.json
 
     def stop(self, reason):
         """Finish after the current item (signal-safe: only sets a flag)."""
@@ -88,6 +97,8 @@ class Runner:
         """Classify one frame, decide its bin, command the ejector and record the item."""
         if frame.image is None:
             return self._skip(frame, frame.error)
+        if self.particles is not None:
+            return self._process_particles(frame)
         start = self.clock.now()
         try:
             region = crop_roi(frame.image, self.config.source.roi)
@@ -156,6 +167,149 @@ class Runner:
                 )
         return (bin_name, decision.reason) if ready else (recheck, "error")
 
+    def _learn_belt(self, frame, pixels):
+        """Collect `background_frames` empty-belt frames, then build the segmenter and the valve bar from them."""
+        particles = self.config.particles
+        self._empty_frames.append(pixels)
+        if len(self._empty_frames) < particles.background_frames:
+            return
+        try:
+            background = BackgroundModel(self._empty_frames, particles.background_rate)
+        except ValueError as error:
+            self._empty_frames = []
+            return self._skip(frame, f"{error}: the belt is learned again")
+        self._empty_frames = []
+        self.segmenter = Segmenter(particles, background, self.config.valves)
+        if self.belt is None:
+            per_mm, modulus = 1.0 / self.config.belt.speed_mm_s, None
+        else:
+            per_mm, modulus = self.config.encoder.counts_per_mm, 1 << (16 * self.config.encoder.registers)
+        self.valve_bar = ValveBar(self.config.belt, particles, self.config.valves, pixels.shape[0], per_mm, modulus)
+        self.events.emit("belt_learned", frames=particles.background_frames, frame=frame.frame_id,
+                         size=[pixels.shape[1], pixels.shape[0]])
+
+    def _belt_now(self):
+        """Where the belt is now: clock seconds, or the encoder count (None when it cannot be read)."""
+        return self.clock.now() if self.belt is None else self.belt.read()
+
+    def _process_particles(self, frame):
+        """Segment the frame, classify every new particle in one call, fire the valve bar, record each particle.
+
+        The first `background_frames` frames only teach the empty belt. A particle cut by the frame's upstream edge
+        waits for the next frame, one cut by the downstream edge was seen whole in the previous one (frames overlap
+        by at least max_mm), and one already decided in an earlier frame (tracking) is not decided again.
+        Only particles of `[valves] bin` are ejected; every other one rides on to the end of the belt, which is
+        the recheck bin (as for single items: where everything lands when no valve fires).
+        """
+        start = self.clock.now()
+        try:
+            pixels = np.asarray(crop_roi(frame.image, self.config.source.roi))
+        except ValueError as error:
+            return self._skip(frame, str(error))
+        if self.segmenter is None:
+            return self._learn_belt(frame, pixels)
+        try:
+            segmentation = self.segmenter.segment(pixels)
+        except ValueError as error:  # a frame of another size than the learned belt
+            return self._skip(frame, str(error))
+        segmented = self.clock.now()
+        bar, tally = self.valve_bar, self.particles
+        position = frame.capture_time if self.belt is None else frame.position
+        fresh, plans = [], {}
+        for particle in segmentation.particles:
+            if particle.bbox[1] == 0:  # cut by the upstream edge: decided whole in the next frame
+                tally.counts["entering"] += 1
+                continue
+            if particle.bbox[1] + particle.bbox[3] == pixels.shape[0]:  # cut by the downstream edge: seen before
+                tally.counts["leaving"] += 1
+                continue
+            if position is not None:
+                plan = bar.plan(particle, position)
+                if bar.seen_before(plan, position):
+                    tally.counts["tracked"] += 1
+                    continue
+                plans[particle.index] = plan
+            fresh.append(particle)
+        tally.frame(segmentation, len(fresh))
+        ids = {}
+        for particle in fresh:
+            self._sequence += 1
+            ids[particle.index] = self._sequence
+        latency = {"capture": start - frame.capture_time, "segment": segmented - start}
+        recheck = self.config.bins.recheck
+        try:
+            probabilities = self.classifier.classify([p.crop for p in fresh])
+        except Exception as error:  # an interpreter fault must not stop the belt: these particles ride on
+            self.model_ok = False
+            self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
+            for particle in fresh:
+                self._record_particle(frame, ids[particle.index], particle, None, recheck, "error", latency)
+            return
+        self.model_ok = True
+        latency["inference"] = self.clock.now() - segmented
+        if fresh:
+            self.invoke_s.append(self.model.last_invoke_s)
+        decisions = {p.index: self.decider.decide(row) for p, row in zip(fresh, probabilities)}
+        now = self._belt_now()
+        outcome, eject, keep = {}, {}, {}
+        for particle in fresh:
+            decision, plan = decisions[particle.index], plans.get(particle.index)
+            if plan is None or now is None:
+                outcome[particle.index] = (recheck, "no_position")
+            elif decision.bin != self.config.valves.bin:
+                outcome[particle.index] = (recheck, decision.reason)
+            elif bar.delta(now, plan.open_at) >= 0:
+                outcome[particle.index] = (recheck, "late")
+            else:
+                eject[particle.index] = plan
+                continue
+            if plan is not None:
+                keep[particle.index] = plan
+        commands, conflicts, hits = bar.arbitrate(eject, keep)
+        tally.counts["conflict"] += len(conflicts)
+        tally.counts["hit"] += len(hits)
+        for index in conflicts:
+            outcome[index] = (recheck, "conflict")
+        for command in commands:
+            numbered = dataclasses.replace(command, particles=tuple(ids[i] for i in command.particles))
+            sent = self.actuator.send(numbered, command.open_at, frame.frame_id)
+            for index in command.particles:
+                outcome[index] = (self.config.valves.bin, decisions[index].reason) if sent else (recheck, "error")
+        for particle in fresh:
+            bin_name, reason = outcome[particle.index]
+            self._record_particle(frame, ids[particle.index], particle, decisions[particle.index], bin_name, reason,
+                                  latency)
+
+    def _record_particle(self, frame, seq, particle, decision, bin_name, reason, latency):
+        latency = {**latency, "total": self.clock.now() - frame.capture_time}
+        label = decision.label if decision else None
+        self.tally.add(label, bin_name, reason, latency["total"])
+        if self.telemetry is not None:
+            self.telemetry.observe(label, bin_name, reason, latency)
+        truth = self.truth(frame.frame_id, particle) if self.truth is not None else None
+        self.particles.particle(bin_name, particle.area_mm2, truth)
+        record = {
+            "seq": seq, "frame": frame.frame_id, "lanes": list(particle.lanes), "bbox": list(particle.bbox),
+            "area_mm2": particle.area_mm2, "class": label,
+            "prediction_set": list(decision.prediction_set) if decision else [],
+            "top3": [{"label": lb, "p": round(p, 6)} for lb, p in decision.top3] if decision else [],
+            "decided": decision.bin if decision else None, "bin": bin_name, "reason": reason,
+            "latency_ms": {key: _ms(value) for key, value in latency.items()},
+        }
+        if self.belt is not None:
+            record["position"] = frame.position
+        self.events.emit("particle", **record)
+        if decision is not None and decision.reason == "uncertain" and self.review is not None:
+            self._save_for_review(frame, Image.fromarray(particle.crop), record)  # the crop the model saw
+        share = self.alarm.update(decision is None or decision.bin == self.config.bins.recheck)  # uncertain share
+        if share is not None:
+            self.alarms += 1
+            self.events.emit(
+                "alarm", problem="uncertain share too high: check the lens, the light and the material on the belt",
+                recheck_share=round(share, 4), window=self.config.alarm.window,
+                limit=self.config.alarm.max_recheck_share,
+            )
+
     def _record(self, frame, start, decision, bin_name, reason, latency):
         finish = self.clock.now()
         latency["total"] = finish - frame.capture_time
@@ -195,7 +349,7 @@ class Runner:
         return record
 
     def _save_for_review(self, frame, region, record):
-        stem = f"{int(self.clock.wall() * 1000):013d}_{self._sequence:08d}"
+        stem = f"{int(self.clock.wall() * 1000):013d}_{record['seq']:08d}"
         try:
             self.review.add(stem, region, {**record, "model_sha256": self.model.sha256, "labels": self.model.labels})
         except OSError as error:  # a full or read-only disk loses review copies, never sorting
@@ -214,7 +368,8 @@ class Runner:
             "items": tally.items,
             "per_class": dict(sorted(tally.per_class.items())),
             "per_bin": dict(sorted(tally.per_bin.items())),
-            "per_reason": {r: tally.per_reason[r] for r in ("confident", "uncertain", "late", "error", "no_position")},
+            "per_reason": {r: tally.per_reason[r] for r in ("confident", "uncertain", "late", "error", "no_position")
+                           + (("conflict",) if self.particles is not None else ())},
             "recheck": tally.per_bin[self.config.bins.recheck],
             "late": tally.per_reason["late"],
             "failed": tally.per_reason["error"],
@@ -227,6 +382,7 @@ class Runner:
             "review_lost": self.review_lost,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
             **({"encoder": self.belt.counts()} if self.belt is not None else {}),
+            **({"particles": self.particles.summary()} if self.particles is not None else {}),
         }
 
     def run(self, capture, max_items=None):
@@ -456,8 +612,14 @@ def main(argv=None):
     except OSError as error:  # the events file went away between the check and the open
         print(f"runner: --events '{args.events}' cannot be opened ({error.strerror}).", file=sys.stderr)
         return 2
+    if config.particles is not None:  # the valve bar's commands: lanes and pulse per particle (edge/valves.py)
+        def factory():
+            return ValveJsonlActuator(config.actuator.path, clock, encoder=config.belt.position == "modbus")
+    else:
+        def factory():
+            return make_actuator(config.actuator, clock, config=config, labels=model.labels)
     actuator = SupervisedActuator(
-        lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels), clock, events,
+        factory, clock, events,
         config.actuator.retry_initial_s, config.actuator.retry_max_s,
     )
     capture = Capture(

@@ -1,0 +1,357 @@
+"""Many particles on a wide belt: find each one in a camera frame, without TensorFlow (OpenCV and numpy only).
+
+The belt is a known, roughly uniform background. A background model (per-pixel median of empty-belt frames) is
+subtracted from each frame; a pixel whose colour differs from the belt's by more than `threshold` (largest
+difference of the three channels, 0-255) is a particle pixel. Morphology removes sensor noise and closes small
+gaps; each outer contour, filled, is one blob (holes, e.g. a specimen's dark spots that match the belt, belong to
+it). A blob that is not convex enough (touching particles leave a neck) is split by distance transform +
+watershed. Blobs whose size (diameter of the circle of the same area, in mm: `mm_per_px`) is below `min_mm` or
+above `max_mm` are dropped and counted, never classified.
+
+The belt changes slowly (dust, wear, light): where no particle is (the particle mask dilated by a margin), the
+background moves towards the frame by `background_rate` per frame (an exponential mean; 0.02 forgets half of an
+old belt in about 35 frames), so a particle lying still for a while is not learned as belt.
+
+Preprocessing contract for a particle's crop (what the classifier sees; training's photos must look like it): a
+square centred on the particle's bounding box, side = the box's longer side x (1 + 2 x `pad`), so the specimen is
+centred with a margin of belt on every side; pixels of *other* particles and pixels beyond the frame are replaced
+by the background model's belt, so each crop shows one specimen on belt. Crops keep the frame's channel order (the
+runner passes RGB frames, so crops are RGB uint8), at camera resolution: the runner resizes each to the model's
+size with Pillow BILINEAR like any picture (edge/preprocess.py). Train on photos of single specimens on the same
+belt (or a belt-coloured background) with the same margin.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from edge.preprocess import dequantize, quantize, resize_rgb
+
+
+@dataclass(frozen=True)
+class Particle:
+    """One particle in a frame. Pixel coordinates are the frame's: x across the belt, y along it."""
+
+    index: int  # 0.. in the frame, ordered by y then x
+    centroid: tuple  # (x, y) px
+    bbox: tuple  # (x, y, width, height) px
+    area_px: int
+    area_mm2: float
+    size_mm: float  # diameter of the circle of the same area
+    lanes: tuple  # valve lanes its x-extent covers (empty without [valves] or when off the valve bar)
+    split: bool  # True when it was cut out of a blob of touching particles
+    crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
+
+
+@dataclass
+class Segmentation:
+    particles: list
+    too_small: int = 0  # blobs below min_mm (noise, fines)
+    too_large: int = 0  # blobs above max_mm (a clump that could not be split, a foreign object)
+    mask: np.ndarray = field(default=None, repr=False)  # uint8 particle mask of the frame (255 = particle)
+
+
+class BackgroundModel:
+    """The empty belt: per-pixel median of a few empty frames, then a slow running mean where no particle is."""
+
+    def __init__(self, frames, rate=0.02):
+        frames = [np.asarray(f) for f in frames]
+        if not frames:
+            raise ValueError("the background model needs at least one empty-belt frame")
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1 or frames[0].ndim != 3 or frames[0].shape[2] != 3:
+            raise ValueError(
+                f"empty-belt frames must all be 3-channel pictures of one size, got shapes {sorted(shapes)}"
+            )
+        self.mean = np.median(np.stack(frames), axis=0).astype(np.float32)
+        self.rate = float(rate)
+        self._refresh()
+
+    def _refresh(self):
+        self.image = cv2.convertScaleAbs(self.mean)
+        self._colour = None
+
+    @property
+    def colour(self):
+        """The belt's median colour, for the part of a crop beyond the frame (computed when first needed)."""
+        if self._colour is None:
+            self._colour = np.median(self.image[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)
+        return self._colour
+
+    def difference(self, frame):
+        """Largest per-channel absolute difference from the belt, uint8 (one channel)."""
+        first, second, third = cv2.split(cv2.absdiff(frame, self.image))  # contiguous planes: twice as fast
+        return cv2.max(cv2.max(first, second), third)
+
+    def update(self, frame, particle_mask, margin_px):
+        """Learn the frame where no particle is (the mask dilated by `margin_px`), at `rate`."""
+        if self.rate <= 0:
+            return
+        if margin_px > 0:
+            side = 2 * margin_px + 1
+            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))  # separable: fast
+            particle_mask = cv2.dilate(particle_mask, kernel)
+        cv2.accumulateWeighted(frame, self.mean, self.rate, mask=cv2.bitwise_not(particle_mask))
+        self._refresh()
+
+
+def lanes_of(x0_mm, x1_mm, valves):
+    """Valve lanes covered by the belt span [x0_mm, x1_mm): lane i is [first + i*lane, first + (i+1)*lane)."""
+    if valves is None or x1_mm <= x0_mm:
+        return ()
+    first = math.floor((x0_mm - valves.first_lane_mm) / valves.lane_mm)
+    last = math.ceil((x1_mm - valves.first_lane_mm) / valves.lane_mm) - 1
+    return tuple(range(max(first, 0), min(last, valves.count - 1) + 1))
+
+
+class Segmenter:
+    """Frame -> particles. `particles`: the config's ParticlesConfig; `valves`: ValvesConfig or None.
+
+    Frames are 3-channel uint8 arrays of the empty-belt frames' size, in any channel order (the crops keep it).
+    """
+
+    def __init__(self, particles, background, valves=None):
+        self.cfg = particles
+        self.valves = valves
+        self.background = background
+        self.mm_per_px = particles.mm_per_px
+        px = 1.0 / particles.mm_per_px
+        self.min_area_px = math.pi / 4 * (particles.min_mm * px) ** 2
+        self.max_area_px = math.pi / 4 * (particles.max_mm * px) ** 2
+        # Opening removes specks well under the smallest particle; closing bridges thin gaps inside a specimen.
+        open_px = max(1, min(5, int(particles.min_mm * px / 4)) | 1)
+        self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px))
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
+
+    def segment(self, frame, learn=True):
+        """The particles of one frame (uint8, the background's size); learns the belt where none is."""
+        frame = np.asarray(frame)
+        if frame.shape != self.background.image.shape:
+            raise ValueError(
+                f"frame of shape {frame.shape} does not match the empty-belt frames ({self.background.image.shape})"
+            )
+        _, mask = cv2.threshold(self.background.difference(frame), self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        labels = np.zeros(mask.shape, np.int32)
+        blobs, too_small = [], 0
+        for contour in contours:
+            if cv2.contourArea(contour) < self.min_area_px * 0.5:  # noise: cheaper to drop before filling
+                too_small += 1
+                continue
+            blobs.append(contour)
+        filled = np.zeros_like(mask)
+        for contour in blobs:
+            cv2.drawContours(filled, [contour], -1, 255, cv2.FILLED)
+        regions = []  # (label, bbox, split) per candidate particle
+        for contour in blobs:
+            x, y, w, h = cv2.boundingRect(contour)
+            blob = np.zeros((h, w), np.uint8)
+            cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
+            parts = self._split(blob, contour) if self.cfg.split else [blob]
+            for part in parts:
+                regions.append((part, x, y, len(parts) > 1))
+        particles, too_large, kept = [], 0, []
+        for part, x, y, was_split in regions:
+            area = int(cv2.countNonZero(part))
+            if area < self.min_area_px:
+                too_small += 1
+                continue
+            if area > self.max_area_px:
+                too_large += 1
+                continue
+            kept.append((part, x, y, was_split, area))
+        for number, (part, x, y, _, _) in enumerate(kept, start=1):
+            view = labels[y:y + part.shape[0], x:x + part.shape[1]]
+            view[part > 0] = number
+        boxes = np.array([_box(part, x, y) for part, x, y, _, _ in kept], np.int64).reshape(-1, 4)
+        for number, (part, x, y, was_split, area) in enumerate(kept, start=1):
+            particles.append(self._particle(frame, labels, boxes, number, part, x, y, was_split, area))
+        particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
+        particles = [replace(p, index=i) for i, p in enumerate(particles)]
+        if learn:
+            self.background.update(frame, filled, self._margin_px)
+        return Segmentation(particles, too_small, too_large, filled)
+
+    def _split(self, blob, contour):
+        """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
+
+        Markers are the parts of the distance map above `split_level` of its peak; each marker becomes a particle,
+        and the watershed gives every blob pixel to the nearest marker across the distance map's ridges.
+        """
+        hull_area = cv2.contourArea(cv2.convexHull(contour))
+        if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
+            return [blob]
+        dist = cv2.distanceTransform(blob, cv2.DIST_L2, 5)
+        peak = float(dist.max())
+        count, markers = cv2.connectedComponents((dist > self.cfg.split_level * peak).astype(np.uint8))
+        if count <= 2:  # background + one marker: one particle
+            return [blob]
+        markers = markers.astype(np.int32) + 1  # 1 = surely belt, 2.. = particles, 0 = to decide
+        markers[(blob > 0) & (markers == 1)] = 0
+        padded = cv2.copyMakeBorder(markers, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+        shade = cv2.copyMakeBorder(
+            cv2.cvtColor(cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR),
+            1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0,
+        )
+        cv2.watershed(255 - shade, padded)
+        padded = padded[1:-1, 1:-1]
+        return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, count + 1)]
+
+    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
+        moments = cv2.moments(part, binaryImage=True)
+        cx, cy = x + moments["m10"] / moments["m00"], y + moments["m01"] / moments["m00"]
+        x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
+        bbox = (x0, y0, x1 - x0, y1 - y0)
+        w = bbox[2]
+        mm = self.mm_per_px
+        area_mm2 = area * mm * mm
+        return Particle(
+            index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
+            size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
+            lanes=lanes_of(bbox[0] * mm, (bbox[0] + w) * mm, self.valves), split=was_split,
+            crop=self._crop(frame, labels, boxes, number, bbox),
+        )
+
+    def _crop(self, frame, labels, boxes, number, bbox):
+        """The padded square crop of one particle, others and off-frame pixels replaced by the belt.
+
+        Fast paths (most crops): a square inside the frame is one copy; the neighbours' pixels are looked for only
+        when another particle's box reaches into the square."""
+        x, y, w, h = bbox
+        side = int(math.ceil(max(w, h) * (1 + 2 * self.cfg.pad)))
+        x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+        height, width = labels.shape
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+        if (fx0, fy0, fx1, fy1) == (x0, y0, x0 + side, y0 + side):
+            crop = frame[y0:y0 + side, x0:x0 + side].copy()
+            inside = crop
+        else:
+            crop = np.empty((side, side, 3), np.uint8)
+            crop[:] = self.background.colour
+            inside = crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+            inside[:] = frame[fy0:fy1, fx0:fx1]
+        near = (boxes[:, 0] < fx1) & (boxes[:, 2] > fx0) & (boxes[:, 1] < fy1) & (boxes[:, 3] > fy0)
+        near[number - 1] = False
+        if near.any():
+            own = labels[fy0:fy1, fx0:fx1]
+            others = (own != 0) & (own != number)
+            inside[others] = self.background.image[fy0:fy1, fx0:fx1][others]
+        return crop
+
+
+def _box(part, x, y):
+    """(x0, y0, x1, y1) in the frame of a part mask placed at (x, y)."""
+    px, py, w, h = cv2.boundingRect(part)
+    return x + px, y + py, x + px + w, y + py + h
+
+
+class CropClassifier:
+    """Class probabilities for all crops of a frame in one interpreter call where the model allows it.
+
+    The exported models have a static batch of 1; LiteRT can resize the input to [N, S, S, 3]
+    (`resize_tensor_input` + `allocate_tensors`). To avoid re-allocating at every frame the batch is grown to the
+    next power of two and the unused rows are zero (their outputs ignored). A model that refuses the resize is run
+    once per crop in a tight loop (`batched` False). Each crop is resized with Pillow BILINEAR and quantised exactly
+    as a single picture is (edge/preprocess.py).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.batched = True
+        self._capacity = 1
+
+    def _reserve(self, count):
+        if count <= self._capacity or not self.batched:
+            return
+        capacity = 1 << (count - 1).bit_length()
+        interpreter, index = self.model._interpreter, self.model._input["index"]
+        try:
+            interpreter.resize_tensor_input(index, [capacity, self.model.input_size, self.model.input_size, 3])
+            interpreter.allocate_tensors()
+            self._capacity = capacity
+        except (RuntimeError, ValueError):
+            self.batched = False  # fall back to one call per crop, at the export's own shape
+            interpreter.resize_tensor_input(index, [1, self.model.input_size, self.model.input_size, 3])
+            interpreter.allocate_tensors()
+            self._capacity = 1
+
+    def classify(self, crops):
+        """(N, classes) float32 probabilities, in the order of `crops` (RGB uint8 arrays)."""
+        model = self.model
+        if not crops:
+            return np.zeros((0, len(model.labels)), np.float32)
+        tensors = np.concatenate([
+            quantize(resize_rgb(Image.fromarray(crop), model.input_size), model.input_dtype, model.input_scale,
+                     model.input_zero_point)
+            for crop in crops
+        ])
+        self._reserve(len(crops))
+        if not self.batched or self._capacity == 1:
+            return np.stack([model.classify(tensor[None]) for tensor in tensors])
+        batch = np.zeros((self._capacity, *tensors.shape[1:]), tensors.dtype)
+        batch[:len(crops)] = tensors
+        interpreter = model._interpreter
+        interpreter.set_tensor(model._input["index"], batch)
+        start = time.perf_counter()
+        interpreter.invoke()
+        model.last_invoke_s = time.perf_counter() - start
+        values = interpreter.get_tensor(model._output["index"])[:len(crops)]
+        return dequantize(values, model._output_scale, model._output_zero_point)
+
+
+class ParticleTally:
+    """Per-frame particle counts and the mass proxy (area, mm^2) per bin for summary.json.
+
+    Where the true class of a particle is known (`truth`), recovery and purity per product bin are estimated by area,
+    as ore-sorting engineers report them: recovery of bin b = area of b's classes that landed in b / area of b's
+    classes seen; purity of b = area of b's classes in b / all area in b. A bin's classes are those the config maps
+    to it ([bins.classes]; bins.default takes the unlisted ones).
+    """
+
+    def __init__(self, bins, labels):
+        self.target = {label: bins.classes.get(label, bins.default) for label in labels}
+        self.frames = 0
+        self.per_frame = []  # particles decided per frame (entering and tracked ones excluded)
+        self.counts = dict.fromkeys(("too_small", "too_large", "entering", "leaving", "tracked", "conflict", "hit"), 0)
+        self.area = {}  # bin -> mm^2
+        self._truth = []  # (true label, landed bin, area)
+
+    def frame(self, segmentation, decided):
+        self.frames += 1
+        self.per_frame.append(decided)
+        self.counts["too_small"] += segmentation.too_small
+        self.counts["too_large"] += segmentation.too_large
+
+    def particle(self, bin_name, area_mm2, truth=None):
+        self.area[bin_name] = self.area.get(bin_name, 0.0) + area_mm2
+        if truth is not None:
+            self._truth.append((truth, bin_name, area_mm2))
+
+    def summary(self):
+        per_frame = self.per_frame
+        described = {
+            "frames": self.frames,
+            "per_frame": {"mean": round(sum(per_frame) / len(per_frame), 3) if per_frame else None,
+                          "max": max(per_frame, default=None)},
+            **self.counts,
+            "area_mm2_per_bin": {b: round(a, 1) for b, a in sorted(self.area.items())},
+        }
+        if self._truth:
+            measures = {}
+            for bin_name in sorted(set(self.target.values())):
+                wanted = sum(a for t, _, a in self._truth if self.target.get(t) == bin_name)
+                landed = sum(a for _, b, a in self._truth if b == bin_name)
+                right = sum(a for t, b, a in self._truth if b == bin_name and self.target.get(t) == bin_name)
+                measures[bin_name] = {
+                    "recovery": round(right / wanted, 4) if wanted else None,
+                    "purity": round(right / landed, 4) if landed else None,
+                }
+            described["truth"] = {"particles": len(self._truth), "per_bin": measures}
+        return described
