@@ -38,6 +38,7 @@ def tflite_operators(model_bytes):
     return interpreter, {op["op_name"] for op in interpreter._get_ops_details()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_model_trains_round_trips_and_exports_without_flex(name, tmp_path):
     keras.utils.set_random_seed(0)

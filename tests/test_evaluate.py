@@ -85,6 +85,7 @@ def test_gradcam_explains_every_registry_model(name):
     assert probabilities.shape == (2, 3)
 
 
+@pytest.mark.slow
 @requires_minet
 def test_real_photographs_end_to_end(tmp_path):
     config = resolve_config(overrides={"weights": "none", "data": MINET, "out": str(tmp_path / "minet"), "image_size": 64, "epochs": 2,

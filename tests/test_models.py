@@ -90,6 +90,7 @@ def test_backbone_weights_file_is_loaded_exactly_and_head_stays_fresh(tmp_path):
         build_model("eca_convnext_tiny", 3, (32, 32, 3), weights=str(tmp_path / "missing.weights.h5"))
 
 
+@pytest.mark.slow
 def test_same_model_runs_under_jax_backend(tmp_path):
     pytest.importorskip("jax")
     model = build_model("eca_convnext_tiny", 3, (32, 32, 3))

@@ -4,7 +4,11 @@ rerun, and a refusal to mix runs of other settings."""
 import os
 import re
 
+import pytest
+
 from helpers import requires_minet, run_python
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = os.path.join("benchmarks", "paper_tables.py")
 FILES = {"table4.md", "table5.md", "curves.png", "confusion_matrix.png", "gradcam.png", "README.md"}

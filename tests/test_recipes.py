@@ -119,6 +119,7 @@ def test_dihedral_views_are_the_eight_symmetries_of_the_square():
     assert len({v.tobytes() for v in views}) == TTA_VIEWS
 
 
+@pytest.mark.slow
 def test_tta_is_reported_beside_the_single_view_figures(tiny_run, tmp_path):
     plain = evaluate_run(tiny_run, out_dir=str(tmp_path / "plain"))
     report = evaluate_run(tiny_run, out_dir=str(tmp_path / "tta"), tta=True)
@@ -162,6 +163,7 @@ def test_progressive_stages_split_the_epochs_evenly():
             resolve_config(overrides={"weights": "none", "demo": True, "image_size": 64, "epochs": 6, **bad})
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_each_stage_at_its_size_and_serves_at_image_size(tmp_path, demo_data):
     config = resolve_config(overrides={
         "weights": "none", "data": demo_data, "out": str(tmp_path / "run"), "model": "eca_convnext_tiny",

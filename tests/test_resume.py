@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -64,19 +65,26 @@ def test_resume_applies_and_records_a_new_learning_rate(tmp_path, demo_data):
     assert float(history(run)[1]["learning_rate"]) == pytest.approx(0.001 * 0.5 * (1 + np.cos(np.pi * 0.5)), rel=1e-4)
 
 
+@pytest.fixture(scope="module")
+def finished_run(demo_data, tmp_path_factory):
+    """A finished 2-epoch simple_cnn run made by train.py; each refusal test resumes a copy of it."""
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    done = train_cli("--weights", "none", "--data", demo_data, "--out", out, "--model", "simple_cnn", "--image-size",
+                     "32", "--epochs", "2", "--batch-size", "16", "--no-evaluate")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--model", "convnext_tiny"], "--model convnext_tiny differs from the run's simple_cnn"),
     (["--image-size", "40"], "--image-size 40 differs"),
     (["--batch-size", "8"], "--batch-size 8 differs"),
     (["--epochs", "1"], "--epochs 1 is below the 2 epochs"),
 ])
-def test_resume_refuses_flags_that_change_the_model_or_data(tmp_path, demo_data, flags, named):
-    out = str(tmp_path / "run")
-    done = train_cli("--weights", "none", "--data", demo_data, "--out", out, "--model", "simple_cnn", "--image-size",
-                     "32", "--epochs", "2", "--batch-size", "16", "--no-evaluate")
-    assert done.returncode == 0, done.stderr
+def test_resume_refuses_flags_that_change_the_model_or_data(finished_run, tmp_path, flags, named):
+    out = shutil.copytree(finished_run, tmp_path / "run")
     saved = open(os.path.join(out, "config.json")).read()
-    done = train_cli("--out", out, "--resume", *flags)
+    done = train_cli("--out", str(out), "--resume", *flags)
     assert done.returncode == 2
     assert named in done.stderr and "Traceback" not in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1

@@ -60,6 +60,7 @@ def test_cli_reports_missing_data_without_writing(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data):
     out = tmp_path / "run"
     command = [sys.executable, "train.py", "--weights", "none", "--data", demo_data, "--out", str(out), "--model", "eca_convnext_tiny",

@@ -10,6 +10,14 @@ import pytest
 RUN_FILES = ("model.keras", "labels.json", "split.csv", "config.json")
 
 
+def pytest_collection_modifyitems(items):
+    """Every export test converts real models: all are `slow` (skipped by -m "not slow")."""
+    folder = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(folder):
+            item.add_marker(pytest.mark.slow)
+
+
 def _link_run(run_dir, target, files=RUN_FILES):
     os.makedirs(target)
     for name in files:
