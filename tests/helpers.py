@@ -17,6 +17,16 @@ def requires_minet(test):
     return pytest.mark.data(pytest.mark.skipif(not os.path.isdir(MINET), reason=f"real photos absent: {MINET}")(test))
 
 
+def eca_reference(x, kernel):
+    """ECA in plain NumPy: mean over space, zero-padded 'same' cross-correlation across channels, sigmoid."""
+    pooled = x.mean(axis=(1, 2))
+    k = len(kernel)
+    padded = np.pad(pooled, ((0, 0), (k // 2, k // 2)))
+    conv = np.stack([padded[:, i:i + pooled.shape[1]] for i in range(k)], axis=-1) @ kernel
+    weights = 1 / (1 + np.exp(-conv))
+    return x * weights[:, None, None, :]
+
+
 def run_serialization_test(layer, inputs):
     """The round trips every registered layer must survive (as keras-hub's run_serialization_test): config ->
     layer, serialize -> deserialize by registered name, and a saved .keras model that reloads with identical

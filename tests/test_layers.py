@@ -4,15 +4,7 @@ import pytest
 
 from mineralnet.layers import ECA, eca_kernel_size
 
-
-def eca_reference(x, kernel):
-    """ECA in plain NumPy: mean over space, zero-padded 'same' cross-correlation across channels, sigmoid."""
-    pooled = x.mean(axis=(1, 2))
-    k = len(kernel)
-    padded = np.pad(pooled, ((0, 0), (k // 2, k // 2)))
-    conv = np.stack([padded[:, i:i + pooled.shape[1]] for i in range(k)], axis=-1) @ kernel
-    weights = 1 / (1 + np.exp(-conv))
-    return x * weights[:, None, None, :]
+from helpers import eca_reference
 
 
 @pytest.mark.parametrize("channels,expected", [(96, 3), (192, 5), (384, 5), (768, 5), (64, 3), (2048, 7)])

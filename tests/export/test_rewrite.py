@@ -13,10 +13,10 @@ from mineralnet.export import FORMATS, complete_export, convert, prepare_export
 from mineralnet.export.delegation import ALLOWED_OUTSIDE, delegation
 from mineralnet.export.errors import AccuracyGateError
 from mineralnet.export.rewrite import FLOAT_MARKER, SplitDepthwiseConv2D, rewrite_for_export
-from mineralnet.layers import ECA
 from mineralnet.utils import read_json
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+from helpers import eca_reference
+
 
 
 def _randomise(model, seed=0):
@@ -68,23 +68,18 @@ def test_caffe_preprocessing_becomes_an_exact_1x1_convolution():
 
 
 def test_models_saved_with_the_old_eca_load_and_compute_the_same():
-    """data/old_eca.npz holds the weights and the inputs/outputs of a tiny conv -> ECA -> pooling -> softmax model
-    saved by the ECA that indexed with [:, :, 0] (before the reshapes; no model file is kept in the repo). The
-    old file's ECA config was {registered_name: mineralnet>ECA, kernel_size: None, gamma: 2, b: 1}: a .keras file
-    of it builds today's ECA from that config, with the same one weight, and must compute the same outputs."""
-    saved = np.load(os.path.join(DATA, "old_eca.npz"))
-    assert keras.saving.get_registered_name(ECA) == "mineralnet>ECA"
-    eca = ECA.from_config({"name": "eca", "trainable": True, "kernel_size": None, "gamma": 2, "b": 1})
-    image = keras.Input((8, 8, 3), name="image")
-    features = eca(keras.layers.Conv2D(16, 3, padding="same", name="conv")(image))
-    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(
-        keras.layers.GlobalAveragePooling2D(name="gap")(features))
-    model = keras.Model(image, outputs)
-    assert [w.path for w in model.weights] == ["conv/kernel", "conv/bias", "eca/kernel", "predictions/kernel",
-                                               "predictions/bias"]
-    model.set_weights([saved[w.path.replace("/", "_")] for w in model.weights])
-    x = saved["io"][:, :8 * 8 * 3].reshape(-1, 8, 8, 3)
-    assert np.abs(model.predict(x, verbose=0) - saved["io"][:, 8 * 8 * 3:]).max() <= 1e-6
+    """A .keras file saved by the ECA that indexed with [:, :, 0] (before the reshapes) holds this config
+    (registered name mineralnet>ECA; kernel_size None, gamma 2, b 1) and one weight `eca/kernel` of shape (k, 1, 1):
+    today's ECA must build from that config with the same weight and compute the old layer's function (the
+    NumPy reference of tests/test_layers.py, which the old layer passed)."""
+    layer = keras.saving.deserialize_keras_object({
+        "module": "mineralnet.layers", "class_name": "ECA", "registered_name": "mineralnet>ECA",
+        "config": {"name": "eca", "trainable": True, "kernel_size": None, "gamma": 2, "b": 1}})
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 16)).astype("float32")
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert [(w.path, tuple(w.shape)) for w in layer.weights] == [("eca/kernel", (3, 1, 1))]
+    kernel = keras.ops.convert_to_numpy(layer.kernel)[:, 0, 0]
+    np.testing.assert_allclose(out, eca_reference(x, kernel), rtol=1e-6, atol=1e-6)
 
 
 def test_report_lists_partitions_read_from_each_file(exported):
