@@ -53,6 +53,25 @@ def run_serialization_test(layer, inputs):
     return got
 
 
+def runner_modules(argv, cwd):
+    """Run edge/runner.py with `argv` (argv[0] = its path) in a fresh interpreter, which must exit 0; returns the
+    names of every module it had imported by the end (to show what the device needs and what it never loads)."""
+    import json
+
+    script = (
+        "import json, runpy, sys\n"
+        f"sys.argv = {list(argv)!r}\n"
+        "try:\n"
+        f"    runpy.run_path({argv[0]!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_python(args, env=None, timeout=600, check=True):
     """Run `python ARGS` from the repo root in a fresh process; returns the CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))

@@ -117,18 +117,6 @@ class DecodedImages:
         return image
 
 
-def _decode(files, size):
-    def load(path):
-        return load_image(path.decode(), size)
-
-    def decode_one(path):
-        image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
-        image.set_shape((size, size, 3))
-        return image
-
-    return files.map(decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
 def steps_per_epoch(num_files, batch_size, drop_remainder=False):
     return num_files // batch_size if drop_remainder else math.ceil(num_files / batch_size)
 
@@ -144,9 +132,12 @@ def make_dataset(files, labels, num_classes, image_size, batch_size, training=Fa
     pixels are reused).
     """
     onehot = keras.utils.to_categorical(labels, num_classes).astype("float32")
-    if not training:
-        decoded = _decode(tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=str)), image_size)
-        dataset = tf.data.Dataset.zip((decoded, tf.data.Dataset.from_tensor_slices(onehot)))
+    if not training:  # in file order; tf.data caches the decoded pixels, so no DecodedImages cache on top
+        decoded = DecodedImages(files, image_size, cache=False)
+        dataset = tf.data.Dataset.zip((
+            tf.data.Dataset.range(len(files)).map(decoded.dataset_map, num_parallel_calls=tf.data.AUTOTUNE,
+                                                  deterministic=True),
+            tf.data.Dataset.from_tensor_slices(onehot)))
         dataset = dataset.cache() if cache else dataset
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -4,6 +4,7 @@ Each entry says what it accepts as `weights`, so that one place checks them and 
 `imagenet` (Keras hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file loads into it).
 """
 
+import contextlib
 import os
 
 from mineralnet.errors import MineralnetError
@@ -81,6 +82,26 @@ def offline_error(name, error):
     )
 
 
+@contextlib.contextmanager
+def imagenet_download(name):
+    """Inside the block, a failed download of Keras' ImageNet weights becomes offline_error(name)."""
+    try:
+        yield
+    except Exception as error:
+        if DOWNLOAD_FAILURE in str(error):
+            raise offline_error(name, error) from None
+        raise
+
+
+def imagenet_backbone(name, input_shape):
+    """Model `name`'s backbone with Keras' ImageNet weights (downloaded once, then cached): what a `--weights PATH`
+    file of it holds."""
+    if name not in _IMAGENET:
+        raise WeightsError(f"{name} has no ImageNet weights in Keras: choose one of {', '.join(sorted(_IMAGENET))}.")
+    with imagenet_download(name):
+        return _IMAGENET[name](tuple(input_shape))
+
+
 def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kwargs):
     """Build registry model `name` with a `num_classes`-way softmax head.
 
@@ -94,9 +115,5 @@ def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kw
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     check_weights(name, weights)
-    try:
+    with imagenet_download(name) if weights == "imagenet" else contextlib.nullcontext():
         return _BUILDERS[name](int(num_classes), tuple(input_shape), weights, **kwargs)
-    except Exception as error:
-        if weights == "imagenet" and DOWNLOAD_FAILURE in str(error):
-            raise offline_error(name, error) from None
-        raise

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from mineralnet.errors import cli
-from mineralnet.models.registry import _IMAGENET, DOWNLOAD_FAILURE, WeightsError, list_models, offline_error
+from mineralnet.models.registry import WeightsError, has_imagenet_weights, imagenet_backbone, list_models
 from mineralnet.utils import atomic_path
 
 SAVE_SIZE = 224  # the backbones are fully convolutional: the file loads at any input size
@@ -19,17 +19,9 @@ SAVE_SIZE = 224  # the backbones are fully convolutional: the file loads at any 
 def save_backbone_weights(name, path, backbone=None):
     """Write model `name`'s ImageNet backbone weights (or those of `backbone`, a model built the same way) to
     `path` atomically; returns the path."""
-    if name not in _IMAGENET:
-        raise WeightsError(f"{name} has no ImageNet weights in Keras: choose one of {', '.join(sorted(_IMAGENET))}.")
-    if backbone is None:
-        try:
-            backbone = _IMAGENET[name]((SAVE_SIZE, SAVE_SIZE, 3))
-        except Exception as error:
-            if DOWNLOAD_FAILURE in str(error):
-                raise offline_error(name, error) from None
-            raise
-    if not str(path).endswith(".weights.h5"):
+    if not str(path).endswith(".weights.h5"):  # before a download of ~100 MB
         raise WeightsError(f"'{path}' must end in .weights.h5 (Keras' weights file format): pass another --out.")
+    backbone = backbone or imagenet_backbone(name, (SAVE_SIZE, SAVE_SIZE, 3))
     with atomic_path(path) as tmp:
         backbone.save_weights(tmp)
     return path
@@ -37,7 +29,7 @@ def save_backbone_weights(name, path, backbone=None):
 
 @cli
 def main(argv=None):
-    models = [name for name in list_models() if name in _IMAGENET]
+    models = [name for name in list_models() if has_imagenet_weights(name)]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=models, help="registry model whose backbone to save")
     parser.add_argument("--out", required=True, help="weights file to write, ending in .weights.h5")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from edge.config import ConfigError, parse_config
 from edge.particles import BackgroundModel, Segmenter, lanes_of
-from tests.helpers import MINET, requires_minet
+from helpers import MINET, REPO, requires_minet, runner_modules
 
 MM_PER_PX = 0.5
 WIDTH, HEIGHT = 1280, 720
@@ -523,22 +523,10 @@ def test_cli_sorts_a_belt_folder_without_tensorflow(specimens, tiny_export, writ
         decision={"confidence_threshold": 0.3},
         bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
     )
-    runner = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "edge",
-                          "runner.py")
-    argv = [runner, "--model", tiny_export["float32"], "--source", f"folder:{folder}", "--config", config,
+    argv = [os.path.join(REPO, "edge", "runner.py"), "--model", tiny_export["float32"], "--source",
+            f"folder:{folder}", "--config", config,
             "--events", str(tmp_path / "events.jsonl")]
-    script = (
-        "import json, runpy, sys\n"
-        f"sys.argv = {argv!r}\n"
-        "try:\n"
-        f"    runpy.run_path({runner!r}, run_name='__main__')\n"
-        "except SystemExit as stop:\n"
-        "    assert not stop.code, stop.code\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    modules = runner_modules(argv, tmp_path)
     assert "cv2" in modules and "ai_edge_litert.interpreter" in modules
     assert [m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "mineralnet")] == []
     events = [json.loads(line) for line in open(tmp_path / "events.jsonl")]

@@ -14,7 +14,8 @@ from edge.preprocess import open_rgb
 from edge.runner import main
 from edge.sources import Capture, FolderSource, Frame
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import REPO, runner_modules
+
 RUNNER = os.path.join(REPO, "edge", "runner.py")
 
 
@@ -186,18 +187,7 @@ def test_runner_never_imports_tensorflow_keras_or_mineralnet(tmp_path, tiny_expo
     folder, names = _belt_folder(tmp_path, tiny_export, count=3)
     argv = [RUNNER, "--model", tiny_export["int8"], "--source", f"folder:{folder}", "--config", write_config(),
             "--events", str(tmp_path / "events.jsonl")]
-    script = (
-        "import json, runpy, sys\n"
-        f"sys.argv = {argv!r}\n"
-        "try:\n"
-        f"    runpy.run_path({RUNNER!r}, run_name='__main__')\n"
-        "except SystemExit as stop:\n"
-        "    assert not stop.code, stop.code\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    modules = runner_modules(argv, tmp_path)
     assert "edge.model" in modules and "ai_edge_litert.interpreter" in modules  # the run really happened
     assert [m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "mineralnet")] == []
     assert len([e for e in _lines(tmp_path / "events.jsonl") if e["type"] == "item"]) == len(names)
