@@ -201,6 +201,16 @@ class AlarmConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """The drift alarm (edge/drift.py); it runs only when the sidecar has a calibration "reference"."""
+
+    enabled: bool = _key("enabled = true", _boolean, True)
+    window: int = _key("window = 500  # items compared with the calibration images", _integer(50), 500)
+    threshold: float = _key("threshold = 0.25  # population stability index of a significant shift",
+                            _number(above=0.0), 0.25)
+
+
+@dataclass(frozen=True)
 class ParticlesConfig:
     """Many particles per frame (edge/particles.py); absent = one item per frame, as before."""
 
@@ -248,8 +258,8 @@ class RecordsConfig:
 
 _SECTIONS = {
     "decision": DecisionConfig, "source": SourceConfig, "bins": BinsConfig, "belt": BeltConfig, "encoder": EncoderConfig,
-    "actuator": ActuatorConfig, "review": ReviewConfig, "alarm": AlarmConfig, "records": RecordsConfig,
-    "particles": ParticlesConfig, "valves": ValvesConfig,
+    "actuator": ActuatorConfig, "review": ReviewConfig, "alarm": AlarmConfig, "drift": DriftConfig,
+    "records": RecordsConfig, "particles": ParticlesConfig, "valves": ValvesConfig,
 }
 _OPTIONAL = ("particles", "valves")  # None when absent: their required keys are required only when they are set
 
@@ -265,6 +275,7 @@ class Config:
     actuator: ActuatorConfig
     review: ReviewConfig
     alarm: AlarmConfig
+    drift: DriftConfig
     records: RecordsConfig
     particles: ParticlesConfig = None  # None: one item per frame
     valves: ValvesConfig = None

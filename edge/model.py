@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from edge.decision import MONDRIAN_CONFORMAL, SPLIT_CONFORMAL
+from edge.drift import reference_problem
 from edge.preprocess import DECODE_METHOD, dequantize
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
@@ -70,6 +71,11 @@ def read_sidecar(path):
     if problem:
         raise ModelError(
             f"sidecar '{path}' has a 'reject' {problem}: re-run python -m mineralnet.conformal on this model."
+        )
+    problem = reference_problem(sidecar.get("reference"), sidecar["labels"])
+    if problem:
+        raise ModelError(
+            f"sidecar '{path}' has a drift 'reference' {problem}: re-run python -m mineralnet.conformal on this model."
         )
     return sidecar
 
@@ -146,6 +152,7 @@ class Model:
             )
         self.labels = sidecar["labels"]
         self.reject = sidecar.get("reject")
+        self.reference = sidecar.get("reference")  # the calib rows' prediction histograms, for edge/drift.py
         try:
             self._interpreter = interpreter_class()(model_path=model_path, num_threads=threads)
             self._interpreter.allocate_tensors()

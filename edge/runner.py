@@ -29,6 +29,7 @@ from edge.actuators import SupervisedActuator, make_actuator, require_library  #
 from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.decision import Decider  # noqa: E402
 from edge.deps import MissingLibrary, require  # noqa: E402
+from edge.drift import DriftMonitor  # noqa: E402
 from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
@@ -69,6 +70,11 @@ class Runner:
         self.tally = Tally()
         self.alarm = RecheckAlarm(config.alarm.window, config.alarm.max_recheck_share)
         self.alarms = 0
+        # edge/drift.py: None without a calibrated sidecar "reference" or with [drift] enabled = false.
+        self.drift = None
+        if config.drift.enabled and model.reference is not None:
+            self.drift = DriftMonitor(model.labels, model.reference, config.drift.window, config.drift.threshold)
+        self.drift_alarms = 0
         self.invoke_s = deque(maxlen=100_000)  # interpreter time alone, for --benchmark
         self.busy = [None, None]  # first item start, last item finish: the span --benchmark divides by
         self.started_wall = clock.wall()
@@ -121,6 +127,7 @@ class Runner:
         self.model_ok = True
         self.invoke_s.append(model.last_invoke_s)
         decision = self.decider.decide(probabilities)
+        self._watch_drift(probabilities)
         if self.belt is not None:
             bin_name, reason = self._eject_by_position(frame, decision)
         else:
@@ -250,6 +257,8 @@ class Runner:
         if fresh:
             self.invoke_s.append(self.model.last_invoke_s)
         decisions = {p.index: self.decider.decide(row) for p, row in zip(fresh, probabilities)}
+        for row in probabilities:
+            self._watch_drift(row)
         now = self._belt_now()
         outcome, eject, keep = {}, {}, {}
         for particle in fresh:
@@ -348,6 +357,17 @@ class Runner:
             )
         return record
 
+    def _watch_drift(self, probabilities):
+        """Feed one item's probabilities to the drift monitor; a `drift` event when it trips (once per episode)."""
+        if self.drift is None:
+            return
+        tripped = self.drift.update(probabilities)
+        if self.telemetry is not None:
+            self.telemetry.drift(self.drift.statistic, self.drift.tripped)
+        if tripped is not None:
+            self.drift_alarms += 1
+            self.events.emit("drift", **tripped)
+
     def _save_for_review(self, frame, region, record):
         stem = f"{int(self.clock.wall() * 1000):013d}_{record['seq']:08d}"
         try:
@@ -378,6 +398,8 @@ class Runner:
             "source_errors": capture.source_errors,
             "actuator_errors": self.actuator.errors,
             "alarms": self.alarms,
+            "drift_alarms": self.drift_alarms,
+            "drift": self.drift.status() if self.drift is not None else None,
             "events_lost": self.events.lost,
             "review_lost": self.review_lost,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},

@@ -37,6 +37,10 @@ class Telemetry:
                                registry=registry)
         self.actuator_up = Gauge(PREFIX + "actuator_up", "1 while the actuator is open, 0 while it is being retried",
                                  registry=registry)
+        self.drift_statistic = Gauge(PREFIX + "drift_statistic", "Drift PSI of the last window against the "
+                                     "calibration images (0 until the window is full or without a reference)",
+                                     registry=registry)
+        self.drift_alarm = Gauge(PREFIX + "drift_alarm", "1 while the drift alarm is tripped", registry=registry)
         Info(PREFIX + "model", "The model being run", registry=registry).info(
             {"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)}
         )
@@ -64,6 +68,10 @@ class Telemetry:
         self.recheck_share.set(recheck_share)
         self.source_up.set(int(source_up))
         self.actuator_up.set(int(actuator_up))
+
+    def drift(self, statistic, alarm):
+        self.drift_statistic.set(statistic)
+        self.drift_alarm.set(int(alarm))
 
     def close(self):
         if self.server is not None:

@@ -19,8 +19,9 @@ gets qhat_c = 1: it is in every set and the runner never sorts to it, so every i
 Not guaranteed: the error rate among *sorted* items (one class in the set), which can exceed alpha; items unlike
 the calibration photos (another camera ROI, lighting, ore body); drift over time. The share of calibration items
 that would be sorted (`sorted_share`) is printed and stored: below 50 % the model sends most items to recheck.
-A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" entry
-changes, written atomically.
+A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" and
+"reference" entries change, written atomically. "reference" holds the same calibration items' predicted-class
+counts and top-probability histogram: the edge runner's drift alarm (edge/drift.py) compares the belt with it.
 """
 
 import argparse
@@ -118,6 +119,27 @@ def calibration_rows(run):
     )
 
 
+DRIFT_MIN_PER_BIN, DRIFT_MAX_BINS = 20, 5  # reference items per top-probability bin; most bins
+
+
+def drift_reference(probabilities, subset):
+    """The sidecar's "reference" block for the edge drift alarm: the calibration items' predicted-class counts
+    and their top probabilities binned at their own quantiles (at most n // 20 bins, 2 to 5, repeated edges
+    dropped). edge/drift.py bins live items the same way (bin = number of edges <= p, its make_reference is this
+    function; the device cannot import mineralnet) and a test checks the two agree."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    top = probabilities.max(axis=1)
+    bins = int(np.clip(len(top) // DRIFT_MIN_PER_BIN, 2, DRIFT_MAX_BINS))
+    edges = [float(e) for e in np.unique(np.quantile(top, np.arange(1, bins) / bins))]
+    return {
+        "subset": subset,
+        "n": int(len(probabilities)),
+        "class_counts": np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]).tolist(),
+        "top_edges": edges,
+        "top_counts": np.bincount(np.searchsorted(edges, top, side="right"), minlength=len(edges) + 1).tolist(),
+    }
+
+
 def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
     """Compute the reject rule on the run's calib (else val) rows and write it into the sidecar; returns it."""
     sidecar_path = sidecar_path or os.path.splitext(model_path)[0] + ".json"
@@ -149,7 +171,7 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     reject = reject_rule(probabilities, truth, labels, alpha, per_class, subset)
-    write_json(sidecar_path, {**sidecar, "reject": reject})
+    write_json(sidecar_path, {**sidecar, "reject": reject, "reference": drift_reference(probabilities, subset)})
     return reject
 
 
