@@ -45,6 +45,8 @@ def train_parser():
     add("--freeze-epochs", type=int, help="head-only epochs with the backbone frozen, before fine-tuning (default 0)")
     add("--seed", type=int, help="seed of split, shuffling, augmentation and init (default 0)")
     add("--split", help="reuse this split.csv instead of making a new split")
+    add("--init-from", help="start from the weights of this earlier run's model.keras (same --model, classes and "
+        "--image-size), e.g. to retrain with reviewed images: --split RUN_plus_review_split.csv")
     add("--split-ratios", help="train:val:calib:test (default 6:1:1:2; calib is held out for the conformal reject "
         "threshold); a three-part train:val:test like 6:2:2 makes no calib subset")
     add("--limit-per-class", type=int, help="use at most N images per class (quick runs)")

@@ -28,6 +28,7 @@ DEFAULTS = {
     "freeze_epochs": 0,  # head-only warm-up epochs with the backbone frozen
     "seed": 0,
     "split": None,  # reuse this split.csv instead of making one
+    "init_from": None,  # start from the weights of this model.keras (same model, classes and size), e.g. to retrain
     "split_ratios": "6:1:1:2",  # train:val:calib:test; train:val:test (e.g. 6:2:2) leaves calib out
     "limit_per_class": None,
     "class_weights": False,

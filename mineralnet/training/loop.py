@@ -145,6 +145,8 @@ def train(config, resume=False):
     if config["demo"] and not config["data"]:
         config["data"] = make_demo_dataset(os.path.join(run_path, "demo_data"), image_size=max(96, config["image_size"]))
     config["data"] = os.path.abspath(config["data"])
+    if config["init_from"]:
+        config["init_from"] = os.path.abspath(config["init_from"])
     if resume:
         classes = read_json(os.path.join(run_path, rundir.LABELS))
         rows = read_split(os.path.join(run_path, rundir.SPLIT), config["data"])
@@ -163,6 +165,8 @@ def train(config, resume=False):
             else:
                 keras.utils.set_random_seed(config["seed"])
                 model = _build(config, num_classes)
+                if config["init_from"]:
+                    init_weights(model, config, classes)
         if not resume:
             write_split(rows, os.path.join(run_path, rundir.SPLIT))
             write_json(os.path.join(run_path, rundir.LABELS), classes)
@@ -186,6 +190,8 @@ def train(config, resume=False):
         start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy "
                          "than with ImageNet weights)" if config["weights"] == "none"
                          else f"backbone weights {config['weights']}")
+        if config["init_from"]:
+            start_weights = f"the weights of {config['init_from']}"
         print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
               f"{config['model']} from {start_weights}")
@@ -213,6 +219,36 @@ def _build(config, num_classes):
     side = None if config["progressive_sizes"] else int(config["image_size"])
     return build_model(config["model"], num_classes, (side, side, 3), backbone_weights(config),
                        dropout=float(config["dropout"]))
+
+
+def init_weights(model, config, classes):
+    """Load the weights of config["init_from"] (an earlier run's model.keras) into the freshly built `model`.
+
+    The source must be the same model with the same classes in the same order and the same input size: its run's
+    config.json and labels.json (when beside the file) are checked first, then every weight's shape, so a
+    mismatch stops with one line instead of training from a half-loaded model."""
+    path = config["init_from"]
+    if not os.path.isfile(path):
+        raise ConfigError(f"--init-from '{path}' does not exist: pass the model.keras of an earlier run.")
+    folder = os.path.dirname(os.path.abspath(path))
+    fix = "pass the same --model and --image-size as that run, or drop --init-from to train from scratch"
+    saved = read_json(os.path.join(folder, rundir.CONFIG)) if os.path.isfile(os.path.join(folder, rundir.CONFIG)) \
+        else {}
+    for key in ("model", "image_size"):
+        if key in saved and saved[key] != config[key]:
+            raise ConfigError(f"--init-from '{path}' is a {key} {saved[key]} run but this run has {key} "
+                              f"{config[key]}: {fix}.")
+    labels_file = os.path.join(folder, rundir.LABELS)
+    if os.path.isfile(labels_file) and read_json(labels_file) != list(classes):
+        raise ConfigError(f"--init-from '{path}' was trained on the classes {read_json(labels_file)} but --data has "
+                          f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from scratch.")
+    source = rundir.Run(folder, required=()).load_model(path)
+    theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
+    if theirs != ours:
+        raise ConfigError(f"--init-from '{path}' has other weights ({len(theirs)} tensors) than the {config['model']} "
+                          f"this run builds ({len(ours)} tensors, {model.output_shape[-1]} classes, input "
+                          f"{model.input_shape[1:3]}): {fix}.")
+    model.set_weights(source.get_weights())
 
 
 def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
@@ -257,6 +293,9 @@ def run_from_args(values, config_file=None, resume=False):
     from mineralnet.training.config import load_config_file
 
     file_values = load_config_file(config_file) if config_file else {}
+    if resume and (values.get("init_from") or file_values.get("init_from")):
+        raise ConfigError("--init-from starts a new run from another run's weights; --resume continues this run from "
+                          "its own checkpoint: pass only one of them.")
     if not resume:
         config = resolve_config(file_values, values)
     else:

@@ -113,7 +113,9 @@ def test_a_split_without_calib_rows_falls_back_to_val_and_says_so(tiny_export, t
     assert main(["--run", run, "--model", model_path, "--alpha", "0.2"]) == 0
     after = json.load(open(sidecar_path))
     reject = after.pop("reject")
+    reference = after.pop("reference")  # the drift alarm's (edge/drift.py), from the same rows
     assert after == before  # nothing else changed
+    assert reference["subset"] == "val" and sum(reference["class_counts"]) == len(_rows(run, "val"))
     assert reject == {
         "method": "split_conformal", "subset": "val", "n": len(_rows(run, "val")), "alpha": 0.2,
         "qhat": reject["qhat"], "score": "1 - p_true", "sorted_share": reject["sorted_share"],
