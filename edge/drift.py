@@ -16,8 +16,8 @@ is in top-probability bin i = the number of edges <= its top probability (numpy 
 edges are the reference's quantiles, so every reference bin holds about n / bins items.
 
 **Test: the population stability index** PSI = sum_i (p_i - q_i) ln(p_i / q_i) between the last `window` items
-(p) and the reference (q), on each histogram; the statistic is the larger of the two. Why PSI rather than a
-significance test or a conformal test martingale:
+(p) and the reference (q), on each histogram; the alarm trips when either exceeds its threshold. Why PSI rather
+than a significance test or a conformal test martingale:
 
 * PSI measures how *large* the shift is, not how *certain*: over weeks every tiny, harmless difference becomes
   statistically significant, while PSI > 0.25 is the long-standing rule of thumb for a shift big enough to act on
@@ -28,16 +28,19 @@ significance test or a conformal test martingale:
   lot of different ore is never exchangeable, so it would grow on every lot change and never come back down.
 * The sliding window re-arms by itself when the stream returns to normal, like the recheck alarm.
 
-Sampling noise: with no drift at all, E[PSI] ~ (bins - 1) * (1/window + 1/n) for a histogram of `bins` bins (both
-sides are samples). The top-probability histogram therefore gets at most n // 20 bins (2 to 5), and the class
-mix has the model's labels: with n = 100 calib items, 7 classes and window 500, E[PSI] ~ 0.08, well under 0.25;
-much smaller calib sets make the class-mix PSI noisy (edge/README.md gives the measured false-alarm rate). Half an
-item is added to every bin of both histograms, so a class absent from either side gives a finite PSI. No verdict
+Sampling noise: with no drift at all, PSI ~ (1/window + 1/n) x chi-square with bins - 1 degrees of freedom, for
+a histogram of `bins` bins and n reference items (both sides are samples; PSI is twice the symmetric KL, close to
+the chi-square divergence). The top-probability histogram therefore gets at most n // 20 bins (2 to 5). Each
+histogram's threshold in force is the configured one, raised to the PSI that noise alone exceeds with probability
+1e-4 (`noise_threshold`) where the calib set is small: with n = 100, 7 classes and window 500 the class mix needs
+0.34 and the confidence 0.29; with n = 500, 0.25 stands for both. Half an item is added to every bin of both
+histograms, so a class absent from either side gives a finite PSI. No verdict
 before the window is full. The alarm trips once when the statistic exceeds the threshold and re-arms when it
 falls to REARM x threshold: a sliding window moves one item at a time, so a statistic at the threshold would
 otherwise cross it back and forth and give an alarm per item.
 """
 
+import math
 from collections import deque
 
 import numpy as np
@@ -48,6 +51,16 @@ REARM = 0.8  # re-arm below this share of the threshold (hysteresis)
 PSEUDO_COUNT = 0.5  # added to every bin of both histograms (an empty bin would make PSI infinite)
 MIN_PER_BIN = 20  # reference items per top-probability bin
 MAX_TOP_BINS = 5
+NOISE_Z = 3.719  # one-sided normal quantile of 1e-4: the chance that pure sampling noise reaches the threshold
+
+
+def noise_threshold(bins, window, n, z=NOISE_Z):
+    """The PSI that sampling noise alone exceeds with probability ~1e-4: under no drift PSI ~ (1/window + 1/n) x
+    chi-square with bins - 1 degrees of freedom (Wilson-Hilferty quantile, no scipy on the device)."""
+    df = bins - 1
+    if df < 1:
+        return 0.0
+    return (1.0 / window + 1.0 / n) * df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
 def top_probability_edges(top, max_bins=MAX_TOP_BINS, min_per_bin=MIN_PER_BIN):
@@ -125,11 +138,23 @@ class DriftMonitor:
         self._counts = (np.zeros(len(self.labels), np.int64), np.zeros(len(self._edges) + 1, np.int64))
         self._recent = deque()
         self._psi = (0.0, 0.0)
+        n = int(self._reference[0].sum())
+        # Per histogram: the configured threshold, raised where a small calib set makes noise reach it.
+        self._thresholds = tuple(max(self.threshold, noise_threshold(len(r), self.window, n)) for r in self._reference)
         self.tripped = False
 
     @property
+    def _worst(self):
+        """The histogram (0 class mix, 1 confidence) nearest to or furthest beyond its threshold."""
+        return int(np.argmax([p / t for p, t in zip(self._psi, self._thresholds)]))
+
+    @property
     def statistic(self):
-        return max(self._psi)
+        return self._psi[self._worst]
+
+    @property
+    def threshold_in_force(self):
+        return self._thresholds[self._worst]
 
     def update(self, probabilities):
         """Record one item's class probabilities; returns the status when the alarm trips, else None."""
@@ -145,10 +170,10 @@ class DriftMonitor:
         if len(self._recent) < self.window:
             return None
         self._psi = tuple(psi(c, r) for c, r in zip(self._counts, self._reference))
-        if self.statistic > self.threshold and not self.tripped:
+        if self.statistic > self.threshold_in_force and not self.tripped:
             self.tripped = True
             return self.status()
-        if self.tripped and self.statistic <= REARM * self.threshold:
+        if self.tripped and self.statistic <= REARM * self.threshold_in_force:
             self.tripped = False
         return None
 
@@ -159,27 +184,29 @@ class DriftMonitor:
     def _message(self):
         if len(self._recent) < self.window:
             return f"no verdict yet: {len(self._recent)} of {self.window} items seen"
-        if not self.tripped and self.statistic <= self.threshold:
-            return f"stream like the calibration images (PSI {self.statistic:.3f} <= {self.threshold:g})"
-        if self._psi[0] >= self._psi[1]:
+        limit = self.threshold_in_force
+        if not self.tripped and self.statistic <= limit:
+            return f"stream like the calibration images (PSI {self.statistic:.3f} <= {limit:.3g})"
+        if self._worst == 0:
             now, then = self._shares(0)
             c = int(np.argmax(np.abs(now - then)))
-            return (f"predicted class mix has shifted (PSI {self._psi[0]:.3f}, threshold {self.threshold:g}, last "
+            return (f"predicted class mix has shifted (PSI {self._psi[0]:.3f}, threshold {limit:.3g}, last "
                     f"{self.window} items): '{self.labels[c]}' {100 * now[c]:.0f} % of items vs {100 * then[c]:.0f} % "
                     "at calibration; check the feed, then relabel the review queue and retrain if it is the model")
         now, then = self._shares(1)
         below = f"below {self._edges[0]:.3f}" if len(self._edges) else "in the lowest bin"
-        return (f"model confidence has shifted (PSI {self._psi[1]:.3f}, threshold {self.threshold:g}, last "
+        return (f"model confidence has shifted (PSI {self._psi[1]:.3f}, threshold {limit:.3g}, last "
                 f"{self.window} items): {100 * now[0]:.0f} % of items have top probability {below} vs "
                 f"{100 * then[0]:.0f} % at calibration; check the lens, the light and the camera position")
 
     def status(self):
-        """{"alarm", "message", "statistic", "threshold", "window", "items", "psi": {"class_mix", "confidence"}}."""
+        """{"alarm", "message", "statistic", "threshold", "window", "items", "psi": {"class_mix", "confidence"}}:
+        `statistic` and `threshold` of the histogram nearest its threshold (alarm iff statistic > threshold)."""
         return {
             "alarm": self.tripped,
             "message": self._message(),
             "statistic": round(self.statistic, 6),
-            "threshold": self.threshold,
+            "threshold": round(self.threshold_in_force, 6),
             "window": self.window,
             "items": len(self._recent),
             "psi": {"class_mix": round(self._psi[0], 6), "confidence": round(self._psi[1], 6)},

@@ -241,7 +241,8 @@ def init_weights(model, config, classes):
     labels_file = os.path.join(folder, rundir.LABELS)
     if os.path.isfile(labels_file) and read_json(labels_file) != list(classes):
         raise ConfigError(f"--init-from '{path}' was trained on the classes {read_json(labels_file)} but --data has "
-                          f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from scratch.")
+                          f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from "
+                          "scratch.")
     source = rundir.Run(folder, required=()).load_model(path)
     theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
     if theirs != ours:

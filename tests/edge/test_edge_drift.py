@@ -45,7 +45,7 @@ def test_a_shifted_class_mix_trips_the_alarm_once_and_names_the_class():
     for seed in range(5):
         count, monitor = alarms(seed, 1500, mix=shifted)
         status = monitor.status()
-        assert count == 1 and status["alarm"] and status["statistic"] > status["threshold"] == 0.25
+        assert count == 1 and status["alarm"] and status["statistic"] > status["threshold"] >= 0.25
         assert status["psi"]["class_mix"] == status["statistic"] and "'ore6'" in status["message"]
         assert status["window"] == status["items"] == 500
 
@@ -78,10 +78,13 @@ def test_the_alarm_re_arms_after_the_stream_returns():
 @pytest.mark.slow
 def test_false_alarm_rate_over_200_seeds():
     """200 seeds, each a fresh reference of 100 calibration items (about MINET-7's calib subset) and a stream of
-    2000 exchangeable items (1500 full windows of 500): at most 3 % of the streams may raise any alarm. Measured:
-    1 of 200 (0.5 %); the largest statistic is a reference drawn unluckily far from the truth, not stream noise."""
+    2000 exchangeable items (1500 full windows of 500): at most 3 % of the streams may raise any alarm; and 20
+    streams of 20000 items (a fixed, unlucky reference is compared with ever more windows): at most 1 alarm.
+    Measured: 0 of 200 and 0 of 20. With the bare 0.25 (no noise floor) it was 1 of 200 and 6 of 20 (one stream
+    with 10 alarms): 100 calib items make the class-mix PSI that noisy, hence noise_threshold."""
     false = [seed for seed in range(200) if alarms(seed, 2000)[0]]
     assert len(false) <= 6, false
+    assert sum(alarms(seed, 20000)[0] for seed in range(20)) <= 1
 
 
 def test_mineralnet_reference_bins_as_the_device_does():
@@ -163,8 +166,8 @@ def test_the_runner_stays_quiet_on_its_own_calibration_stream(tiny_export, tmp_p
     model = Model(model_path)
     folder = _belt(tiny_export, tmp_path)
     files = sorted(os.listdir(folder))
-    probabilities = [model.classify(prepare(open_rgb(os.path.join(folder, f)), None, model.input_size, model.input_dtype,
-                                           model.input_scale, model.input_zero_point)) for f in files]
+    contract = (model.input_size, model.input_dtype, model.input_scale, model.input_zero_point)
+    probabilities = [model.classify(prepare(open_rgb(os.path.join(folder, f)), None, *contract)) for f in files]
     model_path = _copy_model(tiny_export, str(tmp_path), make_reference(probabilities * 8, "calib"))
     runner, events_path = make_runner(write_config(drift={"window": 50}, source={"loop": True}), model_path)
     summary = runner.run(Capture(FolderSource(folder, runner.clock, loop=True), runner.clock, runner.events), 120)
