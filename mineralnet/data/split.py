@@ -61,13 +61,22 @@ def _is_near_duplicate(a, b):
     return float(np.abs(first - second).mean()) <= NEAR_DUPLICATE_MAD
 
 
+def near_duplicates(sample, others, hashes=None):
+    """Indices into `others` of the near-identical pictures of `sample`, any class (identical files included):
+    the rule above. `hashes`: the others' dhashes as a uint64 array, if already made. mineralnet.review uses it to
+    keep a reviewed image that looks like a held-out one out of train."""
+    if hashes is None:
+        hashes = np.array([s.dhash for s in others], dtype=np.uint64)
+    close = np.flatnonzero(np.bitwise_count(hashes ^ np.uint64(sample.dhash)) <= NEAR_DUPLICATE_BITS)
+    return [int(j) for j in close if _is_near_duplicate(sample, others[int(j)])]
+
+
 def _near_duplicate_pairs(samples):
     """(i, j) index pairs, i < j, of near-identical pictures of any classes (identical files included)."""
     hashes = np.array([s.dhash for s in samples], dtype=np.uint64)
     pairs = []
     for i in range(len(samples) - 1):
-        close = np.flatnonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= NEAR_DUPLICATE_BITS)
-        pairs += [(i, i + 1 + int(j)) for j in close if _is_near_duplicate(samples[i], samples[i + 1 + int(j)])]
+        pairs += [(i, i + 1 + j) for j in near_duplicates(samples[i], samples[i + 1 :], hashes[i + 1 :])]
     return pairs
 
 
