@@ -11,14 +11,27 @@ DATASET are copied into DATASET/<class>/ as review_STEM.jpg (never over an exist
 "discard", "unknown" and unlabelled items are counted and left alone. A label that is no class folder stops the
 import before anything is copied (exit 2). Every image already in DATASET is hashed (sha256) and an identical
 queue image is refused as a duplicate (it would count twice, or sit in train and test at once). Each copied image
-gets one line in DATASET/review_manifest.jsonl (rewritten atomically with the new lines appended): where it came
-from (queue, device, stem), the model that was unsure (sha256, prediction, top-3), the label, who labelled it when,
-the new file and its sha256.
+gets one line in DATASET/review_manifest.jsonl: where it came from (queue, device, stem), the model that was unsure
+(sha256, prediction, top-3), the label, who labelled it when, the new file and its sha256.
+
+Crash safety: the copy appears at once under its final name (hard link of a synced temporary file) and its manifest
+line is appended and synced right after it, so a crash leaves at most one image whose line is missing or cut short.
+The next import drops a cut-short last line and records every review_STEM[_N].jpg of a queue item whose bytes match
+and that the manifest does not list, without copying it again ("recovered"): every image once in the dataset, once
+in the manifest.
 
 With --run, a new split file is written (default RUN/../<run>_plus_review_split.csv): the run's split.csv rows,
-every one in its old subset and written exactly as before, then the new images, all in `train`. Test, calib and
-val rows are unchanged, so the retrained model's test figures and its conformal calibration rest on the same rows
-and `compare` measures the review images' effect, not a new draw of the test set.
+every one in its old subset and written exactly as before, then, all in `train`, every image of the manifest that
+the run's split does not list: this import's, and those of an earlier import that crashed before writing its split
+or ran without --run (the run has seen none of them). Test, calib and val rows are unchanged, so the retrained
+model's test figures and its conformal calibration rest on the same rows and `compare` measures the review images'
+effect, not a new draw of the test set. A new image that is a near duplicate of one of the run's val, calib or test
+images (split.py's rule: dhash within 8 bits and 8x8 thumbnails within 3/255, any class) would let the retrained
+model score on a picture it has trained on; it is not copied and not added to the split (one already in the manifest
+stays in the dataset, out of the split), and its name and the image it resembles are printed. It stays in the queue:
+the next import reports it again (discard it on the review page to silence that). split.py would put such a pair in
+one subset, but that would move the new image to test and change the rows both models are compared on. Without --run
+there are no held-out rows to compare with, and a later fresh split groups same-class near duplicates itself.
 
 `compare` evaluates both runs' model.keras on their test rows, refusing runs whose test rows differ, and prints
 both accuracies, the items each model gets right where the other does not, and McNemar's exact test on those.
@@ -30,14 +43,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
 
 from mineralnet import rundir
 from mineralnet.data import read_split, write_split
-from mineralnet.data.images import IMAGE_EXTENSIONS, open_rgb
-from mineralnet.data.scan import list_classes
+from mineralnet.data.images import IMAGE_EXTENSIONS
+from mineralnet.data.scan import Sample, check_image, list_classes
+from mineralnet.data.split import near_duplicates
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.utils import atomic_write_text
 
@@ -104,12 +119,82 @@ def dataset_digests(data):
     return digests
 
 
+def read_manifest(data):
+    """The records of DATA/review_manifest.jsonl ([] without one). A last line without its newline is what a crash
+    mid-append leaves: it is removed from the file (kept if it parses), so its image is recovered like one whose
+    line was never written. Any other line that is not JSON stops the import."""
+    path = os.path.join(data, MANIFEST)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        lines = handle.read().split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline, as every complete append does
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise ReviewError(f"manifest '{path}' line {number} is not JSON: mend or delete that line (an image it "
+                              "recorded is recorded again by the next import).") from None
+    if torn:
+        try:
+            records.append(json.loads(torn))
+            lines.append(torn)
+        except ValueError:
+            pass
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return records
+
+
+def _append_manifest(data, record):
+    """One line, synced before the next image is copied: the copy and its line are lost together or kept together
+    (but for the moment between them, which the next import's recovery covers)."""
+    with open(os.path.join(data, MANIFEST), "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unrecorded_copy(data, label, stem, digest, recorded):
+    """DATA/label/review_STEM[_N].jpg with these bytes that the manifest does not list: a copy made by an import
+    that crashed before writing its line. None if there is none."""
+    pattern = re.compile(rf"review_{re.escape(stem)}(_\d+)?\.jpg")
+    for name in sorted(os.listdir(os.path.join(data, label))):
+        path = f"{label}/{name}"
+        if pattern.fullmatch(name) and path not in recorded and _sha256(os.path.join(data, label, name)) == digest:
+            return path
+    return None
+
+
+def _held_out_samples(rows):
+    """Samples (hashes, thumbnails) of the run's val, calib and test rows: the pictures a new train image must not
+    resemble. A row that cannot be decoded is left out: training drops it too."""
+    samples = []
+    for row in rows:
+        if row["subset"] != "train":
+            try:
+                samples.append(Sample(row["path"], row["label"], *check_image(row["file"])))
+            except Exception:  # any decoder failure: not a picture any model sees
+                continue
+    return samples
+
+
 def _copy_new(source, folder, stem):
     """Copy `source` to folder/review_STEM.jpg, or review_STEM_1.jpg ... if taken; never replaces a file (the
     final name is made by a hard link, which fails if it exists). Returns the name."""
     with open(source, "rb") as handle:
         data = handle.read()
     tmp = os.path.join(folder, f".{stem}.importing")
+    if os.path.exists(tmp):  # left by a crash, maybe still linked to a copy: unlink it, never write through it
+        os.remove(tmp)
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -119,6 +204,7 @@ def _copy_new(source, folder, stem):
             name = f"review_{stem}.jpg" if number == 0 else f"review_{stem}_{number}.jpg"
             try:
                 os.link(tmp, os.path.join(folder, name))
+                _fsync_dir(folder)
                 return name
             except FileExistsError:
                 continue
@@ -152,42 +238,89 @@ def import_queue(queue, data, run=None, out=None, device=None):
         if labels != classes:
             raise ReviewError(f"run '{run}' was trained on the classes {labels} but '{data}' has {classes}: pass the "
                               "--data that run was trained on.")
-        old_rows = [{k: r[k] for k in ("path", "label", "subset")} for r in read_split(split, data)]
+        run_rows = read_split(split, data)
+        old_rows = [{k: r[k] for k in ("path", "label", "subset")} for r in run_rows]
     digests = dataset_digests(data)
-    imported, duplicates, unreadable, manifest = [], [], [], []
+    manifest = read_manifest(data)
+    recorded = {m.get("file") for m in manifest}
+    held_out = hashes = None
+
+    def resembles(sample):
+        """The run's val/calib/test image `sample` is a near duplicate of, or None (held-out rows hashed once)."""
+        nonlocal held_out, hashes
+        if held_out is None:
+            held_out = _held_out_samples(run_rows)
+            hashes = np.array([s.dhash for s in held_out], dtype=np.uint64)
+        close = near_duplicates(sample, held_out, hashes)
+        return held_out[close[0]] if close else None
+
+    imported, recovered, duplicates, unreadable, near, likeness = [], [], [], [], [], {}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for item in items:
         source = os.path.join(queue, item["stem"] + ".jpg")
         digest = _sha256(source)
-        if digest in digests:
+        copied = _unrecorded_copy(data, item["label"], item["stem"], digest, recorded)
+        if digest in digests and copied is None:
             duplicates.append((item["stem"], digests[digest]))
             continue
         try:
-            open_rgb(source)
+            sample = Sample(item["stem"], item["label"], *check_image(source))
         except Exception as error:  # any decoder failure: the file is unusable for training
             unreadable.append((item["stem"], f"{type(error).__name__}: {error}"))
             continue
-        name = _copy_new(source, os.path.join(data, item["label"]), item["stem"])
-        path = f"{item['label']}/{name}"
-        digests[digest] = path
+        like = resembles(sample) if old_rows is not None else None
+        if like is not None and copied is None:  # not copied: see the module docstring
+            near.append({"stem": item["stem"], "label": item["label"], "like": like, "file": None})
+            continue
+        if copied is None:
+            path = f"{item['label']}/{_copy_new(source, os.path.join(data, item['label']), item['stem'])}"
+        else:
+            path = copied
+            recovered.append(path)
+        likeness[path] = like
         record, labelled = item["record"], item["labelled"]
-        manifest.append({
+        line = {
             "file": path, "sha256": digest, "label": item["label"], "imported_at": now,
             "queue": os.path.abspath(queue), "device": device or os.path.basename(os.path.abspath(queue)),
             "stem": item["stem"], "labelled_at": labelled.get("labelled_at"), "label_source": labelled.get("source"),
             "model_sha256": labelled.get("model_sha256") or record.get("model_sha256"),
             "predicted": record.get("class"), "top3": record.get("top3"),
-            "prediction_set": record.get("prediction_set"),
-        })
-        imported.append({"path": path, "label": item["label"], "subset": "train"})
-    if manifest:
-        manifest_path = os.path.join(data, MANIFEST)
-        before = open(manifest_path).read() if os.path.exists(manifest_path) else ""
-        atomic_write_text(manifest_path, before + "".join(json.dumps(m) + "\n" for m in manifest))
+            "prediction_set": record.get("prediction_set"), **({"recovered": True} if copied else {}),
+        }
+        _append_manifest(data, line)
+        manifest.append(line)
+        recorded.add(path)
+        digests[digest] = path
+        imported.append({"path": path, "label": item["label"]})
+    train = []
     if old_rows is not None:
-        write_split(old_rows + imported, out)
-    return {"imported": imported, "duplicates": duplicates, "unreadable": unreadable, "left": left,
-            "split": out if old_rows is not None else None, "old_rows": len(old_rows or [])}
+        # Every reviewed image the run has not seen joins train: this import's, and those of an earlier import that
+        # crashed before writing its split or ran without --run; unless it looks like a held-out image.
+        in_split = {r["path"] for r in old_rows}
+        for m in manifest:
+            path = m.get("file")
+            if path in in_split or not os.path.isfile(os.path.join(data, path)):
+                continue
+            in_split.add(path)
+            label = path.split("/")[0]
+            if path not in likeness:
+                try:
+                    likeness[path] = resembles(Sample(path, label, *check_image(os.path.join(data, path))))
+                except Exception as error:  # it decoded when imported: the file was changed since
+                    raise ReviewError(f"'{os.path.join(data, path)}' (in {MANIFEST}) no longer decodes "
+                                      f"({type(error).__name__}: {error}): restore it from the review queue or delete "
+                                      "it.") from None
+            if likeness[path] is None:
+                train.append({"path": path, "label": label, "subset": "train"})
+            else:
+                near.append({"stem": m.get("stem", path), "label": label, "like": likeness[path], "file": path})
+        write_split(old_rows + train, out)
+    subset_of = {r["path"]: r["subset"] for r in old_rows or []}
+    near = [{**n, "like": n["like"].path, "like_label": n["like"].label, "subset": subset_of[n["like"].path]}
+            for n in near]
+    return {"imported": imported, "recovered": recovered, "duplicates": duplicates, "unreadable": unreadable,
+            "near_duplicates": near, "left": left, "split": out if old_rows is not None else None, "train": train,
+            "old_rows": len(old_rows or [])}
 
 
 def report_import(result, data):
@@ -197,16 +330,29 @@ def report_import(result, data):
     counts = ", ".join(f"{label} {n}" for label, n in sorted(per_class.items())) or "none"
     print(f"review: imported {len(result['imported'])} image(s) into '{data}' ({counts}); manifest "
           f"{os.path.join(data, MANIFEST)}")
+    if result["recovered"]:
+        print(f"review: {len(result['recovered'])} of them copied by an interrupted import and now recorded, not "
+              f"copied again: {', '.join(result['recovered'])}")
     print("review: left alone: " + ", ".join(f"{n} {reason}" for reason, n in result["left"].items()))
+    if result["near_duplicates"]:
+        print(f"review: {len(result['near_duplicates'])} near duplicate(s) of the run's val/calib/test images kept "
+              f"out of train (so the compared test rows stay unseen): "
+              f"{', '.join(n['stem'] + '.jpg' for n in result['near_duplicates'])}")
+    for n in result["near_duplicates"]:
+        where = f"already in the dataset as {n['file']}, left out of the split" if n["file"] else "not imported"
+        print(f"review: near duplicate: {n['stem']}.jpg (labelled {n['label']}) looks like {n['subset']} image "
+              f"{n['like']} (labelled {n['like_label']}); {where}", file=sys.stderr)
     for stem, existing in result["duplicates"]:
         print(f"review: duplicate: {stem}.jpg has the same bytes as {existing}; not imported", file=sys.stderr)
     for stem, reason in result["unreadable"]:
         print(f"review: unreadable: {stem}.jpg ({reason}); not imported", file=sys.stderr)
     if result["split"]:
+        earlier = {r["path"] for r in result["train"]} - {r["path"] for r in result["imported"]}
         print(f"review: wrote split '{result['split']}': the run's {result['old_rows']} rows unchanged + "
-              f"{len(result['imported'])} new train rows. Retrain: python train.py --data {data} --split "
-              f"{result['split']} --init-from RUN/model.keras --out NEWRUN, then python -m mineralnet.review "
-              "compare --old RUN --new NEWRUN")
+              f"{len(result['train'])} new train rows"
+              + (f" ({len(earlier)} imported before, unseen by the run)" if earlier else "")
+              + f". Retrain: python train.py --data {data} --split {result['split']} --init-from RUN/model.keras "
+              "--out NEWRUN, then python -m mineralnet.review compare --old RUN --new NEWRUN")
 
 
 def mcnemar_p(only_old, only_new):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mineralnet import rundir
-from mineralnet.data import make_demo_dataset, make_split, scan_dataset, write_split
+from mineralnet.data import make_demo_dataset, make_split, read_split, scan_dataset, write_split
 from mineralnet.review import LABEL_SUFFIX, MANIFEST, _sha256, main, mcnemar_p
 from mineralnet.utils import write_json
 
@@ -101,6 +101,86 @@ def test_import_adds_exactly_the_labelled_images_and_keeps_the_split(world, caps
     assert capsys.readouterr().err.count("duplicate:") == 4
     assert main(["import", "--queue", world["queue"], "--data", data, "--run", world["run"]]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def _reencoded(world, stem, row, label):
+    """A queue item that is a near duplicate (same picture, other JPEG bytes) of the dataset image of `row`."""
+    queue = world["queue"]
+    Image.open(os.path.join(world["data"], row["path"])).convert("RGB").save(os.path.join(queue, f"{stem}.jpg"),
+                                                                             quality=90)
+    with open(os.path.join(queue, f"{stem}{LABEL_SUFFIX}"), "w") as handle:
+        json.dump({"label": label, "labelled_at": "2026-01-01T00:00:00+00:00", "source": "ui"}, handle)
+
+
+def test_a_near_duplicate_of_a_held_out_image_stays_out_of_train_and_the_dataset(world, capsys):
+    """Re-encoded copies of a test and a val image (the latter labelled another class) are neither copied nor in
+    the new split; a re-encoded train image joins train as usual. The old rows stay byte for byte."""
+    data, classes = world["data"], world["classes"]
+    rows = read_split(os.path.join(world["run"], rundir.SPLIT))
+    test, val, train = (next(r for r in rows if r["subset"] == s) for s in ("test", "val", "train"))
+    _reencoded(world, "0008_t", test, test["label"])
+    _reencoded(world, "0009_v", val, next(c for c in classes if c != val["label"]))
+    _reencoded(world, "0010_r", train, train["label"])
+    before = _images(data)
+    old_split = open(os.path.join(world["run"], rundir.SPLIT)).read()
+    assert main(["import", "--queue", world["queue"], "--data", data, "--run", world["run"]]) == 0
+    out, err = capsys.readouterr()
+    added = sorted(set(_images(data)) - set(before))
+    assert added == sorted([f"{classes[0]}/review_0001_a.jpg", f"{classes[1]}/review_0002_b.jpg",
+                            f"{classes[2]}/review_0007_g_1.jpg", f"{train['label']}/review_0010_r.jpg"])
+    assert "2 near duplicate(s)" in out and "0008_t.jpg, 0009_v.jpg" in out
+    assert f"0008_t.jpg (labelled {test['label']}) looks like test image {test['path']}" in err
+    assert f"looks like val image {val['path']} (labelled {val['label']}); not imported" in err
+    new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
+    assert new_split.startswith(old_split)
+    assert sorted(new_split[len(old_split):].splitlines()) == [f"{p},{p.split('/')[0]},train" for p in added]
+    assert sorted(json.loads(line)["file"] for line in open(os.path.join(data, MANIFEST))) == added
+
+
+def test_an_import_that_crashes_midway_is_completed_by_the_next_without_copying_twice(world, monkeypatch, capsys):
+    """A crash right after the 2nd copy (before its manifest line), and a manifest line cut short: the next import
+    records that copy (not copying it again), drops the torn line, and the split lists each new image once."""
+    import mineralnet.review as review
+
+    data, classes = world["data"], world["classes"]
+    before = _images(data)
+    copies = []
+
+    def crashing_copy(source, folder, stem):
+        copies.append(review.__dict__["_real_copy"](source, folder, stem))
+        if len(copies) == 2:
+            raise RuntimeError("power cut")
+        return copies[-1]
+
+    monkeypatch.setitem(review.__dict__, "_real_copy", review._copy_new)
+    monkeypatch.setattr(review, "_copy_new", crashing_copy)
+    with pytest.raises(RuntimeError, match="power cut"):
+        review.import_queue(world["queue"], data, world["run"])
+    assert copies == ["review_0001_a.jpg", "review_0002_b.jpg"]
+    manifest_path = os.path.join(data, MANIFEST)
+    assert [json.loads(line)["file"] for line in open(manifest_path)] == [f"{classes[0]}/review_0001_a.jpg"]
+    with open(manifest_path, "a") as handle:  # the 2nd line, cut short by the crash
+        handle.write('{"file": "%s/review_0002_b.jpg", "sha' % classes[1])
+    monkeypatch.undo()
+
+    assert main(["import", "--queue", world["queue"], "--data", data, "--run", world["run"]]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of them copied by an interrupted import and now recorded, not copied again: {classes[1]}/review_0002_b" \
+        in out
+    added = sorted(set(_images(data)) - set(before))
+    assert added == [f"{classes[0]}/review_0001_a.jpg", f"{classes[1]}/review_0002_b.jpg",
+                     f"{classes[2]}/review_0007_g_1.jpg"]  # no review_0002_b_1.jpg: not copied twice
+    manifest = [json.loads(line) for line in open(manifest_path)]
+    assert sorted(m["file"] for m in manifest) == added and len({m["sha256"] for m in manifest}) == 3
+    assert all(m["sha256"] == _sha256(os.path.join(data, m["file"])) for m in manifest)
+    assert [m.get("recovered", False) for m in manifest] == [False, True, False]
+    old_split = open(os.path.join(world["run"], rundir.SPLIT)).read()
+    new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
+    assert new_split.startswith(old_split)
+    assert sorted(new_split[len(old_split):].splitlines()) == [f"{p},{p.split('/')[0]},train" for p in added]
+    # Imported once more: nothing new, nothing recorded twice.
+    assert main(["import", "--queue", world["queue"], "--data", data]) == 0
+    assert _images(data) == sorted(before + added) and len(open(manifest_path).readlines()) == 3
 
 
 def test_a_label_that_is_no_class_stops_the_import_before_any_copy(world, capsys):
