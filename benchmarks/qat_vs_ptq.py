@@ -23,7 +23,6 @@ from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images  #
 from mineralnet.export.qat.process import QatOptions  # noqa: E402
 from mineralnet.export.rundir import load_run  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
-from mineralnet.utils import read_json  # noqa: E402
 from machine import commit, cpu_name  # noqa: E402
 
 FORMATS = ("float32", "int8", "int8_qat")
@@ -74,14 +73,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         out_dir = args.out or os.path.join(scratch, "export")
         load_before = os.getloadavg()[0]
-        report = export_run(args.run, ",".join(FORMATS), args.calibration_samples, out_dir,
-                            QatOptions(args.qat_epochs, args.qat_lr))
         run = load_run(args.run)
-        image = load_images(run.subset("test")[:1], run.image_size)[0]  # the first test image, as the device gets it
+        report = export_run(run, ",".join(FORMATS), args.calibration_samples, out_dir,
+                            QatOptions(args.qat_epochs, args.qat_lr))
+        image = load_images(run.rows("test")[:1], run.image_size)[0]  # the first test image, as the device gets it
         latency = interleaved_latency(out_dir, image, args.runs, args.rounds)
         load_after = os.getloadavg()[0]
 
-    config = read_json(os.path.join(args.run, "config.json"))
+    config = run.config
     qat = report["qat"]
     print(f"Run `{os.path.abspath(args.run)}`: {config.get('model')}, {run.image_size} px, {len(run.labels)} classes, "
           f"{config.get('epochs')} training epochs; Keras accuracy {report['keras']['accuracy']:.2%} on "

@@ -19,9 +19,8 @@ gets qhat_c = 1: it is in every set and the runner never sorts to it, so every i
 Not guaranteed: the error rate among *sorted* items (one class in the set), which can exceed alpha; items unlike
 the calibration photos (another camera ROI, lighting, ore body); drift over time. The share of calibration items
 that would be sorted (`sorted_share`) is printed and stored: below 50 % the model sends most items to recheck.
-A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" and
-"reference" entries change, written atomically. "reference" holds the same calibration items' predicted-class
-counts and top-probability histogram: the edge runner's drift alarm (edge/drift.py) compares the belt with it.
+A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" entry
+changes, written atomically.
 """
 
 import argparse
@@ -115,7 +114,7 @@ def calibration_rows(run):
         if rows:
             return subset, rows
     raise CalibrationError(
-        f"split '{run.file(rundir.SPLIT)}' has neither calib nor val rows: re-split with a calib share."
+        f"split '{run.split_file}' has neither calib nor val rows: re-split with a calib share."
     )
 
 
@@ -140,8 +139,8 @@ def drift_reference(probabilities, subset):
     }
 
 
-def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
-    """Compute the reject rule on the run's calib (else val) rows and write it into the sidecar; returns it."""
+def _sidecar_of(model_path, sidecar_path=None):
+    """The sidecar path (default: beside the model); CalibrationError if either file is missing."""
     sidecar_path = sidecar_path or os.path.splitext(model_path)[0] + ".json"
     for path, fix in (
         (model_path, "pass --model with an exported .tflite file"),
@@ -149,10 +148,22 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
     ):
         if not os.path.isfile(path):
             raise CalibrationError(f"'{path}' does not exist: {fix}.")
+    return sidecar_path
+
+
+def open_run(run):
+    """`run` (a rundir.Run or its path) with the files calibration reads: config, labels and split (no model)."""
     try:
-        run = rundir.Run(run_dir, required=(rundir.CONFIG, rundir.LABELS, rundir.SPLIT))
+        return rundir.Run.of(run, required=(rundir.CONFIG, rundir.LABELS, rundir.SPLIT))
     except rundir.RunError as error:
         raise CalibrationError(str(error)) from None
+
+
+def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
+    """Compute the reject rule on the calib (else val) rows of `run` (a rundir.Run or its path) and write it into
+    the sidecar; returns it."""
+    sidecar_path = _sidecar_of(model_path, sidecar_path)
+    run = open_run(run)
     sidecar = read_json(sidecar_path)
     with open(model_path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
@@ -164,7 +175,7 @@ def calibrate(run_dir, model_path, alpha, sidecar_path=None, per_class=False):
     labels = run.labels
     if sidecar.get("labels") != labels:
         raise CalibrationError(
-            f"sidecar '{sidecar_path}' lists labels {sidecar.get('labels')} but run '{run_dir}' has {labels}: "
+            f"sidecar '{sidecar_path}' lists labels {sidecar.get('labels')} but run '{run.path}' has {labels}: "
             "calibrate a model exported from this run."
         )
     subset, rows = calibration_rows(run)
@@ -239,8 +250,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}.")
-    reject = calibrate(args.run, args.model, args.alpha, args.sidecar, args.per_class)
-    report(reject, os.path.join(args.run, rundir.SPLIT))
+    _sidecar_of(args.model, args.sidecar)  # the model and sidecar are checked before the run, as calibrate does
+    run = open_run(args.run)
+    reject = calibrate(run, args.model, args.alpha, args.sidecar, args.per_class)
+    report(reject, run.split_file)
 
 
 if __name__ == "__main__":

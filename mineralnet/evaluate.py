@@ -47,19 +47,19 @@ def predict_rows(model, rows, labels, image_size, batch_size=32, views=1):
     return np.mean(per_view, axis=0)
 
 
-def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True):
-    """Evaluate and write the report files; returns the report dict. `baseline` False skips the features baseline
-    (the majority and chance figures are always there)."""
-    run = rundir.Run(run_path)
+def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True):
+    """Evaluate `run` (a rundir.Run or its path) and write the report files; returns the report dict. `baseline`
+    False skips the features baseline (the majority and chance figures are always there)."""
+    run = rundir.Run.of(run)
     rows = run.rows(subset, data_dir)
     if not rows:
-        raise DataError(f"the split of run '{run_path}' has no {subset} rows to evaluate.")
+        raise DataError(f"the split of run '{run.path}' has no {subset} rows to evaluate.")
     model = run.load_model(model_path)
     probabilities = predict_rows(model, rows, run.labels, run.image_size)
     y_true = np.array([run.labels.index(r["label"]) for r in rows])
     y_pred = probabilities.argmax(axis=1)
     report = classification_report(y_true, y_pred, run.labels)
-    report.update({"subset": subset, "model": os.path.abspath(model_path or run.file(rundir.MODEL))})
+    report.update({"subset": subset, "model": os.path.abspath(model_path or run.model_file)})
     train_rows = rows if subset == "train" else run.rows("train", data_dir)
     report["never_predicted"] = never_predicted(report)
     report["baseline"] = {
@@ -73,7 +73,7 @@ def evaluate_run(run_path, subset="test", model_path=None, out_dir=None, data_di
         tta_report = classification_report(y_true, tta_pred, run.labels)
         report["tta"] = {"views": TTA_VIEWS, **{k: tta_report[k] for k in ("accuracy", "precision_macro",
                                                                             "recall_macro", "f1_macro")}}
-    out_dir = out_dir or run.file(rundir.EVAL_DIR if subset == "test" else f"{rundir.EVAL_DIR}_{subset}")
+    out_dir = out_dir or run.eval_dir(subset)
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "report.json"), report)
     markdown = report_markdown(report, f"Evaluation on the {subset} subset")

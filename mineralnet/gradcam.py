@@ -1,10 +1,11 @@
 """Grad-CAM (Selvaraju et al., 2017) on the last stage's output, the paper's fig. 6:
 `python -m mineralnet.gradcam --run RUN --images FILES... --out DIR`.
 
-Works for every registry model: the feature map explained is the input of the model's global pooling (or
-flatten) layer, i.e. the last stage's output after its residual add and attention. The score differentiated is
-the class *logit* y^c, the paper's "score before the softmax", recomputed from the input of the model's
-`predictions` Dense layer and its kernel and bias: a confident prediction saturates the softmax (p = 1.0 in
+Works for every registry model: the feature map explained is the input of the model's feature layer, the global
+pooling (or flatten) layer its registry entry names (mineralnet.models.feature_layer), i.e. the last stage's
+output after its residual add and attention. The score differentiated is the class *logit* y^c, the paper's
+"score before the softmax", recomputed from the input of the model's `predictions` Dense layer and its kernel
+and bias: a confident prediction saturates the softmax (p = 1.0 in
 float32 has a zero gradient), which would turn every map of the classes the model is surest of into zeros.
 """
 
@@ -19,22 +20,22 @@ import numpy as np
 from mineralnet import rundir
 from mineralnet.data import DataError, load_image
 from mineralnet.errors import cli
-
-POOLING_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+from mineralnet.models import feature_layer
+from mineralnet.models.head import PREDICTIONS
 
 
 def feature_map_tensor(model):
-    """The last 4-D feature map of `model`: the input of its last pooling/flatten layer."""
-    pooling = [layer for layer in model.layers if isinstance(layer, POOLING_TYPES)]
-    if not pooling:
+    """The last 4-D feature map of `model`: the input of its feature layer (see mineralnet.models.feature_layer)."""
+    layer = feature_layer(model)
+    if layer is None:
         raise rundir.RunError(f"model '{model.name}' has no global pooling or flatten layer to take Grad-CAM's map from.")
-    return pooling[-1].input
+    return layer.input
 
 
 def softmax_head(model):
     """The model's `predictions` layer: the Dense softmax layer (float32) every registry model ends in, whose
     kernel and bias turn its input into the logits Grad-CAM differentiates."""
-    head = next((layer for layer in model.layers if layer.name == "predictions"), None)
+    head = next((layer for layer in model.layers if layer.name == PREDICTIONS), None)
     if (not isinstance(head, keras.layers.Dense) or getattr(head.activation, "__name__", None) != "softmax"
             or head.output is not model.outputs[0]):
         raise rundir.RunError(f"model '{model.name}' does not end in a Dense softmax layer named 'predictions': Grad-CAM "
@@ -105,12 +106,13 @@ def output_names(paths):
     return unique
 
 
-def gradcam_run(run_path, images, out_dir, model_path=None):
-    """Write one `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image, named by
-    output_names so that equal file names from different folders never overwrite each other; returns the paths."""
+def gradcam_run(run, images, out_dir, model_path=None):
+    """Write one `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image of `run` (a
+    rundir.Run or its path), named by output_names so that equal file names from different folders never overwrite
+    each other; returns the paths."""
     from mineralnet.plots import plt, save_figure
 
-    run = rundir.Run(run_path)
+    run = rundir.Run.of(run)
     model = run.load_model(model_path)
     missing = [path for path in images if not os.path.isfile(path)]
     if missing:

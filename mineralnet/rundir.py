@@ -1,23 +1,31 @@
 """The run directory: one folder holds everything a training run made, and every later tool reads it from here.
 
     RUN/config.json        resolved training config           RUN/model.keras      best model (val accuracy)
-    RUN/labels.json        class names in label order         RUN/checkpoint/      resumable state
+    RUN/labels.json        class names in label order         RUN/checkpoint/      epoch-N.keras, state.json
     RUN/split.csv          path,label,subset                  RUN/history.csv      one row per epoch
     RUN/data_report.json   images used, files skipped         RUN/curves.png       accuracy and loss curves
-    RUN/eval/              report.json, report.md, confusion_matrix.png (test subset)
+    RUN/eval/              report.json, report.md, confusion_matrix.png (test subset; eval_<subset>/ for others)
+    RUN/export/            model_<format>.tflite + .json sidecars, labels.txt, report.json/.md (export.py)
+    RUN/demo_data/         the synthetic dataset of a --demo run without --data
 
 split.csv subsets: train (fit), val (best epoch), calib (conformal reject threshold only; absent in runs split
 train:val:test and in runs made before it existed), test (final measures). Training reads only train and val.
+
+`Run` owns these paths, for writing (training) and reading (evaluation, Grad-CAM, export, conformal calibration):
+no other module spells a file name of the run directory. A tool is handed one Run (or opens one from its --run
+path) and passes that same object on.
 """
 
 import os
 
-from mineralnet.data.split import read_split
 from mineralnet.errors import MineralnetError
-from mineralnet.utils import read_json
+from mineralnet.utils import read_json, write_json
 
 CONFIG, LABELS, SPLIT, MODEL, DATA_REPORT = "config.json", "labels.json", "split.csv", "model.keras", "data_report.json"
 HISTORY, CURVES, CHECKPOINT_DIR, EVAL_DIR = "history.csv", "curves.png", "checkpoint", "eval"
+STATE, EXPORT_DIR, DEMO_DATA = "state.json", "export", "demo_data"
+DEFAULT_PATH = "runs/train"  # train.py's --out when none is given
+FINISHED = (CONFIG, LABELS, SPLIT, MODEL)  # what evaluation, Grad-CAM and export need
 
 
 class RunError(MineralnetError):
@@ -25,32 +33,79 @@ class RunError(MineralnetError):
 
 
 class Run:
-    """Read access to a finished (or running) training run."""
+    """Every path of one run directory, its config, labels and split rows.
 
-    def __init__(self, path, required=(CONFIG, LABELS, SPLIT, MODEL)):
+    required: the files that must exist (else RunError naming them and the fix), None for a run being written
+    (training), whose folder need not exist yet. config and labels are read once here ({} and [] while absent)
+    and kept up to date by write_config / write_labels.
+    """
+
+    def __init__(self, path, required=FINISHED):
         self.path = os.path.abspath(path)
+        self._rows = {}  # data dir -> split.csv rows
+        if required is not None:
+            self.require(required, shown=path)
+        self.config = read_json(self.config_file) if os.path.exists(self.config_file) else {}
+        self.labels = read_json(self.labels_file) if os.path.exists(self.labels_file) else []
+
+    @classmethod
+    def of(cls, run, required=FINISHED):
+        """`run` itself if it is a Run (checked for `required`), else the Run opened at that path."""
+        if isinstance(run, Run):
+            if required is not None:
+                run.require(required)
+            return run
+        return cls(run, required)
+
+    def require(self, names, shown=None):
+        """RunError unless the folder exists and holds every file in `names`."""
+        shown = shown or self.path
         if not os.path.isdir(self.path):
-            raise RunError(f"run directory '{path}' does not exist: pass --run with the --out folder of a train.py run.")
-        missing = [name for name in required if not os.path.exists(self.file(name))]
+            raise RunError(f"run directory '{shown}' does not exist: pass --run with the --out folder of a train.py run.")
+        missing = [name for name in names if not os.path.exists(self.file(name))]
         if missing:
             raise RunError(
-                f"run directory '{path}' is incomplete: {', '.join(missing)} missing. Finish (or --resume) its "
+                f"run directory '{shown}' is incomplete: {', '.join(missing)} missing. Finish (or --resume) its "
                 "training first."
             )
-        self.config = read_json(self.file(CONFIG)) if os.path.exists(self.file(CONFIG)) else {}
-        self.labels = read_json(self.file(LABELS)) if os.path.exists(self.file(LABELS)) else []
 
     def file(self, name):
         return os.path.join(self.path, name)
 
+    # Paths.
+    config_file = property(lambda self: self.file(CONFIG))
+    labels_file = property(lambda self: self.file(LABELS))
+    split_file = property(lambda self: self.file(SPLIT))
+    model_file = property(lambda self: self.file(MODEL))
+    data_report_file = property(lambda self: self.file(DATA_REPORT))
+    history_file = property(lambda self: self.file(HISTORY))
+    curves_file = property(lambda self: self.file(CURVES))
+    checkpoint_dir = property(lambda self: self.file(CHECKPOINT_DIR))
+    state_file = property(lambda self: os.path.join(self.checkpoint_dir, STATE))
+    export_dir = property(lambda self: self.file(EXPORT_DIR))
+    demo_data_dir = property(lambda self: self.file(DEMO_DATA))
+
+    def checkpoint_file(self, name):
+        return os.path.join(self.checkpoint_dir, name)
+
+    def eval_dir(self, subset="test"):
+        """RUN/eval for the test subset, RUN/eval_<subset> for another."""
+        return self.file(EVAL_DIR if subset == "test" else f"{EVAL_DIR}_{subset}")
+
+    # Reading.
     @property
     def image_size(self):
         return int(self.config["image_size"])
 
     def rows(self, subset=None, data_dir=None):
-        """split.csv rows (with absolute `file`), optionally of one subset; the data dir defaults to the run's."""
-        rows = read_split(self.file(SPLIT), data_dir or self.config.get("data"))
-        return [r for r in rows if subset is None or r["subset"] == subset]
+        """split.csv rows (with absolute `file`), optionally of one subset; the data dir defaults to the run's.
+        Read once per data dir."""
+        from mineralnet.data.split import read_split
+
+        data_dir = data_dir or self.config.get("data")
+        if data_dir not in self._rows:
+            self._rows[data_dir] = read_split(self.split_file, data_dir)
+        return [r for r in self._rows[data_dir] if subset is None or r["subset"] == subset]
 
     def load_model(self, path=None):
         """The run's best model (or `path`), with mineralnet's layers registered."""
@@ -58,9 +113,27 @@ class Run:
 
         import mineralnet  # noqa: F401  (registers custom layers for deserialisation)
 
-        path = path or self.file(MODEL)
+        path = path or self.model_file
         try:
             return keras.models.load_model(path, compile=False)
         except Exception as error:
             raise RunError(f"model file '{path}' does not load ({type(error).__name__}: {error}): retrain or "
                            "pass another --model.") from error
+
+    # Writing (atomic, see mineralnet.utils).
+    def write_config(self, config):
+        write_json(self.config_file, config)
+        self.config = config
+
+    def write_labels(self, labels):
+        write_json(self.labels_file, labels)
+        self.labels = list(labels)
+
+    def write_split(self, rows):
+        from mineralnet.data.split import write_split
+
+        write_split(rows, self.split_file)
+        self._rows = {}
+
+    def write_data_report(self, report):
+        write_json(self.data_report_file, report)

@@ -72,6 +72,24 @@ def runner_modules(argv, cwd):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+OLD_FEATURE_LAYER = "global_average_pooling2d"  # keras.applications' name of ConvNeXt's pooling before the builders named it
+
+
+def with_old_layer_names(model, renames=None):
+    """`model` (same weights) with layers renamed as an older version named them, {new: old}; default: the pooling
+    layer as ConvNeXt and VGG19 model.keras files of older run directories have it. Stands for such a file."""
+    import keras
+
+    renames = renames or {"avg_pool": OLD_FEATURE_LAYER}
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "name": renames.get(layer.name, layer.name)})
+
+    old = keras.models.clone_model(model, clone_function=clone)
+    old.set_weights(model.get_weights())
+    return old
+
+
 def run_python(args, env=None, timeout=600, check=True):
     """Run `python ARGS` from the repo root in a fresh process; returns the CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))

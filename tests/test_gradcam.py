@@ -10,7 +10,10 @@ import tensorflow as tf
 from PIL import Image
 
 from mineralnet import rundir
-from mineralnet.gradcam import gradcam_heatmaps, gradcam_run, output_names, softmax_head
+from mineralnet.gradcam import feature_map_tensor, gradcam_heatmaps, gradcam_run, output_names, softmax_head
+from mineralnet.models import build_model, feature_layer, model_info
+
+from helpers import OLD_FEATURE_LAYER, with_old_layer_names
 
 SIZE, PATCH = 32, 6
 
@@ -161,3 +164,25 @@ def test_equal_file_names_in_two_folders_get_two_overlays(tiny_run, tmp_path):
     assert [os.path.basename(p) for p in written] == ["left_0000_gradcam.png", "right_0000_gradcam.png"]
     assert sorted(os.listdir(tmp_path / "cam")) == ["left_0000_gradcam.png", "right_0000_gradcam.png"]
     assert all(Image.open(p).format == "PNG" for p in written)
+
+
+def test_the_feature_layer_is_the_one_the_registry_names():
+    model = build_model("eca_convnext_tiny", 2, (64, 64, 3))
+    assert feature_layer(model).name == model_info("eca_convnext_tiny").feature_layer == "avg_pool"
+    assert feature_map_tensor(model) is model.get_layer("eca_stage_3").output  # the last stage, after its ECA
+
+
+def test_a_model_file_saved_before_the_feature_layer_had_its_name_gives_the_same_maps(tmp_path):
+    """model.keras files of older runs have keras.applications' auto-named pooling: found by the old rule."""
+    model = build_model("eca_convnext_tiny", 2, (64, 64, 3))
+    path = str(tmp_path / "model.keras")
+    with_old_layer_names(model).save(path)
+    old = rundir.Run(tmp_path, required=()).load_model(path)
+    assert model_info(old.name).feature_layer not in [layer.name for layer in old.layers]
+    assert feature_layer(old).name == OLD_FEATURE_LAYER
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3))
+    maps, probabilities = gradcam_heatmaps(model, pixels)
+    old_maps, old_probabilities = gradcam_heatmaps(old, pixels)
+    assert maps.shape == (3, 2, 2)
+    np.testing.assert_allclose(old_maps, maps, atol=1e-6)
+    np.testing.assert_allclose(old_probabilities, probabilities, atol=1e-6)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mineralnet.layers import ECA
-from mineralnet.models import WeightsError, build_model, list_models
+from mineralnet.models import (WeightsError, build_model, feature_layer, has_imagenet_weights, list_models,
+                               model_info, registered_info, takes_any_size)
 from mineralnet.models.convnext import convnext_tiny_backbone
 
 from helpers import run_python
@@ -15,6 +16,25 @@ def test_registry_lists_and_rejects():
     assert {"eca_convnext_tiny", "convnext_tiny", "simple_cnn"} <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         build_model("nope", 3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_info_names_layers_every_built_model_has(name):
+    """The metadata consumers read instead of guessing: each declared layer exists by name in a tiny model."""
+    info = model_info(name)
+    model = build_model(name, 3, (32, 32, 3), dropout=0.1)  # dropout: head_dropout exists too
+    layers = {layer.name: layer for layer in model.layers}
+    assert info.name == name == model.name and registered_info(model) is info
+    assert info.stem in layers and list(layers).index(info.stem) < list(layers).index(info.feature_layer)
+    assert set(info.head_layers) <= set(layers) and info.head_layers[-1] == "predictions"
+    assert feature_layer(model) is layers[info.feature_layer] and len(layers[info.feature_layer].input.shape) == 4
+    assert info.any_size == takes_any_size(name) == (not isinstance(layers[info.feature_layer], keras.layers.Flatten))
+    assert info.imagenet == has_imagenet_weights(name) and info.image_size == 224 and info.reference
+
+
+def test_model_info_of_an_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_info("nope")
 
 
 def test_parameter_counts_at_26_classes():
@@ -29,7 +49,7 @@ def test_eca_layers_consume_the_stage_outputs():
     assert [int(layer.kernel.shape[0]) for layer in ecas] == [3, 5, 5, 5]
     last_blocks = {0: 2, 1: 2, 2: 8, 3: 2}  # ConvNeXt-T depths 3, 3, 9, 3
     consumers = ["convnext_tiny_downsampling_block_0", "convnext_tiny_downsampling_block_1",
-                 "convnext_tiny_downsampling_block_2", "global_average_pooling2d"]
+                 "convnext_tiny_downsampling_block_2", "avg_pool"]
     for stage, layer in enumerate(ecas):
         (node,) = layer._inbound_nodes
         producer = node.input_tensors[0]._keras_history.operation

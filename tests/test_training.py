@@ -10,7 +10,7 @@ import keras
 import pytest
 
 from mineralnet.data import make_demo_dataset
-from mineralnet.models import build_model
+from mineralnet.models import build_model, model_info
 from mineralnet.training import ConfigError, resolve_config, run_from_args, train
 from mineralnet.training.loop import _set_backbone_trainable
 
@@ -115,6 +115,15 @@ def test_frozen_warm_up_trains_only_attention_and_head(tmp_path, demo_data):
                                        "image_size": 32, "epochs": 3, "freeze_epochs": 1, "evaluate": False})
     run = train(config)
     assert [r["phase"] for r in history_rows(run)] == ["frozen", "full", "full"]
+
+
+def test_frozen_warm_up_trains_the_head_layers_its_registry_entry_names():
+    model = build_model("eca_resnet18", 4, (32, 32, 3), dropout=0.1)
+    _set_backbone_trainable(model, False)
+    assert {layer.name for layer in model.layers if layer.trainable} == set(model_info("eca_resnet18").head_layers)
+    assert sorted(v.path for v in model.trainable_weights) == ["predictions/bias", "predictions/kernel"]
+    _set_backbone_trainable(model, True)
+    assert len(model.trainable_weights) > 2
 
 
 def test_mixed_precision_run_restores_the_callers_policy(tmp_path, demo_data):

@@ -23,9 +23,10 @@ from mineralnet.export.operators import list_operators
 from mineralnet.export.qat.process import PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
-from mineralnet.export.rundir import RunInputs, load_model, load_run
+from mineralnet.export.rundir import load_model, load_run
 from mineralnet.export.sidecar import make_sidecar, sha256_file
 from mineralnet.export.verify import classification_metrics, verify
+from mineralnet.rundir import Run
 from mineralnet.utils import write_json
 
 MIN_FLOAT32_AGREEMENT = 0.995
@@ -34,7 +35,7 @@ MIN_FLOAT32_AGREEMENT = 0.995
 # int8 does not suit, which a sorting line would only notice as wrong bins.
 MAX_ACCURACY_DROP = 1.0
 QUANTIZED = ("float16", "dynamic", "int8", "int8_qat")
-STAGING_PREFIX = ".export-staging-"  # a directory of this name beside the output is a killed export's leftovers
+STAGING_PREFIX = ".export-staging-"  # + the output's name: a directory so named beside it is an export's staging
 
 log = logging.getLogger("mineralnet.export")
 
@@ -43,7 +44,7 @@ log = logging.getLogger("mineralnet.export")
 class ExportPlan:
     """A checked export waiting for conversion: the model and what it predicted on the test images."""
 
-    run: RunInputs
+    run: Run  # checked by load_run
     formats: tuple
     out_dir: str
     model: object  # keras.Model
@@ -57,9 +58,10 @@ class ExportPlan:
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points, for the QUANTIZED formats
 
 
-def prepare_export(run_dir, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
+def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
                    max_accuracy_drop=MAX_ACCURACY_DROP):
-    """Check every input (fast failures first) and take the Keras reference predictions on the test subset."""
+    """Check every input (fast failures first) and take the Keras reference predictions on the test subset of
+    `run` (a mineralnet.rundir.Run or its path)."""
     formats = parse_formats(formats)
     if not 0 <= float(max_accuracy_drop) <= 100:
         raise OptionError(f"--max-accuracy-drop must be between 0 and 100 percentage points, got {max_accuracy_drop}.")
@@ -67,27 +69,27 @@ def prepare_export(run_dir, formats=FORMATS, calibration_samples=CALIBRATION_SAM
     check_options(qat, formats)
     if int(calibration_samples) < 1:
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
-    run = load_run(run_dir)
-    out_dir = os.path.abspath(out_dir or os.path.join(run.path, "export"))
-    source_sha256 = sha256_file(run.model_path)  # hashed before loading: the hash of the file actually loaded
+    run = load_run(run)
+    out_dir = os.path.abspath(out_dir or run.export_dir)
+    source_sha256 = sha256_file(run.model_file)  # hashed before loading: the hash of the file actually loaded
     model = load_model(run)
     if qat.child_formats(formats):
-        require_convnext(model, run.model_path)
-    test_rows = run.subset("test")
+        require_convnext(model, run.model_file)
+    test_rows = run.rows("test")
     log.info("Keras reference on %d test images", len(test_rows))
     test_images = load_images(test_rows, run.image_size)
     y_true = np.array([run.labels.index(row["label"]) for row in test_rows])
     reference = np.asarray(model.predict(test_images.astype(np.float32), batch_size=32, verbose=0), np.float64)
     keras_metrics = {
-        "size_bytes": os.path.getsize(run.model_path),
+        "size_bytes": os.path.getsize(run.model_file),
         **classification_metrics(y_true, reference.argmax(1)),
     }
     calibration = None
     if set(formats) & set(FULL_INTEGER):
-        chosen = calibration_rows(run.rows, int(calibration_samples))
+        chosen = calibration_rows(run.rows(), int(calibration_samples))
         if not chosen:
             raise ExportError(
-                f"split '{os.path.join(run.path, 'split.csv')}' has no training rows to calibrate int8 with: "
+                f"split '{run.split_file}' has no training rows to calibrate int8 with: "
                 "leave int8 and int8_qat out of --formats or use a run whose split has a train subset."
             )
         calibration = load_images(chosen, run.image_size)
@@ -134,12 +136,25 @@ class _ExportModels:
         return self.clones[variant]
 
 
+def _staging_dir(out_dir):
+    """A new hidden staging directory beside `out_dir` (same filesystem: os.replace into it is atomic), after
+    removing the staging directories an earlier export to the same `out_dir` left when it was killed (SIGKILL, power
+    loss: its `finally` never ran). Those of exports to other outputs are left alone; two exports into one output
+    at once are not supported (their files would mix anyway)."""
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    prefix = f"{STAGING_PREFIX}{os.path.basename(out_dir)}-"
+    for name in os.listdir(parent):
+        if name.startswith(prefix) and os.path.isdir(os.path.join(parent, name)):
+            log.info("removing %s, left by an interrupted export", os.path.join(parent, name))
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
+
+
 def complete_export(plan):
     """Convert and verify every format in a staging directory beside the output; move the files into the output
     directory only once all of them passed. Returns the report dict."""
-    parent = os.path.dirname(plan.out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)  # same filesystem: os.replace is atomic
+    staging = _staging_dir(plan.out_dir)
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         results, published, child, float32_bytes = {}, [], None, None
@@ -162,7 +177,7 @@ def complete_export(plan):
                 raise ExportError(
                     f"the float32 model agrees with Keras on only {result['agreement_with_keras']:.1%} of the "
                     f"{len(plan.test_images)} test images (gate: {MIN_FLOAT32_AGREEMENT:.1%}), so the conversion "
-                    f"does not compute what '{plan.run.model_path}' computes; nothing was written to "
+                    f"does not compute what '{plan.run.model_file}' computes; nothing was written to "
                     f"'{plan.out_dir}'. Check the model's custom layers and the TensorFlow/LiteRT versions."
                 )
             name = f"model_{fmt}"
@@ -197,13 +212,14 @@ def complete_export(plan):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_run(run_dir, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
+def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
                max_accuracy_drop=MAX_ACCURACY_DROP):
-    """Export run `run_dir` to verified TFLite models in `out_dir` (default RUN/export); returns the report.
+    """Export `run` (a mineralnet.rundir.Run or its path) to verified TFLite models in `out_dir` (default
+    RUN/export); returns the report.
     `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
 
     Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
     agrees with Keras on fewer than 99.5 % of the test images; AccuracyGateError (an ExportError, exit status 2)
     when a quantized format's test accuracy is more than `max_accuracy_drop` points below float32's.
     """
-    return complete_export(prepare_export(run_dir, formats, calibration_samples, out_dir, qat, max_accuracy_drop))
+    return complete_export(prepare_export(run, formats, calibration_samples, out_dir, qat, max_accuracy_drop))

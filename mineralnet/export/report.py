@@ -21,7 +21,7 @@ def build_report(run, out_dir, created, source_sha256, keras_metrics, results, c
         "out_dir": os.path.abspath(out_dir),
         "created": created,
         "source_model_sha256": source_sha256,
-        "test_images": len(run.subset("test")),
+        "test_images": len(run.rows("test")),
         "calibration_images": calibration_images,
         "latency_runs": LATENCY_RUNS,
         "gate": {

@@ -1,26 +1,11 @@
-"""The exporter's view of a training run (mineralnet.rundir), checked before any slow work starts so bad input
-fails in seconds with one line naming the file and the fix."""
+"""The exporter's checks of a training run (a mineralnet.rundir.Run), made before any slow work starts so bad
+input fails in seconds with one line naming the file and the fix."""
 
 import os
-from dataclasses import dataclass
 
 from mineralnet import rundir
 from mineralnet.data import DataError, read_split
 from mineralnet.export.errors import ExportError
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """What the exporter reads from a run: the model file, labels, input size and the split rows."""
-
-    path: str  # absolute run directory
-    model_path: str
-    labels: list
-    image_size: int
-    rows: list  # split.csv rows, each with an absolute `file` that exists
-
-    def subset(self, name):
-        return [row for row in self.rows if row["subset"] == name]
 
 
 def _first_line(error):
@@ -28,13 +13,14 @@ def _first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_run(run_dir):
-    """Check `run_dir` is a complete run whose split images all still exist; return its `RunInputs`."""
+def load_run(run):
+    """Check `run` (a rundir.Run or its path) is a complete run whose split images all still exist and which has
+    test rows; return the Run, which the whole export (and its QAT process) then reads."""
     try:
-        run = rundir.Run(run_dir)
+        run = rundir.Run.of(run)
     except (rundir.RunError, ValueError) as error:  # ValueError: a config or label file that is not JSON
         raise ExportError(_first_line(error)) from None
-    config_path, labels_path, split_path = (run.file(n) for n in (rundir.CONFIG, rundir.LABELS, rundir.SPLIT))
+    config_path, labels_path, split_path = run.config_file, run.labels_file, run.split_file
     if not isinstance(run.config, dict) or not {"data", "image_size"} <= set(run.config):
         raise ExportError(f"run config '{config_path}' lacks the keys data and image_size: restore it from the run.")
     labels = run.labels
@@ -55,25 +41,24 @@ def load_run(run_dir):
     unknown = sorted({row["label"] for row in rows} - set(labels))
     if unknown:
         raise ExportError(f"split '{split_path}' has label(s) {', '.join(unknown)} missing from '{labels_path}'.")
-    inputs = RunInputs(run.path, run.file(rundir.MODEL), labels, int(run.config["image_size"]), rows)
-    if not inputs.subset("test"):
+    if not [row for row in rows if row["subset"] == "test"]:
         raise ExportError(f"split '{split_path}' has no test rows: the verification gate needs a test subset.")
-    return inputs
+    return run
 
 
-def load_model(inputs):
+def load_model(run):
     """The run's Keras model, checked against its labels and input size."""
     try:
-        model = rundir.Run(inputs.path).load_model()
+        model = run.load_model()
     except rundir.RunError as error:  # its cause may be pages long (a corrupt zip, an unknown layer): keep a line
         reason = _first_line(error.__cause__ or error)
         raise ExportError(
-            f"model file '{inputs.model_path}' does not load ({reason}): re-run training or restore model.keras."
+            f"model file '{run.model_file}' does not load ({reason}): re-run training or restore model.keras."
         ) from None
-    expected_input = (inputs.image_size, inputs.image_size, 3)
-    if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != len(inputs.labels):
+    expected_input = (run.image_size, run.image_size, 3)
+    if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != len(run.labels):
         raise ExportError(
-            f"model file '{inputs.model_path}' takes {model.input_shape[1:]} and gives {model.output_shape[-1]} "
-            f"classes but its run says {expected_input} and {len(inputs.labels)} labels: it belongs to another run."
+            f"model file '{run.model_file}' takes {model.input_shape[1:]} and gives {model.output_shape[-1]} "
+            f"classes but its run says {expected_input} and {len(run.labels)} labels: it belongs to another run."
         )
     return model

@@ -4,7 +4,7 @@ preprocessing moved inside the model so they take raw 0-255 RGB like every regis
 import keras
 from keras import ops
 
-from mineralnet.models.convnext import classifier_head
+from mineralnet.models.head import classifier_head, name_feature_layer
 from mineralnet.models.registry import register
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # ImageNet channel means, BGR order
@@ -26,10 +26,10 @@ class CaffePreprocessing(keras.layers.Layer):
 def build_application(application, name, num_classes, input_shape, weights=None, dropout=0.0):
     """`application` (a keras.applications constructor) without its top, average-pooled, behind
     CaffePreprocessing and before the project's head. The backbone is built on the preprocessed tensor, so its
-    layers sit directly in the returned model (Grad-CAM finds its pooling layer) and `weights` ("imagenet" or a
-    `.weights.h5` of this backbone) load into exactly those layers."""
+    layers sit directly in the returned model (Grad-CAM finds its pooling layer by name) and `weights` ("imagenet"
+    or a `.weights.h5` of this backbone) load into exactly those layers."""
     inputs = keras.Input(input_shape, name="image")
-    backbone = application_backbone(application, inputs, weights)
+    backbone = name_feature_layer(application_backbone(application, inputs, weights))
     return keras.Model(inputs, classifier_head(backbone.output, num_classes, dropout), name=name)
 
 
@@ -39,16 +39,18 @@ def application_backbone(application, inputs, weights):
                        input_tensor=CaffePreprocessing(name="caffe_preprocessing")(inputs))
 
 
-@register("vgg19", imagenet_backbone=lambda shape: application_backbone(
-    keras.applications.VGG19, keras.Input(shape, name="image"), "imagenet"))
+@register("vgg19", "block1_conv1", lambda shape: application_backbone(
+    keras.applications.VGG19, keras.Input(shape, name="image"), "imagenet"),
+    reference="Simonyan and Zisserman 2015, Very deep convolutional networks")
 def vgg19(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """VGG19 (Simonyan and Zisserman, 2015): 16 convolutions, 5 max-pools, then GAP instead of the 4096-wide
     dense layers (20.0M backbone parameters)."""
     return build_application(keras.applications.VGG19, "vgg19", num_classes, input_shape, weights, dropout)
 
 
-@register("resnet50", imagenet_backbone=lambda shape: application_backbone(
-    keras.applications.ResNet50, keras.Input(shape, name="image"), "imagenet"))
+@register("resnet50", "conv1_conv", lambda shape: application_backbone(
+    keras.applications.ResNet50, keras.Input(shape, name="image"), "imagenet"),
+    reference="He et al. 2016, Deep residual learning")
 def resnet50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ResNet50 (He et al., 2016), Keras' v1 bottleneck network (23.6M backbone parameters)."""
     return build_application(keras.applications.ResNet50, "resnet50", num_classes, input_shape, weights, dropout)

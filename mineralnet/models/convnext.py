@@ -3,10 +3,13 @@
 import keras
 
 from mineralnet.layers import ECA
+from mineralnet.models.head import CLASSIFIER, classifier_head, name_feature_layer
 from mineralnet.models.registry import register
 
 BACKBONE_NAME = "convnext_tiny"
 NUM_STAGES = 4
+STEM = f"{BACKBONE_NAME}_stem"  # keras.applications' stem Sequential (4x4 stride-4 convolution, LayerNorm)
+ECA_LAYERS = tuple(f"eca_stage_{stage}" for stage in range(NUM_STAGES))  # after each stage output, in order
 
 
 def convnext_tiny_backbone(input_shape, weights=None):
@@ -29,19 +32,12 @@ def stage_output_consumers(backbone):
     return consumers + pooling
 
 
-def classifier_head(features, num_classes, dropout=0.0):
-    """Optional dropout, then a float32 softmax layer (stable under mixed precision)."""
-    if dropout:
-        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(features)
-
-
 def build_convnext(num_classes, input_shape, weights=None, eca=True, dropout=0.0, name=None):
-    backbone = convnext_tiny_backbone(input_shape, weights)
+    backbone = name_feature_layer(convnext_tiny_backbone(input_shape, weights))
     ecas = {}
     if eca:
-        for stage, consumer in enumerate(stage_output_consumers(backbone)):
-            ecas[consumer] = ECA(name=f"eca_stage_{stage}")
+        for eca_name, consumer in zip(ECA_LAYERS, stage_output_consumers(backbone)):
+            ecas[consumer] = ECA(name=eca_name)
 
     def call_with_attention(layer, *args, **kwargs):
         # ECA sits on the tensor *after* the residual add (between stages), never inside the residual branch.
@@ -70,13 +66,14 @@ def imagenet_backbone(input_shape):
     return convnext_tiny_backbone(input_shape, "imagenet")
 
 
-@register("eca_convnext_tiny", imagenet_backbone=imagenet_backbone)
+@register("eca_convnext_tiny", STEM, imagenet_backbone, head_layers=ECA_LAYERS + CLASSIFIER,
+          reference="Li et al. 2024, ECA-ConvNeXt-Tiny for mineral classification")
 def eca_convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with ECA on each of the four stage outputs, then GAP -> LayerNorm -> dropout -> softmax."""
     return build_convnext(num_classes, input_shape, weights, eca=True, dropout=dropout)
 
 
-@register("convnext_tiny", imagenet_backbone=imagenet_backbone)
+@register("convnext_tiny", STEM, imagenet_backbone, reference="Liu et al. 2022, A ConvNet for the 2020s")
 def convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with the same head and no attention: the ablation baseline."""
     return build_convnext(num_classes, input_shape, weights, eca=False, dropout=dropout)

@@ -15,7 +15,7 @@ photos per class (issue 16), and this is the ECA backbone the ECA-Net paper itse
 import keras
 
 from mineralnet.layers import ECA
-from mineralnet.models.convnext import classifier_head
+from mineralnet.models.head import FEATURE_LAYER, classifier_head
 from mineralnet.models.registry import register
 from mineralnet.models.resnext import conv_bn
 
@@ -59,14 +59,14 @@ def build_eca_resnet(name, num_classes, input_shape, weights=None, dropout=0.0):
         for block in range(blocks):
             strides = 2 if stage > 1 and block == 0 else 1
             x = residual_block(x, kind, 64 * 2 ** (stage - 1), strides, f"stage{stage}_block{block}")
-    features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     if weights is not None:
         keras.Model(inputs, features).load_weights(weights)
     return keras.Model(inputs, classifier_head(features, num_classes, dropout), name=name)
 
 
 def _registered(name):
-    @register(name)
+    @register(name, "stem_conv", reference="Wang et al. 2020, ECA-Net")
     def builder(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
         return build_eca_resnet(name, num_classes, input_shape, weights, dropout)
 

@@ -10,7 +10,7 @@ network builds at 32 px and up.
 
 import keras
 
-from mineralnet.models.convnext import classifier_head
+from mineralnet.models.head import FEATURE_LAYER, classifier_head
 from mineralnet.models.registry import register
 
 # (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection) per module: the paper's table 1.
@@ -49,7 +49,7 @@ def inception(x, name):
     return keras.layers.Concatenate(name=prefix)(branches)
 
 
-@register("googlenet")
+@register("googlenet", "stem_conv1_conv", reference="Szegedy et al. 2014, Going deeper with convolutions")
 def googlenet(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """weights: None (random init) or the path of a `.weights.h5` of this backbone (image to pooled features),
     e.g. one trained elsewhere; there are no ImageNet weights for it in Keras."""
@@ -63,7 +63,7 @@ def googlenet(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0)
         x = keras.layers.MaxPooling2D(3 if index < 2 else 2, 2, padding="same", name=f"stage{stage[0][0]}_pool")(x)
         for name in stage:
             x = inception(x, name)
-    features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     if weights is not None:
         keras.Model(inputs, features).load_weights(weights)
     return keras.Model(inputs, classifier_head(features, num_classes, dropout), name="googlenet")

@@ -1,18 +1,23 @@
-"""Model registry: `build_model(name, ...)` and `list_models()`; model files register builders with `@register`.
+"""Model registry: `build_model(name, ...)`, `list_models()` and `model_info(name)`; model files register builders
+with `@register`.
 
-Each entry says what it accepts as `weights`, so that one place checks them and says the fix:
-`imagenet` (Keras hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file loads into it).
+Each entry declares what the rest of the package would otherwise guess from layer names or types (timm's
+pretrained_cfg idea): a ModelInfo with its stem, its Grad-CAM feature layer, the layers trained while the backbone
+is frozen, whether it takes any input size, and what it accepts as `weights`, so that one place checks them and
+says the fix: `imagenet` (Keras hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file
+loads into it).
 """
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 from mineralnet.errors import MineralnetError
+from mineralnet.models.head import CLASSIFIER, FEATURE_LAYER
 
 _BUILDERS = {}
-_FIXED_SIZE = set()
+_INFO = {}
 _IMAGENET = {}  # name -> function(input_shape) building its backbone with Keras' ImageNet weights (downloads)
-_NO_LOCAL_WEIGHTS = set()
 DOWNLOAD_FAILURE = "URL fetch failure"  # how keras.utils.get_file words a failed download
 
 
@@ -21,36 +26,63 @@ class WeightsError(MineralnetError):
     the fix."""
 
 
-def register(name, any_size=True, imagenet_backbone=None, local_weights=True):
-    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model`.
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a registry model is, by layer names its builder gives (every model built by `build_model` carries
+    them, and its Keras name is `name`, so a loaded model file finds its entry: `registered_info`)."""
 
-    any_size=False for models whose head depends on the image size (a Flatten before Dense), which cannot take
-    (None, None, 3); imagenet_backbone: `fn(input_shape)` -> the backbone with Keras' ImageNet weights (what a
-    `--weights PATH` file holds), for models that have them; local_weights=False for models that load no file.
+    name: str
+    stem: str  # the first layer (or block) of the backbone proper, after the input normalisation
+    feature_layer: str = FEATURE_LAYER  # global pooling/flatten whose input is the map Grad-CAM explains
+    head_layers: tuple = CLASSIFIER  # trained during the frozen-backbone warm-up (absent ones are skipped)
+    any_size: bool = True  # builds with input_shape (None, None, 3) (False: a Flatten ties the head to the size)
+    imagenet: bool = False  # Keras hosts ImageNet weights of its backbone (--weights imagenet)
+    local_weights: bool = True  # a backbone .weights.h5 file loads into it (--weights PATH)
+    image_size: int = 224  # the input size of its reference (the paper, ImageNet weights); builds at others too
+    reference: str = ""  # the paper it follows
+
+
+def register(name, stem, imagenet_backbone=None, **info):
+    """Decorator adding a builder `fn(num_classes, input_shape, weights, **kwargs) -> keras.Model` with its
+    ModelInfo (`stem` and the ModelInfo fields in `info`).
+
+    imagenet_backbone: `fn(input_shape)` -> the backbone with Keras' ImageNet weights (what a `--weights PATH`
+    file holds), for models that have them (it sets ModelInfo.imagenet).
     """
 
     def add(builder):
         if name in _BUILDERS:
             raise ValueError(f"model '{name}' is registered twice.")
         _BUILDERS[name] = builder
-        if not any_size:
-            _FIXED_SIZE.add(name)
+        _INFO[name] = ModelInfo(name, stem, imagenet=imagenet_backbone is not None, **info)
         if imagenet_backbone is not None:
             _IMAGENET[name] = imagenet_backbone
-        if not local_weights:
-            _NO_LOCAL_WEIGHTS.add(name)
         return builder
 
     return add
 
 
+def model_info(name):
+    """The ModelInfo of registry model `name`."""
+    if name not in _INFO:
+        raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())}.")
+    return _INFO[name]
+
+
+def registered_info(model):
+    """The ModelInfo of a Keras model built by `build_model` (found by its name, which model files keep), or None
+    for a model from elsewhere."""
+    return _INFO.get(getattr(model, "name", None))
+
+
 def takes_any_size(name):
-    """Whether `name` builds with input_shape (None, None, 3), as progressive resizing needs."""
-    return name not in _FIXED_SIZE
+    """Whether `name` builds with input_shape (None, None, 3), as progressive resizing needs (True for a name the
+    registry does not know, e.g. `auto` before it is resolved: build_model refuses unknown names)."""
+    return name not in _INFO or _INFO[name].any_size
 
 
 def has_imagenet_weights(name):
-    return name in _IMAGENET
+    return name in _INFO and _INFO[name].imagenet
 
 
 def list_models():
@@ -62,10 +94,10 @@ def check_weights(name, weights):
     """Refuse `weights` that model `name` cannot take, with the fix; None, "imagenet" or a file path."""
     if weights is None:
         return
-    if name in _NO_LOCAL_WEIGHTS:
+    if not model_info(name).local_weights:
         raise WeightsError(f"{name} has no pretrained weights: use --weights none.")
     if weights == "imagenet":
-        if name not in _IMAGENET:
+        if not model_info(name).imagenet:
             raise WeightsError(f"{name} has no ImageNet weights in Keras: pass --weights none, or the path of a "
                                f"{name} backbone .weights.h5 file trained elsewhere.")
     elif not os.path.isfile(str(weights)):
@@ -110,8 +142,7 @@ def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kw
     caches them) or the path of a backbone weights file (`.weights.h5`, as saved by `backbone.save_weights` or
     `python -m mineralnet.models.weights`).
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())}.")
+    model_info(name)  # ValueError for an unknown name
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     check_weights(name, weights)

@@ -7,7 +7,7 @@ each stage's first block. 25,028,904 trainable parameters at 1000 classes, as to
 
 import keras
 
-from mineralnet.models.convnext import classifier_head
+from mineralnet.models.head import FEATURE_LAYER, classifier_head
 from mineralnet.models.registry import register
 
 GROUPS, WIDTH_PER_GROUP = 32, 4
@@ -53,7 +53,7 @@ def bottleneck(x, planes, strides, name):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-@register("resnext50")
+@register("resnext50", "stem_conv", reference="Xie et al. 2017, Aggregated residual transformations")
 def resnext50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """weights: None (random init) or the path of a `.weights.h5` of this backbone (image to pooled features),
     e.g. one trained elsewhere; there are no ImageNet weights for it in Keras."""
@@ -65,7 +65,7 @@ def resnext50(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0)
         for block in range(blocks):
             strides = 2 if stage > 1 and block == 0 else 1
             x = bottleneck(x, planes, strides, f"stage{stage}_block{block}")
-    features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     if weights is not None:
         keras.Model(inputs, features).load_weights(weights)
     return keras.Model(inputs, classifier_head(features, num_classes, dropout), name="resnext50")

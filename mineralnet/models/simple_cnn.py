@@ -4,11 +4,12 @@ baseline, and the model the quick tests train."""
 
 import keras
 
-from mineralnet.models.convnext import classifier_head
+from mineralnet.models.head import classifier_head
 from mineralnet.models.registry import register
 
 
-@register("simple_cnn", any_size=False, local_weights=False)
+@register("simple_cnn", "conv_0", feature_layer="flatten", any_size=False, local_weights=False,  # Flatten: fixed size
+          reference="the metallurgy CNN tutorial (shared/seeds/002)")
 def simple_cnn(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)

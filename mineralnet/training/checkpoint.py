@@ -17,14 +17,14 @@ from mineralnet.plots import plot_curves
 from mineralnet.training.ema import averaged_weights
 from mineralnet.utils import atomic_path, atomic_write_text, read_json, write_json
 
-STATE = "state.json"
 HISTORY_FIELDS = ["epoch", "phase", "image_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy",
                   "seconds"]
 
 
-def read_state(run_path):
-    """The last finished epoch's state, or None for a run that has not finished an epoch."""
-    path = os.path.join(run_path, rundir.CHECKPOINT_DIR, STATE)
+def read_state(run):
+    """The last finished epoch's state of `run` (a rundir.Run or its path), or None for a run that has not finished
+    an epoch."""
+    path = rundir.Run.of(run, required=None).state_file
     return read_json(path) if os.path.exists(path) else None
 
 
@@ -43,23 +43,26 @@ def save_model(model, path, with_optimizer=True, image_size=None):
         model.save(tmp)
 
 
-def write_history(run_path, history, best_epoch=None):
-    """history.csv, and curves.png with `best_epoch` (the one saved as model.keras) marked."""
+def write_history(run, history, best_epoch=None):
+    """history.csv, and curves.png with `best_epoch` (the one saved as model.keras) marked; `run`: a rundir.Run or
+    its path."""
+    run = rundir.Run.of(run, required=None)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(os.path.join(run_path, rundir.HISTORY), buffer.getvalue())
-    plot_curves(history, os.path.join(run_path, rundir.CURVES), best_epoch)
+    atomic_write_text(run.history_file, buffer.getvalue())
+    plot_curves(history, run.curves_file, best_epoch)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Writes the run's files after every epoch and prints one summary line per epoch."""
+    """Writes the run's files (`run`: a rundir.Run or its path) after every epoch and prints one summary line per
+    epoch."""
 
-    def __init__(self, run_path, phase, total_epochs, state=None, image_size=None, train_size=None):
+    def __init__(self, run, phase, total_epochs, state=None, image_size=None, train_size=None):
         super().__init__()
         self.image_size, self.train_size = image_size, train_size
-        self.run_path = run_path
+        self.run = rundir.Run.of(run, required=None)
         self.phase = phase
         self.total_epochs = total_epochs
         state = state or {}
@@ -83,18 +86,18 @@ class RunCheckpoint(keras.callbacks.Callback):
         if improved:
             self.best, self.best_epoch = row["val_accuracy"], number
             with averaged_weights(self.model):  # the weights that were just validated
-                save_model(self.model, os.path.join(self.run_path, rundir.MODEL), False, self.image_size)
-        folder = os.path.join(self.run_path, rundir.CHECKPOINT_DIR)
+                save_model(self.model, self.run.model_file, False, self.image_size)
+        folder = self.run.checkpoint_dir
         name = f"epoch-{number}.keras"
-        save_model(self.model, os.path.join(folder, name))
-        write_json(os.path.join(folder, STATE), {
+        save_model(self.model, self.run.checkpoint_file(name))
+        write_json(self.run.state_file, {
             "epoch": number, "phase": self.phase, "checkpoint": name, "best_val_accuracy": self.best,
             "best_epoch": self.best_epoch, "history": self.history,
         })
         for old in os.listdir(folder):
             if old.endswith(".keras") and old != name:
-                os.remove(os.path.join(folder, old))
-        write_history(self.run_path, self.history, self.best_epoch)
+                os.remove(self.run.checkpoint_file(old))
+        write_history(self.run, self.history, self.best_epoch)
         print(
             f"epoch {number}/{self.total_epochs} [{self.phase}] loss {row.get('loss', float('nan')):.4f} "
             f"acc {row.get('accuracy', float('nan')):.4f} val_loss {row.get('val_loss', float('nan')):.4f} "

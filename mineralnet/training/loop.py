@@ -10,22 +10,19 @@ import warnings
 import keras
 
 from mineralnet import rundir
-from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset, write_split
+from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset
 from mineralnet.data.pipeline import AugmentConfig, DecodedImages, class_weights, make_dataset, steps_per_epoch
 from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
-from mineralnet.models import build_model
+from mineralnet.models import build_model, model_info
 from mineralnet.training.advice import resolve_auto
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.training.progress import progress_callbacks
-from mineralnet.utils import read_json, write_json
+from mineralnet.utils import read_json
 
-HEAD_LAYER_PREFIXES = ("eca_", "predictions", "head_dropout")  # trainable during the frozen-backbone warm-up
-
-
-def _prepare_data(config, run_path):
+def _prepare_data(config):
     """Scan the data, make or reuse the split; raises before anything is written.
 
     Training reads only the train and val rows (`_arrays`); calib and test rows stay unseen by the fit, the
@@ -73,8 +70,11 @@ def _arrays(rows, classes, data_dir, subset):
 
 
 def _set_backbone_trainable(model, trainable):
+    """Freeze (or unfreeze) every layer but the head layers of the model's registry entry (ModelInfo.head_layers:
+    the classifier and, on ECA-ConvNeXt, the ECA layers the pretrained backbone lacks), which always train."""
+    head = set(model_info(model.name).head_layers)
     for layer in model.layers:
-        if not layer.name.startswith(HEAD_LAYER_PREFIXES):
+        if layer.name not in head:
             layer.trainable = trainable
 
 
@@ -114,12 +114,11 @@ def _enable_determinism(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-def _check_run_dir(run_path, resume):
-    config_file = os.path.join(run_path, rundir.CONFIG)
-    if resume and not os.path.exists(config_file):
-        raise ConfigError(f"cannot resume: '{config_file}' does not exist. Start the run without --resume.")
-    if not resume and os.path.exists(config_file):
-        raise ConfigError(f"run directory '{run_path}' already holds a run: pass --resume to continue it, or a new --out.")
+def _check_run_dir(run, resume):
+    if resume and not os.path.exists(run.config_file):
+        raise ConfigError(f"cannot resume: '{run.config_file}' does not exist. Start the run without --resume.")
+    if not resume and os.path.exists(run.config_file):
+        raise ConfigError(f"run directory '{run.path}' already holds a run: pass --resume to continue it, or a new --out.")
 
 
 @contextlib.contextmanager
@@ -136,44 +135,45 @@ def mixed_precision(name):
 
 def train(config, resume=False):
     """Train (or resume) the run described by `config` (a dict over DEFAULTS); returns the run directory."""
-    run_path = config["out"] = os.path.abspath(config["out"])
-    _check_run_dir(run_path, resume)
+    run = rundir.Run(config["out"], required=None)  # written here, read by every later tool
+    run_path = config["out"] = run.path
+    _check_run_dir(run, resume)
     if config["deterministic"]:
         _enable_determinism(config["seed"])
     split_cpu(config["cpu_devices"])
     strategy = make_strategy(config["strategy"])  # multi-worker needs this before any other TensorFlow op
     if config["demo"] and not config["data"]:
-        config["data"] = make_demo_dataset(os.path.join(run_path, "demo_data"), image_size=max(96, config["image_size"]))
+        config["data"] = make_demo_dataset(run.demo_data_dir, image_size=max(96, config["image_size"]))
     config["data"] = os.path.abspath(config["data"])
     if config["init_from"]:
         config["init_from"] = os.path.abspath(config["init_from"])
     if resume:
-        classes = read_json(os.path.join(run_path, rundir.LABELS))
-        rows = read_split(os.path.join(run_path, rundir.SPLIT), config["data"])
+        classes = read_json(run.labels_file)
+        rows = read_split(run.split_file, config["data"])
     else:
-        classes, rows, report = _prepare_data(config, run_path)
+        classes, rows, report = _prepare_data(config)
         advice = resolve_auto(config, len(rows), len(classes))  # --model auto becomes a name before config.json
         if advice:
             print(advice)
     num_classes, size, batch = len(classes), config["image_size"], config["batch_size"]
-    state = read_state(run_path) if resume else None
+    state = read_state(run) if resume else None
     with mixed_precision(config["mixed_precision"]):
         # The model comes before any file is written: missing ImageNet weights (no internet) stop the run clean.
         with strategy.scope():
             if state:
-                model = keras.models.load_model(os.path.join(run_path, rundir.CHECKPOINT_DIR, state["checkpoint"]))
+                model = keras.models.load_model(run.checkpoint_file(state["checkpoint"]))
             else:
                 keras.utils.set_random_seed(config["seed"])
                 model = _build(config, num_classes)
                 if config["init_from"]:
                     init_weights(model, config, classes)
         if not resume:
-            write_split(rows, os.path.join(run_path, rundir.SPLIT))
-            write_json(os.path.join(run_path, rundir.LABELS), classes)
-            write_json(os.path.join(run_path, rundir.DATA_REPORT), report)
+            run.write_split(rows)
+            run.write_labels(classes)
+            run.write_data_report(report)
             for skipped in report["skipped"]:
                 print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-        write_json(os.path.join(run_path, rundir.CONFIG), config)  # on resume: what the run now really uses
+        run.write_config(config)  # on resume: what the run now really uses
 
         augment = AugmentConfig.from_dict(config["augment"])
         train_files, train_labels = _arrays(rows, classes, config["data"], "train")
@@ -195,12 +195,12 @@ def train(config, resume=False):
         print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
               f"{config['model']} from {start_weights}")
-        _fit(config, run_path, model, state, strategy, (train_data, val_data),
+        _fit(config, run, model, state, strategy, (train_data, val_data),
              steps_per_epoch(len(train_files), batch), weights)
     if config["evaluate"]:
         from mineralnet.evaluate import evaluate_run
 
-        evaluate_run(run_path, subset="test", tta=config["tta"])
+        evaluate_run(run, subset="test", tta=config["tta"])
     return run_path
 
 
@@ -230,20 +230,17 @@ def init_weights(model, config, classes):
     path = config["init_from"]
     if not os.path.isfile(path):
         raise ConfigError(f"--init-from '{path}' does not exist: pass the model.keras of an earlier run.")
-    folder = os.path.dirname(os.path.abspath(path))
+    source_run = rundir.Run(os.path.dirname(path), required=())  # its config and labels, when beside the file
     fix = "pass the same --model and --image-size as that run, or drop --init-from to train from scratch"
-    saved = read_json(os.path.join(folder, rundir.CONFIG)) if os.path.isfile(os.path.join(folder, rundir.CONFIG)) \
-        else {}
     for key in ("model", "image_size"):
-        if key in saved and saved[key] != config[key]:
-            raise ConfigError(f"--init-from '{path}' is a {key} {saved[key]} run but this run has {key} "
+        if key in source_run.config and source_run.config[key] != config[key]:
+            raise ConfigError(f"--init-from '{path}' is a {key} {source_run.config[key]} run but this run has {key} "
                               f"{config[key]}: {fix}.")
-    labels_file = os.path.join(folder, rundir.LABELS)
-    if os.path.isfile(labels_file) and read_json(labels_file) != list(classes):
-        raise ConfigError(f"--init-from '{path}' was trained on the classes {read_json(labels_file)} but --data has "
+    if source_run.labels and source_run.labels != list(classes):
+        raise ConfigError(f"--init-from '{path}' was trained on the classes {source_run.labels} but --data has "
                           f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from "
                           "scratch.")
-    source = rundir.Run(folder, required=()).load_model(path)
+    source = source_run.load_model(path)
     theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
     if theirs != ours:
         raise ConfigError(f"--init-from '{path}' has other weights ({len(theirs)} tensors) than the {config['model']} "
@@ -252,7 +249,7 @@ def init_weights(model, config, classes):
     model.set_weights(source.get_weights())
 
 
-def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
+def _fit(config, run, model, state, strategy, datasets, steps, weights):
     """Run the frozen and full phases (and within them the progressive-resizing stages) that are not finished yet.
     `state`: the checkpoint state the model was restored from (None for a new run); `datasets`: ((image size,
     first epoch, end epoch) -> training dataset, validation dataset); `steps`: training batches per epoch."""
@@ -261,7 +258,7 @@ def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
     start = state["epoch"] if state else 0
     total, frozen = config["epochs"], config["freeze_epochs"]
     if start >= total:
-        print(f"run '{run_path}' already finished {start} of {total} epochs.")
+        print(f"run '{run.path}' already finished {start} of {total} epochs.")
     for phase, first, last in (("frozen", 0, frozen), ("full", frozen, total)):
         if start >= last or first == last:
             continue
@@ -275,7 +272,7 @@ def _fit(config, run_path, model, state, strategy, datasets, steps, weights):
             begin, end = max(start, first, stage_first), min(last, stage_end)
             if begin >= end:
                 continue
-            callback = RunCheckpoint(run_path, phase, total, state, image_size=size, train_size=train_size)
+            callback = RunCheckpoint(run, phase, total, state, image_size=size, train_size=train_size)
             extra = ema_callbacks(model)
             lines = progress_callbacks(total, steps)
             model.fit(train_data(train_size, begin, end), validation_data=val_data, epochs=end, initial_epoch=begin,
@@ -300,11 +297,11 @@ def run_from_args(values, config_file=None, resume=False):
     if not resume:
         config = resolve_config(file_values, values)
     else:
-        out = os.path.abspath(values.get("out") or file_values.get("out") or "runs/train")
-        _check_run_dir(out, resume=True)
-        saved = read_json(os.path.join(out, rundir.CONFIG))
-        config = resolve_config({**saved, **file_values, "out": out}, values)
-        state = read_state(out)
+        run = rundir.Run(values.get("out") or file_values.get("out") or rundir.DEFAULT_PATH, required=None)
+        _check_run_dir(run, resume=True)
+        saved = run.config
+        config = resolve_config({**saved, **file_values, "out": run.path}, values)
+        state = read_state(run)
         for key, (old, new) in resume_changes(saved, config, state["epoch"] if state else 0).items():
             print(f"resume: {key} {old} -> {new}")
     with warnings.catch_warnings():

@@ -160,6 +160,23 @@ def test_gate_fails_when_the_converted_model_differs_from_the_reference(tiny_run
     assert os.listdir(tmp_path) == []  # the staging directory is gone too
 
 
+def test_an_export_removes_the_staging_folder_a_killed_export_to_the_same_output_left(tiny_run, tmp_path):
+    from mineralnet.rundir import Run
+
+    out_dir = tmp_path / "out"
+    killed = tmp_path / ".export-staging-out-k1ll3d"  # what a SIGKILLed export to out_dir leaves beside it
+    other = tmp_path / ".export-staging-elsewhere-r4nn1ng"  # an export to another output: not this one's to remove
+    for folder in (killed, other):
+        (folder / "qat").mkdir(parents=True)
+        (folder / "model_float32.tflite").write_bytes(b"half a model")
+    run = Run(tiny_run)
+    plan = prepare_export(run, formats="float32", out_dir=out_dir, max_accuracy_drop=100)
+    assert plan.run is run  # the one Run the caller handed in, not a second one
+    complete_export(plan)
+    assert sorted(os.listdir(tmp_path)) == [other.name, "out"]
+    assert "model_float32.tflite" in os.listdir(out_dir)
+
+
 @pytest.fixture
 def assert_fails(run_cli):
     """assert_fails(argv, *texts, out_dir=None): the CLI exits 2 with one `error: ` line holding every text,

@@ -15,6 +15,8 @@ from mineralnet.export.qat import process
 from mineralnet.export.qat.process import QatOptions, check_options
 from mineralnet.utils import read_json
 
+from helpers import run_python
+
 # Not pytest.importorskip: importing tfmot sets TF_USE_LEGACY_KERAS=1 in the importing process, the very leak
 # test_keras3_still_in_charge_after_qat rules out. find_spec looks without importing.
 if importlib.util.find_spec("tensorflow_model_optimization") is None:
@@ -129,3 +131,32 @@ def test_missing_qat_extra_names_the_install_command(monkeypatch):
     with pytest.raises(ExportError, match=r"pip install 'mineralnet\[qat\]'"):
         check_options(QatOptions(), ("float32", "int8_qat"))
     check_options(QatOptions(), ("float32", "int8"))  # nothing asked of tfmot: nothing checked
+
+
+OLD_MODEL_TWIN = """
+import sys
+import numpy as np
+sys.path.insert(0, "tests")
+from helpers import OLD_FEATURE_LAYER, with_old_layer_names
+from mineralnet.export.qat.process import require_convnext
+from mineralnet.export.qat.twin import build_twin, check_agreement, copy_weights
+from mineralnet.models import build_model, feature_layer
+
+model = build_model("eca_convnext_tiny", 3, (32, 32, 3), dropout=0.1)
+old = with_old_layer_names(model)  # a model.keras of a run from before the pooling layer was named avg_pool
+assert feature_layer(old).name == OLD_FEATURE_LAYER
+for source in (model, old):
+    require_convnext(source, "model.keras")
+    twin = build_twin(source)
+    copy_weights(source, twin)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    print(feature_layer(source).name, [layer.name for layer in twin.layers[-4:]], check_agreement(source, twin, images))
+"""
+
+
+def test_the_twin_head_starts_at_the_feature_layer_also_in_an_old_model_file():
+    """Its own process: the twin needs tf_keras, which this one must never import."""
+    done = run_python(["-c", OLD_MODEL_TWIN], env={"TF_USE_LEGACY_KERAS": "1"})
+    new, old = done.stdout.strip().splitlines()[-2:]
+    assert new.startswith("avg_pool ['avg_pool', 'layer_normalization") and "'head_dropout', 'predictions']" in new
+    assert old.startswith("global_average_pooling2d ['global_average_pooling2d', 'layer_normalization")

@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow_model_optimization
 import tf_keras
 
-from mineralnet import rundir
 from mineralnet.export.convert import QAT_FORMAT, convert
 from mineralnet.export.errors import ExportError
 from mineralnet.export.qat import prune, quantize
@@ -43,7 +42,7 @@ def quantization_aware(twin, run, config, calibration, args):
     quantize.refresh_weight_ranges(quantized, calibration[:1])
     log.info("converting the quantization-aware model to %s", QAT_FORMAT)
     _write(args.work, QAT_FORMAT, convert(quantized, QAT_FORMAT, run.image_size, calibration))
-    return {"epochs": args.epochs, "lr": args.lr, "train_images": len(run.subset("train")),
+    return {"epochs": args.epochs, "lr": args.lr, "train_images": len(run.rows("train")),
             "fine_tune_seconds": round(seconds, 1), "history": history}
 
 
@@ -65,11 +64,11 @@ def pruned(twin, run, config, args):
 
 def run_job(args):
     run = load_run(args.run)
-    if sha256_file(run.model_path) != args.sha256:
-        raise ExportError(f"model file '{run.model_path}' changed during the export: run the export again.")
+    if sha256_file(run.model_file) != args.sha256:
+        raise ExportError(f"model file '{run.model_file}' changed during the export: run the export again.")
     source = load_model(run)
-    require_convnext(source, run.model_path)
-    config = rundir.Run(run.path).config
+    require_convnext(source, run.model_file)
+    config = run.config
     arrays = np.load(os.path.join(args.work, INPUTS))
     twin = build_twin(source)
     copy_weights(source, twin)

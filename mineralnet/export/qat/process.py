@@ -19,7 +19,8 @@ import numpy as np
 import mineralnet
 from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
-from mineralnet.models.convnext import BACKBONE_NAME
+from mineralnet.models import registered_info
+from mineralnet.models.convnext import STEM
 from mineralnet.utils import read_json
 
 PRUNED_FORMAT = "float32_pruned"
@@ -67,8 +68,10 @@ def check_options(options, formats):
 
 
 def require_convnext(model, model_path):
-    """The tf_keras twin knows the ConvNeXt architecture only."""
-    if not any(layer.name == f"{BACKBONE_NAME}_stem" for layer in model.layers):
+    """The tf_keras twin knows the ConvNeXt architecture only: a registry model (found by the model's name) whose
+    ModelInfo stem is keras.applications' ConvNeXt stem, and that stem in the file."""
+    info = registered_info(model)
+    if info is None or info.stem != STEM or not any(layer.name == STEM for layer in model.layers):
         raise ExportError(
             f"int8_qat and --prune-sparsity support the ConvNeXt models (eca_convnext_tiny, convnext_tiny) only, "
             f"and '{model_path}' is '{model.name}': leave them out (int8 works for any model)."

@@ -13,17 +13,17 @@ log = logging.getLogger("mineralnet.export")
 
 
 def training_rows(run):
-    rows = run.subset("train")
+    rows = run.rows("train")
     return [row["file"] for row in rows], [run.labels.index(row["label"]) for row in rows]
 
 
 def steps_per_epoch(run, config):
-    return math.ceil(len(run.subset("train")) / int(config["batch_size"]))
+    return math.ceil(len(run.rows("train")) / int(config["batch_size"]))
 
 
 def fine_tune(model, run, config, epochs, lr, what, callbacks=()):
     """Train `model` for `epochs` at learning rate `lr` (Adam, constant); returns the per-epoch loss and
-    accuracy. `run` is the exporter's RunInputs, `config` the run's config.json."""
+    accuracy. `run` is the exporter's mineralnet.rundir.Run, `config` its config."""
     files, labels = training_rows(run)
     num_classes = len(run.labels)
     dataset = make_dataset(files, labels, num_classes, run.image_size, int(config["batch_size"]), training=True,

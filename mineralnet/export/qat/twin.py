@@ -13,7 +13,8 @@ import tf_keras
 
 from mineralnet.export.errors import ExportError
 from mineralnet.export.qat.layers import ECA, LayerScale, Standardize
-from mineralnet.models.convnext import BACKBONE_NAME, NUM_STAGES
+from mineralnet.models import feature_layer
+from mineralnet.models.convnext import BACKBONE_NAME, ECA_LAYERS, NUM_STAGES
 
 MAX_TWIN_PROB_DIFF = 1e-4  # the twin must reproduce the Keras 3 probabilities to this (max abs) before training
 
@@ -87,11 +88,11 @@ class _Twin:
             channels = int(x.shape[-1])
             for block in range(_count_blocks(self.layers, stage)):
                 x = self.block(x, f"{prefix}_stage_{stage}_block_{block}", channels)
-            eca = self.layers.get(f"eca_stage_{stage}")
+            eca = self.layers.get(ECA_LAYERS[stage])
             if eca is not None:  # between stages, on the sum after the last residual add
                 x = ECA(int(eca.kernel.shape[0]), name=eca.name)(x)
-        head = [layer for layer in source.layers if not layer.name.startswith(prefix) and layer.name != "image"
-                and not layer.name.startswith("eca_stage_")]
+        layers = list(source.layers)  # in graph order
+        head = layers[layers.index(feature_layer(source)):]
         for layer in head:  # global average pooling, LayerNorm, optional dropout, softmax classifier
             kind = type(layer).__name__
             if kind == "GlobalAveragePooling2D":
