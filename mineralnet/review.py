@@ -49,7 +49,7 @@ import sys
 import numpy as np
 
 from mineralnet import rundir
-from mineralnet.data import read_split, write_split
+from mineralnet.data import write_split
 from mineralnet.data.images import IMAGE_EXTENSIONS
 from mineralnet.data.scan import Sample, check_image, list_classes
 from mineralnet.data.split import near_duplicates
@@ -230,15 +230,14 @@ def import_queue(queue, data, run=None, out=None, device=None):
         )
     old_rows = None
     if run:
-        split = os.path.join(run, rundir.SPLIT)
         out = out or default_split_path(run)
         if os.path.exists(out):
             raise ReviewError(f"split file '{out}' already exists: pass another --out (it is never overwritten).")
-        labels = rundir.Run(run, required=(rundir.LABELS, rundir.SPLIT)).labels
-        if labels != classes:
-            raise ReviewError(f"run '{run}' was trained on the classes {labels} but '{data}' has {classes}: pass the "
-                              "--data that run was trained on.")
-        run_rows = read_split(split, data)
+        source = rundir.Run(run, required=(rundir.LABELS, rundir.SPLIT))
+        if source.labels != classes:
+            raise ReviewError(f"run '{run}' was trained on the classes {source.labels} but '{data}' has {classes}: "
+                              "pass the --data that run was trained on.")
+        run_rows = source.rows(data_dir=data)
         old_rows = [{k: r[k] for k in ("path", "label", "subset")} for r in run_rows]
     digests = dataset_digests(data)
     manifest = read_manifest(data)

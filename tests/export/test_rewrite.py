@@ -13,6 +13,7 @@ from mineralnet.export import FORMATS, complete_export, convert, prepare_export
 from mineralnet.export.delegation import ALLOWED_OUTSIDE, delegation
 from mineralnet.export.errors import AccuracyGateError
 from mineralnet.export.rewrite import FLOAT_MARKER, SplitDepthwiseConv2D, rewrite_for_export
+from mineralnet.models.convnext import STEM
 from mineralnet.utils import read_json
 
 from helpers import eca_reference
@@ -118,7 +119,8 @@ def test_delegation_counts_the_partitions_of_an_unrewritten_int8_file():
 
 def test_int8_keeps_layernorm_statistics_float_with_uint8_io(exported):
     """Pins the private selective quantization (tensorflow.lite.python.convert.mlir_quantize with a denylist):
-    the marked LayerNorm ops and SOFTMAX run in float, everything else int8, pixels in and scores out as uint8."""
+    the marked LayerNorm ops, the stem's convolution and SOFTMAX run in float, everything else int8, pixels in and
+    scores out as uint8."""
     with open(os.path.join(exported[0], "model_int8.tflite"), "rb") as handle:
         model_bytes = handle.read()
     interpreter = Interpreter(model_content=model_bytes,
@@ -131,6 +133,10 @@ def test_int8_keeps_layernorm_statistics_float_with_uint8_io(exported):
     assert ops["RSQRT"] == {np.dtype(np.float32)} and ops["SOFTMAX"] == {np.dtype(np.float32)}
     assert np.dtype(np.int8) in ops["FULLY_CONNECTED"] and np.dtype(np.float32) not in ops["FULLY_CONNECTED"]
     assert "GELU" not in ops and "LOGISTIC" in ops
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    stem = [node for node in interpreter._get_ops_details() if node["op_name"] == "CONV_2D"
+            and any(STEM in names[t] for t in node["outputs"])]
+    assert stem and all(dtypes[t] == np.float32 for node in stem for t in node["outputs"])  # the stem stays float
     names = [d["name"] for d in interpreter.get_tensor_details() if FLOAT_MARKER in d["name"]]
     assert names and all(dtypes[d["index"]] == np.float32 for d in interpreter.get_tensor_details()
                          if FLOAT_MARKER in d["name"] and "FakeQuant" not in d["name"])
