@@ -75,8 +75,8 @@ def _rows(status, rows):
     return "\n".join(f"<tr><th>{html.escape(name)}</th>{_cell(status, key, kind)}</tr>" for name, key, kind in rows)
 
 
-def _top3(item):
-    return ", ".join(f"{t['label']} {t['p']:.2f}" for t in item.get("top3", []))
+def _top3(item, separator=", "):
+    return separator.join(f"{t['label']} {t['p']:.2f}" for t in item.get("top3", []))
 
 
 class LineUI:
@@ -179,7 +179,7 @@ class LineUI:
             drift_hidden="" if drift.get("alarm") else "hidden", drift_message=html.escape(str(drift.get("message", ""))),
             recent="\n".join(
                 f'<li><img src="/review/{html.escape(i["stem"])}.jpg" alt="{html.escape(i["stem"])}" width="96" '
-                f'height="96"><span>{html.escape(i["saved"])}</span><span>{html.escape(_top3(i))}</span></li>'
+                f'height="96"><span>{html.escape(i["saved"])}</span><span>{html.escape(_top3(i, chr(10)))}</span></li>'
                 for i in status["review"]
             ) or "<li>none yet</li>",
         )

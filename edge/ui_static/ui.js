@@ -33,7 +33,7 @@ function thumbs(items) {
     img.alt = item.stem; img.width = 96; img.height = 96;
     const saved = document.createElement("span"); saved.textContent = item.saved;
     const top = document.createElement("span");
-    top.textContent = item.top3.map((t) => t.label + " " + t.p.toFixed(2)).join(", ");
+    top.textContent = item.top3.map((t) => t.label + " " + t.p.toFixed(2)).join("\n");
     li.append(img, saved, top);
     return li;
   }));
