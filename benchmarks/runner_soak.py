@@ -218,6 +218,7 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
             address = page.serve("127.0.0.1", ui_port).split(" ", 1)[1]
             if ui == "polled":
                 status_poller = StatusPoller(address)
+            ui_cpu_start = page.cpu_s()  # the server's start-up is not the page's running cost
         rss = [rss_mb()]
         rss_items = [0]
         sampling = threading.Event()
@@ -237,7 +238,9 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
         polls = status_poller.polls if status_poller is not None else 0
         if status_poller is not None:
             status_poller.stop()
+        ui_cpu_s = None
         if page is not None:
+            ui_cpu_s = page.cpu_s() - ui_cpu_start  # the page's own thread: what it took from the loop, load or not
             page.close()
         figures = benchmark_figures(runner, summary)
         if poller is not None:
@@ -260,6 +263,7 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
     middle = next(mb for mb, items in zip(rss, rss_items) if items >= frames // 2)
     return {
         "model": os.path.basename(model_path), "actuator": config.actuator.type, "ui": ui, "status_polls": polls,
+        "ui_cpu_s": ui_cpu_s, "uptime_s": summary["uptime_s"],
         **figures,
         "rss_start_mb": rss[0], "rss_mid_mb": middle, "rss_end_mb": rss[-1], "rss_max_mb": max(rss),
     }
@@ -332,13 +336,17 @@ def main(argv=None):
     if args.ui == "ab":
         import statistics
 
-        print(f"\n| model | ui | median items/s of {args.rounds} | cost against off |\n|---|---|---|---|")
+        print(f"\n| model | ui | median items/s of {args.rounds} | cost against off | page thread CPU per run "
+              f"second (median) |\n|---|---|---|---|---|")
         for model in dict.fromkeys(row["model"] for row in rows):
             median = {mode: statistics.median(r["items_per_s"] for r in rows if r["model"] == model and r["ui"] == mode)
                       for mode in modes}
             for mode in modes:
                 cost = (1 - median[mode] / median["off"]) * 100
-                print(f"| {model} | {mode} | {median[mode]:.1f} | {'-' if mode == 'off' else f'{cost:+.1f} %'} |")
+                cpu = [r["ui_cpu_s"] / r["uptime_s"] * 100 for r in rows
+                       if r["model"] == model and r["ui"] == mode and r["ui_cpu_s"] is not None]
+                print(f"| {model} | {mode} | {median[mode]:.1f} | {'-' if mode == 'off' else f'{cost:+.1f} %'} | "
+                      f"{f'{statistics.median(cpu):.2f} %' if cpu else '-'} |")
     if args.actuator == "modbus":
         print(f"\n| model | capture-to-register p50 / p95 ms | beyond inference p50 / p95 ms | capture-to-PLC "
               f"({args.poll_ms:g} ms polls) p50 / p95 ms | beyond inference p50 / p95 ms | items seen by the PLC |")

@@ -325,6 +325,10 @@ class LineUI:
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         return f"ui http://{shown}:{bound}/"
 
+    def cpu_s(self):
+        """CPU seconds the page's thread has used so far (Linux), for benchmarks/runner_soak.py's cost figure."""
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
+
     def close(self):
         if self.server is not None:
             self.server.should_exit = True
