@@ -17,7 +17,7 @@ not dominated by frames queuing behind each other (a folder read as fast as poss
 
 `--ui page` serves the operator's line page (edge/ui.py) during the soak, `--ui polled` also runs a client that
 fetches /api/status once a second as an open page does, and `--ui ab` runs off, page and polled in turn,
-`--rounds` times (each a fresh process), then prints each mode's median items/s and its cost against off.
+`--rounds` times (each a fresh process; each round starts with the next mode), then prints each mode's median items/s and its cost against off.
 RSS "mid" is taken at the first sample after half the frames.
 """
 
@@ -304,7 +304,8 @@ def main(argv=None):
     rows = []
     for round_number in range(args.rounds if args.ui == "ab" else 1):
         for model_path in args.models:
-            for mode in modes:  # interleaved, so that a change in the machine's load hits every mode alike
+            shift = round_number % len(modes)  # each round starts with another mode: no mode always goes first
+            for mode in modes[shift:] + modes[:shift]:  # interleaved: a change in the load hits every mode alike
                 results = context.Queue()
                 worker = context.Process(
                     target=_worker,
