@@ -17,8 +17,10 @@ not dominated by frames queuing behind each other (a folder read as fast as poss
 
 `--ui page` serves the operator's line page (edge/ui.py) during the soak, `--ui polled` also runs a client that
 fetches /api/status once a second as an open page does, and `--ui ab` runs off, page and polled in turn,
-`--rounds` times (each a fresh process; each round starts with the next mode), then prints each mode's median items/s and its cost against off.
-RSS "mid" is taken at the first sample after half the frames.
+`--rounds` times (each a fresh process; each round starts with the next mode), then prints per mode the median
+items/s, the median process CPU time per item (all threads; on a loaded machine a steadier cost than items/s) and
+the page thread's own CPU time per second of run, each against off. RSS "mid" is at the first sample after half
+the frames.
 """
 
 import argparse
@@ -155,6 +157,7 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
          ui_port=0):
     """Run the real runner loop over `frames` items of a looping folder; returns the figures as a dict."""
     import threading
+    import time
 
     import numpy as np
 
@@ -230,7 +233,9 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        cpu_start = time.process_time()
         summary = runner.run(capture, max_items=frames)
+        cpu_s = time.process_time() - cpu_start  # all threads of this process: the load of other processes is not in it
         sampling.set()
         sampler.join()
         rss.append(rss_mb())
@@ -264,6 +269,7 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
     return {
         "model": os.path.basename(model_path), "actuator": config.actuator.type, "ui": ui, "status_polls": polls,
         "ui_cpu_s": ui_cpu_s, "uptime_s": summary["uptime_s"],
+        "cpu_ms_per_item": cpu_s * 1000 / max(1, summary["items"]),
         **figures,
         "rss_start_mb": rss[0], "rss_mid_mb": middle, "rss_end_mb": rss[-1], "rss_max_mb": max(rss),
     }
@@ -322,31 +328,35 @@ def main(argv=None):
           f"fps={args.fps or 'unpaced'}\n")
     print(
         "| model | ui | items/s | latency p50 ms | latency p95 ms | invoke p50 ms | overhead % | runner ms/item "
-        "| RSS start / mid / end / max MiB |"
+        "| process CPU ms/item | RSS start / mid / end / max MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         per_item = (1000.0 / row["items_per_s"] - row["invoke_mean_ms"]) if row["items_per_s"] else None
         print(
             f"| {row['model']} | {_mode(row)} | {_cell(row['items_per_s'], 1)} | "
             f"{_cell(row['latency_p50_ms'], 2)} | "
             f"{_cell(row['latency_p95_ms'], 2)} | {_cell(row['invoke_p50_ms'], 2)} | {_cell(row['overhead_pct'], 1)} | "
-            f"{_cell(per_item, 3)} | {_cell(row['rss_start_mb'], 1)} / {_cell(row['rss_mid_mb'], 1)} / "
+            f"{_cell(per_item, 3)} | {_cell(row['cpu_ms_per_item'], 3)} | {_cell(row['rss_start_mb'], 1)} / {_cell(row['rss_mid_mb'], 1)} / "
             f"{_cell(row['rss_end_mb'], 1)} / {_cell(row['rss_max_mb'], 1)} |"
         )
     if args.ui == "ab":
         import statistics
 
-        print(f"\n| model | ui | median items/s of {args.rounds} | cost against off | page thread CPU per run "
-              f"second (median) |\n|---|---|---|---|---|")
+        print(f"\n| model | ui | median items/s of {args.rounds} | cost against off | median process CPU ms/item "
+              f"| cost against off | page thread CPU per run second (median) |\n|---|---|---|---|---|---|---|")
         for model in dict.fromkeys(row["model"] for row in rows):
             median = {mode: statistics.median(r["items_per_s"] for r in rows if r["model"] == model and r["ui"] == mode)
                       for mode in modes}
+            per_item = {mode: statistics.median(r["cpu_ms_per_item"] for r in rows
+                                                if r["model"] == model and r["ui"] == mode) for mode in modes}
             for mode in modes:
                 cost = (1 - median[mode] / median["off"]) * 100
+                cpu_cost = (per_item[mode] / per_item["off"] - 1) * 100
                 cpu = [r["ui_cpu_s"] / r["uptime_s"] * 100 for r in rows
                        if r["model"] == model and r["ui"] == mode and r["ui_cpu_s"] is not None]
                 print(f"| {model} | {mode} | {median[mode]:.1f} | {'-' if mode == 'off' else f'{cost:+.1f} %'} | "
+                      f"{per_item[mode]:.3f} | {'-' if mode == 'off' else f'{cpu_cost:+.1f} %'} | "
                       f"{f'{statistics.median(cpu):.2f} %' if cpu else '-'} |")
     if args.actuator == "modbus":
         print(f"\n| model | capture-to-register p50 / p95 ms | beyond inference p50 / p95 ms | capture-to-PLC "

@@ -22,11 +22,11 @@ UNKNOWN, DISCARD = "unknown", "discard"  # the operator's answers besides the mo
 _STEM = re.compile(r"^[A-Za-z0-9_-]+$")  # what add() is given: a name, never a path
 
 
-def _stem(name):
-    """The item a file of the queue belongs to, or None for anything else (temporary files, foreign files)."""
-    if name.startswith(".") or not name.endswith(_SUFFIXES):
+def _item_stem(name):
+    """The item an item file (STEM.jpg, STEM.json) names, or None for anything else (answers, temporary files)."""
+    if name.startswith(".") or name.endswith(LABEL_SUFFIX) or not name.endswith((".jpg", ".json")):
         return None
-    return name[: -len(LABEL_SUFFIX)] if name.endswith(LABEL_SUFFIX) else os.path.splitext(name)[0]
+    return os.path.splitext(name)[0]
 
 
 class ReviewQueue:
@@ -37,7 +37,11 @@ class ReviewQueue:
         self.quality = jpeg_quality
         os.makedirs(directory, exist_ok=True)
         # Names start with a zero-padded time, so sorting them sorts by age (also across restarts).
-        stems = sorted({_stem(n) for n in os.listdir(directory)} - {None})
+        names = os.listdir(directory)
+        stems = sorted({_item_stem(n) for n in names} - {None})
+        for name in set(names) - {stem + LABEL_SUFFIX for stem in stems}:  # an answer whose item was trimmed
+            if name.endswith(LABEL_SUFFIX) and not name.startswith("."):
+                os.remove(os.path.join(directory, name))
         self._entries = deque((stem, self._size(stem)) for stem in stems)
         self._bytes = sum(size for _, size in self._entries)
         self._trim()
@@ -96,7 +100,8 @@ class ReviewQueue:
         path = self.path(stem, LABEL_SUFFIX)
         if not os.path.exists(self.path(stem, ".jpg")):
             raise FileNotFoundError(2, "No such review item", stem)
-        answer = {"label": label, "labelled_at": iso_time(time.time() if when is None else when), "model_sha256": model_sha256, "source": source}
+        when = time.time() if when is None else when
+        answer = {"label": label, "labelled_at": iso_time(when), "model_sha256": model_sha256, "source": source}
         atomic_write_bytes(path, (json.dumps(answer, indent=2) + "\n").encode())
         return answer
 

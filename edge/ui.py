@@ -176,7 +176,8 @@ class LineUI:
             labels=html.escape(", ".join(status["labels"])), state="running" if status["running"] else "stopped",
             figures=figures, health=health, per_class=per_class, per_bin=per_bin,
             alarm_class="alarm" if status["alarm_active"] else "",
-            drift_hidden="" if drift.get("alarm") else "hidden", drift_message=html.escape(str(drift.get("message", ""))),
+            drift_hidden="" if drift.get("alarm") else "hidden",
+            drift_message=html.escape(str(drift.get("message", ""))),
             recent="\n".join(
                 f'<li><img src="/review/{html.escape(i["stem"])}.jpg" alt="{html.escape(i["stem"])}" width="96" '
                 f'height="96"><span>{html.escape(i["saved"])}</span><span>{html.escape(_top3(i, chr(10)))}</span></li>'
@@ -198,10 +199,10 @@ class LineUI:
         for item in self.review_items(REVIEW_PAGE):
             stem = html.escape(item["stem"])
             buttons = "".join(
-                f'<button type="submit" name="pick" value="{stem}|{html.escape(label)}" data-label="{html.escape(label)}"'
+                f'<button type="submit" name="pick" value="{stem}|{shown}" data-label="{shown}"'
                 f'{" class=chosen" if label == item["label"] else ""}>'
-                f'{f"<kbd>{n}</kbd> " if n <= 9 else ""}{html.escape(label)}</button>'
-                for n, label in enumerate(item["labels"], 1)
+                f'{f"<kbd>{n}</kbd> " if n <= 9 else ""}{shown}</button>'
+                for n, label, shown in ((n, label, html.escape(label)) for n, label in enumerate(item["labels"], 1))
             )
             rows.append(
                 f'<li class="item{" done" if item["label"] else ""}" data-stem="{stem}">'

@@ -211,10 +211,18 @@ def test_a_label_file_belongs_to_its_item_in_the_queue(tmp_path):
     with pytest.raises(FileNotFoundError):
         reopened.write_label(stems[0], "a", "f" * 64)  # trimmed: no orphan answer is written
     assert _label_files(directory) == []
+    (tmp_path / "review" / (stems[1] + LABEL_SUFFIX)).write_text("{}")  # written as its item was trimmed (a race)
+    assert len(ReviewQueue(directory, max_items=3, max_mb=5)) == 1 and _label_files(directory) == []
 
 
-def test_ui_flags_through_the_cli(tmp_path, tiny_export, write_config, capsys):
-    from edge.runner import main
+def test_ui_flags_through_the_cli(tmp_path, tiny_export, write_config, capsys, monkeypatch):
+    from edge.runner import main, parse_args
+
+    monkeypatch.setenv("MINERALNET_UI_TOKEN", "from-env")
+    assert parse_args(["--model", "m", "--init-config", "c.toml"]).ui_token == "from-env"
+    assert parse_args(["--model", "m", "--init-config", "c.toml", "--ui-token", "x"]).ui_token == "x"
+    monkeypatch.delenv("MINERALNET_UI_TOKEN")
+    assert parse_args(["--model", "m", "--init-config", "c.toml"]).ui_token is None
 
     folder = _folder(tmp_path, tiny_export, 2)
     argv = ["--model", tiny_export["int8"], "--source", f"folder:{folder}", "--config", write_config(),
