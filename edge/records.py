@@ -172,6 +172,11 @@ class RecheckAlarm:
         """The recheck share of the items in the window so far (0 before the first)."""
         return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
+    @property
+    def tripped(self):
+        """True from the alarm until the share falls back to the limit (the operator page's alarm state)."""
+        return self._tripped
+
     def update(self, is_recheck):
         """Record one item; returns the share when the alarm trips, else None."""
         self._recent.append(bool(is_recheck))

@@ -2,16 +2,31 @@
 
 It is bounded by item count and megabytes, removing the oldest first, so a drifting camera that makes every
 item uncertain fills a fixed amount of disk and never the whole card.
+
+An operator's answer (the operator page, edge/ui.py) is STEM.label.json beside the item: {"label", "labelled_at",
+"model_sha256", "source"}; it belongs to the item (removed with it, never counted as an item of its own).
 """
 
 import io
 import json
 import os
+import re
+import time
 from collections import deque
 
-from edge.records import atomic_write_bytes
+from edge.records import atomic_write_bytes, iso_time
 
-_SUFFIXES = (".jpg", ".json")
+LABEL_SUFFIX = ".label.json"
+_SUFFIXES = (".jpg", ".json", LABEL_SUFFIX)
+UNKNOWN, DISCARD = "unknown", "discard"  # the operator's answers besides the model's labels
+_STEM = re.compile(r"^[A-Za-z0-9_-]+$")  # what add() is given: a name, never a path
+
+
+def _item_stem(name):
+    """The item an item file (STEM.jpg, STEM.json) names, or None for anything else (answers, temporary files)."""
+    if name.startswith(".") or name.endswith(LABEL_SUFFIX) or not name.endswith((".jpg", ".json")):
+        return None
+    return os.path.splitext(name)[0]
 
 
 class ReviewQueue:
@@ -22,7 +37,11 @@ class ReviewQueue:
         self.quality = jpeg_quality
         os.makedirs(directory, exist_ok=True)
         # Names start with a zero-padded time, so sorting them sorts by age (also across restarts).
-        stems = sorted({os.path.splitext(n)[0] for n in os.listdir(directory) if n.endswith(_SUFFIXES)})
+        names = os.listdir(directory)
+        stems = sorted({_item_stem(n) for n in names} - {None})
+        for name in set(names) - {stem + LABEL_SUFFIX for stem in stems}:  # an answer whose item was trimmed
+            if name.endswith(LABEL_SUFFIX) and not name.startswith("."):
+                os.remove(os.path.join(directory, name))
         self._entries = deque((stem, self._size(stem)) for stem in stems)
         self._bytes = sum(size for _, size in self._entries)
         self._trim()
@@ -54,6 +73,37 @@ class ReviewQueue:
                 path = os.path.join(self.directory, stem + suffix)
                 if os.path.exists(path):
                     os.remove(path)
+
+    def recent(self, count):
+        """The newest `count` stems, newest first (safe from another thread: one copy of the deque under the GIL)."""
+        for _ in range(20):
+            try:
+                stems = [stem for stem, _ in list(self._entries)]
+                break
+            except RuntimeError:  # mutated during the copy: take it again
+                continue
+        return stems[::-1][:count]
+
+    def path(self, stem, suffix):
+        """The file `stem + suffix` of the queue; ValueError for a stem that is not a plain name."""
+        if not _STEM.match(stem or ""):
+            raise ValueError(f"not a review item name: {stem!r}")
+        return os.path.join(self.directory, stem + suffix)
+
+    def record(self, stem):
+        """The saved item record (JSON) of `stem`; FileNotFoundError once trimmed, ValueError for a bad name."""
+        with open(self.path(stem, ".json")) as handle:
+            return json.load(handle)
+
+    def write_label(self, stem, label, model_sha256, source="ui", when=None):
+        """Write STEM.label.json atomically (the operator's answer); FileNotFoundError if the item is gone."""
+        path = self.path(stem, LABEL_SUFFIX)
+        if not os.path.exists(self.path(stem, ".jpg")):
+            raise FileNotFoundError(2, "No such review item", stem)
+        when = time.time() if when is None else when
+        answer = {"label": label, "labelled_at": iso_time(when), "model_sha256": model_sha256, "source": source}
+        atomic_write_bytes(path, (json.dumps(answer, indent=2) + "\n").encode())
+        return answer
 
     def __len__(self):
         return len(self._entries)

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import time
+import types
 from collections import deque
 
 import numpy as np
@@ -44,6 +45,9 @@ from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa:
 from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
 from edge.valves import ValveBar, ValveJsonlActuator  # noqa: E402
+
+
+_NOT_STARTED = types.SimpleNamespace(dropped=0, source_errors=0, depth=0)  # snapshot() before run(): nothing read
 
 
 def _ms(seconds):
@@ -90,6 +94,7 @@ class Runner:
         self._empty_frames = []
         self.classifier = CropClassifier(model) if config.particles is not None else None
         self.truth = truth  # optional (frame_id, particle) -> true label: recovery and purity in summary.json
+        self.capture, self.source_up, self.finished = None, True, False  # for snapshot() (the --ui-port page)
 
     def stop(self, reason):
         """Finish after the current item (signal-safe: only sets a flag)."""
@@ -407,6 +412,31 @@ class Runner:
             **({"particles": self.particles.summary()} if self.particles is not None else {}),
         }
 
+    def snapshot(self):
+        """The summary's figures now plus live state, for the operator page (edge/ui.py) in its own thread.
+
+        No lock: every copy (a Counter, the latency window) is one C-level operation under the GIL, so the sorting
+        thread never waits on the page; a copy that still meets a mutation (RuntimeError) is simply taken again.
+        Counts may lag each other by the item being recorded; after run() returns they equal summary.json.
+        """
+        capture = self.capture or _NOT_STARTED
+        exit_reason = self._stop_reason or ("stopped" if self.finished else "running")
+        for attempt in range(20):
+            try:
+                summary = self.summary(capture, exit_reason)
+                break
+            except RuntimeError:  # a Counter grew during the copy; the last attempt lets the error through
+                if attempt == 19:
+                    raise
+        model = self.model
+        return {
+            **summary, "running": not self.finished, "model_name": os.path.basename(model.path),
+            "labels": list(model.labels), "bins": self.config.bin_codes(), "recheck_bin": self.config.bins.recheck,
+            "recheck_share": self.alarm.share, "alarm_active": self.alarm.tripped,
+            "alarm_limit": self.config.alarm.max_recheck_share, "source_up": self.source_up,
+            "queue_depth": capture.depth, "actuator_up": self.actuator.up, "model_ok": self.model_ok,
+        }
+
     def run(self, capture, max_items=None):
         """Sort until the source ends, stop() is called or `max_items` items are done; write and return the summary."""
         exit_reason = "end of source"
@@ -422,6 +452,7 @@ class Runner:
         if self.belt is not None:
             capture.stamp = capture.stamp or self.belt.stamp  # the count is read as each frame arrives
             self.belt.start()
+        self.capture = capture
         capture.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
@@ -435,10 +466,12 @@ class Runner:
                 if frame is None:
                     if not stalled and now - last_frame > self.config.source.stall_timeout_s:
                         stalled = True
+                        self.source_up = False
                         self.events.emit("source_stalled", seconds_without_frames=round(now - last_frame, 3))
                 else:
                     if stalled:
                         stalled = False
+                        self.source_up = True
                         self.events.emit("source_resumed")
                     last_frame = now
                     self.process(frame)
@@ -454,6 +487,7 @@ class Runner:
             self.actuator.close()
             summary = self.summary(capture, exit_reason)
             written = self._write_summary(summary)
+            self.finished = True
             self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary if written else None)
         return summary
 
@@ -523,6 +557,11 @@ def parse_args(argv=None):
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    parser.add_argument("--ui-port", type=int, help="serve the operator's line page on this port (0: any free one)")
+    parser.add_argument("--ui-host", default="127.0.0.1", help="address for --ui-port (default 127.0.0.1)")
+    parser.add_argument("--ui-token", default=os.environ.get("MINERALNET_UI_TOKEN") or None,
+                        help="token that allows labelling review items on the page (default: $MINERALNET_UI_TOKEN; "
+                             "none: read-only)")
     parser.add_argument(
         "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
     )
@@ -534,8 +573,9 @@ def parse_args(argv=None):
     for name in ("threads", "benchmark"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")
-    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
-        parser.error("--metrics-port must be a TCP port number 0-65535.")
+    for name in ("metrics_port", "ui_port"):
+        if getattr(args, name) is not None and not 0 <= getattr(args, name) < 65536:
+            parser.error(f"--{name.replace('_', '-')} must be a TCP port number 0-65535.")
     return args
 
 
@@ -609,6 +649,9 @@ def main(argv=None):
         require_library(config.actuator)
         if args.metrics_port is not None:
             require("prometheus_client", "prometheus-client", "--metrics-port")
+        if args.ui_port is not None:
+            for module in ("starlette", "uvicorn"):
+                require(module, module, "--ui-port")
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
@@ -660,6 +703,17 @@ def main(argv=None):
     runner = Runner(config, model, actuator, events, clock, review, telemetry, belt)
     if telemetry is not None:
         runner.listening += runner_listening
+    ui = None
+    if args.ui_port is not None:  # the operator's page (edge/ui.py), in its own thread
+        from edge.ui import LineUI
+
+        ui = LineUI(runner, args.ui_token)
+        try:
+            runner.listening.append(ui.serve(args.ui_host, args.ui_port))
+        except OSError as error:
+            print(f"runner: --ui-port {args.ui_port} cannot be served on {args.ui_host} "
+                  f"({error.strerror or error}): pass a free port.", file=sys.stderr)
+            return 2
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
@@ -679,6 +733,8 @@ def main(argv=None):
     finally:
         if telemetry is not None:
             telemetry.close()
+        if ui is not None:
+            ui.close()
     if args.benchmark:
         print(f"benchmark: {args.model}, {summary['items']} items in {time.perf_counter() - started:.1f} s")
         print(benchmark_table(benchmark_figures(runner, summary)))

@@ -90,6 +90,19 @@ def with_old_layer_names(model, renames=None):
     return old
 
 
+def gated_folder(directory, clock, gate):
+    """An edge FolderSource that holds its last frame until `gate` (a threading.Event) is set: a test looks mid-run."""
+    from edge.sources import FolderSource
+
+    class GatedFolder(FolderSource):
+        def read(self):
+            if len(self._paths) == 1:
+                gate.wait(60)
+            return super().read()
+
+    return GatedFolder(directory, clock)
+
+
 def run_python(args, env=None, timeout=600, check=True):
     """Run `python ARGS` from the repo root in a fresh process; returns the CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))

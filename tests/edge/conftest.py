@@ -3,6 +3,7 @@ a driven clock, and helpers to write configs and assemble a Runner in-process.""
 
 import json
 import os
+import shutil
 import sys
 import threading
 import warnings
@@ -122,6 +123,19 @@ def write_config(tmp_path, tiny_export):
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def uncertain_model(tmp_path, tiny_export):
+    """The tiny float32 model with q-hat 1 in its sidecar: every class is plausible, so every item is uncertain
+    (recheck bin, review queue)."""
+    model = tmp_path / "model.tflite"
+    with open(tiny_export["float32"][: -len(".tflite")] + ".json") as handle:
+        sidecar = json.load(handle)
+    sidecar["reject"] = {"method": "split_conformal", "alpha": 0.05, "qhat": 1.0, "n": 13, "score": "1 - p_true"}
+    shutil.copy(tiny_export["float32"], model)
+    (tmp_path / "model.json").write_text(json.dumps(sidecar))
+    return str(model)
 
 
 def read_events(path):

@@ -7,8 +7,10 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.sources import Capture, FolderSource
+from edge.sources import Capture
 from edge.telemetry import Telemetry
+
+from helpers import gated_folder
 
 
 def _scrape(address):
@@ -19,19 +21,6 @@ def _scrape(address):
 
 def _by_label(family, label):
     return {s.labels[label]: int(s.value) for s in family.samples if s.name.endswith("_total")}
-
-
-class GatedFolder(FolderSource):
-    """A folder that waits before its last frame until the test has scraped mid-run."""
-
-    def __init__(self, directory, clock, scraped):
-        super().__init__(directory, clock)
-        self.scraped = scraped
-
-    def read(self):
-        if len(self._paths) == 1:
-            self.scraped.wait(60)
-        return super().read()
 
 
 def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export, write_config, make_runner):
@@ -45,7 +34,7 @@ def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export,
     address = telemetry.serve("127.0.0.1", 0)
     assert address.startswith("metrics http://127.0.0.1:")
     scraped, results = threading.Event(), {}
-    capture = Capture(GatedFolder(str(folder), runner.clock, scraped), runner.clock, runner.events, queue_size=1)
+    capture = Capture(gated_folder(str(folder), runner.clock, scraped), runner.clock, runner.events, queue_size=1)
     sorting = threading.Thread(target=lambda: results.update(summary=runner.run(capture)))
     sorting.start()
     try:

@@ -136,16 +136,11 @@ def test_actuator_failure_counts_items_as_failed(tiny_export, write_config, make
 
 
 def test_uncertain_items_fill_a_bounded_review_queue_and_raise_the_alarm(
-    tmp_path, tiny_export, write_config, make_runner, fake_clock
+    tmp_path, tiny_export, write_config, make_runner, fake_clock, uncertain_model
 ):
     # qhat = 1 (too few calibration images for alpha): every class is plausible, every item is uncertain.
-    model = tmp_path / "model.tflite"
-    shutil.copy(tiny_export["float32"], model)
-    sidecar = json.loads(open(tiny_export["float32"][: -len(".tflite")] + ".json").read())
-    sidecar["reject"] = {"method": "split_conformal", "alpha": 0.05, "qhat": 1.0, "n": 13, "score": "1 - p_true"}
-    (tmp_path / "model.json").write_text(json.dumps(sidecar))
     config = write_config(alarm={"window": 4, "max_recheck_share": 0.5}, review={"max_items": 3})
-    runner, events_path = make_runner(config, str(model), clock=fake_clock)
+    runner, events_path = make_runner(config, uncertain_model, clock=fake_clock)
     image = open_rgb(tiny_export["test_rows"][0]["file"])
     for number in range(8):
         fake_clock.advance(0.01)
