@@ -13,12 +13,15 @@ import collections
 import os
 import sys
 
-import keras
-import numpy as np
+from mineralnet._tf import import_tensorflow
 
-from mineralnet import rundir
-from mineralnet.data import DataError, load_image
-from mineralnet.errors import cli
+import_tensorflow()  # before Keras: TensorFlow's start-up lines stay hidden
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mineralnet import rundir  # noqa: E402
+from mineralnet.data import DataError, load_image  # noqa: E402
+from mineralnet.errors import cli  # noqa: E402
 
 POOLING_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
 

@@ -5,10 +5,16 @@ Each entry says what it accepts as `weights`, so that one place checks them and 
 """
 
 import contextlib
+import importlib
 import os
 
 from mineralnet.errors import MineralnetError
 
+# The module of each built-in model: list_models() names them without importing TensorFlow (train.py --help), and a
+# model's module (whose @register fills the tables below) is imported the first time the model is asked about.
+_MODULES = {"eca_convnext_tiny": "convnext", "convnext_tiny": "convnext", "vgg19": "applications",
+            "resnet50": "applications", "googlenet": "googlenet", "resnext50": "resnext", "simple_cnn": "simple_cnn",
+            "eca_resnet18": "ecaresnet", "eca_resnet34": "ecaresnet", "eca_resnet50": "ecaresnet"}
 _BUILDERS = {}
 _FIXED_SIZE = set()
 _IMAGENET = {}  # name -> function(input_shape) building its backbone with Keras' ImageNet weights (downloads)
@@ -44,24 +50,43 @@ def register(name, any_size=True, imagenet_backbone=None, local_weights=True):
     return add
 
 
+def _load(name):
+    """Import the module that registers built-in model `name` (TensorFlow first, its start-up noise hidden)."""
+    if name in _MODULES and name not in _BUILDERS:
+        from mineralnet._tf import import_tensorflow
+
+        import_tensorflow()
+        importlib.import_module(f"mineralnet.models.{_MODULES[name]}")
+
+
+def register_all():
+    """Import every built-in model's module: registers their builders and the Keras classes (ECA, ...) that
+    keras.saving.load_model needs to load a saved model of them."""
+    for name in _MODULES:
+        _load(name)
+
+
 def takes_any_size(name):
     """Whether `name` builds with input_shape (None, None, 3), as progressive resizing needs."""
+    _load(name)
     return name not in _FIXED_SIZE
 
 
 def has_imagenet_weights(name):
+    _load(name)
     return name in _IMAGENET
 
 
 def list_models():
-    """Names accepted by `build_model`, sorted."""
-    return sorted(_BUILDERS)
+    """Names accepted by `build_model`, sorted (without importing any model's module)."""
+    return sorted(set(_BUILDERS) | set(_MODULES))
 
 
 def check_weights(name, weights):
     """Refuse `weights` that model `name` cannot take, with the fix; None, "imagenet" or a file path."""
     if weights is None:
         return
+    _load(name)
     if name in _NO_LOCAL_WEIGHTS:
         raise WeightsError(f"{name} has no pretrained weights: use --weights none.")
     if weights == "imagenet":
@@ -96,6 +121,7 @@ def imagenet_download(name):
 def imagenet_backbone(name, input_shape):
     """Model `name`'s backbone with Keras' ImageNet weights (downloaded once, then cached): what a `--weights PATH`
     file of it holds."""
+    register_all()  # the error below names every model that has them
     if name not in _IMAGENET:
         raise WeightsError(f"{name} has no ImageNet weights in Keras: choose one of {', '.join(sorted(_IMAGENET))}.")
     with imagenet_download(name):
@@ -110,6 +136,7 @@ def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kw
     caches them) or the path of a backbone weights file (`.weights.h5`, as saved by `backbone.save_weights` or
     `python -m mineralnet.models.weights`).
     """
+    _load(name)
     if name not in _BUILDERS:
         raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())}.")
     if int(num_classes) < 2:
