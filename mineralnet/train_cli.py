@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from mineralnet.errors import cli
-from mineralnet.training.config import add_arguments, markdown_table
+from mineralnet.training.config import add_arguments, load_config_file, markdown_table, resolve_config
 
 
 def train_parser():
@@ -21,9 +21,11 @@ def train_parser():
 @cli
 def train_main(argv=None):
     args = vars(train_parser().parse_args(argv))
-    from mineralnet.training import run_from_args  # TensorFlow: only once the flags parsed
-
     config_file, resume = args.pop("config"), args.pop("resume")
+    if not resume:  # a value that makes no sense stops here, before TensorFlow loads (seconds)
+        resolve_config(load_config_file(config_file) if config_file else {}, args)
+    from mineralnet.training import run_from_args
+
     print(f"run directory: {run_from_args(args, config_file, resume)}")
 
 
