@@ -14,14 +14,17 @@ import collections
 import os
 import sys
 
-import keras
-import numpy as np
+from mineralnet._tf import import_tensorflow
 
-from mineralnet import rundir
-from mineralnet.data import DataError, load_image
-from mineralnet.errors import cli
-from mineralnet.models import feature_layer
-from mineralnet.models.head import PREDICTIONS
+import_tensorflow()  # before Keras: TensorFlow's start-up lines stay hidden
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mineralnet import rundir  # noqa: E402
+from mineralnet.data import DataError, load_image  # noqa: E402
+from mineralnet.errors import cli  # noqa: E402
+from mineralnet.models import feature_layer  # noqa: E402
+from mineralnet.models.head import PREDICTIONS  # noqa: E402
 
 
 def feature_map_tensor(model):

@@ -2,8 +2,11 @@
 
 import math
 
-import keras
-from keras import ops
+from mineralnet._tf import import_tensorflow
+
+import_tensorflow()  # before Keras, which imports TensorFlow: its start-up noise stays hidden
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
 
 
 def eca_kernel_size(channels, gamma=2, b=1):

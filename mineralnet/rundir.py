@@ -109,9 +109,10 @@ class Run:
 
     def load_model(self, path=None):
         """The run's best model (or `path`), with mineralnet's layers registered."""
-        import keras
+        from mineralnet.models.registry import register_all
 
-        import mineralnet  # noqa: F401  (registers custom layers for deserialisation)
+        register_all()  # mineralnet's Keras classes (ECA, ...) for deserialisation; TensorFlow starts quietly
+        import keras
 
         path = path or self.model_file
         try:

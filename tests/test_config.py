@@ -1,6 +1,7 @@
 """Options that make no sense are refused before anything is written; ImageNet weights by default, with a clear
 line when they cannot be had."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 from mineralnet.models import WeightsError, build_model
 from mineralnet.models.convnext import convnext_tiny_backbone
 from mineralnet.models.weights import save_backbone_weights
+from mineralnet.train_cli import train_parser
 from mineralnet.training import DEFAULTS, ConfigError, resolve_config
+from mineralnet.training.config import CHOICES, FIELDS, FIXED_ON_RESUME, markdown_table
 
 from helpers import REPO
 
@@ -48,8 +51,8 @@ def test_values_that_make_no_sense_are_refused(bad, named):
 
 def test_numbers_from_a_config_file_are_cast_once():
     config = resolve_config({"demo": True, "lr": "0.002", "epochs": "3", "image_size": 64.0})
-    assert (config["lr"], config["epochs"], config["image_size"]) == (0.002, 3, 64)
-    assert isinstance(config["epochs"], int) and isinstance(config["lr"], float)
+    assert (config.lr, config.epochs, config.image_size) == (0.002, 3, 64)
+    assert isinstance(config.epochs, int) and isinstance(config.lr, float)
 
 
 def test_negative_learning_rate_stops_the_cli_before_anything_is_written(tmp_path, demo_data):
@@ -100,3 +103,32 @@ def test_weights_command_offline_is_one_line(tmp_path):
                            str(tmp_path / "r.weights.h5")], cwd=REPO, capture_output=True, text=True, env=env)
     assert done.returncode == 2 and len(errors(done.stderr)) == 1 and "Traceback" not in done.stderr
     assert "could not be downloaded" in done.stderr and not os.path.exists(tmp_path / "r.weights.h5")
+
+
+def test_readme_flag_table_is_the_option_table():
+    """README.md holds `python -m mineralnet.train_cli --markdown` verbatim: every flag, with its default."""
+    table = markdown_table()
+    assert table in open(os.path.join(REPO, "README.md")).read(), \
+        "README.md's train.py flag table is stale: paste `python -m mineralnet.train_cli --markdown` over it"
+    for key, value in DEFAULTS.items():
+        flag = FIELDS[key]["flag"] or "--" + key.replace("_", "-")
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{flag}"))
+        if value not in (None, False, (), []) and key not in ("augment", "evaluate"):
+            assert f"`{value}`" in row, row
+
+
+def test_flags_and_resume_rules_come_from_the_option_table():
+    parser = train_parser()
+    flags = {action.dest: action for action in parser._actions}
+    assert set(DEFAULTS) | {"help", "config", "resume"} == set(flags)
+    assert all(flags[key].default is None for key in DEFAULTS)  # unset flags fall through to --config, then DEFAULTS
+    assert flags["evaluate"].option_strings == ["--no-evaluate"] and flags["mixed_precision"].choices == CHOICES[
+        "mixed_precision"]
+    assert set(FIXED_ON_RESUME) == {"data", "demo", "model", "weights", "image_size", "split", "split_ratios",
+                                    "limit_per_class", "seed", "dropout", "mixed_precision", "ema", "freeze_epochs",
+                                    "progressive_sizes", "batch_size"}
+    config = resolve_config({"demo": True, "progressive_sizes": "32,48", "image_size": 64})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    assert config.to_dict()["progressive_sizes"] == [32, 48] and config.to_dict()["augment"] == DEFAULTS["augment"]
+    assert resolve_config(config.to_dict()) == config  # config.json resolves back to the same config

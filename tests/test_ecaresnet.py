@@ -89,10 +89,10 @@ def auto_config(**values):
 
 def test_auto_picks_the_measured_small_data_recipe_without_weights_and_keeps_explicit_values():
     config = auto_config(weights="none", epochs=3)
-    line = resolve_auto(config, num_images=7 * 499, num_classes=7)
-    assert config["model"] == SMALL_DATA_RECIPE["model"] and config["model"] in list_models()
-    assert config["epochs"] == 3  # given explicitly: the recipe does not override it
-    assert all(config[key] == value for key, value in SMALL_DATA_RECIPE.items() if key != "epochs")
+    config, line = resolve_auto(config, num_images=7 * 499, num_classes=7)
+    assert config.model == SMALL_DATA_RECIPE["model"] and config.model in list_models()
+    assert config.epochs == 3  # given explicitly: the recipe does not override it
+    assert all(getattr(config, key) == value for key, value in SMALL_DATA_RECIPE.items() if key != "epochs")
     assert line.startswith("--model auto: 499 images per class on average, no pretrained weights -> ")
     assert MEASURED in line
 
@@ -100,8 +100,9 @@ def test_auto_picks_the_measured_small_data_recipe_without_weights_and_keeps_exp
 @pytest.mark.parametrize("weights, per_class", [("none", 500), ("imagenet", 20)])
 def test_auto_is_the_default_model_with_weights_or_enough_data(weights, per_class):
     config = auto_config(weights=weights)
-    assert resolve_auto(config, num_images=7 * per_class, num_classes=7).startswith("--model auto:")
-    assert config["model"] == DEFAULTS["model"] and config["image_size"] == DEFAULTS["image_size"]
+    config, line = resolve_auto(config, num_images=7 * per_class, num_classes=7)
+    assert line.startswith("--model auto:")
+    assert config.model == DEFAULTS["model"] and config.image_size == DEFAULTS["image_size"]
 
 
 def test_auto_refuses_a_weights_file_it_cannot_attribute(tmp_path):
@@ -112,12 +113,12 @@ def test_auto_refuses_a_weights_file_it_cannot_attribute(tmp_path):
 
 def test_named_model_on_small_data_from_scratch_gets_the_advice_and_keeps_its_settings():
     config = resolve_config(overrides={"data": "photos", "model": "eca_convnext_tiny", "weights": "none"})
-    line = resolve_auto(config, num_images=60, num_classes=3)
+    config, line = resolve_auto(config, num_images=60, num_classes=3)
     assert line.startswith("small data without pretrained weights (20 images per class on average")
     assert recipe_flags() in line
-    assert config["model"] == "eca_convnext_tiny" and config["epochs"] == DEFAULTS["epochs"]
-    assert resolve_auto(resolve_config(overrides={"data": "photos", "weights": "imagenet"}), 60, 3) is None
-    assert resolve_auto(resolve_config(overrides={"data": "photos", "weights": "none"}), 7000, 7) is None
+    assert config.model == "eca_convnext_tiny" and config.epochs == DEFAULTS["epochs"]
+    assert resolve_auto(resolve_config(overrides={"data": "photos", "weights": "imagenet"}), 60, 3)[1] is None
+    assert resolve_auto(resolve_config(overrides={"data": "photos", "weights": "none"}), 7000, 7)[1] is None
 
 
 def test_train_py_model_auto_records_the_model_it_picked(demo_data, tmp_path):

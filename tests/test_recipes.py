@@ -14,7 +14,7 @@ from mineralnet.data.mixing import mix_batches
 from mineralnet.evaluate import TTA_VIEWS, dihedral_view, evaluate_run
 from mineralnet.models import build_model
 from mineralnet.rundir import Run
-from mineralnet.training import ConfigError, resolve_config, train
+from mineralnet.training import ConfigError, TrainConfig, resolve_config, train
 from mineralnet.training.checkpoint import RunCheckpoint
 from mineralnet.training.ema import ema_callbacks
 from mineralnet.training.loop import _compile, stages
@@ -78,7 +78,7 @@ def test_ema_weights_are_validated_and_saved_while_training_continues_on_raw(tmp
     train_data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     keras.utils.set_random_seed(0)
     model = build_model("simple_cnn", 3, (32, 32, 3))
-    _compile(model, {"lr": 1e-2, "warmup_epochs": 0, "label_smoothing": 0.0, "ema": momentum}, 3, epochs)
+    _compile(model, TrainConfig(lr=1e-2, warmup_epochs=0, label_smoothing=0.0, ema=momentum), 3, epochs)
     raw_after_step = []
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: raw_after_step.append([v.numpy() for v in model.trainable_variables]))
@@ -154,7 +154,7 @@ def test_train_flags_reach_the_run(tmp_path, demo_data):
 
 def test_progressive_stages_split_the_epochs_evenly():
     config = resolve_config(overrides={"weights": "none", "demo": True, "image_size": 64, "epochs": 6, "progressive_sizes": "32,48"})
-    assert config["progressive_sizes"] == [32, 48]
+    assert config.progressive_sizes == (32, 48)
     assert stages(config) == [(0, 2, 32), (2, 4, 48), (4, 6, 64)]
     assert stages(resolve_config(overrides={"weights": "none", "demo": True, "epochs": 5})) == [(0, 5, 224)]
     for bad in ({"progressive_sizes": [48, 32]}, {"progressive_sizes": [64]}, {"progressive_sizes": [16]},

@@ -13,6 +13,7 @@ import pytest
 
 from mineralnet.data import scan_dataset
 from mineralnet.data.pipeline import make_dataset
+from mineralnet.models import register_all
 from mineralnet.training import run_from_args
 
 from helpers import REPO
@@ -26,7 +27,7 @@ def history(run):
 
 
 def checkpoint_weights(run):
-    import mineralnet  # noqa: F401
+    register_all()  # mineralnet's Keras classes (ECA, ...) for keras.models.load_model
 
     state = json.load(open(os.path.join(run, "checkpoint", "state.json")))
     model = keras.models.load_model(os.path.join(run, "checkpoint", state["checkpoint"]))

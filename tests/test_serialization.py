@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-import mineralnet  # noqa: F401  (registers the layers)
 from mineralnet.layers import ECA
 from mineralnet.models.applications import CaffePreprocessing
 from mineralnet.models.resnext import GroupedConv2D

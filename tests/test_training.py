@@ -10,7 +10,7 @@ import keras
 import pytest
 
 from mineralnet.data import make_demo_dataset
-from mineralnet.models import build_model, model_info
+from mineralnet.models import build_model, model_info, register_all
 from mineralnet.training import ConfigError, resolve_config, run_from_args, train
 from mineralnet.training.loop import _set_backbone_trainable
 
@@ -83,7 +83,7 @@ def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data):
     rows = history_rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert rows[0] == epoch_1
-    import mineralnet  # noqa: F401
+    register_all()  # mineralnet's Keras classes (ECA, ...) for keras.models.load_model
 
     final = keras.models.load_model(out / "checkpoint" / "epoch-3.keras")
     steps_per_epoch = -(-sum(1 for line in open(out / "split.csv") if line.endswith(",train\n")) // 16)
@@ -131,7 +131,7 @@ def test_mixed_precision_run_restores_the_callers_policy(tmp_path, demo_data):
                                        "image_size": 32, "epochs": 1, "mixed_precision": "bfloat16", "evaluate": False})
     run = train(config)
     assert keras.mixed_precision.global_policy().name == "float32"
-    import mineralnet  # noqa: F401
+    register_all()  # mineralnet's Keras classes (ECA, ...) for keras.models.load_model
 
     model = keras.models.load_model(os.path.join(run, "model.keras"))
     assert model.get_layer("conv_0").dtype_policy.name == "mixed_bfloat16"

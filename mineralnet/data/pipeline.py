@@ -13,44 +13,20 @@ than at test time.)
 """
 
 import math
-from dataclasses import asdict, dataclass
 
-import keras
-import numpy as np
-import tensorflow as tf
+from mineralnet._tf import import_tensorflow
 
-from mineralnet.data.images import load_image
-from mineralnet.data.mixing import mix_batches
+import_tensorflow()  # before Keras, which imports TensorFlow: its start-up noise stays hidden
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-CROP_SHIFT = 1 / 16  # the random crop shifts the image by up to this fraction of its side, each direction
+from mineralnet.data.augment import CROP_SHIFT, AugmentConfig  # noqa: E402,F401  (defined without TensorFlow)
+from mineralnet.data.images import load_image  # noqa: E402
+from mineralnet.data.mixing import mix_batches  # noqa: E402
+
 # Independent random streams of one run: each is fold_in(seed, stream), then the epoch, then the position.
 ORDER_STREAM, AUGMENT_STREAM, MIX_STREAM = 1, 2, 3
-
-
-@dataclass
-class AugmentConfig:
-    """Strengths of the training augmentation; zero turns a step off."""
-
-    crop: bool = True  # random shift by up to CROP_SHIFT of the side (reflect padding), at evaluation's scale
-    flip: bool = True
-    rotation: float = 0.1  # fraction of a full turn, both directions (0.1 = +-36 degrees)
-    brightness: float = 0.2  # fraction of the 0-255 range, both directions
-    noise: float = 0.03  # Gaussian noise stddev as a fraction of the 0-255 range (0.03 = ~8 grey levels)
-
-    @classmethod
-    def from_dict(cls, values):
-        unknown = set(values or {}) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}: use {sorted(cls.__dataclass_fields__)}.")
-        config = cls(**(values or {}))
-        for name in ("rotation", "brightness", "noise"):
-            value = getattr(config, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"augmentation option '{name}' must be a number from 0 (off) to 1, got {value!r}.")
-        return config
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def stream_key(seed, stream, *indices):

@@ -9,12 +9,18 @@ loads into it).
 """
 
 import contextlib
+import importlib
 import os
 from dataclasses import dataclass
 
 from mineralnet.errors import MineralnetError
 from mineralnet.models.head import CLASSIFIER, FEATURE_LAYER
 
+# The module of each built-in model: list_models() names them without importing TensorFlow (train.py --help), and a
+# model's module (whose @register fills the tables below) is imported the first time the model is asked about.
+_MODULES = {"eca_convnext_tiny": "convnext", "convnext_tiny": "convnext", "vgg19": "applications",
+            "resnet50": "applications", "googlenet": "googlenet", "resnext50": "resnext", "simple_cnn": "simple_cnn",
+            "eca_resnet18": "ecaresnet", "eca_resnet34": "ecaresnet", "eca_resnet50": "ecaresnet"}
 _BUILDERS = {}
 _INFO = {}
 _IMAGENET = {}  # name -> function(input_shape) building its backbone with Keras' ImageNet weights (downloads)
@@ -62,8 +68,25 @@ def register(name, stem, imagenet_backbone=None, **info):
     return add
 
 
+def _load(name):
+    """Import the module that registers built-in model `name` (TensorFlow first, its start-up noise hidden)."""
+    if name in _MODULES and name not in _BUILDERS:
+        from mineralnet._tf import import_tensorflow
+
+        import_tensorflow()
+        importlib.import_module(f"mineralnet.models.{_MODULES[name]}")
+
+
+def register_all():
+    """Import every built-in model's module: registers their builders and the Keras classes (ECA, ...) that
+    keras.saving.load_model needs to load a saved model of them."""
+    for name in _MODULES:
+        _load(name)
+
+
 def model_info(name):
-    """The ModelInfo of registry model `name`."""
+    """The ModelInfo of registry model `name` (imports its module, and so TensorFlow, the first time)."""
+    _load(name)
     if name not in _INFO:
         raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())}.")
     return _INFO[name]
@@ -72,22 +95,25 @@ def model_info(name):
 def registered_info(model):
     """The ModelInfo of a Keras model built by `build_model` (found by its name, which model files keep), or None
     for a model from elsewhere."""
+    register_all()
     return _INFO.get(getattr(model, "name", None))
 
 
 def takes_any_size(name):
     """Whether `name` builds with input_shape (None, None, 3), as progressive resizing needs (True for a name the
     registry does not know, e.g. `auto` before it is resolved: build_model refuses unknown names)."""
+    _load(name)
     return name not in _INFO or _INFO[name].any_size
 
 
 def has_imagenet_weights(name):
+    _load(name)
     return name in _INFO and _INFO[name].imagenet
 
 
 def list_models():
-    """Names accepted by `build_model`, sorted."""
-    return sorted(_BUILDERS)
+    """Names accepted by `build_model`, sorted (without importing any model's module)."""
+    return sorted(set(_BUILDERS) | set(_MODULES))
 
 
 def check_weights(name, weights):
@@ -128,6 +154,7 @@ def imagenet_download(name):
 def imagenet_backbone(name, input_shape):
     """Model `name`'s backbone with Keras' ImageNet weights (downloaded once, then cached): what a `--weights PATH`
     file of it holds."""
+    register_all()  # the error below names every model that has them
     if name not in _IMAGENET:
         raise WeightsError(f"{name} has no ImageNet weights in Keras: choose one of {', '.join(sorted(_IMAGENET))}.")
     with imagenet_download(name):
@@ -142,7 +169,7 @@ def build_model(name, num_classes, input_shape=(224, 224, 3), weights=None, **kw
     caches them) or the path of a backbone weights file (`.weights.h5`, as saved by `backbone.save_weights` or
     `python -m mineralnet.models.weights`).
     """
-    model_info(name)  # ValueError for an unknown name
+    model_info(name)  # imports its module; ValueError for an unknown name
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     check_weights(name, weights)

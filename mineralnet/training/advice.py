@@ -5,7 +5,7 @@ The recipe is a measured row of benchmarks/results/minet/attempts.md (MINET-7, 6
 2 CPU cores), not a guess: change it only together with a new measured row there.
 """
 
-from mineralnet.training.config import DEFAULTS, ConfigError, validate
+from mineralnet.training.config import DEFAULTS, ConfigError
 
 AUTO = "auto"
 SMALL_DATA_IMAGES_PER_CLASS = 500  # below this average, without pretrained weights, the recipe below applies
@@ -21,8 +21,8 @@ def recipe_flags(recipe=SMALL_DATA_RECIPE):
 
 
 def resolve_auto(config, num_images, num_classes):
-    """Make `config["model"] == "auto"` concrete, in place, before the model is built and config.json written; return
-    the one line to print (None when there is nothing to say).
+    """Make `config.model == "auto"` concrete before the model is built and config.json written; returns (the config,
+    the one line to print, None when there is nothing to say).
 
     Small data (< SMALL_DATA_IMAGES_PER_CLASS images per class on average) with `weights: none` gets
     SMALL_DATA_RECIPE: its model, and its other settings where the config left them at train.py's defaults (an
@@ -30,25 +30,25 @@ def resolve_auto(config, num_images, num_classes):
     weights file belongs to one model, which auto cannot guess.
     """
     per_class = num_images / max(num_classes, 1)
-    small_from_scratch = config["weights"] == "none" and per_class < SMALL_DATA_IMAGES_PER_CLASS
+    small_from_scratch = config.weights == "none" and per_class < SMALL_DATA_IMAGES_PER_CLASS
     situation = (f"{per_class:.0f} images per class on average, "
-                 f"{'no pretrained weights' if config['weights'] == 'none' else 'weights ' + str(config['weights'])}")
-    if config["model"] == AUTO:
+                 f"{'no pretrained weights' if config.weights == 'none' else 'weights ' + str(config.weights)}")
+    if config.model == AUTO:
         if small_from_scratch:
             chosen = {key: value for key, value in SMALL_DATA_RECIPE.items()
-                      if key == "model" or config[key] == DEFAULTS[key]}
-            if chosen.get("warmup_epochs", 0) >= chosen.get("epochs", config["epochs"]):
+                      if key == "model" or getattr(config, key) == DEFAULTS[key]}
+            if chosen.get("warmup_epochs", 0) >= chosen.get("epochs", config.epochs):
                 del chosen["warmup_epochs"]  # an explicit --epochs shorter than the recipe's warm-up: none
-        elif config["weights"] not in ("none", "imagenet"):
-            raise ConfigError(f"--model auto cannot tell which model the weights file '{config['weights']}' belongs "
+        elif config.weights not in ("none", "imagenet"):
+            raise ConfigError(f"--model auto cannot tell which model the weights file '{config.weights}' belongs "
                               "to: name that model with --model.")
         else:
             chosen = {"model": DEFAULTS["model"]}
-        config.update(chosen)
-        validate(config)  # the recipe meets the user's other options (e.g. progressive_sizes needs any-size models)
+        config = config.replace(**chosen)  # validated: the recipe meets the user's other options (progressive_sizes
+        # needs an any-size model)
         why = f" (measured: {MEASURED})" if small_from_scratch else ""
-        return f"--model auto: {situation} -> {', '.join(f'{k} {v}' for k, v in chosen.items())}{why}"
+        return config, f"--model auto: {situation} -> {', '.join(f'{k} {v}' for k, v in chosen.items())}{why}"
     if small_from_scratch:
-        return (f"small data without pretrained weights ({situation}): the measurements favour {recipe_flags()} "
+        return config, (f"small data without pretrained weights ({situation}): the measurements favour {recipe_flags()} "
                 f"(what --model auto picks; {MEASURED}); ImageNet weights do far better, see README 'Your own photos'")
-    return None
+    return config, None

@@ -11,12 +11,12 @@ import keras
 
 from mineralnet import rundir
 from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset
-from mineralnet.data.pipeline import AugmentConfig, DecodedImages, class_weights, make_dataset, steps_per_epoch
+from mineralnet.data.pipeline import DecodedImages, class_weights, make_dataset, steps_per_epoch
 from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
-from mineralnet.models import build_model, model_info
+from mineralnet.models import build_model, model_info, register_all
 from mineralnet.training.advice import resolve_auto
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
-from mineralnet.training.config import ConfigError, backbone_weights, resolve_config, resume_changes
+from mineralnet.training.config import ConfigError, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.training.progress import progress_callbacks
@@ -29,10 +29,10 @@ def _prepare_data(config):
     choice of the best epoch and early stopping. Identical files in several classes (label conflicts) and
     near-identical pictures across classes are printed here, one line each, and listed in data_report.json.
     """
-    data_dir = config["data"]
-    classes, samples, report = scan_dataset(data_dir, config["limit_per_class"], config["seed"])
+    data_dir = config.data
+    classes, samples, report = scan_dataset(data_dir, config.limit_per_class, config.seed)
     report.update(duplicate_report(samples))
-    split_file = config["split"]
+    split_file = config.split
     if split_file:
         rows = read_split(split_file, data_dir)
         unknown = sorted({r["label"] for r in rows} - set(classes))
@@ -43,7 +43,7 @@ def _prepare_data(config):
         rows = [{k: r[k] for k in ("path", "label", "subset")} for r in rows if r["path"] in usable]
         report["split_rows_dropped"] = dropped
     else:
-        rows = make_split(samples, parse_ratios(config["split_ratios"]), config["seed"])
+        rows = make_split(samples, parse_ratios(config.split_ratios), config.seed)
     report["per_subset"] = {s: sum(r["subset"] == s for r in rows) for s in SUBSETS}
     for subset in ("train", "val"):
         if not report["per_subset"][subset]:
@@ -81,8 +81,8 @@ def _set_backbone_trainable(model, trainable):
 def _schedule(config, steps_per_epoch, epochs):
     """Adam's learning rate over `epochs` epochs: optional linear warm-up from lr/10, then cosine decay to 0."""
     steps = max(1, steps_per_epoch * epochs)
-    warmup = min(steps - 1, steps_per_epoch * config["warmup_epochs"])
-    lr = config["lr"]
+    warmup = min(steps - 1, steps_per_epoch * config.warmup_epochs)
+    lr = config.lr
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr / 10 if warmup else lr, decay_steps=steps - warmup, alpha=0.0,
         warmup_target=lr if warmup else None, warmup_steps=warmup,
@@ -95,13 +95,13 @@ def _compile(model, config, steps_per_epoch, epochs, optimizer=None):
     a changed --lr or --warmup-epochs takes effect, instead of the checkpoint's old schedule running on."""
     schedule = _schedule(config, steps_per_epoch, epochs)
     if optimizer is None:
-        ema = config["ema"]
+        ema = config.ema
         optimizer = keras.optimizers.Adam(learning_rate=schedule, use_ema=bool(ema), ema_momentum=ema or 0.99)
     else:
         getattr(optimizer, "inner_optimizer", optimizer).learning_rate = schedule  # LossScaleOptimizer wraps it
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
 
@@ -134,38 +134,39 @@ def mixed_precision(name):
 
 
 def train(config, resume=False):
-    """Train (or resume) the run described by `config` (a dict over DEFAULTS); returns the run directory."""
-    run = rundir.Run(config["out"], required=None)  # written here, read by every later tool
-    run_path = config["out"] = run.path
+    """Train (or resume) the run described by `config` (a TrainConfig); returns the run directory."""
+    run = rundir.Run(config.out, required=None)  # written here, read by every later tool
+    run_path = run.path
     _check_run_dir(run, resume)
-    if config["deterministic"]:
-        _enable_determinism(config["seed"])
-    split_cpu(config["cpu_devices"])
-    strategy = make_strategy(config["strategy"])  # multi-worker needs this before any other TensorFlow op
-    if config["demo"] and not config["data"]:
-        config["data"] = make_demo_dataset(run.demo_data_dir, image_size=max(96, config["image_size"]))
-    config["data"] = os.path.abspath(config["data"])
-    if config["init_from"]:
-        config["init_from"] = os.path.abspath(config["init_from"])
+    if config.deterministic:
+        _enable_determinism(config.seed)
+    split_cpu(config.cpu_devices)
+    strategy = make_strategy(config.strategy)  # multi-worker needs this before any other TensorFlow op
+    data = config.data
+    if config.demo and not data:
+        data = make_demo_dataset(run.demo_data_dir, image_size=max(96, config.image_size))
+    config = config.replace(out=run_path, data=os.path.abspath(data),
+                            init_from=config.init_from and os.path.abspath(config.init_from))
     if resume:
         classes = read_json(run.labels_file)
-        rows = read_split(run.split_file, config["data"])
+        rows = read_split(run.split_file, config.data)
     else:
         classes, rows, report = _prepare_data(config)
-        advice = resolve_auto(config, len(rows), len(classes))  # --model auto becomes a name before config.json
+        config, advice = resolve_auto(config, len(rows), len(classes))  # --model auto: a name before config.json
         if advice:
             print(advice)
-    num_classes, size, batch = len(classes), config["image_size"], config["batch_size"]
+    num_classes, size, batch = len(classes), config.image_size, config.batch_size
     state = read_state(run) if resume else None
-    with mixed_precision(config["mixed_precision"]):
+    with mixed_precision(config.mixed_precision):
         # The model comes before any file is written: missing ImageNet weights (no internet) stop the run clean.
         with strategy.scope():
             if state:
+                register_all()  # the Keras classes (ECA, ...) the checkpoint holds
                 model = keras.models.load_model(run.checkpoint_file(state["checkpoint"]))
             else:
-                keras.utils.set_random_seed(config["seed"])
+                keras.utils.set_random_seed(config.seed)
                 model = _build(config, num_classes)
-                if config["init_from"]:
+                if config.init_from:
                     init_weights(model, config, classes)
         if not resume:
             run.write_split(rows)
@@ -173,42 +174,43 @@ def train(config, resume=False):
             run.write_data_report(report)
             for skipped in report["skipped"]:
                 print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-        run.write_config(config)  # on resume: what the run now really uses
+        run.write_config(config.to_dict())  # on resume: what the run now really uses
 
-        augment = AugmentConfig.from_dict(config["augment"])
-        train_files, train_labels = _arrays(rows, classes, config["data"], "train")
-        val_files, val_labels = _arrays(rows, classes, config["data"], "val")
+        train_files, train_labels = _arrays(rows, classes, config.data, "train")
+        val_files, val_labels = _arrays(rows, classes, config.data, "val")
         decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
 
         def train_data(train_size, first, last):
-            return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, augment,
-                                config["seed"], mixup=config["mixup"], cutmix=config["cutmix"], epochs=(first, last),
+            return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, config.augment,
+                                config.seed, mixup=config.mixup, cutmix=config.cutmix, epochs=(first, last),
                                 images=decoded(train_size))
 
         val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
-        weights = class_weights(train_labels, num_classes) if config["class_weights"] else None
-        start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy "
-                         "than with ImageNet weights)" if config["weights"] == "none"
-                         else f"backbone weights {config['weights']}")
-        if config["init_from"]:
-            start_weights = f"the weights of {config['init_from']}"
+        weights = class_weights(train_labels, num_classes) if config.class_weights else None
+        if config.init_from:
+            start_weights = f"the weights of {config.init_from}"
+        elif config.weights == "none":
+            start_weights = ("random initialisation (training from scratch: on small data expect far lower accuracy "
+                             "than with ImageNet weights)")
+        else:
+            start_weights = f"backbone weights {config.weights}"
         print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
-              f"{config['model']} from {start_weights}")
+              f"{config.model} from {start_weights}")
         _fit(config, run, model, state, strategy, (train_data, val_data),
              steps_per_epoch(len(train_files), batch), weights)
-    if config["evaluate"]:
+    if config.evaluate:
         from mineralnet.evaluate import evaluate_run
 
-        evaluate_run(run, subset="test", tta=config["tta"])
+        evaluate_run(run, subset="test", tta=config.tta)
     return run_path
 
 
 def stages(config):
     """(first epoch, end epoch, training image size) of each progressive-resizing stage: the epochs split evenly
     over the sizes of `progressive_sizes`, then `image_size` (one stage without progressive resizing)."""
-    sizes = [int(s) for s in config["progressive_sizes"]] + [int(config["image_size"])]
-    total = int(config["epochs"])
+    sizes = [*config.progressive_sizes, config.image_size]
+    total = config.epochs
     bounds = [round(total * i / len(sizes)) for i in range(len(sizes) + 1)]
     return [(bounds[i], bounds[i + 1], size) for i, size in enumerate(sizes) if bounds[i] < bounds[i + 1]]
 
@@ -216,26 +218,25 @@ def stages(config):
 def _build(config, num_classes):
     """The registry model; with progressive resizing it takes any image size (validation and model.keras stay
     at `image_size`)."""
-    side = None if config["progressive_sizes"] else int(config["image_size"])
-    return build_model(config["model"], num_classes, (side, side, 3), backbone_weights(config),
-                       dropout=float(config["dropout"]))
+    side = None if config.progressive_sizes else config.image_size
+    return build_model(config.model, num_classes, (side, side, 3), config.backbone_weights, dropout=config.dropout)
 
 
 def init_weights(model, config, classes):
-    """Load the weights of config["init_from"] (an earlier run's model.keras) into the freshly built `model`.
+    """Load the weights of config.init_from (an earlier run's model.keras) into the freshly built `model`.
 
     The source must be the same model with the same classes in the same order and the same input size: its run's
     config.json and labels.json (when beside the file) are checked first, then every weight's shape, so a
     mismatch stops with one line instead of training from a half-loaded model."""
-    path = config["init_from"]
+    path = config.init_from
     if not os.path.isfile(path):
         raise ConfigError(f"--init-from '{path}' does not exist: pass the model.keras of an earlier run.")
     source_run = rundir.Run(os.path.dirname(path), required=())  # its config and labels, when beside the file
     fix = "pass the same --model and --image-size as that run, or drop --init-from to train from scratch"
     for key in ("model", "image_size"):
-        if key in source_run.config and source_run.config[key] != config[key]:
+        if key in source_run.config and source_run.config[key] != getattr(config, key):
             raise ConfigError(f"--init-from '{path}' is a {key} {source_run.config[key]} run but this run has {key} "
-                              f"{config[key]}: {fix}.")
+                              f"{getattr(config, key)}: {fix}.")
     if source_run.labels and source_run.labels != list(classes):
         raise ConfigError(f"--init-from '{path}' was trained on the classes {source_run.labels} but --data has "
                           f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from "
@@ -243,7 +244,7 @@ def init_weights(model, config, classes):
     source = source_run.load_model(path)
     theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
     if theirs != ours:
-        raise ConfigError(f"--init-from '{path}' has other weights ({len(theirs)} tensors) than the {config['model']} "
+        raise ConfigError(f"--init-from '{path}' has other weights ({len(theirs)} tensors) than the {config.model} "
                           f"this run builds ({len(ours)} tensors, {model.output_shape[-1]} classes, input "
                           f"{model.input_shape[1:3]}): {fix}.")
     model.set_weights(source.get_weights())
@@ -254,9 +255,9 @@ def _fit(config, run, model, state, strategy, datasets, steps, weights):
     `state`: the checkpoint state the model was restored from (None for a new run); `datasets`: ((image size,
     first epoch, end epoch) -> training dataset, validation dataset); `steps`: training batches per epoch."""
     train_data, val_data = datasets
-    size = config["image_size"]
+    size = config.image_size
     start = state["epoch"] if state else 0
-    total, frozen = config["epochs"], config["freeze_epochs"]
+    total, frozen = config.epochs, config.freeze_epochs
     if start >= total:
         print(f"run '{run.path}' already finished {start} of {total} epochs.")
     for phase, first, last in (("frozen", 0, frozen), ("full", frozen, total)):
