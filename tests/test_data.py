@@ -117,14 +117,14 @@ def test_training_refuses_a_reused_split_that_separates_a_label_conflict(tmp_pat
     root = write_dataset(tmp_path / "data", per_class=12)
     shutil.copy(root / "alpha" / "003.png", root / "beta" / "conflict.png")
     config = resolve_config(overrides={"data": str(root), "out": str(tmp_path / "run")})
-    _, rows, report = _prepare_data(config, str(tmp_path / "run"))
+    _, rows, report = _prepare_data(config)
     assert report["label_conflicts"] == [["alpha/003.png", "beta/conflict.png"]]
     assert "label conflict: identical files alpha/003.png, beta/conflict.png (all in train)" in capsys.readouterr().err
     for row in rows:
         row["subset"] = "test" if row["path"] == "beta/conflict.png" else row["subset"]
     write_split(rows, str(tmp_path / "split.csv"))
     with pytest.raises(DataError, match="identical files alpha/003.png, beta/conflict.png in test and train"):
-        _prepare_data({**config, "split": str(tmp_path / "split.csv")}, str(tmp_path / "run"))
+        _prepare_data(config.replace(split=str(tmp_path / "split.csv")))
     assert not os.path.exists(tmp_path / "run")
 
 
