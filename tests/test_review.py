@@ -270,13 +270,13 @@ def test_init_from_loads_the_source_weights_exactly(base, tmp_path):
     path = str(tmp_path / "model.keras")
     source.save(path)
     keras.utils.set_random_seed(2)
-    model = _build({**config, "init_from": path}, 3)
+    model = _build(config.replace(init_from=path), 3)
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     assert not np.allclose(model.predict(x, verbose=0), source.predict(x, verbose=0))
-    init_weights(model, {**config, "init_from": path}, base["classes"])
+    init_weights(model, config.replace(init_from=path), base["classes"])
     np.testing.assert_array_equal(model.predict(x, verbose=0), source.predict(x, verbose=0))
     with pytest.raises(ConfigError, match="has other weights"):
-        init_weights(_build(config, 4), {**config, "init_from": path}, base["classes"] + ["extra"])
+        init_weights(_build(config, 4), config.replace(init_from=path), base["classes"] + ["extra"])
     write_json(str(tmp_path / "labels.json"), ["a", "b", "c"])
     with pytest.raises(ConfigError, match="was trained on the classes"):
-        init_weights(model, {**config, "init_from": path}, base["classes"])
+        init_weights(model, config.replace(init_from=path), base["classes"])
