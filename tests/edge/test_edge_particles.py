@@ -247,12 +247,32 @@ def test_config_sections():
         parse_config(BASE_CONFIG + "[particles]\nmm_per_px = 1\nmin_mm = 50\nmax_mm = 20\n" + VALVES)
     with pytest.raises(ConfigError, match=r"no \[valves\] section"):
         parse_config(BASE_CONFIG + PARTICLES)
-    with pytest.raises(ConfigError, match="actuator.type' is 'serial'"):
-        parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "serial"\nport = "/dev/ttyUSB0"\n')
+    serial = parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "serial"\nport = "/dev/ttyUSB0"\n')
+    assert serial.actuator.type == "serial"  # one VALVES line per command; modbus: the valve block
+    with pytest.raises(ConfigError, match="actuator.type' is 'gpio' .* cannot drive a valve bar"):
+        parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "gpio"\npins = { mixed = 17 }\n')
     with pytest.raises(ConfigError, match=r"no \[particles\] section"):
         parse_config(BASE_CONFIG + VALVES)
     with pytest.raises(ConfigError, match="valves.bin' names no bin"):
         parse_config(BASE_CONFIG + PARTICLES + VALVES.replace("mixed", "recheck"))
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_serial_valve_lines(encoder, fake_clock):
+    """`type = "serial"` with [particles]: one VALVES line per command, lanes as first and count, timed by delay
+    (clock belt) or by encoder counts (written through pyserial's loop:// port, read back)."""
+    from edge.valves import Command, ValveSerialActuator
+
+    actuator = ValveSerialActuator("loop://", 115200, fake_clock, encoder=encoder)
+    actuator.open()
+    try:
+        now = fake_clock.now()
+        opening, closing = (65_530, 70) if encoder else (now + 0.25, now + 0.31)
+        actuator.send(Command((4, 5, 6), opening, closing, (9,)), opening, "A")
+        line = actuator._serial.readline().decode("ascii")
+    finally:
+        actuator.close()
+    assert line == ("VALVES 4 3 @65530 @70\n" if encoder else "VALVES 4 3 250 60\n")
 
 
 def test_lanes_of_edges():
