@@ -19,7 +19,8 @@ does not take (measured on ECA-ConvNeXt-T: 92 partitions, float32 batch-1 latenc
   dynamic shape) becomes the 1x1 convolution it is (its bias and LayerScale fold into it as into the batch-1 FC);
 - ECA's channel convolution is written as a 2-D convolution over a (-1, 1, C, 1) reshape: EXPAND_DIMS (what conv1d
   and expand_dims become with a free batch) is not delegated either;
-- the depthwise slabs are strided slices with the batch masked (a SLICE of size -1 is not delegated).
+- the depthwise slabs are strided slices with the batch masked (a SLICE of size -1 is not delegated);
+- Flatten (simple_cnn's head) becomes a reshape to (-1, size), its size a constant.
 
 Approximate (integer formats only): GELU, which XNNPACK runs in float only, becomes x * sigmoid(1.702 x), built
 from int8 MUL and LOGISTIC (`GELU_APPROXIMATIONS`; the choice was measured, see docs/export.md).
@@ -203,6 +204,16 @@ class ExportECA(keras.layers.Layer):
         return input_shape
 
 
+class ExportFlatten(keras.layers.Layer):
+    """keras Flatten as one reshape to (-1, product of the other sizes), so a free batch needs no shape arithmetic."""
+
+    def call(self, inputs):
+        return tf.reshape(inputs, [-1, int(np.prod(inputs.shape[1:]))])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
 def gelu_sigmoid(x):
     """x * sigmoid(1.702 x) (Hendrycks and Gimpel 2016): max abs error 0.02 against the exact GELU."""
     return x * tf.math.sigmoid(1.702 * x)
@@ -254,6 +265,8 @@ def _replacement(layer, gelu, split_depthwise, free_batch=False):
         new = ExportDense(layer.units, layer.activation, layer.use_bias, name=layer.name)
         new.build((None, layer.kernel.shape[0]))
         return new, list
+    if free_batch and type(layer) is keras.layers.Flatten and layer.data_format == "channels_last":
+        return ExportFlatten(name=layer.name), list
     if free_batch and type(layer).__name__ == "ECA" and type(layer).__module__ == "mineralnet.layers":
         new = ExportECA(layer.kernel.shape[0], name=layer.name)
         new.build(None)
