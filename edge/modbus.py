@@ -41,6 +41,8 @@ never mixes two items. The server only answers polls: a PLC that stops polling c
 import asyncio
 import threading
 
+from edge.valves import lane_span
+
 HEARTBEAT, STATE, MODEL_OK, RING_SIZE, LAST_SEQ, BIN_COUNT, MAP_VERSION = 0, 1, 2, 3, 4, 6, 7
 BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
 VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
@@ -50,14 +52,6 @@ STARTING, RUNNING, SOURCE_FAILING, STOPPED = 0, 1, 2, 3
 
 def _ms(seconds):
     return int(seconds * 1000) % (1 << 32)
-
-
-def lane_span(lanes):
-    """(first lane, number of lanes) of a command's lanes, which are consecutive (edge/particles.py lanes_of)."""
-    first = lanes[0]
-    if list(lanes) != list(range(first, first + len(lanes))):
-        raise ValueError(f"valve lanes {list(lanes)} are not consecutive")
-    return first, len(lanes)
 
 
 def _words(value):

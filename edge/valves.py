@@ -164,6 +164,14 @@ class ValveJsonlActuator:
             self._writer.close()
 
 
+def lane_span(lanes):
+    """(first lane, number of lanes) of a command's lanes, which are consecutive (edge/particles.py lanes_of)."""
+    first = lanes[0]
+    if list(lanes) != list(range(first, first + len(lanes))):
+        raise ValueError(f"valve lanes {list(lanes)} are not consecutive")
+    return first, len(lanes)
+
+
 class ValveSerialActuator(SerialActuator):
     """The valve bar's commands as one ASCII line each (`[actuator] type = "serial"`), for a microcontroller driving
     the valves: `VALVES <first lane> <lane count> <due_in_ms> <pulse_ms>\n` on a clock-timed belt (delays from
@@ -176,8 +184,6 @@ class ValveSerialActuator(SerialActuator):
         self.encoder = encoder
 
     def send(self, command, due, frame_id):
-        from edge.modbus import lane_span
-
         first, count = lane_span(command.lanes)
         if self.encoder:
             timing = f"@{int(round(command.open_at))} @{int(round(command.close_at))}"
