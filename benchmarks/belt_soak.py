@@ -5,8 +5,9 @@
 Frames are composed as in tests/edge/test_edge_particles.py (real specimens cut out of their white photos, pasted
 on a textured belt with sensor noise). Reports edge/particles.py's segmentation time per frame (p50/p95, target
 <= 10 ms), particles per second through segmentation, and detection recall/precision on the composed frames.
-With --model, each frame's crops are also classified (edge/particles.py CropClassifier: one interpreter call per frame where the model
-allows it, else crop by crop) and the classifier's time and segmentation's share of the frame are reported.
+With --model, each frame's crops are also classified (edge/particles.py CropClassifier: one interpreter call per frame
+with a `--batch dynamic` export, else crop by crop) and the classifier's time, its interpreter calls per frame and
+segmentation's share of the frame are reported.
 """
 
 import argparse
@@ -34,6 +35,7 @@ def soak(specimens, belt, count, frames, seed, model=None):
     if model is not None:  # and the interpreter's first invoke()
         model.classify([p.crop for p in seg.segment(scenes[0][0], learn=False).particles])
     seg_s, cls_s, truths, hits, detections, false = [], [], 0, 0, 0, 0
+    invocations = model.model.invocations if model is not None else 0
     for frame, truth, info in scenes:
         start = time.perf_counter()
         result = seg.segment(frame)
@@ -58,6 +60,7 @@ def soak(specimens, belt, count, frames, seed, model=None):
             "frame_ms_p50": round(percentile([a + b for a, b in zip(seg_s, cls_s)], 50), 2),
             "frame_ms_p95": round(percentile([a + b for a, b in zip(seg_s, cls_s)], 95), 2),
             "segment_share": round(sum(seg_s) / (sum(seg_s) + sum(cls_s)), 3),
+            "invokes_per_frame": round((model.model.invocations - invocations) / frames, 2),
         })
     return row
 
@@ -82,7 +85,8 @@ def main(argv=None):
         print(json.dumps(row))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"model": args.model, "batched": getattr(model, "batched", None), "threads": args.threads, "rows": rows}, handle, indent=1)
+            json.dump({"model": args.model, "batched": getattr(model, "batched", None), "threads": args.threads,
+                       "rows": rows}, handle, indent=1)
     return 0
 
 

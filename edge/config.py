@@ -405,9 +405,9 @@ def _check_together(config):
     if config.particles is not None and config.valves is None:
         raise config.error("particles.mm_per_px", "is set but there is no [valves] section: add [valves] with the "
                            "valve bar's count, lane_mm and bin (particles are ejected by lane)")
-    if config.particles is not None and config.actuator.type != "jsonl":
-        raise config.error("actuator.type", f"is {config.actuator.type!r}, but with [particles] the valve bar's "
-                           "commands (lanes, pulse) are written as JSON lines only so far: set type = \"jsonl\"")
+    if config.particles is not None and config.actuator.type == "gpio":
+        raise config.error("actuator.type", "is 'gpio' (one pin per bin, fixed pulse), which cannot drive a valve "
+                           "bar's lanes: with [particles] set type = \"jsonl\", \"modbus\" or \"serial\"")
     if config.valves is not None and config.particles is None:
         raise config.error("valves.count", "is set but there is no [particles] section: add [particles] (valve "
                            "lanes come from each particle's position) or remove [valves]")

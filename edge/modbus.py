@@ -18,6 +18,20 @@ is documented as a table in edge/README.md and fixed here:
              time in ms mod 2**32 on a clock-timed belt), lane
              (0: one lane), class code (1 + the label's index in the sidecar, 0 = none), confidence x 1000
 
+With [particles] the board also carries the valve bar's commands (map version 2; the item ring stays empty, the
+particles' decisions are in the events), one per ejected particle, for the PLC to fire at the given position:
+
+    8        valve ring size V (0: no valve block, map version 1)
+    60, 61   last valve command sequence (32 bits, high word first); 0 before the first
+    62       valve count of the bar ([valves] count)
+    63       position unit of the valve block: 0 ms of the runner's clock (clock-timed belt), 1 encoder counts
+    64, 65   the runner's clock in ms mod 2**32 (written at every heartbeat and command), so that on a clock-timed
+             belt the PLC can turn an opening time into a delay: open - clock, as old as its poll
+    9000 + 8v  valve slot v = (command sequence - 1) mod V, 8 registers: command sequence (2, high first), first
+             lane, lane count (the lanes first .. first + count - 1 open together), opening position (2, high first:
+             the encoder count, modulo the encoder's counter, or the runner's clock in ms mod 2**32), pulse length
+             in the same unit (saturating at 65535), bin code of the bar's bin
+
 Bin code 0 is the recheck bin, then the other bins in name order (Config.bin_codes). Every item is published, the
 recheck ones too, so the PLC sees every sequence number. Slot registers are written before the last-sequence
 register, and a read copies the registers under the same lock the runner writes them with, so one read request
@@ -27,9 +41,17 @@ never mixes two items. The server only answers polls: a PLC that stops polling c
 import asyncio
 import threading
 
+from edge.valves import lane_span
+
 HEARTBEAT, STATE, MODEL_OK, RING_SIZE, LAST_SEQ, BIN_COUNT, MAP_VERSION = 0, 1, 2, 3, 4, 6, 7
 BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
+VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
+UNIT_MS, UNIT_COUNTS = 0, 1
 STARTING, RUNNING, SOURCE_FAILING, STOPPED = 0, 1, 2, 3
+
+
+def _ms(seconds):
+    return int(seconds * 1000) % (1 << 32)
 
 
 def _words(value):
@@ -38,9 +60,13 @@ def _words(value):
 
 
 class ModbusBoard:
-    """The register map above, served by pymodbus's TCP server in its own thread and event loop."""
+    """The register map above, served by pymodbus's TCP server in its own thread and event loop.
 
-    def __init__(self, host, port, unit_id, ring_size, bin_codes, labels, clock):
+    `valves` (the [valves] config, with [particles]) adds the valve block of `ring_size` slots; `modulus` (the
+    encoder counter's range, `[belt] position = "modbus"`) says its positions are encoder counts, else ms of
+    `clock`."""
+
+    def __init__(self, host, port, unit_id, ring_size, bin_codes, labels, clock, valves=None, modulus=None):
         self.host = host
         self.port = port
         self.unit_id = unit_id
@@ -48,9 +74,17 @@ class ModbusBoard:
         self.bin_codes = {name: code for code, name in enumerate(bin_codes)}
         self.class_codes = {label: index + 1 for index, label in enumerate(labels)}
         self.clock = clock
-        self.registers = [0] * (RING + SLOT * ring_size)
+        self.valves = valves
+        self.modulus = modulus
+        size = RING + SLOT * ring_size if valves is None else VALVE_RING + SLOT * ring_size
+        self.registers = [0] * size
         self.registers[RING_SIZE], self.registers[BIN_COUNT], self.registers[MAP_VERSION] = ring_size, len(bin_codes), 1
         self.registers[MODEL_OK] = 1
+        self._valve_sequence = 0
+        if valves is not None:
+            self.registers[MAP_VERSION], self.registers[VALVE_RING_SIZE] = 2, ring_size
+            self.registers[VALVE_COUNT] = valves.count
+            self.registers[VALVE_UNIT] = UNIT_MS if modulus is None else UNIT_COUNTS
         self.listening = []
         self._lock = threading.Lock()
         self._loop = None
@@ -99,8 +133,29 @@ class ModbusBoard:
             raise OSError(f"Modbus server cannot listen on {self.host}:{self.port} (port in use or address not here)")
         self.listening = [f"modbus {self.host}:{self.port} unit {self.unit_id}"]
 
-    def send(self, bin_name, due, frame_id):
-        """The PLC fires the valves from the published decisions: nothing to command here."""
+    def send(self, command, due, frame_id):
+        """Single items: the PLC fires the valves from the published decisions, nothing to command here. With a
+        valve block, `command` (edge/valves.py Command) goes into the next valve slot."""
+        if self.valves is None:
+            return
+        first, count = lane_span(command.lanes)
+        if self.modulus is not None:  # counts modulo the counter: a pulse may wrap it
+            opening = int(round(command.open_at))
+            pulse = int(round(command.close_at - command.open_at)) % self.modulus
+        else:
+            opening, pulse = _ms(command.open_at), round((command.close_at - command.open_at) * 1000.0)
+        with self._lock:
+            self._valve_sequence += 1
+            slot = VALVE_RING + SLOT * ((self._valve_sequence - 1) % self.ring_size)
+            self.registers[slot:slot + SLOT] = [*_words(self._valve_sequence), first, count, *_words(opening),
+                                                min(max(pulse, 0), 0xFFFF), self.bin_codes[self.valves.bin]]
+            self._tick()
+            self.registers[VALVE_LAST_SEQ:VALVE_LAST_SEQ + 2] = _words(self._valve_sequence)
+
+    def _tick(self):
+        """The runner's clock in ms for the PLC (valve block only); under the lock."""
+        if self.valves is not None:
+            self.registers[VALVE_CLOCK:VALVE_CLOCK + 2] = _words(_ms(self.clock.now()))
 
     def record(self, item, capture_time, position=None):
         """Publish one decided item (the runner's item record) in the ring buffer and count its bin."""
@@ -124,6 +179,7 @@ class ModbusBoard:
             self.registers[HEARTBEAT] = (self.registers[HEARTBEAT] + 1) & 0xFFFF
             self.registers[STATE] = state
             self.registers[MODEL_OK] = int(bool(model_ok))
+            self._tick()
 
     def close(self):
         if self._loop is None or self._loop.is_closed():

@@ -136,7 +136,9 @@ def _reject_problem(reject, labels):
 
 
 class Model:
-    """A TFLite classifier: `classify(pixels)` gives class probabilities, in the sidecar's label order."""
+    """A TFLite classifier: `classify(pixels)` gives class probabilities, in the sidecar's label order;
+    `classify_batch` those of N inputs, in one interpreter call when the file's batch dimension is free
+    (`python -m mineralnet.export --batch dynamic`), else one call each."""
 
     def __init__(self, model_path, sidecar_path=None, threads=None):
         self.path = model_path
@@ -173,7 +175,12 @@ class Model:
         self.input_zero_point = int(sidecar["input"].get("zero_point", 0))
         self._output_scale = float(sidecar["output"].get("scale", 0.0))
         self._output_zero_point = int(sidecar["output"].get("zero_point", 0))
-        self.last_invoke_s = 0.0
+        # Only a free batch (-1 in the file's signature) is resized: a batch-1 export hard-codes its batch in
+        # reshapes, which XNNPACK refuses to resize or, without the delegate, could compute something else silently.
+        self.batch_free = int(self._input.get("shape_signature", self._input["shape"])[0]) == -1
+        self._batch = 1  # the batch size the interpreter is allocated for
+        self.last_invoke_s = 0.0  # of the last classify or classify_batch, all its interpreter calls together
+        self.invocations = 0  # interpreter calls since loading (a public count: one per frame is what batching buys)
 
     def _check_tensor(self, name, actual, promised):
         shape = [int(d) for d in actual["shape"]]
@@ -196,10 +203,34 @@ class Model:
             )
 
     def classify(self, tensor):
-        """Class probabilities (float32, one per label) for one prepared input tensor."""
-        self._interpreter.set_tensor(self._input["index"], tensor)
+        """Class probabilities (float32, one per label) for one prepared input tensor (1, S, S, 3)."""
         start = time.perf_counter()
-        self._interpreter.invoke()
+        values = self._invoke(tensor)[0]
         self.last_invoke_s = time.perf_counter() - start
-        values = self._interpreter.get_tensor(self._output["index"])[0]
-        return dequantize(values, self._output_scale, self._output_zero_point)
+        return values
+
+    def classify_batch(self, tensors):
+        """(N, labels) float32 probabilities for N prepared inputs (N, S, S, 3), in their order: one interpreter
+        call for a free-batch file (re-allocated only when N differs from the previous call's), one call per row
+        otherwise. Each row's probabilities are those `classify` gives it."""
+        start = time.perf_counter()
+        if len(tensors) == 0:
+            values = np.zeros((0, len(self.labels)), np.float32)
+        elif self.batch_free:
+            values = self._invoke(tensors)
+        else:
+            values = np.stack([self._invoke(tensor[None])[0] for tensor in tensors])
+        self.last_invoke_s = time.perf_counter() - start
+        return values
+
+    def _invoke(self, batch):
+        """Dequantised outputs of one invoke() on `batch`, the interpreter resized first if its batch differs."""
+        if len(batch) != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [len(batch), *self._input["shape"][1:]])
+            self._interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self._interpreter.set_tensor(self._input["index"], batch)
+        self._interpreter.invoke()
+        self.invocations += 1
+        return dequantize(self._interpreter.get_tensor(self._output["index"]), self._output_scale,
+                          self._output_zero_point)

@@ -22,14 +22,13 @@ belt (or a belt-coloured background) with the same margin.
 """
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from edge.preprocess import dequantize, quantize, resize_rgb
+from edge.preprocess import quantize, resize_rgb
 
 
 @dataclass(frozen=True)
@@ -253,57 +252,25 @@ def _box(part, x, y):
 
 
 class CropClassifier:
-    """Class probabilities for all crops of a frame in one interpreter call where the model allows it.
-
-    The exported models have a static batch of 1; LiteRT can resize the input to [N, S, S, 3]
-    (`resize_tensor_input` + `allocate_tensors`). To avoid re-allocating at every frame the batch is grown to the
-    next power of two and the unused rows are zero (their outputs ignored). A model that refuses the resize is run
-    once per crop in a tight loop (`batched` False). Each crop is resized with Pillow BILINEAR and quantised exactly
-    as a single picture is (edge/preprocess.py).
+    """Class probabilities for all crops of a frame: one interpreter call where the model's batch dimension is free
+    (`batched`; export with `--batch dynamic`), else one call per crop (edge/model.py Model.classify_batch). Each
+    crop is resized with Pillow BILINEAR and quantised exactly as a single picture is (edge/preprocess.py).
     """
 
     def __init__(self, model):
         self.model = model
-        self.batched = True
-        self._capacity = 1
-
-    def _reserve(self, count):
-        if count <= self._capacity or not self.batched:
-            return
-        capacity = 1 << (count - 1).bit_length()
-        interpreter, index = self.model._interpreter, self.model._input["index"]
-        try:
-            interpreter.resize_tensor_input(index, [capacity, self.model.input_size, self.model.input_size, 3])
-            interpreter.allocate_tensors()
-            self._capacity = capacity
-        except (RuntimeError, ValueError):
-            self.batched = False  # fall back to one call per crop, at the export's own shape
-            interpreter.resize_tensor_input(index, [1, self.model.input_size, self.model.input_size, 3])
-            interpreter.allocate_tensors()
-            self._capacity = 1
+        self.batched = model.batch_free
 
     def classify(self, crops):
         """(N, classes) float32 probabilities, in the order of `crops` (RGB uint8 arrays)."""
         model = self.model
         if not crops:
-            return np.zeros((0, len(model.labels)), np.float32)
-        tensors = np.concatenate([
+            return model.classify_batch(np.zeros((0, model.input_size, model.input_size, 3), model.input_dtype))
+        return model.classify_batch(np.concatenate([
             quantize(resize_rgb(Image.fromarray(crop), model.input_size), model.input_dtype, model.input_scale,
                      model.input_zero_point)
             for crop in crops
-        ])
-        self._reserve(len(crops))
-        if not self.batched or self._capacity == 1:
-            return np.stack([model.classify(tensor[None]) for tensor in tensors])
-        batch = np.zeros((self._capacity, *tensors.shape[1:]), tensors.dtype)
-        batch[:len(crops)] = tensors
-        interpreter = model._interpreter
-        interpreter.set_tensor(model._input["index"], batch)
-        start = time.perf_counter()
-        interpreter.invoke()
-        model.last_invoke_s = time.perf_counter() - start
-        values = interpreter.get_tensor(model._output["index"])[:len(crops)]
-        return dequantize(values, model._output_scale, model._output_zero_point)
+        ]))
 
 
 class ParticleTally:

@@ -44,7 +44,7 @@ from edge.review import ReviewQueue  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
 from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock, EjectTiming  # noqa: E402
-from edge.valves import ValveBar, ValveJsonlActuator  # noqa: E402
+from edge.valves import ValveBar, make_valve_actuator  # noqa: E402
 
 
 _NOT_STARTED = types.SimpleNamespace(dropped=0, source_errors=0, depth=0)  # snapshot() before run(): nothing read
@@ -679,7 +679,7 @@ def main(argv=None):
         return 2
     if config.particles is not None:  # the valve bar's commands: lanes and pulse per particle (edge/valves.py)
         def factory():
-            return ValveJsonlActuator(config.actuator.path, clock, encoder=config.belt.position == "modbus")
+            return make_valve_actuator(config, clock, model.labels)
     else:
         def factory():
             return make_actuator(config.actuator, clock, config=config, labels=model.labels)

@@ -30,6 +30,7 @@ frame whose pulse reaches one decided now is not checked (rare when frames overl
 
 from dataclasses import dataclass
 
+from edge.actuators import SerialActuator
 from edge.records import LineWriter
 
 
@@ -161,3 +162,50 @@ class ValveJsonlActuator:
     def close(self):
         if self._writer is not None:
             self._writer.close()
+
+
+def lane_span(lanes):
+    """(first lane, number of lanes) of a command's lanes, which are consecutive (edge/particles.py lanes_of)."""
+    first = lanes[0]
+    if list(lanes) != list(range(first, first + len(lanes))):
+        raise ValueError(f"valve lanes {list(lanes)} are not consecutive")
+    return first, len(lanes)
+
+
+class ValveSerialActuator(SerialActuator):
+    """The valve bar's commands as one ASCII line each (`[actuator] type = "serial"`), for a microcontroller driving
+    the valves: `VALVES <first lane> <lane count> <due_in_ms> <pulse_ms>\n` on a clock-timed belt (delays from
+    receiving the line, as the single-item EJECT line), `VALVES <first lane> <lane count> @<open count> @<close
+    count>\n` on an encoder-timed belt (counts modulo the encoder's counter, for a controller that reads the
+    encoder too)."""
+
+    def __init__(self, port, baudrate, clock, encoder=False):
+        super().__init__(port, baudrate, clock)
+        self.encoder = encoder
+
+    def send(self, command, due, frame_id):
+        first, count = lane_span(command.lanes)
+        if self.encoder:
+            timing = f"@{int(round(command.open_at))} @{int(round(command.close_at))}"
+        else:
+            timing = (f"{max(0, round((command.open_at - self.clock.now()) * 1000.0))} "
+                      f"{round((command.close_at - command.open_at) * 1000.0)}")
+        self._serial.write(f"VALVES {first} {count} {timing}\n".encode("ascii"))
+
+
+VALVE_ACTUATORS = ("jsonl", "modbus", "serial")  # gpio (one pin per bin, fixed pulse) does not drive a valve bar
+
+
+def make_valve_actuator(config, clock, labels=()):
+    """A fresh, unopened driver of the valve bar's commands from the config's [actuator] section."""
+    encoder = config.belt.position == "modbus"
+    actuator = config.actuator
+    if actuator.type == "modbus":
+        from edge.modbus import ModbusBoard
+
+        modulus = 1 << (16 * config.encoder.registers) if encoder else None
+        return ModbusBoard(actuator.host, config.modbus_port, actuator.unit_id, actuator.ring_size, config.bin_codes(),
+                           labels, clock, valves=config.valves, modulus=modulus)
+    if actuator.type == "serial":
+        return ValveSerialActuator(actuator.port, actuator.baudrate, clock, encoder=encoder)
+    return ValveJsonlActuator(actuator.path, clock, encoder=encoder)

@@ -5,7 +5,7 @@ import logging
 import sys
 
 from mineralnet.export.representative import CALIBRATION_SAMPLES
-from mineralnet.export.convert import ALL_FORMATS, FORMATS
+from mineralnet.export.convert import ALL_FORMATS, BATCHES, FORMATS
 from mineralnet.errors import cli
 from mineralnet.export.pipeline import MAX_ACCURACY_DROP, export_run
 from mineralnet.export.qat.process import QatOptions
@@ -39,6 +39,9 @@ def build_parser():
                         help=f"fail the export (exit 2, nothing written) if a quantized format's test accuracy is "
                              f"more than this many percentage points below float32's (default "
                              f"{MAX_ACCURACY_DROP:g}); raise it only knowingly, e.g. for a tiny test subset")
+    parser.add_argument("--batch", choices=BATCHES, default="1",
+                        help="the input's batch dimension: 1 (default) or dynamic, for the edge runner's [particles] "
+                        "mode, which then classifies all crops of a frame in one call (see edge/README.md)")
     parser.add_argument("--out", default=None, help="output directory (default: RUN/export)")
     return parser
 
@@ -56,7 +59,8 @@ def main(argv=None):
     log.setLevel(logging.INFO)
     try:
         qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
-        report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat, args.max_accuracy_drop)
+        report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat, args.max_accuracy_drop,
+                            args.batch)
     except KeyboardInterrupt:
         print("error: interrupted; no partial model or sidecar was left behind.", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Keras model -> .tflite bytes in one of the formats, batch fixed to 1, TFLite builtin ops only."""
+"""Keras model -> .tflite bytes in one of the formats, batch fixed to 1 (or free, opt-in), TFLite builtin ops only."""
 
 import numpy as np
 import tensorflow as tf
@@ -11,6 +11,16 @@ FORMATS = ("float32", "float16", "dynamic", "int8")  # the default set
 QAT_FORMAT = "int8_qat"  # opt-in: quantization-aware training in a tf_keras child process (mineralnet.export.qat)
 ALL_FORMATS = FORMATS + (QAT_FORMAT,)
 FULL_INTEGER = ("int8", QAT_FORMAT)
+BATCHES = ("1", "dynamic")  # the input's batch dimension: fixed to 1 (default), or free (None, -1 in the file)
+
+
+def parse_batch(batch):
+    """'1' / 1 -> 1, 'dynamic' / None -> None (a free batch dimension); anything else is an ExportError."""
+    if batch is None or str(batch).strip() == "dynamic":
+        return None
+    if str(batch).strip() == "1":
+        return 1
+    raise ExportError(f"--batch must be one of {', '.join(BATCHES)}, got '{batch}'.")
 
 
 def parse_formats(formats):
@@ -24,10 +34,10 @@ def parse_formats(formats):
     return tuple(name for name in ALL_FORMATS if name in names or name == "float32")
 
 
-def _concrete_function(model, image_size, pin_input_range):
-    """A batch-1 float32 graph of the model. A dynamic batch dimension would add SHAPE/GATHER/PACK ops that
-    split the XNNPACK delegate into many pieces."""
-    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")
+def _concrete_function(model, image_size, pin_input_range, batch=1):
+    """A float32 graph of the model, batch 1 or free (None). A free batch adds SHAPE/GATHER/PACK ops that split
+    the XNNPACK delegate into many pieces unless `model` went through rewrite_for_export(free_batch=True)."""
+    spec = tf.TensorSpec([batch, image_size, image_size, 3], tf.float32, name="image")
 
     def forward(image):
         if pin_input_range:
@@ -39,7 +49,7 @@ def _concrete_function(model, image_size, pin_input_range):
     return tf.function(forward, input_signature=[spec]).get_concrete_function()
 
 
-def make_converter(model, fmt, image_size, calibration_images=None):
+def make_converter(model, fmt, image_size, calibration_images=None, batch=1):
     """The configured TFLiteConverter of `model` for format `fmt` (also what TensorFlow's QuantizationDebugger
     takes, see benchmarks/int8_debug.py)."""
     if fmt not in ALL_FORMATS:
@@ -49,7 +59,7 @@ def make_converter(model, fmt, image_size, calibration_images=None):
     # (tf_keras variables, from the QAT child, are tf.Variables already.)
     holder = tf.Module()
     holder.weights = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
-    function = _concrete_function(model, image_size, pin_input_range=fmt in FULL_INTEGER)
+    function = _concrete_function(model, image_size, pin_input_range=fmt in FULL_INTEGER, batch=batch)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # never SELECT_TF_OPS (Flex)
     if fmt == "float16":
@@ -70,15 +80,16 @@ def make_converter(model, fmt, image_size, calibration_images=None):
     return converter
 
 
-def convert(model, fmt, image_size, calibration_images=None, float_layers=()):
+def convert(model, fmt, image_size, calibration_images=None, batch=1, float_layers=()):
     """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
     `float_layers`: names of layers whose ops int8 keeps in float (the model's stem, see _selective_int8).
 
     int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
     output (the softmax, scale 1/256). int8_qat converts the same way; `model` is then the quantization-aware
     tf_keras model, whose fake-quant ranges the converter keeps, calibrating only the tensors inside layers.
+    `batch` None leaves the input's batch dimension free (LiteRT's resize_tensor_input then takes N crops at once).
     """
-    converter = make_converter(model, fmt, image_size, calibration_images)
+    converter = make_converter(model, fmt, image_size, calibration_images, batch)
     try:
         if fmt == "int8":
             model_bytes = _selective_int8(converter, float_layers)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images
-from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_formats
+from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_batch, parse_formats
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
 from mineralnet.export.operators import list_operators
@@ -25,7 +25,7 @@ from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.rundir import load_model, load_run
 from mineralnet.export.sidecar import make_sidecar, sha256_file
-from mineralnet.export.verify import classification_metrics, verify
+from mineralnet.export.verify import check_batch, classification_metrics, verify
 from mineralnet.models.registry import registered_info
 from mineralnet.rundir import Run
 from mineralnet.utils import write_json
@@ -57,17 +57,22 @@ class ExportPlan:
     calibration_images: np.ndarray  # None unless int8 or int8_qat is exported
     qat: QatOptions = QatOptions()  # fine-tuning of int8_qat and of the pruned model
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points, for the QUANTIZED formats
+    batch: object = 1  # the input's batch dimension: 1, or None (free: the edge runner's crops in one call)
 
 
 def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-                   max_accuracy_drop=MAX_ACCURACY_DROP):
+                   max_accuracy_drop=MAX_ACCURACY_DROP, batch=1):
     """Check every input (fast failures first) and take the Keras reference predictions on the test subset of
     `run` (a mineralnet.rundir.Run or its path)."""
     formats = parse_formats(formats)
+    batch = parse_batch(batch)
     if not 0 <= float(max_accuracy_drop) <= 100:
         raise OptionError(f"--max-accuracy-drop must be between 0 and 100 percentage points, got {max_accuracy_drop}.")
     qat = qat or QatOptions()
     check_options(qat, formats)
+    if batch is None and qat.child_formats(formats):
+        raise OptionError("--batch dynamic is not available for int8_qat or --prune-sparsity (converted in their own "
+                          "process at batch 1): export those without --batch, or leave them out.")
     if int(calibration_samples) < 1:
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
     run = load_run(run)
@@ -95,7 +100,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
             )
         calibration = load_images(chosen, run.image_size)
     return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
-                      calibration, qat, float(max_accuracy_drop))
+                      calibration, qat, float(max_accuracy_drop), batch)
 
 
 def _write_bytes(path, data):
@@ -122,8 +127,8 @@ class _ExportModels:
     """The clones converted instead of plan.model (mineralnet.export.rewrite): the exact rewrite for float32 and
     float16, without the depthwise split for dynamic, with GELU approximated for int8; each made once."""
 
-    def __init__(self, model):
-        self.model, self.clones, self.rewrites = model, {}, {}
+    def __init__(self, model, free_batch=False):
+        self.model, self.clones, self.rewrites, self.free_batch = model, {}, {}, free_batch
 
     def get(self, fmt):
         if fmt in FULL_INTEGER:
@@ -133,7 +138,8 @@ class _ExportModels:
         else:
             variant, options = "exact", {}
         if variant not in self.clones:
-            self.clones[variant], self.rewrites[variant] = rewrite_for_export(self.model, **options)
+            self.clones[variant], self.rewrites[variant] = rewrite_for_export(self.model, free_batch=self.free_batch,
+                                                                              **options)
         return self.clones[variant]
 
 
@@ -166,7 +172,7 @@ def complete_export(plan):
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         results, published, child, float32_bytes = {}, [], None, None
-        models = _ExportModels(plan.model)
+        models = _ExportModels(plan.model, free_batch=plan.batch is None)
         child_formats = plan.qat.child_formats(plan.formats)
         # float32 first: a failed gate stops before the slow quantised conversions and the tf_keras process,
         # whose formats come last (int8_qat is last in plan.formats already, the pruned model follows it).
@@ -176,12 +182,14 @@ def complete_export(plan):
                 model_bytes = child.models[fmt]
             else:
                 log.info("converting to %s", fmt)
-                model_bytes = convert(models.get(fmt), fmt, plan.run.image_size, plan.calibration_images,
+                model_bytes = convert(models.get(fmt), fmt, plan.run.image_size, plan.calibration_images, plan.batch,
                                       float_layers=_int8_float_layers(plan.model))
             if fmt == "float32":
                 float32_bytes = model_bytes  # kept for the gzip comparison with the pruned model
             log.info("verifying %s on %d test images", fmt, len(plan.test_images))
             result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
+            if plan.batch is None:
+                result["batch"] = check_batch(model_bytes, plan.test_images, fmt)
             if fmt == "float32" and result["agreement_with_keras"] < MIN_FLOAT32_AGREEMENT:
                 raise ExportError(
                     f"the float32 model agrees with Keras on only {result['agreement_with_keras']:.1%} of the "
@@ -222,7 +230,7 @@ def complete_export(plan):
 
 
 def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-               max_accuracy_drop=MAX_ACCURACY_DROP):
+               max_accuracy_drop=MAX_ACCURACY_DROP, batch=1):
     """Export `run` (a mineralnet.rundir.Run or its path) to verified TFLite models in `out_dir` (default
     RUN/export); returns the report.
     `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
@@ -230,5 +238,8 @@ def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, ou
     Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
     agrees with Keras on fewer than 99.5 % of the test images; AccuracyGateError (an ExportError, exit status 2)
     when a quantized format's test accuracy is more than `max_accuracy_drop` points below float32's.
+    `batch` "dynamic" (or None) writes files whose batch dimension is free, each checked to give a batch of test
+    images the probabilities single calls give.
     """
-    return complete_export(prepare_export(run, formats, calibration_samples, out_dir, qat, max_accuracy_drop))
+    return complete_export(prepare_export(run, formats, calibration_samples, out_dir, qat, max_accuracy_drop,
+                                          batch))

@@ -12,6 +12,16 @@ Exact (every format; the same function up to float rounding, tests/export/test_r
 - resnet50/vgg19's CaffePreprocessing (RGB->BGR flip, mean subtraction) becomes a 1x1 convolution: int8
   REVERSE_V2 is not delegated.
 
+Free batch only (`free_batch=True`, the opt-in `--batch dynamic` export; batch-1 files keep their graph): with a
+batch of None the converter keeps every shape computation the batch reaches as SHAPE/GATHER/PACK ops, which XNNPACK
+does not take (measured on ECA-ConvNeXt-T: 92 partitions, float32 batch-1 latency doubled). So
+- a Dense on a feature map (ConvNeXt's pointwise convolutions: TensorFlow's tensordot builds its reshape from the
+  dynamic shape) becomes the 1x1 convolution it is (its bias and LayerScale fold into it as into the batch-1 FC);
+- ECA's channel convolution is written as a 2-D convolution over a (-1, 1, C, 1) reshape: EXPAND_DIMS (what conv1d
+  and expand_dims become with a free batch) is not delegated either;
+- the depthwise slabs are strided slices with the batch masked (a SLICE of size -1 is not delegated);
+- Flatten (simple_cnn's head) becomes a reshape to (-1, size), its size a constant.
+
 Approximate (integer formats only): GELU, which XNNPACK runs in float only, becomes x * sigmoid(1.702 x), built
 from int8 MUL and LOGISTIC (`GELU_APPROXIMATIONS`; the choice was measured, see docs/export.md).
 """
@@ -69,15 +79,21 @@ class SplitDepthwiseConv2D(keras.layers.Layer):
             inputs = tf.pad(inputs, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]])
         # Static sizes where the shape is known (always at export, where batch and image size are fixed): XNNPACK
         # delegates a SLICE only when its begin and size are constants.
-        shape = [inputs.shape[i] if inputs.shape[i] is not None else tf.shape(inputs)[i] for i in range(4)]
+        # A free batch alone is sliced whole with size -1, which keeps begin and size constant.
+        shape = [-1 if inputs.shape[0] is None else inputs.shape[0]]
+        shape += [inputs.shape[i] if inputs.shape[i] is not None else tf.shape(inputs)[i] for i in range(1, 4)]
         height = shape[1] - kh + 1  # output rows of the full VALID convolution
         total = None
         for start, rows in self.slabs(kh, kw):
             piece = inputs
             if rows < kh:
                 size = [shape[0], height + rows - 1, shape[2], shape[3]]
-                dynamic = any(tf.is_tensor(v) for v in size)
-                piece = tf.slice(inputs, [0, start, 0, 0], tf.stack(size) if dynamic else size)
+                if size[0] == -1 and not any(tf.is_tensor(v) for v in size[1:]):
+                    piece = tf.strided_slice(inputs, [0, start, 0, 0], [0, start + size[1], size[2], size[3]],
+                                             begin_mask=1, end_mask=1)
+                else:
+                    dynamic = any(tf.is_tensor(v) for v in size)
+                    piece = tf.slice(inputs, [0, start, 0, 0], tf.stack(size) if dynamic else size)
             out = tf.nn.depthwise_conv2d(piece, kernel[start:start + rows], [1, 1, 1, 1], "VALID")
             if total is None and self.bias is not None:
                 out = tf.nn.bias_add(out, self.bias)
@@ -129,6 +145,75 @@ class ExportLayerNorm(keras.layers.Layer):
         return input_shape
 
 
+class ExportDense(keras.layers.Layer):
+    """keras Dense as a plain matmul on (batch, C), a 1x1 convolution on a feature map, else with constant-shaped
+    reshapes around the matmul where the sizes are known, so a free batch adds no shape arithmetic (see the module docstring). Weights: kernel
+    (C, units), bias (units,), as Dense's."""
+
+    def __init__(self, units, activation=None, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(channels, self.units), initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
+
+    def call(self, inputs):
+        middle = inputs.shape[1:-1]
+        if len(inputs.shape) == 2:
+            outputs = tf.matmul(inputs, self.kernel)
+        elif len(inputs.shape) == 4:  # a 1x1 convolution: the bias and a following constant scale fold into it
+            outputs = tf.nn.conv2d(inputs, tf.reshape(self.kernel, [1, 1, *self.kernel.shape]), 1, "VALID")
+        elif all(size is not None for size in middle):
+            flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
+            outputs = tf.reshape(tf.matmul(flat, self.kernel), [-1, *middle, self.units])
+        else:
+            outputs = tf.tensordot(inputs, self.kernel, [[len(inputs.shape) - 1], [0]])
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+
+class ExportECA(keras.layers.Layer):
+    """mineralnet.layers.ECA with its channel convolution as a 2-D convolution over a (-1, 1, C, 1) reshape and
+    constant-shaped reshapes (see the module docstring); the same function. Weight: kernel (k, 1, 1), as ECA's."""
+
+    def __init__(self, kernel_size, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(self.kernel_size, 1, 1), initializer="zeros")
+
+    def call(self, inputs):
+        channels = inputs.shape[-1]
+        pooled = tf.reduce_mean(tf.cast(inputs, tf.float32), axis=(1, 2))
+        row = tf.reshape(pooled, [-1, 1, channels, 1])
+        weights = tf.nn.conv2d(row, tf.reshape(tf.cast(self.kernel, tf.float32), [1, self.kernel_size, 1, 1]),
+                               [1, 1, 1, 1], "SAME")
+        weights = tf.math.sigmoid(tf.reshape(weights, [-1, 1, 1, channels]))
+        return inputs * tf.cast(weights, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class ExportFlatten(keras.layers.Layer):
+    """keras Flatten as one reshape to (-1, product of the other sizes), so a free batch needs no shape arithmetic."""
+
+    def call(self, inputs):
+        return tf.reshape(inputs, [-1, int(np.prod(inputs.shape[1:]))])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
 def gelu_sigmoid(x):
     """x * sigmoid(1.702 x) (Hendrycks and Gimpel 2016): max abs error 0.02 against the exact GELU."""
     return x * tf.math.sigmoid(1.702 * x)
@@ -174,8 +259,18 @@ def _is_exact_gelu(layer):
     return type(layer) is keras.layers.Activation and getattr(layer.activation, "__name__", "") == "gelu"
 
 
-def _replacement(layer, gelu, split_depthwise):
+def _replacement(layer, gelu, split_depthwise, free_batch=False):
     """(new layer built to the old one's weight shapes, function old weights -> new weights), or None."""
+    if free_batch and type(layer) is keras.layers.Dense and layer.built:
+        new = ExportDense(layer.units, layer.activation, layer.use_bias, name=layer.name)
+        new.build((None, layer.kernel.shape[0]))
+        return new, list
+    if free_batch and type(layer) is keras.layers.Flatten and layer.data_format == "channels_last":
+        return ExportFlatten(name=layer.name), list
+    if free_batch and type(layer).__name__ == "ECA" and type(layer).__module__ == "mineralnet.layers":
+        new = ExportECA(layer.kernel.shape[0], name=layer.name)
+        new.build(None)
+        return new, list
     if split_depthwise and _is_long_depthwise(layer):
         new = SplitDepthwiseConv2D(layer.kernel_size, layer.padding, layer.use_bias, name=layer.name)
         new.build((None, None, None, layer.filters))
@@ -209,7 +304,7 @@ def _leaves(model):
     return out
 
 
-def rewrite_for_export(model, gelu=None, split_depthwise=True):
+def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False):
     """A clone of functional/Sequential `model` with the rewrites above (`gelu`: None keeps GELU exact, else a
     key of GELU_APPROXIMATIONS), its weights copied; `model` itself is untouched. Nested Sequential models
     (ConvNeXt's stem and downsampling blocks) are rewritten too. Returns (clone, {rewritten layer type: count});
@@ -217,7 +312,9 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True):
 
     split_depthwise=False is for the dynamic-range format: XNNPACK delegates no DEPTHWISE_CONV_2D with int8
     weights and float activations (measured: each slab split the delegate), while it does take the original
-    grouped CONV_2D; that format keeps the slow 7x7 path rather than 16 partitions."""
+    grouped CONV_2D; that format keeps the slow 7x7 path rather than 16 partitions.
+
+    free_batch=True adds the rewrites for a file whose batch dimension is free (module docstring)."""
     if gelu is not None and gelu not in GELU_APPROXIMATIONS:
         raise ValueError(f"unknown GELU approximation '{gelu}': choose from {', '.join(GELU_APPROXIMATIONS)}.")
     if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False) \
@@ -226,7 +323,7 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True):
     converters = {}
 
     def clone(layer):
-        plan = _replacement(layer, gelu, split_depthwise)
+        plan = _replacement(layer, gelu, split_depthwise, free_batch)
         if plan is None:
             return layer.__class__.from_config(layer.get_config())
         converters[id(plan[0])] = plan[1]

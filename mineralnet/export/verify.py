@@ -6,6 +6,7 @@ import time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from mineralnet.export.errors import ExportError
 from mineralnet.metrics import classification_report
 
 LATENCY_THREADS = (1, 2)
@@ -77,6 +78,35 @@ def invocation_times(interpreter, image, runs, warmup=LATENCY_WARMUP):
 
 def percentiles(times):
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+BATCH_CHECK_IMAGES = 8
+MAX_BATCH_DIFF = 1e-5  # probability units: float rounding; an integer file must agree exactly (one step is 1/256)
+
+
+def check_batch(model_bytes, images, fmt):
+    """For a file with a free batch dimension: the first BATCH_CHECK_IMAGES `images` in one invoke() give the
+    probabilities one invoke() per image gives (up to float rounding), else ExportError. Returns what was checked
+    (recorded in the report): a kernel that mixed the rows of a batch would mis-sort particles silently."""
+    images = images[:BATCH_CHECK_IMAGES]
+    interpreter = make_interpreter(model_bytes, max(LATENCY_THREADS))
+    detail = interpreter.get_input_details()[0]
+    if int(detail["shape_signature"][0]) != -1:
+        raise ExportError(f"the {fmt} model's batch dimension is fixed ({list(detail['shape_signature'])}) although "
+                          "--batch dynamic was asked: the converter kept a static batch.")
+    single = predict(interpreter, images)
+    interpreter.resize_tensor_input(detail["index"], [len(images), *detail["shape"][1:]])
+    interpreter.allocate_tensors()
+    detail, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(detail["index"], np.concatenate([_as_input(image, detail) for image in images]))
+    interpreter.invoke()
+    batched = _as_probabilities(interpreter.get_tensor(output["index"]), output)
+    difference = float(np.abs(batched - single).max())
+    exact = np.dtype(output["dtype"]).kind != "f"
+    if difference > (0.0 if exact else MAX_BATCH_DIFF):
+        raise ExportError(f"the {fmt} model gives a batch of {len(images)} test images probabilities up to "
+                          f"{difference:.2g} away from single calls; nothing was written: export without --batch.")
+    return {"size": "dynamic", "checked_images": len(images), "max_abs_prob_diff_vs_single": difference}
 
 
 def latency_ms(interpreter, image, runs=LATENCY_RUNS):

@@ -2,10 +2,25 @@
 `make_runner` are in tests/conftest.py, shared with the calibration tests (tests/test_conformal.py)."""
 
 import json
+import os
 import shutil
 import threading
+import warnings
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dynamic(tiny_export, tmp_path_factory):
+    """The same tiny run exported with a free batch dimension (`--batch dynamic`): {"float32": path, "int8": path}."""
+    from mineralnet.export import export_run
+
+    out = str(tmp_path_factory.mktemp("tiny_export_dynamic"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_run(tiny_export["run"], formats=("float32", "int8"), calibration_samples=32, out_dir=out,
+                   batch="dynamic")
+    return {fmt: os.path.join(out, f"model_{fmt}.tflite") for fmt in ("float32", "int8")}
 
 
 class FakeClock:

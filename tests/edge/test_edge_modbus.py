@@ -9,7 +9,10 @@ import time
 
 from pymodbus.client import ModbusTcpClient
 
-from edge.modbus import BIN_COUNTERS, HEARTBEAT, LAST_SEQ, RING, SLOT
+from edge.modbus import (
+    BIN_COUNTERS, HEARTBEAT, LAST_SEQ, MAP_VERSION, RING, SLOT, VALVE_CLOCK, VALVE_COUNT, VALVE_LAST_SEQ, VALVE_RING,
+    VALVE_RING_SIZE, VALVE_UNIT,
+)
 from edge.preprocess import open_rgb
 from edge.sources import Capture, FolderSource, Frame
 
@@ -127,3 +130,100 @@ def test_the_ring_keeps_the_newest_items_and_a_silent_plc_changes_nothing(
     for slot in slots:  # capture time in ms on a clock-timed belt: 0.5 s per item from 1000 s
         assert _long(*slot[3:5]) == int((1000.0 + 0.5 * _long(*slot[0:2])) * 1000)
     assert runner.tally.items == 10 and runner.tally.per_reason["error"] == 0
+
+
+def _read_valve_block(port, unit=1):
+    """What a PLC polls: the header, the valve header and every valve slot written so far."""
+    client = ModbusTcpClient("127.0.0.1", port=port)
+    assert client.connect()
+    try:
+        header = client.read_holding_registers(0, count=VALVE_CLOCK + 2, device_id=unit).registers
+        last, size = _long(*header[VALVE_LAST_SEQ:VALVE_LAST_SEQ + 2]), header[VALVE_RING_SIZE]
+        slots = []
+        for sequence in range(max(1, last - size + 1), last + 1):
+            slot = VALVE_RING + SLOT * ((sequence - 1) % size)
+            entry = client.read_holding_registers(slot, count=SLOT, device_id=unit).registers
+            slots.append({"seq": _long(*entry[0:2]), "first": entry[2], "count": entry[3],
+                          "open": _long(*entry[4:6]), "pulse": entry[6], "bin": entry[7]})
+    finally:
+        client.close()
+    return header, slots
+
+
+def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_config, make_runner, fake_clock):
+    """[particles] with `type = "modbus"`: each ejected particle's lanes, opening time (ms of the runner's clock,
+    which the block publishes too) and pulse are in the valve ring, read with a real client over 127.0.0.1."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from edge.decision import Decider
+    from edge.valves import make_valve_actuator
+    from test_edge_particles import HEIGHT, MM_PER_PX, WIDTH
+
+    port = free_port()
+    path = write_config(particles={"mm_per_px": MM_PER_PX, "background_frames": 1},
+                        valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"},
+                        bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
+                        actuator={"type": "modbus", "port": port, "ring_size": 4})
+    runner, events_path = make_runner(path, tiny_export["float32"], clock=fake_clock)
+    runner.actuator.factory = lambda: make_valve_actuator(runner.config, fake_clock, runner.model.labels)
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    frame = belt.copy()
+    for x, y, radius in ((200, 300, 30), (600, 360, 20), (1000, 420, 40)):
+        cv2.circle(frame, (x, y), radius, (200, 180, 160), -1)
+    assert runner.actuator.open()
+    try:
+        runner.process(Frame("empty", fake_clock.now(), Image.fromarray(belt)))
+        # The tiny model never saw discs: a cutoff between its two best probabilities makes them confident.
+        probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segment(frame, learn=False)
+                                                    .particles])
+        best, second = np.sort(probabilities[0])[::-1][:2]
+        runner.decider = Decider(runner.model.labels, runner.config.bins, None, (best + second) / 2)
+        capture = fake_clock.now()
+        runner.process(Frame("A", capture, Image.fromarray(frame)))
+        fake_clock.advance(0.25)
+        runner.actuator.heartbeat(1, True)
+        header, slots = _read_valve_block(port)
+    finally:
+        runner.actuator.close()
+    particles = {p["seq"]: p for p in map(json.loads, open(events_path)) if p["type"] == "particle"}
+    ejected = [p for p in particles.values() if p["bin"] == "bin_a"]
+    assert header[MAP_VERSION] == 2 and header[VALVE_RING_SIZE] == 4 and header[VALVE_COUNT] == 32
+    assert header[VALVE_UNIT] == 0 and _long(*header[VALVE_CLOCK:VALVE_CLOCK + 2]) == int(fake_clock.now() * 1000)
+    assert ejected and [s["seq"] for s in slots] == list(range(1, len(ejected) + 1))
+    by_lanes = {(s["first"], s["count"]): s for s in slots}
+    for particle in ejected:
+        slot = by_lanes[(particle["lanes"][0], len(particle["lanes"]))]
+        x, y, w, h = particle["bbox"]
+        travel_mm = 1000.0 - (y + h - HEIGHT / 2) * MM_PER_PX - 2.0  # speed 10 mm/s, 1000 mm, margin 2 mm
+        assert abs(slot["open"] - int((capture + travel_mm / 10.0 - 0.020) * 1000)) <= 1  # valve_lead_ms 20
+        assert slot["pulse"] == round((h * MM_PER_PX + 4.0) / 10.0 * 1000.0)
+        assert runner.config.bin_codes()[slot["bin"]] == "bin_a"
+
+
+def test_the_valve_block_in_encoder_counts_wraps_with_the_counter(write_config, fake_clock):
+    """On an encoder-timed belt the opening is an encoder count and the pulse a count too, across the wrap."""
+    from edge.config import load_config
+    from edge.modbus import ModbusBoard
+    from edge.valves import Command
+
+    port = free_port()
+    config = load_config(write_config(particles={"mm_per_px": 0.5}, valves={"count": 16, "lane_mm": 20.0,
+                                                                            "bin": "bin_a"}))
+    board = ModbusBoard("127.0.0.1", port, 1, 2, config.bin_codes(), ["a"], fake_clock, valves=config.valves,
+                        modulus=1 << 16)
+    board.open()
+    try:
+        for lanes, opening, closing in (((3, 4, 5), 65_530, 70), ((0,), 100, 180), ((7, 8), 500, 620)):
+            board.send(Command(lanes, opening, closing, (1,)), None, "A")
+        header, slots = _read_valve_block(port)
+    finally:
+        board.close()
+    assert header[VALVE_UNIT] == 1 and header[VALVE_COUNT] == 16
+    assert [(s["seq"], s["first"], s["count"], s["open"], s["pulse"]) for s in slots] == [
+        (2, 0, 1, 100, 80), (3, 7, 2, 500, 120)]  # a ring of 2: the oldest command overwritten
+    board = ModbusBoard("127.0.0.1", free_port(), 1, 2, config.bin_codes(), ["a"], fake_clock, valves=config.valves,
+                        modulus=1 << 16)
+    board.send(Command((3, 4, 5), 65_530, 70, (1,)), None, "A")  # not open: the registers alone
+    assert board.registers[VALVE_RING:VALVE_RING + SLOT][2:7] == [3, 3, 0, 65_530, 76]

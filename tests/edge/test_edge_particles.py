@@ -247,12 +247,32 @@ def test_config_sections():
         parse_config(BASE_CONFIG + "[particles]\nmm_per_px = 1\nmin_mm = 50\nmax_mm = 20\n" + VALVES)
     with pytest.raises(ConfigError, match=r"no \[valves\] section"):
         parse_config(BASE_CONFIG + PARTICLES)
-    with pytest.raises(ConfigError, match="actuator.type' is 'serial'"):
-        parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "serial"\nport = "/dev/ttyUSB0"\n')
+    serial = parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "serial"\nport = "/dev/ttyUSB0"\n')
+    assert serial.actuator.type == "serial"  # one VALVES line per command; modbus: the valve block
+    with pytest.raises(ConfigError, match="actuator.type' is 'gpio' .* cannot drive a valve bar"):
+        parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "gpio"\npins = { mixed = 17 }\n')
     with pytest.raises(ConfigError, match=r"no \[particles\] section"):
         parse_config(BASE_CONFIG + VALVES)
     with pytest.raises(ConfigError, match="valves.bin' names no bin"):
         parse_config(BASE_CONFIG + PARTICLES + VALVES.replace("mixed", "recheck"))
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_serial_valve_lines(encoder, fake_clock):
+    """`type = "serial"` with [particles]: one VALVES line per command, lanes as first and count, timed by delay
+    (clock belt) or by encoder counts (written through pyserial's loop:// port, read back)."""
+    from edge.valves import Command, ValveSerialActuator
+
+    actuator = ValveSerialActuator("loop://", 115200, fake_clock, encoder=encoder)
+    actuator.open()
+    try:
+        now = fake_clock.now()
+        opening, closing = (65_530, 70) if encoder else (now + 0.25, now + 0.31)
+        actuator.send(Command((4, 5, 6), opening, closing, (9,)), opening, "A")
+        line = actuator._serial.readline().decode("ascii")
+    finally:
+        actuator.close()
+    assert line == ("VALVES 4 3 @65530 @70\n" if encoder else "VALVES 4 3 250 60\n")
 
 
 def test_lanes_of_edges():
@@ -285,25 +305,90 @@ def test_no_tensorflow_imported():
     assert [m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "mineralnet")] == []
 
 
+def _random_crops(seed, count=5):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (int(s), int(s), 3), dtype=np.uint8) for s in rng.integers(20, 90, count)]
+
+
+def _single_calls(path, crops):
+    """Each crop through its own Model.classify, as a single picture is prepared (edge/preprocess.py prepare)."""
+    from edge.model import Model
+    from edge.preprocess import prepare
+
+    single = Model(path)
+    return np.stack([single.classify(prepare(Image.fromarray(c), None, single.input_size, single.input_dtype,
+                                             single.input_scale, single.input_zero_point)) for c in crops])
+
+
 @pytest.mark.parametrize("kind", ["float32", "int8"])
-def test_crops_classified_in_one_call_as_single_pictures(tiny_export, kind):
-    """Each crop gets the probabilities a single-picture call gives it (same preprocessing, same model), whether the
-    model takes a batch or (today's exports: a reshape with a static batch of 1 refuses it) runs crop by crop."""
+def test_crops_of_a_batch_1_export_are_classified_one_call_each(tiny_export, kind):
+    """A batch-1 export is never resized (its reshapes hard-code the batch): one call per crop, each crop getting
+    the probabilities a single picture gets."""
+    from edge.model import Model
+    from edge.particles import CropClassifier
+
+    crops = _random_crops(5)
+    classifier = CropClassifier(Model(tiny_export[kind]))
+    assert not classifier.batched
+    got = classifier.classify(crops)
+    assert classifier.model.invocations == len(crops)
+    np.testing.assert_allclose(got, _single_calls(tiny_export[kind], crops), atol=1e-5)
+    assert classifier.classify([]).shape == (0, len(classifier.model.labels))
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_a_free_batch_export_classifies_all_crops_in_one_call(tiny_export_dynamic, kind):
+    """`--batch dynamic` files: all crops of a frame in one invoke(), each row what a single call gives (float32 up
+    to rounding, int8 exactly), through batch sizes that change and repeat, and single calls still right after."""
     from edge.model import Model
     from edge.particles import CropClassifier
     from edge.preprocess import prepare
 
-    rng = np.random.default_rng(5)
-    crops = [rng.integers(0, 255, (int(s), int(s), 3), dtype=np.uint8) for s in rng.integers(20, 90, 5)]
-    single = Model(tiny_export[kind])
-    expected = [single.classify(prepare(Image.fromarray(c), None, single.input_size, single.input_dtype,
-                                        single.input_scale, single.input_zero_point)) for c in crops]
-    classifier = CropClassifier(Model(tiny_export[kind]))
-    got = classifier.classify(crops)
-    assert classifier._capacity == (8 if classifier.batched else 1)  # batch grown to the next power of two
-    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
-    np.testing.assert_allclose(classifier.classify(crops[:2]), np.stack(expected[:2]), atol=1e-5)
-    assert classifier.classify([]).shape == (0, len(single.labels))
+    path = tiny_export_dynamic[kind]
+    crops = _random_crops(6, count=7)
+    expected = _single_calls(path, crops)
+    classifier = CropClassifier(Model(path))
+    assert classifier.batched
+    for size in (7, 3, 3, 7, 1):
+        before = classifier.model.invocations
+        got = classifier.classify(crops[:size])
+        assert classifier.model.invocations == before + 1
+        if kind == "int8":
+            np.testing.assert_array_equal(got, expected[:size])
+        else:
+            np.testing.assert_allclose(got, expected[:size], atol=1e-5)
+    assert classifier.classify([]).shape == (0, len(classifier.model.labels))
+    model = classifier.model  # allocated for 1 by the last batch; a plain classify after a batch of 3 is right too
+    classifier.classify(crops[:3])
+    tensor = prepare(Image.fromarray(crops[4]), None, model.input_size, model.input_dtype, model.input_scale,
+                     model.input_zero_point)
+    np.testing.assert_allclose(model.classify(tensor), expected[4], atol=1e-5)
+
+
+def test_runner_classifies_a_frame_of_particles_in_one_call(tiny_export_dynamic, write_config, make_runner,
+                                                            fake_clock, tmp_path):
+    """[particles] with a `--batch dynamic` model: one interpreter call per frame, however many particles, each
+    particle recorded."""
+    from edge.sources import Frame
+    from edge.valves import ValveJsonlActuator
+
+    commands_path = tmp_path / "valves.jsonl"
+    path = write_config(particles={"mm_per_px": MM_PER_PX, "background_frames": 1},
+                        valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"})
+    runner, events_path = make_runner(path, tiny_export_dynamic["float32"], clock=fake_clock,
+                                      actuator_factory=lambda: ValveJsonlActuator(str(commands_path), fake_clock))
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    runner.process(Frame("empty", fake_clock.now(), Image.fromarray(belt)))
+    for frame_id, xs in (("A", (200, 600, 1000)), ("B", (150, 350, 550, 750, 950))):
+        frame = belt.copy()
+        for x in xs:
+            cv2.circle(frame, (x, 360), 30, (200, 180, 160), -1)
+        before = runner.model.invocations
+        runner.process(Frame(frame_id, fake_clock.now(), Image.fromarray(frame)))
+        assert runner.model.invocations == before + 1, frame_id
+        fake_clock.advance(100.0)  # the next frame shows a fresh stretch of belt
+    particles = [e for e in map(json.loads, open(events_path)) if e["type"] == "particle"]
+    assert [p["frame"] for p in particles] == ["A"] * 3 + ["B"] * 5
 
 
 def _particle(bbox, lanes, centroid=None):
@@ -568,37 +653,3 @@ def test_a_decision_after_the_valve_opening_is_late(tiny_export, write_config, m
     assert len(particles) == 3
     assert {(p["decided"], p["bin"], p["reason"]) for p in particles} == {("bin_a", "recheck", "late")}
     assert not commands_path.exists() or commands_path.read_text() == ""
-
-
-def test_a_model_with_a_free_batch_classifies_all_crops_in_one_call(tmp_path):
-    """A TFLite model whose batch dimension is free (converted from a Keras model with batch None) gets all crops of a
-    frame in one invoke(), with the probabilities single calls give."""
-    import hashlib
-
-    import keras
-    import tensorflow as tf
-
-    from edge.model import Model
-    from edge.particles import CropClassifier
-    from edge.preprocess import prepare
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    hidden = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
-    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(hidden))
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
-    path = tmp_path / "free_batch.tflite"
-    path.write_bytes(converter.convert())
-    (tmp_path / "free_batch.json").write_text(json.dumps({
-        "labels": ["a", "b", "c"], "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "input": {"dtype": "float32", "shape": [1, 32, 32, 3]}, "output": {"dtype": "float32", "shape": [1, 3]},
-    }))
-    rng = np.random.default_rng(6)
-    crops = [rng.integers(0, 255, (int(s), int(s), 3), dtype=np.uint8) for s in rng.integers(20, 90, 5)]
-    single = Model(str(path))
-    expected = np.stack([single.classify(prepare(Image.fromarray(c), None, 32, np.float32, 0.0, 0)) for c in crops])
-    classifier = CropClassifier(Model(str(path)))
-    got = classifier.classify(crops)
-    assert classifier.batched and classifier._capacity == 8  # one call, the batch grown to a power of two
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(classifier.classify(crops[:3]), expected[:3], atol=1e-5)  # smaller: padded, same

@@ -163,3 +163,40 @@ def test_cli_floor_out_of_range_is_exit_status_2_with_one_line(export_run_dir, r
     lines = stderr.strip().splitlines()
     expected = "error: --max-accuracy-drop must be between 0 and 100 percentage points, got -1.0."
     assert code == 2 and lines == [expected]
+
+
+@pytest.mark.parametrize("name,fmt", [("eca_convnext_tiny", "float32"), ("eca_convnext_tiny", "int8"),
+                                      ("simple_cnn", "int8")])
+def test_free_batch_export_is_one_xnnpack_partition_and_batches_like_single_calls(name, fmt):
+    """`--batch dynamic`: without the free-batch rewrites the converter's shape arithmetic split a ConvNeXt into
+    92 partitions (measured); with them, the batch stays free (-1), the graph one partition as at batch 1, and a
+    batch of 8 gives what 8 single calls give (check_batch: float to 1e-5, integer exactly). simple_cnn's Flatten
+    split it in 2 partitions without its rewrite."""
+    from ai_edge_litert.interpreter import Interpreter as Plain
+
+    from mineralnet.export.verify import check_batch
+
+    keras.utils.set_random_seed(0)
+    model = _randomise(build_model(name, 4, (32, 32, 3)))
+    images = np.random.RandomState(0).randint(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    options = {"gelu": "sigmoid"} if fmt == "int8" else {}
+    clone, counts = rewrite_for_export(model, free_batch=True, **options)
+    assert counts == ({"ExportFlatten": 1, "ExportDense": 2} if name == "simple_cnn" else
+                      {"ExportLayerNorm": 23, "SplitDepthwiseConv2D": 18, "ExportDense": 37, "ExportECA": 4,
+                       **({"ApproximateGelu": 18} if fmt == "int8" else {})})
+    x = np.random.RandomState(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    reference = rewrite_for_export(model, **options)[0].predict(x, verbose=0)
+    assert np.abs(clone.predict(x, verbose=0) - reference).max() <= 1e-5  # the same function as the batch-1 clone
+    model_bytes = convert(clone, fmt, 32, images, batch=None)
+    assert list(Plain(model_content=model_bytes).get_input_details()[0]["shape_signature"]) == [-1, 32, 32, 3]
+    measured = delegation(model_bytes)
+    assert measured["partitions"] == 1 and set(measured["outside"]) <= ALLOWED_OUTSIDE, measured
+    checked = check_batch(model_bytes, images, fmt)
+    assert checked["checked_images"] == 8 and checked["max_abs_prob_diff_vs_single"] <= (0 if fmt == "int8" else 1e-5)
+
+
+def test_cli_dynamic_batch_with_the_qat_process_is_exit_status_2(run_cli, tmp_path):
+    code, _, stderr = run_cli(["--run", str(tmp_path / "no_run"), "--formats", "int8_qat", "--batch", "dynamic"])
+    assert code == 2 and stderr.strip().splitlines() == [
+        "error: --batch dynamic is not available for int8_qat or --prune-sparsity (converted in their own process at "
+        "batch 1): export those without --batch, or leave them out."]
