@@ -225,8 +225,8 @@ def validate(config):
         raise ConfigError(f"progressive_sizes must be image sizes like 32,48, got {sizes!r}.") from error
     if any(not MIN_IMAGE_SIZE <= s < config["image_size"] for s in config["progressive_sizes"]) or \
             list(config["progressive_sizes"]) != sorted(set(config["progressive_sizes"])):
-        raise ConfigError(f"progressive_sizes {list(config['progressive_sizes'])} must rise, each at least 32 and "
-                          f"below image_size {config['image_size']}.")
+        raise ConfigError(f"progressive_sizes {list(config['progressive_sizes'])} must rise, each at least "
+                          f"{MIN_IMAGE_SIZE} and below image_size {config['image_size']}.")
     if config["progressive_sizes"]:
         from mineralnet.models.registry import takes_any_size
 
