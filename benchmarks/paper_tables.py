@@ -144,8 +144,9 @@ def train_all(args, settings, split_path):
         })
         resume = os.path.exists(os.path.join(path, rundir.CONFIG))
         if resume:
-            saved = read_json(os.path.join(path, rundir.CONFIG))
-            changed = [k for k in CHECKED_FIELDS if saved.get(k) != getattr(config, k)]
+            # Both typed: options added since that run was made take their defaults on both sides.
+            saved = resolve_config(read_json(os.path.join(path, rundir.CONFIG)))
+            changed = [k for k in CHECKED_FIELDS if getattr(saved, k) != getattr(config, k)]
             if changed:
                 raise BenchmarkError(f"run '{path}' was made with other {', '.join(changed)}: pass another --runs.")
         if os.path.exists(os.path.join(path, rundir.EVAL_DIR, "report.json")):

@@ -254,6 +254,7 @@ def resume_changes(saved, config, finished_epochs):
     and an --epochs below what the run already finished. Everything else (epochs, lr, warm-up, label smoothing,
     Mixup/CutMix, augmentation, ...) is applied from the resumed epoch on and recorded in config.json."""
     values = config.to_dict()
+    saved = resolve_config(saved).to_dict()  # options added since the run was made: their defaults, not a change
     changes = {key: (saved.get(key), value) for key, value in values.items()
                if key not in ("out",) and _comparable(saved.get(key)) != _comparable(value)}
     for key in FIXED_ON_RESUME:
