@@ -20,6 +20,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mineralnet._tf import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import tensorflow as tf  # noqa: E402
 
 from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402

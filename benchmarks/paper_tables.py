@@ -29,6 +29,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mineralnet._tf import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402

@@ -17,6 +17,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mineralnet._tf import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -12,8 +12,11 @@ import subprocess
 import tempfile
 import time
 
-import keras
-import numpy as np
+from mineralnet._tf import import_tensorflow
+
+import_tensorflow()  # its start-up lines hidden, as in the package's own tools
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mineralnet.data import make_demo_dataset, make_split, scan_dataset
 from mineralnet.data.pipeline import AugmentConfig, make_dataset
