@@ -276,6 +276,41 @@ def test_pipeline_batches_augments_training_only_and_weights_classes(tmp_path):
     assert weights[1] == pytest.approx(2.0) and weights[0] == pytest.approx(4 / 6)
 
 
+def test_colour_jitter_and_zoom_stay_within_their_bounds_and_zero_is_off():
+    """Each option alone on a fixed image: saturation keeps every pixel's grey and scales its distance from it by a
+    factor within 1 +- s; contrast keeps the mean grey and scales distances from it within 1 +- c; zoom of a ramp
+    steepens it by 1/side with side in (1 - zoom, 1]; all three at 0 return the image untouched."""
+    import tensorflow as tf
+
+    from mineralnet.data.pipeline import augment_image, stream_key
+
+    off = dict(crop=False, flip=False, rotation=0, brightness=0, noise=0)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(80, 170, (32, 32, 3)).astype("float32")  # mid-range: the +-20 % blends never clip
+    grey = image @ np.array([0.2989, 0.587, 0.114], "float32")
+    for seed in range(4):
+        key = stream_key(seed, 1, 0, 0)
+        same = augment_image(tf.constant(image), key, AugmentConfig(**off)).numpy()
+        np.testing.assert_array_equal(same, image)
+        out = augment_image(tf.constant(image), key, AugmentConfig(**off, saturation=0.2)).numpy()
+        np.testing.assert_allclose(out @ np.array([0.2989, 0.587, 0.114], "float32"), grey, atol=0.05)
+        factor = (out - grey[..., None]) / (image - grey[..., None])
+        assert not np.allclose(out, image) and 0.8 - 1e-3 <= factor.mean() <= 1.2 + 1e-3 and factor.std() < 1e-2
+        out = augment_image(tf.constant(image), key, AugmentConfig(**off, contrast=0.2)).numpy()
+        factor = (out - grey.mean()) / (image - grey.mean())
+        assert not np.allclose(out, image) and 0.8 - 1e-3 <= np.median(factor) <= 1.2 + 1e-3
+        np.testing.assert_allclose((out @ np.array([0.2989, 0.587, 0.114], "float32")).mean(), grey.mean(), atol=0.05)
+        ramp = np.broadcast_to((np.arange(32, dtype="float32") * 3)[None, :, None], (32, 32, 3)).copy()
+        out = augment_image(tf.constant(ramp), key, AugmentConfig(**off, zoom=0.3)).numpy()
+        steps = np.diff(out, axis=1)
+        assert np.allclose(np.diff(out, axis=0), 0, atol=1e-3) and np.allclose(steps, steps.mean(), atol=1e-3)
+        assert 3 * 0.7 - 1e-3 < steps.mean() < 3 - 1e-3  # zoomed in (a little, at least), by at most 1/0.7
+    with pytest.raises(ValueError, match="'zoom' must be at most 0.5"):
+        AugmentConfig.from_dict({"zoom": 0.6})
+    with pytest.raises(ValueError, match="'saturation' must be a number from 0"):
+        AugmentConfig.from_dict({"saturation": 2})
+
+
 @requires_minet
 def test_real_minet_split_keeps_the_known_near_duplicates_together_and_never_joins_classes():
     _, samples, report = scan_dataset(MINET)

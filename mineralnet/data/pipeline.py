@@ -9,7 +9,8 @@ Augmentation (the paper's random crop, rotation, brightness and Gaussian noise, 
 The crop keeps the scale that evaluation sees: the image is decoded at the model's input size (the whole photo
 resized, exactly as evaluation, export and the edge runner decode it), reflect-padded and cropped back at a random
 offset, i.e. a random shift. (Decoding larger and cropping, as before, made every object ~12 % larger in training
-than at test time.)
+than at test time.) Optional, off by default: mild contrast/saturation jitter and a random zoom (a crop of up to
+`zoom` of the side resized back, i.e. a deliberate change of scale).
 """
 
 import math
@@ -57,12 +58,30 @@ def augment_image(image, key, config):
         pad = max(1, round(size * CROP_SHIFT))
         image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         image = tf.image.stateless_random_crop(image, (size, size, 3), seed=keys[0])
+    # The newer options draw from keys folded in from `key` (not a wider split), so the draws of the six above,
+    # and hence every earlier run's augmentation, stay exactly as they were.
+    if config.zoom:
+        zoom_keys = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, 6), 2)
+        side = 1.0 - tf.random.stateless_uniform([], zoom_keys[0], 0.0, config.zoom)
+        corner = tf.random.stateless_uniform([2], zoom_keys[1], 0.0, 1.0) * (1.0 - side)
+        box = tf.concat([corner, corner + side], 0)[None]  # [y1, x1, y2, x2], normalised
+        image = tf.image.crop_and_resize(image[None], box, [0], [size, size])[0]
     if config.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=keys[1])
         image = tf.image.stateless_random_flip_up_down(image, seed=keys[2])
     if config.rotation:
         turn = 2 * math.pi * config.rotation
         image = _rotate(image, tf.random.stateless_uniform([], keys[3], -turn, turn))
+    if config.contrast or config.saturation:
+        colour_keys = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, 7), 2)
+        grey = tf.image.rgb_to_grayscale(image)
+        if config.saturation:
+            factor = tf.random.stateless_uniform([], colour_keys[0], 1 - config.saturation, 1 + config.saturation)
+            image = grey + factor * (image - grey)
+        if config.contrast:
+            factor = tf.random.stateless_uniform([], colour_keys[1], 1 - config.contrast, 1 + config.contrast)
+            mean = tf.reduce_mean(grey)
+            image = mean + factor * (image - mean)
     if config.brightness:
         image = image + 255.0 * tf.random.stateless_uniform([], keys[4], -config.brightness, config.brightness)
     if config.noise:
