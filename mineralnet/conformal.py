@@ -24,7 +24,6 @@ changes, written atomically.
 """
 
 import argparse
-import hashlib
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ from mineralnet import rundir
 from mineralnet.data import load_image
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.export.verify import make_interpreter, predict
-from mineralnet.utils import read_json, write_json
+from mineralnet.utils import read_json, sha256_file, write_json
 
 METHOD = "split_conformal"
 MONDRIAN = "mondrian_conformal"
@@ -165,9 +164,7 @@ def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
     sidecar_path = _sidecar_of(model_path, sidecar_path)
     run = open_run(run)
     sidecar = read_json(sidecar_path)
-    with open(model_path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
-    if sidecar.get("sha256") != digest:
+    if sidecar.get("sha256") != sha256_file(model_path):
         raise CalibrationError(
             f"sidecar '{sidecar_path}' was written for another model than '{model_path}' (sha256 differs): pass the "
             "--sidecar exported with this model."

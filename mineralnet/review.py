@@ -39,7 +39,6 @@ both accuracies, the items each model gets right where the other does not, and M
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from mineralnet.data.images import IMAGE_EXTENSIONS
 from mineralnet.data.scan import Sample, check_image, list_classes
 from mineralnet.data.split import near_duplicates
 from mineralnet.errors import MineralnetError, cli
-from mineralnet.utils import atomic_write_text
+from mineralnet.utils import atomic_write_text, sha256_file
 
 LABEL_SUFFIX = ".label.json"
 SKIP_LABELS = ("discard", "unknown")  # dropped / another or no class of this dataset: never imported
@@ -63,14 +62,6 @@ MANIFEST = "review_manifest.jsonl"
 
 class ReviewError(MineralnetError):
     """A queue, dataset or run that cannot be imported or compared; one line naming the file and the fix."""
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path, what):
@@ -115,7 +106,7 @@ def dataset_digests(data):
         folder = os.path.join(data, label)
         for name in sorted(os.listdir(folder)):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                digests.setdefault(_sha256(os.path.join(folder, name)), f"{label}/{name}")
+                digests.setdefault(sha256_file(os.path.join(folder, name)), f"{label}/{name}")
     return digests
 
 
@@ -169,7 +160,7 @@ def _unrecorded_copy(data, label, stem, digest, recorded):
     pattern = re.compile(rf"review_{re.escape(stem)}(_\d+)?\.jpg")
     for name in sorted(os.listdir(os.path.join(data, label))):
         path = f"{label}/{name}"
-        if pattern.fullmatch(name) and path not in recorded and _sha256(os.path.join(data, label, name)) == digest:
+        if pattern.fullmatch(name) and path not in recorded and sha256_file(os.path.join(data, label, name)) == digest:
             return path
     return None
 
@@ -257,7 +248,7 @@ def import_queue(queue, data, run=None, out=None, device=None):
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for item in items:
         source = os.path.join(queue, item["stem"] + ".jpg")
-        digest = _sha256(source)
+        digest = sha256_file(source)
         copied = _unrecorded_copy(data, item["label"], item["stem"], digest, recorded)
         if digest in digests and copied is None:
             duplicates.append((item["stem"], digests[digest]))

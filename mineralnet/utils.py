@@ -1,6 +1,7 @@
-"""Small helpers shared across mineralnet: atomic file writes and JSON."""
+"""Small helpers shared across mineralnet: atomic file writes, JSON and file hashes."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -45,3 +46,12 @@ def write_json(path, data):
 def read_json(path):
     with open(path) as handle:
         return json.load(handle)
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in 1 MiB blocks (model files are 100+ MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

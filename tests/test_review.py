@@ -10,8 +10,8 @@ from PIL import Image
 
 from mineralnet import rundir
 from mineralnet.data import make_demo_dataset, make_split, read_split, scan_dataset, write_split
-from mineralnet.review import LABEL_SUFFIX, MANIFEST, _sha256, main, mcnemar_p
-from mineralnet.utils import write_json
+from mineralnet.review import LABEL_SUFFIX, MANIFEST, main, mcnemar_p
+from mineralnet.utils import sha256_file, write_json
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def world(base, tmp_path):
     taken = os.path.join(data, classes[2], "review_0007_g.jpg")
     Image.new("RGB", (40, 40), (9, 9, 9)).save(taken)
     return {"data": data, "run": run, "queue": str(queue), "classes": classes, "taken": taken,
-            "taken_sha": _sha256(taken), "existing": existing}
+            "taken_sha": sha256_file(taken), "existing": existing}
 
 
 def _images(data):
@@ -81,15 +81,15 @@ def test_import_adds_exactly_the_labelled_images_and_keeps_the_split(world, caps
     added = sorted(set(_images(data)) - set(before))
     assert added == [f"{classes[0]}/review_0001_a.jpg", f"{classes[1]}/review_0002_b.jpg",
                      f"{classes[2]}/review_0007_g_1.jpg"]  # never over the existing review_0007_g.jpg
-    assert _sha256(world["taken"]) == world["taken_sha"] and set(before) <= set(_images(data))
+    assert sha256_file(world["taken"]) == world["taken_sha"] and set(before) <= set(_images(data))
     for path in added:
         stem = path.split("review_")[1][:6]
-        assert _sha256(os.path.join(data, path)) == _sha256(os.path.join(world["queue"], f"{stem}.jpg"))
+        assert sha256_file(os.path.join(data, path)) == sha256_file(os.path.join(world["queue"], f"{stem}.jpg"))
     assert "duplicate: 0006_f.jpg" in err and os.path.relpath(world["existing"], data) in err
     assert "1 unlabelled" in out and "1 discard" in out and "1 unknown" in out
     manifest = [json.loads(line) for line in open(os.path.join(data, MANIFEST))]
     assert [m["file"] for m in manifest] == added
-    assert all(m["sha256"] == _sha256(os.path.join(data, m["file"])) and m["model_sha256"] == "ab" * 32
+    assert all(m["sha256"] == sha256_file(os.path.join(data, m["file"])) and m["model_sha256"] == "ab" * 32
                and m["predicted"] == classes[0] and m["top3"] and m["device"] == "queue" for m in manifest)
     new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
     assert new_split.startswith(old_split)  # every old row, test rows included, byte for byte in its old subset
@@ -172,7 +172,7 @@ def test_an_import_that_crashes_midway_is_completed_by_the_next_without_copying_
                      f"{classes[2]}/review_0007_g_1.jpg"]  # no review_0002_b_1.jpg: not copied twice
     manifest = [json.loads(line) for line in open(manifest_path)]
     assert sorted(m["file"] for m in manifest) == added and len({m["sha256"] for m in manifest}) == 3
-    assert all(m["sha256"] == _sha256(os.path.join(data, m["file"])) for m in manifest)
+    assert all(m["sha256"] == sha256_file(os.path.join(data, m["file"])) for m in manifest)
     assert [m.get("recovered", False) for m in manifest] == [False, True, False]
     old_split = open(os.path.join(world["run"], rundir.SPLIT)).read()
     new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()

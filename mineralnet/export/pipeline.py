@@ -24,11 +24,11 @@ from mineralnet.export.qat.process import PRUNED_FORMAT, QatOptions, check_optio
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.rundir import load_model, load_run
-from mineralnet.export.sidecar import make_sidecar, sha256_file
+from mineralnet.export.sidecar import make_sidecar
 from mineralnet.export.verify import check_batch, classification_metrics, verify
 from mineralnet.models.registry import registered_info
 from mineralnet.rundir import Run
-from mineralnet.utils import write_json
+from mineralnet.utils import sha256_file, write_json
 
 MIN_FLOAT32_AGREEMENT = 0.995
 # Percentage points of test accuracy a quantized format may lose against float32 before the export fails: on

@@ -21,14 +21,6 @@ def sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def make_sidecar(fmt, labels, image_size, model_bytes, input_contract, output_contract, source_sha256, run_dir,
                  created):
     """The sidecar dict of one exported model; `*_contract` come from `verify.tensor_contract`."""

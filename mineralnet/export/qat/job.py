@@ -21,8 +21,7 @@ from mineralnet.export.qat.process import (
 from mineralnet.export.qat.train import fine_tune, steps_per_epoch
 from mineralnet.export.qat.twin import MAX_TWIN_PROB_DIFF, build_twin, check_agreement, copy_weights
 from mineralnet.export.rundir import load_model, load_run
-from mineralnet.export.sidecar import sha256_file
-from mineralnet.utils import write_json
+from mineralnet.utils import sha256_file, write_json
 
 AGREEMENT_IMAGES = 64  # test images the twin is checked on
 log = logging.getLogger("mineralnet.export")
