@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.decision import MONDRIAN_CONFORMAL, SPLIT_CONFORMAL
 from edge.drift import reference_problem
-from edge.preprocess import DECODE_METHOD, dequantize
+from edge.preprocess import DECODE_METHOD, dequantize, quantize, resize_rgb
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 _REJECT_METHODS = (SPLIT_CONFORMAL, MONDRIAN_CONFORMAL)  # what edge/decision.py's Decider implements
@@ -201,6 +201,11 @@ class Model:
                 f"model '{self.path}' {name} has {', '.join(problems)}: sidecar '{self.sidecar_path}' belongs to "
                 "another export; pass the matching --sidecar or re-export."
             )
+
+    def input_tensor(self, image):
+        """This model's (1, S, S, 3) input for one Pillow RGB picture (already cropped): resized and quantised by
+        the training contract (edge/preprocess.py)."""
+        return quantize(resize_rgb(image, self.input_size), self.input_dtype, self.input_scale, self.input_zero_point)
 
     def classify(self, tensor):
         """Class probabilities (float32, one per label) for one prepared input tensor (1, S, S, 3)."""

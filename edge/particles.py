@@ -28,7 +28,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from edge.preprocess import quantize, resize_rgb
 
 
 @dataclass(frozen=True)
@@ -266,11 +265,7 @@ class CropClassifier:
         model = self.model
         if not crops:
             return model.classify_batch(np.zeros((0, model.input_size, model.input_size, 3), model.input_dtype))
-        return model.classify_batch(np.concatenate([
-            quantize(resize_rgb(Image.fromarray(crop), model.input_size), model.input_dtype, model.input_scale,
-                     model.input_zero_point)
-            for crop in crops
-        ]))
+        return model.classify_batch(np.concatenate([model.input_tensor(Image.fromarray(crop)) for crop in crops]))
 
 
 class ParticleTally:

@@ -35,7 +35,7 @@ from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.modbus import RUNNING, SOURCE_FAILING  # noqa: E402
 from edge.particles import BackgroundModel, CropClassifier, ParticleTally, Segmenter  # noqa: E402
-from edge.preprocess import crop_roi, quantize, resize_rgb  # noqa: E402
+from edge.preprocess import crop_roi, quantize  # noqa: E402
 from edge.records import (  # noqa: E402
     EventSink, LineWriter, RecheckAlarm, Tally, atomic_write_bytes, atomic_write_json, check_writable, iso_time,
     percentile,
@@ -119,9 +119,7 @@ class Runner:
         recheck = self.config.bins.recheck
         model = self.model
         try:
-            tensor = quantize(
-                resize_rgb(region, model.input_size), model.input_dtype, model.input_scale, model.input_zero_point
-            )
+            tensor = model.input_tensor(region)
             prepared = self.clock.now()
             probabilities = model.classify(tensor)
             inferred = self.clock.now()
