@@ -87,13 +87,13 @@ def convert(model, fmt, image_size, calibration_images=None, batch=1, float_laye
     `float_layers`: names of layers whose ops int8 keeps in float (the model's stem, see _selective_int8).
 
     int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
-    output (the softmax, scale 1/256). int8_qat converts the same way; `model` is then the quantization-aware
-    tf_keras model, whose fake-quant ranges the converter keeps, calibrating only the tensors inside layers.
+    output (the softmax, scale 1/256). int8_qat converts the same way; `model` then holds the weights of the
+    quantization-aware fine-tune (mineralnet.export.qat).
     `batch` None leaves the input's batch dimension free (LiteRT's resize_tensor_input then takes N crops at once).
     """
     converter = make_converter(model, fmt, image_size, calibration_images, batch)
     try:
-        if fmt == "int8":
+        if fmt in FULL_INTEGER:
             model_bytes = _selective_int8(converter, float_layers)
         else:
             model_bytes = converter.convert()

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images
-from mineralnet.export.convert import FORMATS, FULL_INTEGER, convert, parse_batch, parse_formats
+from mineralnet.export.convert import FORMATS, FULL_INTEGER, QAT_FORMAT, convert, parse_batch, parse_formats
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
 from mineralnet.export.operators import list_operators
@@ -35,7 +35,7 @@ MIN_FLOAT32_AGREEMENT = 0.995
 # MINET-7 int8 stays within 1 point of float32 (benchmarks/RESULTS.md); more means a bad calibration or a model
 # int8 does not suit, which a sorting line would only notice as wrong bins.
 MAX_ACCURACY_DROP = 1.0
-QUANTIZED = ("float16", "dynamic", "int8", "int8_qat")
+QUANTIZED = ("float16", "dynamic", "int8", QAT_FORMAT)
 STAGING_PREFIX = ".export-staging-"  # + the output's name: a directory so named beside it is an export's staging
 
 log = logging.getLogger("mineralnet.export")
@@ -142,6 +142,13 @@ class _ExportModels:
                                                                               **options)
         return self.clones[variant]
 
+    def quantization_aware(self, child, test_images):
+        """int8_qat's model: the QAT child's weights in the int8 form of the model (ChildOutput.qat_model)."""
+        variant = f"int8_qat (the QAT weights; GELU: {INTEGER_GELU} form)"
+        if variant not in self.clones:
+            self.clones[variant], self.rewrites[variant] = child.qat_model(self.model, test_images)
+        return self.clones[variant]
+
 
 def _int8_float_layers(model):
     """The layers int8 keeps in float: the model's stem (its registry entry's; none for a model from elsewhere),
@@ -179,10 +186,12 @@ def complete_export(plan):
         for fmt in plan.formats + tuple(f for f in child_formats if f not in plan.formats):
             if fmt in child_formats:
                 child = child or run_child(plan, os.path.join(staging, "qat"))
+            if fmt == PRUNED_FORMAT:
                 model_bytes = child.models[fmt]
             else:
                 log.info("converting to %s", fmt)
-                model_bytes = convert(models.get(fmt), fmt, plan.run.image_size, plan.calibration_images, plan.batch,
+                model = models.get(fmt) if fmt != QAT_FORMAT else models.quantization_aware(child, plan.test_images)
+                model_bytes = convert(model, fmt, plan.run.image_size, plan.calibration_images, plan.batch,
                                       float_layers=_int8_float_layers(plan.model))
             if fmt == "float32":
                 float32_bytes = model_bytes  # kept for the gzip comparison with the pruned model

@@ -78,8 +78,8 @@ def _child_sections(report):
     if qat:
         lines.append(f"- int8_qat: {qat['epochs']} epoch(s) of quantization-aware fine-tuning at learning rate "
                      f"{qat['lr']:g} on {qat['train_images']} training images ({qat['fine_tune_seconds']:.0f} s; "
-                     f"last epoch loss {qat['history']['loss'][-1]:.4f}), activation ranges seeded from the float "
-                     "model on the calibration images")
+                     f"last epoch loss {qat['history']['loss'][-1]:.4f}) of the model as int8 ships it; its weights "
+                     "converted like int8, activation ranges calibrated on the same images")
     pruning = report.get("pruning")
     if pruning:
         gzipped = pruning["gzip_size_bytes"]

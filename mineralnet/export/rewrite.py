@@ -304,11 +304,14 @@ def _leaves(model):
     return out
 
 
-def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False):
+def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False, weights=None):
     """A clone of functional/Sequential `model` with the rewrites above (`gelu`: None keeps GELU exact, else a
     key of GELU_APPROXIMATIONS), its weights copied; `model` itself is untouched. Nested Sequential models
     (ConvNeXt's stem and downsampling blocks) are rewritten too. Returns (clone, {rewritten layer type: count});
     a subclassed model, which has no graph to rewrite, comes back as it is with no counts.
+
+    `weights` ({leaf layer name: weights in `model`'s layout}, every weight-owning layer) replaces the weights
+    of `model` in the clone: the quantization-aware fine-tune's result (mineralnet.export.qat).
 
     split_depthwise=False is for the dynamic-range format: XNNPACK delegates no DEPTHWISE_CONV_2D with int8
     weights and float activations (measured: each slab split the delegate), while it does take the original
@@ -333,11 +336,17 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False)
     sources, targets = _leaves(model), _leaves(cloned)
     if [layer.name for layer in sources] != [layer.name for layer in targets]:
         raise RuntimeError(f"rewriting '{model.name}' changed its layer order; export it without rewrites.")
+    if weights is not None:
+        owners = {layer.name for layer in sources if layer.weights}
+        if set(weights) != owners:
+            raise ValueError(f"the weights given for '{model.name}' do not match its layers: missing "
+                             f"{sorted(owners - set(weights))[:3]}, unknown {sorted(set(weights) - owners)[:3]}.")
     counts = {}
     for source, target in zip(sources, targets):
         convert_weights = converters.get(id(target))
         if convert_weights is not None:
             kind = type(target).__name__
             counts[kind] = counts.get(kind, 0) + 1
-        target.set_weights((convert_weights or list)(source.get_weights()))
+        values = source.get_weights() if weights is None or not source.weights else list(weights[source.name])
+        target.set_weights((convert_weights or list)(values))
     return cloned, counts

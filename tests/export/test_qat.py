@@ -11,8 +11,10 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from mineralnet.export import ExportError, list_operators
+from mineralnet.export.delegation import delegation
 from mineralnet.export.qat import process
-from mineralnet.export.qat.process import QatOptions, check_options
+from mineralnet.export.qat.process import ChildOutput, QatOptions, check_options
+from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.utils import read_json
 
 from helpers import run_python
@@ -82,6 +84,41 @@ def test_int8_qat_takes_uint8_pixels_passes_the_gate_and_has_no_flex(qat_exporte
     assert set(sidecar) == set(int8_sidecar) and sidecar["format"] == "int8_qat"
     assert sidecar["input"] == int8_sidecar["input"] and sidecar["preprocessing"] == int8_sidecar["preprocessing"]
     assert sidecar["source_model_sha256"] == int8_sidecar["source_model_sha256"]
+
+
+def test_int8_qat_is_converted_like_int8_so_it_is_one_xnnpack_partition_like_it(qat_exported):
+    """The QAT weights go through int8's own conversion (rewrites, LayerNorm statistics and stem float), so the
+    int8_qat file has int8's operators and delegate partitions, read from both files; the previous conversion of
+    the tf_keras model left GELU, RSQRT and SQUARED_DIFFERENCE outside XNNPACK (69 partitions on MINET-7).
+    (test_int8_of_a_tiny_eca_convnext_is_one_xnnpack_partition shows that graph is one partition.)"""
+    out_dir, _, report = qat_exported
+    int8, qat = read_model(out_dir, "int8"), read_model(out_dir, "int8_qat")
+    assert list_operators(qat) == list_operators(int8)
+    assert delegation(qat) == delegation(int8) == report["formats"]["int8_qat"]["xnnpack"]
+    assert not {"GELU", "RSQRT", "SQUARED_DIFFERENCE"} & set(report["formats"]["int8_qat"]["xnnpack"]["outside"])
+    assert qat != int8  # the fine-tune changed the weights
+    assert any(variant.startswith("int8_qat") for variant in report["rewrites"])
+
+
+def test_qat_weights_that_compute_something_else_stop_the_export(tiny_run):
+    """The exporter checks the weights it got back from the tf_keras process against the probabilities that
+    process computed with them, so a weight put into the wrong layer cannot ship."""
+    from mineralnet.export.rundir import load_model, load_run
+    from mineralnet.export.rewrite import _leaves
+    from mineralnet.export.representative import load_images
+
+    run = load_run(tiny_run)
+    model = load_model(run)
+    images = load_images(run.rows("test"), run.image_size)
+    weights = {layer.name: layer.get_weights() for layer in _leaves(model) if layer.weights}
+    probabilities = rewrite_for_export(model, gelu=INTEGER_GELU)[0].predict(images.astype(np.float32), verbose=0)
+    clone, _ = ChildOutput({}, {}, weights, probabilities).qat_model(model, images)  # the same weights: accepted
+    np.testing.assert_allclose(clone.predict(images.astype(np.float32), verbose=0), probabilities, atol=1e-6)
+    (stem,) = [name for name in weights if name.endswith("_stem_conv")]
+    kernel, bias = weights[stem]
+    flipped = {**weights, stem: [kernel[::-1, ::-1], bias]}  # a kernel in the wrong layout
+    with pytest.raises(ExportError, match="int8_qat weights give probabilities"):
+        ChildOutput({}, {}, flipped, probabilities).qat_model(model, images)
 
 
 def _zero_fraction_of_large_buffers(model_bytes, min_values=4096):

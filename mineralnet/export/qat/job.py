@@ -1,6 +1,7 @@
 """The QAT/pruning step itself, run inside the tf_keras child process (see process.py for the exchange):
-load model.keras (Keras 3), build and check its tf_keras twin, then make the int8_qat model (quantize,
-seed the ranges, fine-tune, convert) and/or the pruned float32 model (prune, fine-tune, strip, convert)."""
+load model.keras (Keras 3), build and check its tf_keras twin, then make the int8_qat weights (quantize the
+twin as the int8 export ships it, seed the ranges, fine-tune, hand the float weights back: the exporter
+converts them with the int8 path) and/or the pruned float32 model (prune, fine-tune, strip, convert)."""
 
 import argparse
 import logging
@@ -12,14 +13,17 @@ import numpy as np
 import tensorflow_model_optimization
 import tf_keras
 
-from mineralnet.export.convert import QAT_FORMAT, convert
+from mineralnet.export.convert import convert
 from mineralnet.export.errors import ExportError
 from mineralnet.export.qat import prune, quantize
 from mineralnet.export.qat.process import (
-    ERROR_PREFIX, INPUTS, LOG_PREFIX, PRUNED_FORMAT, RESULT, model_file, require_convnext,
+    ERROR_PREFIX, INPUTS, LOG_PREFIX, MAX_TWIN_PROB_DIFF, PRUNED_FORMAT, QAT_WEIGHTS, RESULT, model_file,
+    require_convnext, save_weights,
 )
 from mineralnet.export.qat.train import fine_tune, steps_per_epoch
-from mineralnet.export.qat.twin import MAX_TWIN_PROB_DIFF, build_twin, check_agreement, copy_weights
+from mineralnet.export.qat.twin import build_twin, check_agreement, copy_weights, source_layout
+from mineralnet.export.rewrite import INTEGER_GELU
+from mineralnet.models import registered_info
 from mineralnet.export.rundir import load_model, load_run
 from mineralnet.utils import sha256_file, write_json
 
@@ -32,15 +36,24 @@ def _write(work_dir, fmt, model_bytes):
         handle.write(model_bytes)
 
 
-def quantization_aware(twin, run, config, calibration, args):
-    quantized = quantize.quantize_twin(twin)
+def quantization_aware(source, run, config, calibration, test_images, args):
+    """Fine-tune `source` quantization-aware as the int8 export ships it (GELU in the INTEGER_GELU form, the
+    stem's convolution float, LayerNorm statistics float: only outputs fake-quantised there) and write its float
+    weights, with the float probabilities they give on `test_images`, for the exporter's int8 conversion."""
+    twin = build_twin(source, gelu=INTEGER_GELU)
+    copy_weights(source, twin)
+    stem = [layer.name for layer in twin.layers if layer.name.startswith(registered_info(source).stem)]
+    quantized = quantize.quantize_twin(twin, float_layers=stem[:-1])  # the stem's last layer quantises its output
+    quantize.check_weights_carried(quantized, twin)
     quantize.calibrate_ranges(quantized, twin, calibration)
     started = time.perf_counter()
     history = fine_tune(quantized, run, config, args.epochs, args.lr, "QAT")
     seconds = time.perf_counter() - started
-    quantize.refresh_weight_ranges(quantized, calibration[:1])
-    log.info("converting the quantization-aware model to %s", QAT_FORMAT)
-    _write(args.work, QAT_FORMAT, convert(quantized, QAT_FORMAT, run.image_size, calibration))
+    weights = quantize.trained_weights(quantized, twin)
+    for name, values in weights.items():
+        twin.get_layer(name).set_weights(values)
+    probabilities = twin.predict(test_images.astype(np.float32), batch_size=32, verbose=0)
+    save_weights(os.path.join(args.work, QAT_WEIGHTS), source_layout(source, weights), probabilities)
     return {"epochs": args.epochs, "lr": args.lr, "train_images": len(run.rows("train")),
             "fine_tune_seconds": round(seconds, 1), "history": history}
 
@@ -79,7 +92,7 @@ def run_job(args):
                        "versions": {"tf_keras": tf_keras.__version__,
                                     "tensorflow_model_optimization": tensorflow_model_optimization.__version__}}}
     if args.qat:
-        result["qat"] = quantization_aware(twin, run, config, arrays["calibration"], args)
+        result["qat"] = quantization_aware(source, run, config, arrays["calibration"], checked, args)
     if args.prune_sparsity:
         result["pruning"] = pruned(twin, run, config, args)
     write_json(os.path.join(args.work, RESULT), result)

@@ -5,6 +5,8 @@ copied weights give the same probabilities. Imported only inside the QAT child p
 import tensorflow as tf
 import tf_keras
 
+from mineralnet.export.rewrite import gelu_sigmoid
+
 
 class Standardize(tf_keras.layers.Layer):
     """(x - mean) / max(sqrt(variance), eps) per channel with constant statistics: Keras 3's non-adapted
@@ -63,4 +65,11 @@ class ECA(tf_keras.layers.Layer):
         return {**super().get_config(), "kernel_width": self.kernel_width}
 
 
-CUSTOM_OBJECTS = {"Standardize": Standardize, "LayerScale": LayerScale, "ECA": ECA}
+class GeluSigmoid(tf_keras.layers.Layer):
+    """GELU in the form the int8 formats ship (mineralnet.export.rewrite.gelu_sigmoid), so QAT trains it."""
+
+    def call(self, inputs):
+        return gelu_sigmoid(inputs)
+
+
+CUSTOM_OBJECTS = {"Standardize": Standardize, "LayerScale": LayerScale, "ECA": ECA, "GeluSigmoid": GeluSigmoid}

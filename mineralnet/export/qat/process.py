@@ -3,7 +3,8 @@ child process (`python -m mineralnet.export.qat`), relay its progress and read b
 
 tfmot 0.8.1 works only with tf_keras, and importing it sets TF_USE_LEGACY_KERAS=1 for the whole process, so it
 never runs in the exporter's own process, which stays on Keras 3. The two exchange files in a folder inside the
-export's staging directory: inputs.npz (calibration and test images) in, .tflite files and result.json out.
+export's staging directory: inputs.npz (calibration and test images) in; result.json, the pruned .tflite file
+and qat_weights.npz (the fine-tuned weights, which the exporter converts with its own int8 path) out.
 """
 
 import importlib.util
@@ -19,12 +20,14 @@ import numpy as np
 import mineralnet
 from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
+from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.models import registered_info
 from mineralnet.models.convnext import STEM
 from mineralnet.utils import read_json
 
 PRUNED_FORMAT = "float32_pruned"
-INPUTS, RESULT = "inputs.npz", "result.json"
+INPUTS, RESULT, QAT_WEIGHTS = "inputs.npz", "result.json", "qat_weights.npz"
+MAX_TWIN_PROB_DIFF = 1e-4  # max abs probability difference allowed between the tf_keras twin and the Keras 3 model
 LOG_PREFIX = "mineralnet.export.qat: "  # the child's progress lines; the parent relays them to its log
 ERROR_PREFIX = "error: "
 REQUIRED_MODULES = {"tf_keras": "tf_keras", "tensorflow_model_optimization": "tensorflow-model-optimization"}
@@ -81,7 +84,36 @@ def require_convnext(model, model_path):
 @dataclass
 class ChildOutput:
     result: dict  # result.json of the child
-    models: dict  # format -> .tflite bytes
+    models: dict  # format -> .tflite bytes (the pruned model)
+    qat_weights: dict = None  # layer name -> fine-tuned weights in the Keras 3 model's layout (int8_qat)
+    qat_probabilities: np.ndarray = None  # what those weights give in float on the first test images
+
+    def qat_model(self, model, test_images):
+        """A clone of `model` (Keras 3) with the quantization-aware weights, in the form the int8 export converts
+        (mineralnet.export.rewrite, GELU in the INTEGER_GELU form), checked to compute on the first test images
+        what the tf_keras process computed with them, so no weight went astray on the way back."""
+        clone, rewrites = rewrite_for_export(model, gelu=INTEGER_GELU, weights=self.qat_weights)
+        images = test_images[:len(self.qat_probabilities)].astype(np.float32)
+        difference = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - self.qat_probabilities)))
+        if difference > MAX_TWIN_PROB_DIFF:
+            raise ExportError(f"the int8_qat weights give probabilities up to {difference:.2e} away from the tf_keras "
+                              f"model's (allowed {MAX_TWIN_PROB_DIFF:.0e}): fix mineralnet/export/qat/twin.py.")
+        return clone, rewrites
+
+
+def save_weights(path, weights, probabilities):
+    """qat_weights.npz: every array as 'LAYER:INDEX', the probabilities as 'probabilities'."""
+    arrays = {f"{name}:{index}": value for name, values in weights.items() for index, value in enumerate(values)}
+    np.savez(path, probabilities=probabilities, **arrays)
+
+
+def load_weights(path):
+    """(weights {layer name: [arrays]}, probabilities) of a qat_weights.npz (save_weights)."""
+    with np.load(path) as data:
+        weights = {}
+        for key in sorted((k for k in data.files if k != "probabilities"), key=lambda k: int(k.rpartition(":")[2])):
+            weights.setdefault(key.rpartition(":")[0], []).append(data[key])
+        return weights, data["probabilities"]
 
 
 def _child_command(plan, work_dir):
@@ -125,8 +157,10 @@ def run_child(plan, work_dir):
         raise ExportError(error or (
             f"the QAT process (python -m mineralnet.export.qat) failed with exit status {status}; its last output: "
             + " | ".join(tail)))
-    models = {}
-    for fmt in plan.qat.child_formats(plan.formats):
-        with open(os.path.join(work_dir, model_file(fmt)), "rb") as handle:
-            models[fmt] = handle.read()
-    return ChildOutput(read_json(os.path.join(work_dir, RESULT)), models)
+    output = ChildOutput(read_json(os.path.join(work_dir, RESULT)), {})
+    if plan.qat.prune_sparsity:
+        with open(os.path.join(work_dir, model_file(PRUNED_FORMAT)), "rb") as handle:
+            output.models[PRUNED_FORMAT] = handle.read()
+    if QAT_FORMAT in plan.formats:
+        output.qat_weights, output.qat_probabilities = load_weights(os.path.join(work_dir, QAT_WEIGHTS))
+    return output

@@ -1,11 +1,11 @@
 """Make the tf_keras twin quantization-aware with tfmot's default 8-bit scheme.
 
-Conv2D, DepthwiseConv2D, Dense, Add, GlobalAveragePooling2D and the GELU Activation get tfmot's own configs
-(per-channel 8-bit convolution kernels, per-tensor Dense kernels, 8-bit outputs). tfmot has none for
-LayerNormalization, LayerScale, ECA and the input standardisation, so they get `OutputQuantizeConfig`: their
+Conv2D, DepthwiseConv2D, Dense, Add and GlobalAveragePooling2D get tfmot's own configs (per-channel 8-bit
+convolution kernels, per-tensor Dense kernels, 8-bit outputs). tfmot has none for LayerNormalization,
+LayerScale, ECA, the sigmoid-form GELU and the input standardisation, so they get `OutputQuantizeConfig`: their
 weights and inner arithmetic stay float during training and only their output is fake-quantised to 8 bits,
-as the int8 TFLite model stores it. The converter's calibration pass ranges what happens inside them
-(LayerNorm's mean/variance/rsqrt, ECA's pooled sigmoid weights), exactly as in post-training int8.
+as the int8 TFLite model stores it (the int8 export keeps LayerNorm's statistics in float and calibrates the
+rest inside them). The stem's convolution is left float (`float_layers`), as the int8 export keeps it.
 """
 
 import numpy as np
@@ -13,7 +13,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from mineralnet.export.qat.layers import CUSTOM_OBJECTS, ECA, LayerScale, Standardize
+from mineralnet.export.errors import ExportError
+from mineralnet.export.qat.layers import CUSTOM_OBJECTS, ECA, GeluSigmoid, LayerScale, Standardize
 
 quantize_keras = tfmot.quantization.keras
 PIXEL_RANGE = (0.0, 255.0)  # the uint8 input takes raw pixels: scale 1, zero point 0
@@ -42,24 +43,48 @@ class OutputQuantizeConfig(quantize_keras.QuantizeConfig):
         return {}
 
 
-OUTPUT_ONLY = (tf_keras.layers.LayerNormalization, LayerScale, ECA, Standardize)
+OUTPUT_ONLY = (tf_keras.layers.LayerNormalization, LayerScale, ECA, GeluSigmoid, Standardize)
 
 
 def quantize_scope():
     return quantize_keras.quantize_scope({**CUSTOM_OBJECTS, "OutputQuantizeConfig": OutputQuantizeConfig})
 
 
-def _annotate(layer):
-    if isinstance(layer, OUTPUT_ONLY):
-        return quantize_keras.quantize_annotate_layer(layer, OutputQuantizeConfig())
-    return quantize_keras.quantize_annotate_layer(layer)  # tfmot's default 8-bit config for the layer type
+def quantize_twin(twin, float_layers=()):
+    """The quantization-aware copy of `twin` (its weights copied; `twin` itself is left as it is); the layers
+    named in `float_layers` stay float (not annotated)."""
 
+    def annotate(layer):
+        if layer.name in float_layers:
+            return layer  # shared, as the annotations wrap the layer itself: quantize_apply copies its weights
+        if isinstance(layer, OUTPUT_ONLY):
+            return quantize_keras.quantize_annotate_layer(layer, OutputQuantizeConfig())
+        return quantize_keras.quantize_annotate_layer(layer)  # tfmot's default 8-bit config for the layer type
 
-def quantize_twin(twin):
-    """The quantization-aware copy of `twin` (its weights copied; `twin` itself is left as it is)."""
     with quantize_scope():
-        annotated = tf_keras.models.clone_model(twin, clone_function=_annotate)
+        annotated = tf_keras.models.clone_model(twin, clone_function=annotate)
         return quantize_keras.quantize_apply(annotated)
+
+
+def trained_weights(quantized, twin):
+    """{layer name: float weights} of every weight-owning layer of the float `twin`, as the quantization-aware
+    model `quantized` (made from it) holds them after training, inside its quantize wrappers. The activation
+    ranges the wrappers learned are left out: the exporter quantizes these weights with the int8 path, which
+    calibrates the activation ranges again (this QAT starts its ranges from that same calibration)."""
+    # A wrapper's kernel is no longer among its inner layer's weights (tfmot swaps in the fake-quantised tensor),
+    # but still among the wrapper's, under the inner layer's name: "dw/depthwise_kernel:0".
+    variables = {variable.name: variable for layer in quantized.layers for variable in layer.weights}
+    return {layer.name: [variables[weight.name].numpy() for weight in layer.weights]
+            for layer in twin.layers if layer.weights}
+
+
+def check_weights_carried(quantized, twin):
+    """ExportError unless the quantization-aware model starts from exactly the twin's weights (a layer tfmot
+    rebuilt instead of copying would start random and train from there)."""
+    for name, values in trained_weights(quantized, twin).items():
+        if not all(np.array_equal(value, weight) for value, weight in zip(values, twin.get_layer(name).get_weights())):
+            raise ExportError(f"the quantization-aware model does not start from the weights of layer '{name}': "
+                              "fix mineralnet/export/qat/quantize.py.")
 
 
 def _range_variables(layer):

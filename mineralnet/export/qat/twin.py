@@ -12,11 +12,10 @@ import numpy as np
 import tf_keras
 
 from mineralnet.export.errors import ExportError
-from mineralnet.export.qat.layers import ECA, LayerScale, Standardize
+from mineralnet.export.qat.layers import ECA, GeluSigmoid, LayerScale, Standardize
+from mineralnet.export.qat.process import MAX_TWIN_PROB_DIFF
 from mineralnet.models import feature_layer
 from mineralnet.models.convnext import BACKBONE_NAME, ECA_LAYERS, NUM_STAGES
-
-MAX_TWIN_PROB_DIFF = 1e-4  # the twin must reproduce the Keras 3 probabilities to this (max abs) before training
 
 L = tf_keras.layers
 
@@ -40,8 +39,9 @@ def _count_blocks(names, stage):
 class _Twin:
     """Builds tf_keras layers configured like the Keras 3 layers of the same name."""
 
-    def __init__(self, source):
+    def __init__(self, source, gelu="exact"):
         self.layers = {layer.name: layer for layer in flatten_layers(source)}
+        self.gelu = gelu
 
     def config(self, name):
         return self.layers[name].get_config()
@@ -67,7 +67,10 @@ class _Twin:
         x = self.conv(f"{name}_depthwise_conv")(x)
         x = self.norm(f"{name}_layernorm")(x)
         x = self.dense(f"{name}_pointwise_conv_1")(x)
-        x = L.Activation(self.config(f"{name}_gelu")["activation"], name=f"{name}_gelu")(x)
+        if self.gelu == "sigmoid":
+            x = GeluSigmoid(name=f"{name}_gelu")(x)
+        else:
+            x = L.Activation(self.config(f"{name}_gelu")["activation"], name=f"{name}_gelu")(x)
         x = self.dense(f"{name}_pointwise_conv_2")(x)
         x = LayerScale(channels, name=f"{name}_layer_scale")(x)
         return L.Add(name=f"{name}_add")([residual, x])
@@ -109,10 +112,11 @@ class _Twin:
         return tf_keras.Model(inputs, x, name=f"{source.name}_tf_keras")
 
 
-def build_twin(source):
+def build_twin(source, gelu="exact"):
     """The flat tf_keras model with the architecture of the Keras 3 ConvNeXt `source`, weights not yet copied
-    (the caller has checked it is a ConvNeXt: process.require_convnext)."""
-    return _Twin(source).build(source)
+    (the caller has checked it is a ConvNeXt: process.require_convnext). gelu="sigmoid" builds GELU in the form
+    the int8 export ships (mineralnet.export.rewrite.INTEGER_GELU), so quantization-aware training trains it."""
+    return _Twin(source, gelu).build(source)
 
 
 def copy_weights(source, twin):
@@ -140,6 +144,20 @@ def copy_weights(source, twin):
     if missed:
         raise ExportError(f"the QAT twin has no layer for the weights of {', '.join(missed[:5])}: fix "
                           "mineralnet/export/qat/twin.py.")
+
+
+def source_layout(source, twin_weights):
+    """{layer name: weights} of the twin (trained_weights) in the layout of `source`'s layer of that name: the
+    inverse of copy_weights, so the exporter can put them back into the Keras 3 model."""
+    sources = {layer.name: layer for layer in flatten_layers(source)}
+    out = {}
+    for name, values in twin_weights.items():
+        shapes = [tuple(weight.shape) for weight in sources[name].weights]
+        if len(shapes) != len(values):
+            raise ExportError(f"layer '{name}' has {len(values)} weights in the QAT twin but {len(shapes)} in "
+                              "Keras 3: fix mineralnet/export/qat/twin.py.")
+        out[name] = [np.asarray(value).reshape(shape) for value, shape in zip(values, shapes)]
+    return out
 
 
 def check_agreement(source, twin, images, tolerance=MAX_TWIN_PROB_DIFF):
