@@ -71,8 +71,8 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
     qat = qat or QatOptions()
     check_options(qat, formats)
     if batch is None and qat.child_formats(formats):
-        raise OptionError("--batch dynamic is not available for int8_qat or --prune-sparsity (converted in their own "
-                          "process at batch 1): export those without --batch, or leave them out.")
+        raise OptionError("--batch dynamic is not available for int8_qat or --prune-sparsity yet: export those "
+                          "without --batch, or leave them out.")
     if int(calibration_samples) < 1:
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
     run = load_run(run)
