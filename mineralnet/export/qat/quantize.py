@@ -134,14 +134,13 @@ def calibrate_ranges(quantized, twin, images, batch_size=16):
 
 
 def refresh_weight_ranges(quantized, images):
-    """Record the current kernel ranges and pin the input range; call before training and before converting.
+    """Record the current kernel ranges and pin the input range; called before training.
 
-    tfmot's kernel quantizers store a kernel's min/max only in a training-mode call (and before the optimizer
-    step, so they lag one step behind after `fit`); inference and the converter use the stored values, which
-    start at [-6, 6]. One training-mode call on `images` stores them (it moves each activation range's moving
-    average by 0.1 % towards that batch, which is negligible). The input QuantizeLayer keeps the min/max of
-    every pixel seen: pin it to 0-255, as the convert step pins the float input, so the uint8 input takes raw
-    pixels (scale 1, zero point 0) whatever the batches held.
+    tfmot's kernel quantizers store a kernel's min/max only in a training-mode call; inference uses the stored
+    values, which start at [-6, 6]. One training-mode call on `images` stores them (it moves each activation
+    range's moving average by 0.1 % towards that batch, which is negligible). The input QuantizeLayer keeps the
+    min/max of every pixel seen: pin it to 0-255, the range of the uint8 input the exported file takes (scale 1,
+    zero point 0), whatever the first batch held.
     """
     quantized(tf.constant(images, tf.float32), training=True)
     (layer,) = [layer for layer in quantized.layers if type(layer).__name__ == "QuantizeLayer"]
