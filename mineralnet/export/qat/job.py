@@ -23,8 +23,8 @@ from mineralnet.export.qat.process import (
 from mineralnet.export.qat.train import fine_tune, steps_per_epoch
 from mineralnet.export.qat.twin import build_twin, check_agreement, copy_weights, source_layout
 from mineralnet.export.rewrite import INTEGER_GELU
-from mineralnet.models import registered_info
 from mineralnet.export.rundir import load_model, load_run
+from mineralnet.models import registered_info
 from mineralnet.utils import sha256_file, write_json
 
 AGREEMENT_IMAGES = 64  # test images the twin is checked on
