@@ -20,7 +20,9 @@ from mineralnet.export.convert import FORMATS, FULL_INTEGER, QAT_FORMAT, convert
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
 from mineralnet.export.operators import list_operators
-from mineralnet.export.qat.process import PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child
+from mineralnet.export.qat.process import (
+    CONVERTED_AS, PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child,
+)
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.rundir import load_model, load_run
@@ -70,9 +72,6 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
         raise OptionError(f"--max-accuracy-drop must be between 0 and 100 percentage points, got {max_accuracy_drop}.")
     qat = qat or QatOptions()
     check_options(qat, formats)
-    if batch is None and qat.child_formats(formats):
-        raise OptionError("--batch dynamic is not available for int8_qat or --prune-sparsity yet: export those "
-                          "without --batch, or leave them out.")
     if int(calibration_samples) < 1:
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
     run = load_run(run)
@@ -142,12 +141,14 @@ class _ExportModels:
                                                                               **options)
         return self.clones[variant]
 
-    def quantization_aware(self, child, test_images):
-        """int8_qat's model: the QAT child's weights in the int8 form of the model (ChildOutput.qat_model)."""
-        variant = f"int8_qat (the QAT weights; GELU: {INTEGER_GELU} form)"
-        if variant not in self.clones:
-            self.clones[variant], self.rewrites[variant] = child.qat_model(self.model, test_images)
-        return self.clones[variant]
+    def fine_tuned(self, child, fmt, test_images):
+        """The model of one of the tf_keras process's formats: its weights in a clone of the model, rewritten as
+        the format it is converted as (ChildOutput.model)."""
+        if fmt not in self.clones:
+            form = f"GELU: {INTEGER_GELU} form" if CONVERTED_AS[fmt] in FULL_INTEGER else "exact"
+            self.clones[fmt], self.rewrites[f"{fmt} (fine-tuned weights, {form})"] = child.model(
+                fmt, self.model, test_images, self.free_batch)
+        return self.clones[fmt]
 
 
 def _int8_float_layers(model):
@@ -178,7 +179,7 @@ def complete_export(plan):
     staging = _staging_dir(plan.out_dir)
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        results, published, child, float32_bytes = {}, [], None, None
+        results, published, child, gzip_sizes = {}, [], None, {}
         models = _ExportModels(plan.model, free_batch=plan.batch is None)
         child_formats = plan.qat.child_formats(plan.formats)
         # float32 first: a failed gate stops before the slow quantised conversions and the tf_keras process,
@@ -186,15 +187,14 @@ def complete_export(plan):
         for fmt in plan.formats + tuple(f for f in child_formats if f not in plan.formats):
             if fmt in child_formats:
                 child = child or run_child(plan, os.path.join(staging, "qat"))
-            if fmt == PRUNED_FORMAT:
-                model_bytes = child.models[fmt]
+                model, converted_as = models.fine_tuned(child, fmt, plan.test_images), CONVERTED_AS[fmt]
             else:
-                log.info("converting to %s", fmt)
-                model = models.get(fmt) if fmt != QAT_FORMAT else models.quantization_aware(child, plan.test_images)
-                model_bytes = convert(model, fmt, plan.run.image_size, plan.calibration_images, plan.batch,
-                                      float_layers=_int8_float_layers(plan.model))
-            if fmt == "float32":
-                float32_bytes = model_bytes  # kept for the gzip comparison with the pruned model
+                model, converted_as = models.get(fmt), fmt
+            log.info("converting to %s", fmt)
+            model_bytes = convert(model, converted_as, plan.run.image_size, plan.calibration_images, plan.batch,
+                                  float_layers=_int8_float_layers(plan.model))
+            if plan.qat.prune_sparsity and fmt in ("float32", PRUNED_FORMAT):
+                gzip_sizes[fmt] = len(gzip.compress(model_bytes, compresslevel=6))  # what pruning buys
             log.info("verifying %s on %d test images", fmt, len(plan.test_images))
             result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
             if plan.batch is None:
@@ -221,10 +221,8 @@ def complete_export(plan):
                               MIN_FLOAT32_AGREEMENT, plan.max_accuracy_drop, models.rewrites)
         if child:  # the twin check, the QAT fine-tune and pruning, as the tf_keras process reported them
             report.update(child.result)
-            if PRUNED_FORMAT in child.models:
-                report["pruning"]["gzip_size_bytes"] = {
-                    fmt: len(gzip.compress(data, compresslevel=6))
-                    for fmt, data in (("float32", float32_bytes), (PRUNED_FORMAT, child.models[PRUNED_FORMAT]))}
+            if PRUNED_FORMAT in gzip_sizes:
+                report["pruning"]["gzip_size_bytes"] = gzip_sizes
         _write_bytes(os.path.join(staging, "labels.txt"), "".join(f"{label}\n" for label in plan.run.labels).encode())
         write_json(os.path.join(staging, "report.json"), report)
         _write_bytes(os.path.join(staging, "report.md"), markdown_report(report).encode())

@@ -112,13 +112,13 @@ def test_qat_weights_that_compute_something_else_stop_the_export(tiny_run):
     images = load_images(run.rows("test"), run.image_size)
     weights = {layer.name: layer.get_weights() for layer in _leaves(model) if layer.weights}
     probabilities = rewrite_for_export(model, gelu=INTEGER_GELU)[0].predict(images.astype(np.float32), verbose=0)
-    clone, _ = ChildOutput({}, {}, weights, probabilities).qat_model(model, images)  # the same weights: accepted
+    clone, _ = ChildOutput({}, {"int8_qat": (weights, probabilities)}).model("int8_qat", model, images)  # accepted
     np.testing.assert_allclose(clone.predict(images.astype(np.float32), verbose=0), probabilities, atol=1e-6)
     (stem,) = [name for name in weights if name.endswith("_stem_conv")]
     kernel, bias = weights[stem]
     flipped = {**weights, stem: [kernel[::-1, ::-1], bias]}  # a kernel in the wrong layout
     with pytest.raises(ExportError, match="int8_qat weights give probabilities"):
-        ChildOutput({}, {}, flipped, probabilities).qat_model(model, images)
+        ChildOutput({}, {"int8_qat": (flipped, probabilities)}).model("int8_qat", model, images)
 
 
 def _zero_fraction_of_large_buffers(model_bytes, min_values=4096):
@@ -142,6 +142,31 @@ def test_pruning_at_half_zeroes_half_the_pruned_weights(qat_exported):
     assert _zero_fraction_of_large_buffers(read_model(out_dir, "float32_pruned")) > SPARSITY - 0.05
     assert _zero_fraction_of_large_buffers(read_model(out_dir, "float32")) < 0.01
     assert pruning["gzip_size_bytes"]["float32_pruned"] < 0.8 * pruning["gzip_size_bytes"]["float32"]
+
+
+def test_the_pruned_model_is_converted_like_float32_so_it_is_one_xnnpack_partition(qat_exported):
+    """The pruned weights go through float32's conversion (the exact rewrites): float32's operators, one partition
+    with nothing outside. The tf_keras model converted directly kept ECA's STRIDED_SLICEs outside XNNPACK."""
+    out_dir, _, report = qat_exported
+    pruned = read_model(out_dir, "float32_pruned")
+    assert list_operators(pruned) == list_operators(read_model(out_dir, "float32"))
+    assert delegation(pruned) == report["formats"]["float32_pruned"]["xnnpack"] == {"partitions": 1, "outside": {}}
+
+
+def test_int8_qat_and_the_pruned_model_take_a_free_batch_too(tiny_run, link_run, run_cli, tmp_path):
+    """`--batch dynamic` with the tf_keras process's formats: converted in the exporter like the others, so each
+    file's batch is free and a batch of test images gives what single calls give (check_batch, in the report)."""
+    run = link_run(tiny_run, tmp_path / "run")
+    code, _, stderr = run_cli(["--run", run, "--formats", "float32,int8_qat", "--qat-epochs", "1", "--prune-sparsity",
+                               "0.5", "--batch", "dynamic", "--calibration-samples", "8", "--max-accuracy-drop", "100"])
+    assert code == 0, stderr
+    report = read_json(os.path.join(run, "export", "report.json"))
+    for fmt in ("float32", "int8_qat", "float32_pruned"):
+        interpreter = Interpreter(model_content=read_model(os.path.join(run, "export"), fmt))
+        assert list(interpreter.get_input_details()[0]["shape_signature"])[0] == -1, fmt
+        batch = report["formats"][fmt]["batch"]
+        assert batch["checked_images"] == 8 and batch["max_abs_prob_diff_vs_single"] <= (
+            0 if fmt == "int8_qat" else 1e-5), (fmt, batch)
 
 
 def test_keras3_still_in_charge_after_qat(qat_exported):

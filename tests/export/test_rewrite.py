@@ -193,10 +193,3 @@ def test_free_batch_export_is_one_xnnpack_partition_and_batches_like_single_call
     assert measured["partitions"] == 1 and set(measured["outside"]) <= ALLOWED_OUTSIDE, measured
     checked = check_batch(model_bytes, images, fmt)
     assert checked["checked_images"] == 8 and checked["max_abs_prob_diff_vs_single"] <= (0 if fmt == "int8" else 1e-5)
-
-
-def test_cli_dynamic_batch_with_the_qat_process_is_exit_status_2(run_cli, tmp_path):
-    code, _, stderr = run_cli(["--run", str(tmp_path / "no_run"), "--formats", "int8_qat", "--batch", "dynamic"])
-    assert code == 2 and stderr.strip().splitlines() == [
-        "error: --batch dynamic is not available for int8_qat or --prune-sparsity yet: export those without --batch, "
-        "or leave them out."]

@@ -1,7 +1,7 @@
 """The QAT/pruning step itself, run inside the tf_keras child process (see process.py for the exchange):
-load model.keras (Keras 3), build and check its tf_keras twin, then make the int8_qat weights (quantize the
-twin as the int8 export ships it, seed the ranges, fine-tune, hand the float weights back: the exporter
-converts them with the int8 path) and/or the pruned float32 model (prune, fine-tune, strip, convert)."""
+load model.keras (Keras 3), build and check its tf_keras twin, then fine-tune the int8_qat weights (quantize the
+twin as the int8 export ships it, seed the ranges, fine-tune) and/or the pruned weights (prune, fine-tune,
+strip), and hand each set back with the probabilities it gives: the exporter converts them itself."""
 
 import argparse
 import logging
@@ -13,12 +13,12 @@ import numpy as np
 import tensorflow_model_optimization
 import tf_keras
 
-from mineralnet.export.convert import convert
+from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
 from mineralnet.export.qat import prune, quantize
 from mineralnet.export.qat.process import (
-    ERROR_PREFIX, INPUTS, LOG_PREFIX, MAX_TWIN_PROB_DIFF, PRUNED_FORMAT, QAT_WEIGHTS, RESULT, model_file,
-    require_convnext, save_weights,
+    ERROR_PREFIX, INPUTS, LOG_PREFIX, MAX_TWIN_PROB_DIFF, PRUNED_FORMAT, RESULT, require_convnext, save_weights,
+    weights_file,
 )
 from mineralnet.export.qat.train import fine_tune, steps_per_epoch
 from mineralnet.export.qat.twin import build_twin, check_agreement, copy_weights, source_layout
@@ -31,9 +31,11 @@ AGREEMENT_IMAGES = 64  # test images the twin is checked on
 log = logging.getLogger("mineralnet.export")
 
 
-def _write(work_dir, fmt, model_bytes):
-    with open(os.path.join(work_dir, model_file(fmt)), "wb") as handle:
-        handle.write(model_bytes)
+def _hand_back(args, fmt, source, model, weights, test_images):
+    """Write the fine-tuned `weights` ({layer name: arrays} of the tf_keras `model`) in `source`'s layout, with the
+    probabilities `model` gives on `test_images`, for the exporter to convert (process.ChildOutput.model)."""
+    probabilities = model.predict(test_images.astype(np.float32), batch_size=32, verbose=0)
+    save_weights(os.path.join(args.work, weights_file(fmt)), source_layout(source, weights), probabilities)
 
 
 def quantization_aware(source, run, config, calibration, test_images, args):
@@ -52,19 +54,18 @@ def quantization_aware(source, run, config, calibration, test_images, args):
     weights = quantize.trained_weights(quantized, twin)
     for name, values in weights.items():
         twin.get_layer(name).set_weights(values)
-    probabilities = twin.predict(test_images.astype(np.float32), batch_size=32, verbose=0)
-    save_weights(os.path.join(args.work, QAT_WEIGHTS), source_layout(source, weights), probabilities)
+    _hand_back(args, QAT_FORMAT, source, twin, weights, test_images)
     return {"epochs": args.epochs, "lr": args.lr, "train_images": len(run.rows("train")),
             "fine_tune_seconds": round(seconds, 1), "history": history}
 
 
-def pruned(twin, run, config, args):
+def pruned(source, twin, run, config, test_images, args):
     model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run, config) * args.epochs)
     history = fine_tune(model, run, config, args.epochs, args.lr, "pruning", callbacks=prune.callbacks())
     stripped = prune.strip(model)
     zeros = prune.zero_fractions(stripped)
-    log.info("converting the pruned model to float32")
-    _write(args.work, PRUNED_FORMAT, convert(stripped, "float32", run.image_size))
+    weights = {layer.name: layer.get_weights() for layer in stripped.layers if layer.weights}
+    _hand_back(args, PRUNED_FORMAT, source, stripped, weights, test_images)
     sizes = {layer.name: int(np.prod(layer.get_weights()[0].shape)) for layer in stripped.layers
              if layer.name in zeros}
     return {"target_sparsity": args.prune_sparsity, "epochs": args.epochs, "lr": args.lr, "history": history,
@@ -94,7 +95,7 @@ def run_job(args):
     if args.qat:
         result["qat"] = quantization_aware(source, run, config, arrays["calibration"], checked, args)
     if args.prune_sparsity:
-        result["pruning"] = pruned(twin, run, config, args)
+        result["pruning"] = pruned(source, twin, run, config, checked, args)
     write_json(os.path.join(args.work, RESULT), result)
 
 

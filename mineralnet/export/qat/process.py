@@ -3,8 +3,10 @@ child process (`python -m mineralnet.export.qat`), relay its progress and read b
 
 tfmot 0.8.1 works only with tf_keras, and importing it sets TF_USE_LEGACY_KERAS=1 for the whole process, so it
 never runs in the exporter's own process, which stays on Keras 3. The two exchange files in a folder inside the
-export's staging directory: inputs.npz (calibration and test images) in; result.json, the pruned .tflite file
-and qat_weights.npz (the fine-tuned weights, which the exporter converts with its own int8 path) out.
+export's staging directory: inputs.npz (calibration and test images) in; result.json and, per format, the
+fine-tuned weights (weights_FORMAT.npz) out. The exporter puts those weights into a clone of the Keras 3 model and
+converts it itself, with the rewrites and conversion of every other format (so each file is one XNNPACK partition,
+and a free batch works as for the others).
 """
 
 import importlib.util
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import mineralnet
-from mineralnet.export.convert import QAT_FORMAT
+from mineralnet.export.convert import FULL_INTEGER, QAT_FORMAT
 from mineralnet.export.errors import ExportError
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.models import registered_info
@@ -26,7 +28,7 @@ from mineralnet.models.convnext import STEM
 from mineralnet.utils import read_json
 
 PRUNED_FORMAT = "float32_pruned"
-INPUTS, RESULT, QAT_WEIGHTS = "inputs.npz", "result.json", "qat_weights.npz"
+INPUTS, RESULT = "inputs.npz", "result.json"
 MAX_TWIN_PROB_DIFF = 1e-4  # max abs probability difference allowed between the tf_keras twin and the Keras 3 model
 LOG_PREFIX = "mineralnet.export.qat: "  # the child's progress lines; the parent relays them to its log
 ERROR_PREFIX = "error: "
@@ -49,8 +51,13 @@ class QatOptions:
         return ((QAT_FORMAT,) if QAT_FORMAT in formats else ()) + ((PRUNED_FORMAT,) if self.prune_sparsity else ())
 
 
-def model_file(fmt):
-    return f"model_{fmt}.tflite"
+def weights_file(fmt):
+    return f"weights_{fmt}.npz"
+
+
+# How each of the child's formats is converted: int8_qat like int8 (GELU in its integer form); the pruned model
+# like float32 (exact).
+CONVERTED_AS = {QAT_FORMAT: QAT_FORMAT, PRUNED_FORMAT: "float32"}
 
 
 def check_options(options, formats):
@@ -84,31 +91,31 @@ def require_convnext(model, model_path):
 @dataclass
 class ChildOutput:
     result: dict  # result.json of the child
-    models: dict  # format -> .tflite bytes (the pruned model)
-    qat_weights: dict = None  # layer name -> fine-tuned weights in the Keras 3 model's layout (int8_qat)
-    qat_probabilities: np.ndarray = None  # what those weights give in float on the first test images
+    weights: dict  # format -> (fine-tuned weights {layer name: arrays in the Keras 3 layout}, their probabilities)
 
-    def qat_model(self, model, test_images):
-        """A clone of `model` (Keras 3) with the quantization-aware weights, in the form the int8 export converts
-        (mineralnet.export.rewrite, GELU in the INTEGER_GELU form), checked to compute on the first test images
-        what the tf_keras process computed with them, so no weight went astray on the way back."""
-        clone, rewrites = rewrite_for_export(model, gelu=INTEGER_GELU, weights=self.qat_weights)
-        images = test_images[:len(self.qat_probabilities)].astype(np.float32)
-        difference = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - self.qat_probabilities)))
+    def model(self, fmt, model, test_images, free_batch=False):
+        """(clone of `model` (Keras 3) holding the weights the child made for `fmt`, in the rewritten form that
+        format is converted in, {rewritten layer type: count}), checked to compute on the first test images what
+        the tf_keras process computed with those weights, so no weight went astray on the way back."""
+        weights, expected = self.weights[fmt]
+        gelu = INTEGER_GELU if CONVERTED_AS[fmt] in FULL_INTEGER else None
+        clone, rewrites = rewrite_for_export(model, gelu=gelu, free_batch=free_batch, weights=weights)
+        images = test_images[:len(expected)].astype(np.float32)
+        difference = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - expected)))
         if difference > MAX_TWIN_PROB_DIFF:
-            raise ExportError(f"the int8_qat weights give probabilities up to {difference:.2e} away from the tf_keras "
+            raise ExportError(f"the {fmt} weights give probabilities up to {difference:.2e} away from the tf_keras "
                               f"model's (allowed {MAX_TWIN_PROB_DIFF:.0e}): fix mineralnet/export/qat/twin.py.")
         return clone, rewrites
 
 
 def save_weights(path, weights, probabilities):
-    """qat_weights.npz: every array as 'LAYER:INDEX', the probabilities as 'probabilities'."""
+    """weights_FORMAT.npz: every array as 'LAYER:INDEX', the probabilities as 'probabilities'."""
     arrays = {f"{name}:{index}": value for name, values in weights.items() for index, value in enumerate(values)}
     np.savez(path, probabilities=probabilities, **arrays)
 
 
 def load_weights(path):
-    """(weights {layer name: [arrays]}, probabilities) of a qat_weights.npz (save_weights)."""
+    """(weights {layer name: [arrays]}, probabilities) of a save_weights file."""
     with np.load(path) as data:
         weights = {}
         for key in sorted((k for k in data.files if k != "probabilities"), key=lambda k: int(k.rpartition(":")[2])):
@@ -157,10 +164,6 @@ def run_child(plan, work_dir):
         raise ExportError(error or (
             f"the QAT process (python -m mineralnet.export.qat) failed with exit status {status}; its last output: "
             + " | ".join(tail)))
-    output = ChildOutput(read_json(os.path.join(work_dir, RESULT)), {})
-    if plan.qat.prune_sparsity:
-        with open(os.path.join(work_dir, model_file(PRUNED_FORMAT)), "rb") as handle:
-            output.models[PRUNED_FORMAT] = handle.read()
-    if QAT_FORMAT in plan.formats:
-        output.qat_weights, output.qat_probabilities = load_weights(os.path.join(work_dir, QAT_WEIGHTS))
-    return output
+    return ChildOutput(read_json(os.path.join(work_dir, RESULT)),
+                       {fmt: load_weights(os.path.join(work_dir, weights_file(fmt)))
+                        for fmt in plan.qat.child_formats(plan.formats)})
