@@ -129,25 +129,29 @@ class _ExportModels:
     def __init__(self, model, free_batch=False):
         self.model, self.clones, self.rewrites, self.free_batch = model, {}, {}, free_batch
 
-    def get(self, fmt):
+    @staticmethod
+    def variant(fmt):
+        """(name, rewrite_for_export options) of the clone format `fmt` is converted from."""
         if fmt in FULL_INTEGER:
-            variant, options = f"int8 (GELU: {INTEGER_GELU} form)", {"gelu": INTEGER_GELU}
-        elif fmt == "dynamic":
-            variant, options = "dynamic (7x7 depthwise kept)", {"split_depthwise": False}
-        else:
-            variant, options = "exact", {}
+            return f"int8 (GELU: {INTEGER_GELU} form)", {"gelu": INTEGER_GELU}
+        if fmt == "dynamic":
+            return "dynamic (7x7 depthwise kept)", {"split_depthwise": False}
+        return "exact", {}
+
+    def get(self, fmt):
+        variant, options = self.variant(fmt)
         if variant not in self.clones:
             self.clones[variant], self.rewrites[variant] = rewrite_for_export(self.model, free_batch=self.free_batch,
                                                                               **options)
         return self.clones[variant]
 
     def fine_tuned(self, child, fmt, test_images):
-        """The model of one of the tf_keras process's formats: its weights in a clone of the model, rewritten as
+        """The model of one of the tf_keras process's formats: its weights in a clone of the model, rewritten like
         the format it is converted as (ChildOutput.model)."""
         if fmt not in self.clones:
-            form = f"GELU: {INTEGER_GELU} form" if CONVERTED_AS[fmt] in FULL_INTEGER else "exact"
-            self.clones[fmt], self.rewrites[f"{fmt} (fine-tuned weights, {form})"] = child.model(
-                fmt, self.model, test_images, self.free_batch)
+            variant, options = self.variant(CONVERTED_AS[fmt])
+            self.clones[fmt], self.rewrites[f"{fmt} (fine-tuned weights; {variant})"] = child.model(
+                fmt, self.model, test_images, free_batch=self.free_batch, **options)
         return self.clones[fmt]
 
 

@@ -311,7 +311,7 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False,
     a subclassed model, which has no graph to rewrite, comes back as it is with no counts.
 
     `weights` ({leaf layer name: weights in `model`'s layout}, every weight-owning layer) replaces the weights
-    of `model` in the clone: the quantization-aware fine-tune's result (mineralnet.export.qat).
+    of `model` in the clone: a fine-tune's result (int8_qat, the pruned model: mineralnet.export.qat).
 
     split_depthwise=False is for the dynamic-range format: XNNPACK delegates no DEPTHWISE_CONV_2D with int8
     weights and float activations (measured: each slab split the delegate), while it does take the original

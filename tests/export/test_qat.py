@@ -112,13 +112,14 @@ def test_qat_weights_that_compute_something_else_stop_the_export(tiny_run):
     images = load_images(run.rows("test"), run.image_size)
     weights = {layer.name: layer.get_weights() for layer in _leaves(model) if layer.weights}
     probabilities = rewrite_for_export(model, gelu=INTEGER_GELU)[0].predict(images.astype(np.float32), verbose=0)
-    clone, _ = ChildOutput({}, {"int8_qat": (weights, probabilities)}).model("int8_qat", model, images)  # accepted
+    clone, _ = ChildOutput({}, {"int8_qat": (weights, probabilities)}).model("int8_qat", model, images,
+                                                                              gelu=INTEGER_GELU)  # accepted
     np.testing.assert_allclose(clone.predict(images.astype(np.float32), verbose=0), probabilities, atol=1e-6)
     (stem,) = [name for name in weights if name.endswith("_stem_conv")]
     kernel, bias = weights[stem]
     flipped = {**weights, stem: [kernel[::-1, ::-1], bias]}  # a kernel in the wrong layout
     with pytest.raises(ExportError, match="int8_qat weights give probabilities"):
-        ChildOutput({}, {"int8_qat": (flipped, probabilities)}).model("int8_qat", model, images)
+        ChildOutput({}, {"int8_qat": (flipped, probabilities)}).model("int8_qat", model, images, gelu=INTEGER_GELU)
 
 
 def _zero_fraction_of_large_buffers(model_bytes, min_values=4096):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import mineralnet
-from mineralnet.export.convert import FULL_INTEGER, QAT_FORMAT
+from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
-from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
+from mineralnet.export.rewrite import rewrite_for_export
 from mineralnet.models import registered_info
 from mineralnet.models.convnext import STEM
 from mineralnet.utils import read_json
@@ -93,13 +93,12 @@ class ChildOutput:
     result: dict  # result.json of the child
     weights: dict  # format -> (fine-tuned weights {layer name: arrays in the Keras 3 layout}, their probabilities)
 
-    def model(self, fmt, model, test_images, free_batch=False):
-        """(clone of `model` (Keras 3) holding the weights the child made for `fmt`, in the rewritten form that
-        format is converted in, {rewritten layer type: count}), checked to compute on the first test images what
-        the tf_keras process computed with those weights, so no weight went astray on the way back."""
+    def model(self, fmt, model, test_images, **options):
+        """(clone of `model` (Keras 3) holding the weights the child made for `fmt`, rewritten with the
+        rewrite_for_export `options`, {rewritten layer type: count}), checked to compute on the first test
+        images what the tf_keras process computed with those weights, so no weight went astray on the way back."""
         weights, expected = self.weights[fmt]
-        gelu = INTEGER_GELU if CONVERTED_AS[fmt] in FULL_INTEGER else None
-        clone, rewrites = rewrite_for_export(model, gelu=gelu, free_batch=free_batch, weights=weights)
+        clone, rewrites = rewrite_for_export(model, weights=weights, **options)
         images = test_images[:len(expected)].astype(np.float32)
         difference = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - expected)))
         if difference > MAX_TWIN_PROB_DIFF:
