@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -101,6 +102,28 @@ def gated_folder(directory, clock, gate):
             return super().read()
 
     return GatedFolder(directory, clock)
+
+
+class HeldBackRun:
+    """`runner` sorting `folder` in a thread while gated_folder holds its last frame back: construction returns
+    once `items` items are sorted (or the run ended), so a test looks mid-run; finish() releases the frame, waits
+    for the run and returns its summary (None if it failed)."""
+
+    def __init__(self, runner, folder, items, **capture_options):
+        from edge.sources import Capture
+
+        self._gate, self._results = threading.Event(), {}
+        capture = Capture(gated_folder(folder, runner.clock, self._gate), runner.clock, runner.events,
+                          **capture_options)
+        self._thread = threading.Thread(target=lambda: self._results.update(summary=runner.run(capture)))
+        self._thread.start()
+        while runner.tally.items < items and self._thread.is_alive():
+            self._thread.join(0.01)
+
+    def finish(self):
+        self._gate.set()
+        self._thread.join(60)
+        return self._results.get("summary")
 
 
 def run_python(args, env=None, timeout=600, check=True):

@@ -2,15 +2,13 @@
 
 import os
 import shutil
-import threading
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.sources import Capture
 from edge.telemetry import Telemetry
 
-from helpers import gated_folder
+from helpers import HeldBackRun
 
 
 def _scrape(address):
@@ -33,22 +31,15 @@ def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export,
     runner.telemetry = telemetry = Telemetry(runner.model)
     address = telemetry.serve("127.0.0.1", 0)
     assert address.startswith("metrics http://127.0.0.1:")
-    scraped, results = threading.Event(), {}
-    capture = Capture(gated_folder(str(folder), runner.clock, scraped), runner.clock, runner.events, queue_size=1)
-    sorting = threading.Thread(target=lambda: results.update(summary=runner.run(capture)))
-    sorting.start()
+    sorting = HeldBackRun(runner, str(folder), len(rows) - 2, queue_size=1)  # mid-run: the last frame held back
     try:
-        while runner.tally.items < len(rows) - 2:  # mid-run: the last frame is held back
-            sorting.join(0.01)
         during = _scrape(address)
     finally:
-        scraped.set()
-        sorting.join(60)
+        summary = sorting.finish()
     try:
         after = _scrape(address)
     finally:
         telemetry.close()
-    summary = results["summary"]
     assert sum(_by_label(during["mineralnet_runner_items_by_bin"], "bin").values()) < summary["items"]
     assert _by_label(after["mineralnet_runner_items_by_class"], "class") == summary["per_class"]
     assert _by_label(after["mineralnet_runner_items_by_bin"], "bin") == summary["per_bin"]

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,7 +15,7 @@ from edge.review import LABEL_SUFFIX, ReviewQueue
 from edge.sources import Capture, FolderSource
 from edge.ui import LineUI
 
-from helpers import gated_folder
+from helpers import HeldBackRun
 
 TOKEN = "s3cret-token"
 COUNTED = ("items", "per_class", "per_bin", "per_reason", "recheck", "late", "failed", "frames_skipped", "alarms")
@@ -52,14 +51,6 @@ def _post_label(base, stem, label, token=None):
     return code, json.loads(body)
 
 
-def _sort(runner, capture):
-    """Run the runner in a thread; returns (thread, results) with results["summary"] once it has finished."""
-    results = {}
-    thread = threading.Thread(target=lambda: results.update(summary=runner.run(capture)))
-    thread.start()
-    return thread, results
-
-
 def _serve(runner, token=None):
     ui = LineUI(runner, token)
     address = ui.serve("127.0.0.1", 0)
@@ -75,22 +66,17 @@ def test_status_and_the_page_without_script_equal_the_summary(tmp_path, tiny_exp
     folder = _folder(tmp_path, tiny_export, 6)
     runner, _ = make_runner(write_config(), tiny_export["int8"])
     ui, base = _serve(runner)
-    gate = threading.Event()
-    thread, results = _sort(runner, Capture(gated_folder(folder, runner.clock, gate), runner.clock, runner.events))
+    sorting = HeldBackRun(runner, folder, 5)  # mid-run: the last frame is held back
     try:
-        while runner.tally.items < 5:  # mid-run: the last frame is held back
-            thread.join(0.01)
         during = _status(base)
     finally:
-        gate.set()
-        thread.join(60)
+        summary = sorting.finish()
     try:
         after = _status(base)
         code, page = _request(base)
         script = _request(base + "static/ui.js")
     finally:
         ui.close()
-    summary = results["summary"]
     assert during["running"] is True and during["items"] == 5 < summary["items"] == 6
     assert after["running"] is False
     for key in COUNTED:
@@ -270,22 +256,17 @@ def test_the_page_in_a_real_browser(tmp_path, tiny_export, write_config, make_ru
     folder = _folder(tmp_path, tiny_export, 6)
     runner, _ = make_runner(write_config(), uncertain_model)
     ui, base = _serve(runner, TOKEN)
-    gate = threading.Event()
-    thread, results = _sort(runner, Capture(gated_folder(folder, runner.clock, gate), runner.clock, runner.events))
+    sorting = HeldBackRun(runner, folder, 5)
     wait = WebDriverWait(browser, 30)
 
     def cell(key):
         return browser.find_element(By.CSS_SELECTOR, f'[data-key="{key}"]').text
 
     try:
-        while runner.tally.items < 5:
-            thread.join(0.01)
         browser.get(base)
         wait.until(lambda _: browser.find_element(By.TAG_NAME, "body").get_attribute("data-refreshed"))
         assert cell("items") == "5" and "running" in browser.find_element(By.ID, "state").text
-        gate.set()
-        thread.join(60)
-        summary = results["summary"]
+        summary = sorting.finish()
         wait.until(lambda _: cell("items") == str(summary["items"]) and "stopped" in cell("running"))
         for label in tiny_export["labels"]:
             assert cell(f"per_class.{label}") == str(summary["per_class"].get(label, 0))
@@ -311,10 +292,9 @@ def test_the_page_in_a_real_browser(tmp_path, tiny_export, write_config, make_ru
         items[1].find_elements(By.TAG_NAME, "button")[-1].click()  # one click: discard
         wait.until(lambda _: "done" in items[1].get_attribute("class"))
     finally:
-        gate.set()
+        sorting.finish()
         browser.quit()
         ui.close()
-        thread.join(60)
     answers = {}
     for stem in stems:
         with open(os.path.join(runner.review.directory, stem + LABEL_SUFFIX)) as handle:
