@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Test accuracy of finished train.py runs that share one split, alone and as a probability-averaged ensemble
 (issue 16: how far several cheap from-scratch models get together). Each run's model sees the test images at its
-own image size. Prints Markdown.
+own image size; `--probabilities` adds the saved test probabilities of a model that is not a run (e.g.
+kmeans_features.py). Prints Markdown.
 
-    python benchmarks/ensemble_runs.py RUN RUN [RUN ...]
+    python benchmarks/ensemble_runs.py RUN RUN [RUN ...] [--probabilities FILE.npz ...]
 """
 
 import argparse
@@ -23,6 +24,8 @@ from machine import commit  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished run directories with the same split.csv and labels")
+    parser.add_argument("--probabilities", nargs="*", default=[], metavar="FILE",
+                        help=".npz files of test probabilities (keys probabilities, files) in the runs' split order")
     args = parser.parse_args(argv)
     runs = [Run(path) for path in args.runs]
     rows, labels = runs[0].rows("test"), runs[0].labels
@@ -39,8 +42,14 @@ def main(argv=None):
         probabilities.append(run.load_model().predict(images, batch_size=32, verbose=0))
         accuracy = float(np.mean(probabilities[-1].argmax(1) == truth))
         print(f"| {os.path.basename(run.path.rstrip('/'))} | {run.image_size} | {accuracy:.2%} |")
+    for path in args.probabilities:
+        saved = np.load(path)
+        if list(saved["files"]) != [row["path"] for row in rows]:
+            sys.exit(f"error: '{path}' holds probabilities of other test images than the runs' split.")
+        probabilities.append(saved["probabilities"])
+        print(f"| {os.path.basename(path)} | – | {np.mean(probabilities[-1].argmax(1) == truth):.2%} |")
     ensemble = float(np.mean(np.mean(probabilities, axis=0).argmax(1) == truth))
-    print(f"| **mean of the {len(runs)} runs' probabilities** | – | **{ensemble:.2%}** |")
+    print(f"| **mean of the {len(probabilities)} models' probabilities** | – | **{ensemble:.2%}** |")
 
 
 if __name__ == "__main__":
