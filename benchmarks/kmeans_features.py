@@ -25,6 +25,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mineralnet.evaluate import TTA_VIEWS, dihedral_view  # noqa: E402
 from mineralnet.export.representative import load_images  # noqa: E402
 from mineralnet.rundir import Run  # noqa: E402
 from machine import commit  # noqa: E402
@@ -35,9 +36,8 @@ WHITEN_EPS = 0.1  # added to the eigenvalues of the normalised patches' covarian
 
 
 def views(images):
-    """The 4 quarter turns of the images and of their mirror images."""
-    turns = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
-    return [np.ascontiguousarray(v) for v in turns + [np.rot90(images[:, :, ::-1], k, axes=(1, 2)) for k in range(4)]]
+    """The evaluation's 8 test-time-augmentation views (quarter turns, mirrored) of the images."""
+    return [dihedral_view(images, view).numpy() for view in range(TTA_VIEWS)]
 
 
 class KMeansFeatures:
@@ -110,7 +110,7 @@ def main(argv=None):
     model = KMeansFeatures(args.patch, args.k, args.grid).fit(subsets["train"][0])
     features = {name: [model.transform(v) for v in views(images)] for name, (images, _, _) in subsets.items()}
     train_x = np.concatenate(features["train"])
-    train_y = np.tile(subsets["train"][1], 8)
+    train_y = np.tile(subsets["train"][1], TTA_VIEWS)
     scaler = StandardScaler().fit(train_x)
     encoded = time.time() - start
     print(f"Commit {commit()}; {args.size} px, {args.patch} px patches, k={args.k}, grid {args.grid}; "
