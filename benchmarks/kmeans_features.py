@@ -114,7 +114,7 @@ def main(argv=None):
     scaler = StandardScaler().fit(train_x)
     encoded = time.time() - start
     print(f"Commit {commit()}; {args.size} px, {args.patch} px patches, k={args.k}, grid {args.grid}; "
-          f"{len(subsets['train'][1])} training images x 8 views; features in {encoded:.0f} s.\n")
+          f"{len(subsets['train'][1])} training images x {TTA_VIEWS} views; features in {encoded:.0f} s.\n")
     print("| C | val acc | val acc, TTA x8 | test acc | test acc, TTA x8 | fit time |\n|---:|---:|---:|---:|---:|---:|")
     for c in [float(value) for value in args.C.split(",")]:
         begin = time.time()

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from helpers import run_python
+from mineralnet.rundir import Run
 
 KMEANS = os.path.join("benchmarks", "kmeans_features.py")
 ENSEMBLE = os.path.join("benchmarks", "ensemble_runs.py")
@@ -31,8 +32,7 @@ def test_kmeans_features_learn_and_join_an_ensemble(tiny_run, tmp_path):
     assert all(percent(cell) >= 60 for row in rows for cell in row[1:5]), out
 
     kept = np.load(saved)
-    with open(os.path.join(tiny_run, "split.csv"), encoding="utf-8") as split:
-        test_files = [line.split(",")[0] for line in split if line.strip().endswith(",test")]
+    test_files = [row["path"] for row in Run(tiny_run).rows("test")]
     assert list(kept["files"]) == test_files
     assert kept["probabilities"].shape == (len(test_files), 4)
     np.testing.assert_allclose(kept["probabilities"].sum(1), 1, rtol=1e-6)
