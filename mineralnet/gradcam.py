@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from mineralnet import rundir  # noqa: E402
 from mineralnet.data import DataError, load_image  # noqa: E402
+from mineralnet.ensemble import ensemble_members  # noqa: E402
 from mineralnet.errors import cli  # noqa: E402
 from mineralnet.models import feature_layer  # noqa: E402
 from mineralnet.models.head import PREDICTIONS  # noqa: E402
@@ -54,6 +55,9 @@ def gradcam_heatmaps(model, images, class_indices=None):
     """
     import tensorflow as tf
 
+    members = ensemble_members(model)
+    if members:
+        return _ensemble_heatmaps(model, members, images, class_indices)
     head = softmax_head(model)
     explainer = keras.Model(model.inputs, [feature_map_tensor(model), head.input, model.outputs[0]])
 
@@ -73,8 +77,26 @@ def gradcam_heatmaps(model, images, class_indices=None):
     features, probabilities, gradients = forward_backward(images, tf.constant(chosen, tf.int32))
     weights = tf.reduce_mean(tf.cast(gradients, tf.float32), axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1)).numpy()
+    return _peak_normalised(cam), probabilities.numpy()
+
+
+def _peak_normalised(cam):
+    """Each heatmap divided by its maximum (all zero stays zero)."""
     peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
-    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0), probabilities.numpy()
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def _ensemble_heatmaps(model, members, images, class_indices):
+    """An ensemble's heatmap: the mean of its members' heatmaps for the class the ensemble predicts (or is asked
+    to explain), each resized to the finest member's map."""
+    import tensorflow as tf
+
+    probabilities = model.predict(np.asarray(images, dtype="float32"), verbose=0)
+    chosen = probabilities.argmax(axis=1) if class_indices is None else np.asarray(class_indices)
+    maps = [gradcam_heatmaps(member, images, chosen)[0] for member in members]
+    size = max(cam.shape[1:] for cam in maps)
+    cam = np.mean([tf.image.resize(cam[..., None], size).numpy()[..., 0] for cam in maps], axis=0)
+    return _peak_normalised(cam), probabilities
 
 
 def overlay(image, heatmap, alpha=0.45):

@@ -1,0 +1,118 @@
+"""One model from several finished runs: `python -m mineralnet.ensemble RUN1 RUN2 [...] --out RUN`.
+
+Without pretrained weights, one small model trained on a few hundred photos per class is a lottery: seven seeds of
+one simple_cnn recipe scored 72.7-77.5 % on MINET-7's test photos, and the best validation epoch does not say which
+seed is the lucky one. Averaging the probabilities of several seeds is the plain remedy: 2-3 points over the seeds'
+mean, with a spread far smaller than one seed's (issue 16, attempts a27-a28 in benchmarks/results/minet/attempts.md).
+The members are train.py runs of one split (the same command with `--split FIRST/split.csv --seed 1`, `--seed 2`,
+...); the result is a run directory like theirs whose model.keras holds them all and outputs the mean of their
+probabilities, so evaluation (with its baselines), Grad-CAM (the mean of the members' maps), export (verified TFLite
+files) and the edge runner take it as one model; inference costs the members' sum.
+
+The runs must share their labels, split and image size: an ensemble of models that saw different test photos in
+training would report a test accuracy that is not one.
+"""
+
+import argparse
+import os
+import sys
+
+from mineralnet import rundir
+from mineralnet.errors import MineralnetError, cli
+from mineralnet.models.head import PREDICTIONS
+
+ENSEMBLE = "ensemble"  # the Keras name of the combined model and the `model` of its run config
+
+
+class EnsembleError(MineralnetError):
+    """Runs that cannot be averaged into one model; the message names the run and the fix."""
+
+
+def _split_key(run):
+    return [(row["path"], row["label"], row["subset"]) for row in run.rows()]
+
+
+def _split_rows(run):
+    return [dict(zip(("path", "label", "subset"), key)) for key in _split_key(run)]
+
+
+def check_members(runs):
+    """EnsembleError unless there are at least two runs with one set of labels, one split and one image size."""
+    if len(runs) < 2:
+        raise EnsembleError("an ensemble needs at least two runs: pass the --out folders of train.py runs trained with "
+                            "the same --split and different --seed.")
+    first = runs[0]
+    for run in runs[1:]:
+        for what, mine, theirs in (("labels", run.labels, first.labels), ("split", _split_key(run), _split_key(first)),
+                                   ("image size", run.image_size, first.image_size)):
+            if mine != theirs:
+                raise EnsembleError(f"run '{run.path}' has other {what} than '{first.path}': train every member with "
+                                    f"the same --split ({first.split_file}) and --image-size.")
+
+
+def build_ensemble(models):
+    """A Keras model averaging the softmax outputs of `models` (same input shape and classes) on one input; each
+    member keeps its layers and weights under the name member_N."""
+    import keras
+
+    shape = tuple(models[0].input_shape[1:])
+    inputs = keras.Input(shape, name="image")
+    outputs = []
+    for index, member in enumerate(models):
+        if tuple(member.input_shape[1:]) != shape or member.output_shape != models[0].output_shape:
+            raise EnsembleError(f"member {index} takes {member.input_shape[1:]} and gives {member.output_shape[1:]}, "
+                                f"member 0 {shape} and {models[0].output_shape[1:]}: train them alike.")
+        member.name = f"member_{index}"
+        output = member(inputs)
+        outputs.append(output[0] if isinstance(output, (list, tuple)) else output)  # loaded models give a list
+    average = keras.layers.Average(dtype="float32", name=PREDICTIONS)(outputs)
+    return keras.Model(inputs, average, name=ENSEMBLE)
+
+
+def ensemble_members(model):
+    """The member models of a model made by build_ensemble (also once saved and loaded), else []."""
+    import keras
+
+    if model.name != ENSEMBLE:
+        return []
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def ensemble_runs(paths, out, tta=False, baseline=True):
+    """Write run directory `out` holding the ensemble of the runs at `paths`, evaluate it on the test subset and
+    return the report."""
+    from mineralnet.evaluate import evaluate_run
+    from mineralnet.utils import atomic_path
+
+    runs = [rundir.Run(path) for path in paths]
+    check_members(runs)
+    target = rundir.Run(out, required=None)
+    if os.path.exists(target.model_file) or os.path.exists(target.config_file):
+        raise EnsembleError(f"'{target.path}' already holds a run: pass a new --out.")
+    model = build_ensemble([run.load_model() for run in runs])
+    target.write_labels(runs[0].labels)
+    target.write_split(_split_rows(runs[0]))
+    with atomic_path(target.model_file) as tmp:
+        model.save(tmp)
+    # Written last: a folder without config.json is not a finished run (rundir.FINISHED).
+    target.write_config({"model": ENSEMBLE, "members": [run.path for run in runs],
+                         "member_models": [run.config.get("model") for run in runs],
+                         "data": runs[0].config["data"], "image_size": runs[0].image_size})
+    print(f"ensemble of {len(runs)} runs -> {target.model_file}")
+    return evaluate_run(target, tta=tta, baseline=baseline)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished train.py run directories (same --split, other --seed)")
+    parser.add_argument("--out", required=True, help="new run directory for the ensemble")
+    parser.add_argument("--tta", action="store_true", help="also report test-time augmentation")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the colour + texture features baseline in the evaluation")
+    args = parser.parse_args(argv)
+    ensemble_runs(args.runs, args.out, args.tta, args.baseline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
