@@ -18,6 +18,7 @@ import os
 import sys
 
 from mineralnet import rundir
+from mineralnet.data.split import split_rows
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.models.head import PREDICTIONS
 
@@ -28,14 +29,6 @@ class EnsembleError(MineralnetError):
     """Runs that cannot be averaged into one model; the message names the run and the fix."""
 
 
-def _split_key(run):
-    return [(row["path"], row["label"], row["subset"]) for row in run.rows()]
-
-
-def _split_rows(run):
-    return [dict(zip(("path", "label", "subset"), key)) for key in _split_key(run)]
-
-
 def check_members(runs):
     """EnsembleError unless there are at least two runs with one set of labels, one split and one image size."""
     if len(runs) < 2:
@@ -43,7 +36,8 @@ def check_members(runs):
                             "the same --split and different --seed.")
     first = runs[0]
     for run in runs[1:]:
-        for what, mine, theirs in (("labels", run.labels, first.labels), ("split", _split_key(run), _split_key(first)),
+        for what, mine, theirs in (("labels", run.labels, first.labels),
+                                   ("split", split_rows(run.rows()), split_rows(first.rows())),
                                    ("image size", run.image_size, first.image_size)):
             if mine != theirs:
                 raise EnsembleError(f"run '{run.path}' has other {what} than '{first.path}': train every member with "
@@ -91,7 +85,7 @@ def ensemble_runs(paths, out, tta=False, baseline=True):
         raise EnsembleError(f"'{target.path}' already holds a run: pass a new --out.")
     model = build_ensemble([run.load_model() for run in runs])
     target.write_labels(runs[0].labels)
-    target.write_split(_split_rows(runs[0]))
+    target.write_split([{key: row[key] for key in ("path", "label", "subset")} for row in runs[0].rows()])
     with atomic_path(target.model_file) as tmp:
         model.save(tmp)
     # Written last: a folder without config.json is not a finished run (rundir.FINISHED).

@@ -172,6 +172,12 @@ def make_split(samples, ratios=DEFAULT_RATIOS, seed=0):
     return sorted(rows, key=lambda r: r["path"])
 
 
+def split_rows(rows):
+    """The (path, label, subset) of each row, sorted: what two runs must share to be compared or combined (extra keys
+    such as `file`, the absolute path, and the row order do not count)."""
+    return sorted((row["path"], row["label"], row["subset"]) for row in rows)
+
+
 def write_split(rows, path):
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "label", "subset"], lineterminator="\n")
