@@ -126,7 +126,7 @@ def test_flags_and_resume_rules_come_from_the_option_table():
         "mixed_precision"]
     assert set(FIXED_ON_RESUME) == {"data", "demo", "model", "weights", "image_size", "split", "split_ratios",
                                     "limit_per_class", "seed", "dropout", "mixed_precision", "ema", "freeze_epochs",
-                                    "progressive_sizes", "batch_size", "teacher"}
+                                    "progressive_sizes", "batch_size"}
     config = resolve_config({"demo": True, "progressive_sizes": "32,48", "image_size": 64})
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.lr = 1.0

@@ -94,10 +94,6 @@ class TrainConfig:
                                  "(slower on GPUs)", SWITCH)
     init_from: str | None = option(None, "start from the weights of this model.keras (same model, classes and "
                                    "size); not with --resume", PATH, "PATH")
-    teacher: str | None = option(None, "knowledge distillation: learn the probabilities this finished run's model "
-                                 "(e.g. an ensemble of seeds made by python -m mineralnet.ensemble) gives each "
-                                 "augmented training image instead of its label; a run of the same split and image "
-                                 "size", PATH, "RUN", fixed=True)
 
     def to_dict(self):
         """config.json: plain JSON values (the augmentation a nested object, progressive_sizes a list)."""

@@ -17,7 +17,6 @@ from mineralnet.models import build_model, model_info, register_all
 from mineralnet.training.advice import resolve_auto
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import ConfigError, resolve_config, resume_changes
-from mineralnet.training.distill import load_teacher, teacher_targets
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.training.progress import progress_callbacks
@@ -147,8 +146,7 @@ def train(config, resume=False):
     if config.demo and not data:
         data = make_demo_dataset(run.demo_data_dir, image_size=max(96, config.image_size))
     config = config.replace(out=run_path, data=os.path.abspath(data),
-                            init_from=config.init_from and os.path.abspath(config.init_from),
-                            teacher=config.teacher and os.path.abspath(config.teacher))
+                            init_from=config.init_from and os.path.abspath(config.init_from))
     if resume:
         classes = read_json(run.labels_file)
         rows = read_split(run.split_file, config.data)
@@ -157,7 +155,6 @@ def train(config, resume=False):
         config, advice = resolve_auto(config, len(rows), len(classes))  # --model auto: a name before config.json
         if advice:
             print(advice)
-    teacher = load_teacher(config, classes, rows) if config.teacher else None  # checked before anything is written
     num_classes, size, batch = len(classes), config.image_size, config.batch_size
     state = read_state(run) if resume else None
     with mixed_precision(config.mixed_precision):
@@ -184,10 +181,9 @@ def train(config, resume=False):
         decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
 
         def train_data(train_size, first, last):
-            dataset = make_dataset(train_files, train_labels, num_classes, train_size, batch, True, config.augment,
-                                   config.seed, mixup=config.mixup, cutmix=config.cutmix, epochs=(first, last),
-                                   images=decoded(train_size))
-            return teacher_targets(dataset, teacher) if teacher else dataset
+            return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, config.augment,
+                                config.seed, mixup=config.mixup, cutmix=config.cutmix, epochs=(first, last),
+                                images=decoded(train_size))
 
         val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
         weights = class_weights(train_labels, num_classes) if config.class_weights else None
@@ -200,8 +196,7 @@ def train(config, resume=False):
             start_weights = f"backbone weights {config.weights}"
         print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
-              f"{config.model} from {start_weights}"
-              + (f", learning the probabilities of teacher {config.teacher}" if teacher else ""))
+              f"{config.model} from {start_weights}")
         _fit(config, run, model, state, strategy, (train_data, val_data),
              steps_per_epoch(len(train_files), batch), weights)
     if config.evaluate:
