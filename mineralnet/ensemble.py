@@ -2,8 +2,8 @@
 
 Without pretrained weights, one small model trained on a few hundred photos per class is a lottery: seven seeds of
 one simple_cnn recipe scored 72.7-77.5 % on MINET-7's test photos, and the best validation epoch does not say which
-seed is the lucky one. Averaging the probabilities of several seeds is the plain remedy: 2-3 points over the seeds'
-mean, with a spread far smaller than one seed's (issue 16, attempts a27-a28 in benchmarks/results/minet/attempts.md).
+seed is the lucky one. Averaging the probabilities of several seeds is the plain remedy: 1.7-3 points over the
+seeds' mean in the three ensembles measured (issue 16, attempts a27-a28 in benchmarks/results/minet/attempts.md).
 The members are train.py runs of one split (the same command with `--split FIRST/split.csv --seed 1`, `--seed 2`,
 ...); the result is a run directory like theirs whose model.keras holds them all and outputs the mean of their
 probabilities, so evaluation (with its baselines), Grad-CAM (the mean of the members' maps), export (verified TFLite
