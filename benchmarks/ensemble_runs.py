@@ -2,7 +2,7 @@
 """Test accuracy of finished train.py runs that share one split, alone and as a probability-averaged ensemble
 (issue 16: how far several cheap from-scratch models get together). Each run's model sees the test images at its
 own image size; `--probabilities` adds the saved test probabilities of a model that is not a run (e.g.
-kmeans_features.py). Prints Markdown.
+kmeans_features.py). Prints Markdown. (For one deployable model of same-size runs: python -m mineralnet.ensemble.)
 
     python benchmarks/ensemble_runs.py RUN RUN [RUN ...] [--probabilities FILE.npz ...]
 """

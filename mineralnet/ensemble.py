@@ -35,9 +35,9 @@ def check_members(runs):
         raise EnsembleError("an ensemble needs at least two runs: pass the --out folders of train.py runs trained with "
                             "the same --split and different --seed.")
     first = runs[0]
+    first_split = split_rows(first.rows())
     for run in runs[1:]:
-        for what, mine, theirs in (("labels", run.labels, first.labels),
-                                   ("split", split_rows(run.rows()), split_rows(first.rows())),
+        for what, mine, theirs in (("labels", run.labels, first.labels), ("split", split_rows(run.rows()), first_split),
                                    ("image size", run.image_size, first.image_size)):
             if mine != theirs:
                 raise EnsembleError(f"run '{run.path}' has other {what} than '{first.path}': train every member with "
@@ -85,7 +85,7 @@ def ensemble_runs(paths, out, tta=False, baseline=True):
         raise EnsembleError(f"'{target.path}' already holds a run: pass a new --out.")
     model = build_ensemble([run.load_model() for run in runs])
     target.write_labels(runs[0].labels)
-    target.write_split([{key: row[key] for key in ("path", "label", "subset")} for row in runs[0].rows()])
+    target.write_split(runs[0].rows())
     with atomic_path(target.model_file) as tmp:
         model.save(tmp)
     # Written last: a folder without config.json is not a finished run (rundir.FINISHED).

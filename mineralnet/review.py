@@ -229,7 +229,7 @@ def import_queue(queue, data, run=None, out=None, device=None):
             raise ReviewError(f"run '{run}' was trained on the classes {source.labels} but '{data}' has {classes}: "
                               "pass the --data that run was trained on.")
         run_rows = source.rows(data_dir=data)
-        old_rows = [{k: r[k] for k in ("path", "label", "subset")} for r in run_rows]
+        old_rows = run_rows
     digests = dataset_digests(data)
     manifest = read_manifest(data)
     recorded = {m.get("file") for m in manifest}

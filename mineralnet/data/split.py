@@ -179,8 +179,9 @@ def split_rows(rows):
 
 
 def write_split(rows, path):
+    """split.csv of `rows`: their path, label and subset (other keys, such as read_split's `file`, are left out)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["path", "label", "subset"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["path", "label", "subset"], lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())

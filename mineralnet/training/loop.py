@@ -40,7 +40,7 @@ def _prepare_data(config):
             raise DataError(f"split '{split_file}' names classes {unknown} that are not folders of '{data_dir}'.")
         usable = {s.path for s in samples}
         dropped = [r["path"] for r in rows if r["path"] not in usable]
-        rows = [{k: r[k] for k in ("path", "label", "subset")} for r in rows if r["path"] in usable]
+        rows = [r for r in rows if r["path"] in usable]
         report["split_rows_dropped"] = dropped
     else:
         rows = make_split(samples, parse_ratios(config.split_ratios), config.seed)
