@@ -10,7 +10,7 @@ from PIL import Image
 
 from mineralnet import rundir
 from mineralnet.baseline import (MARGIN_POINTS, MIN_CLASS_IMAGES, features_baseline, image_features,
-                                 majority_baseline, weak_model_warnings)
+                                 majority_baseline, weak_model_lead, weak_model_warnings)
 from mineralnet.data import read_split
 from mineralnet.evaluate import main as evaluate_main
 from mineralnet.metrics import classification_report, never_predicted, report_markdown
@@ -68,6 +68,22 @@ def test_warnings_name_each_weakness_and_only_those():
     text = " | ".join(small["warnings"])
     assert f"fewer than {MIN_CLASS_IMAGES} test images: b (1), c (1)" in text
     assert "does not beat always answering 'a'" in text and "never predicts b, c" in text
+
+
+def test_features_margin_shrinks_to_half_the_errors_left_when_the_baseline_is_near_perfect():
+    # On easy photos the baseline itself is near 100 %: no model can lead it by MARGIN_POINTS, so the lead asked
+    # for is half of the baseline's remaining errors (the demo data: both at 100 %, no warning).
+    truth = np.repeat([0, 1, 2], 34)  # 102 images: one error = 0.98 points
+    perfect = hand_report(truth, truth, majority_accuracy=1 / 3, features_accuracy=1.0)
+    assert perfect["warnings"] == []
+    one_wrong = np.where(np.arange(102) == 0, 1, truth)  # 101 / 102 = 99.0 %
+    two_wrong = np.where(np.arange(102) < 2, 1, truth)  # 100 / 102 = 98.0 %
+    assert hand_report(truth, one_wrong, majority_accuracy=1 / 3, features_accuracy=0.97)["warnings"] == []
+    behind = hand_report(truth, two_wrong, majority_accuracy=1 / 3, features_accuracy=0.97)["warnings"]
+    assert len(behind) == 1 and "by 1.5 points" in behind[0]  # 98.0 % < 97 % + 3 / 2 points
+    # Below 90 % the full margin holds: 5 points over a 0.80 baseline.
+    assert weak_model_lead(0.80) == pytest.approx(MARGIN_POINTS / 100)
+    assert weak_model_lead(0.97) == pytest.approx(0.015) and weak_model_lead(1.0) == 0.0
 
 
 def test_markdown_has_warnings_and_the_baseline_rows():
