@@ -228,8 +228,7 @@ def import_queue(queue, data, run=None, out=None, device=None):
         if source.labels != classes:
             raise ReviewError(f"run '{run}' was trained on the classes {source.labels} but '{data}' has {classes}: "
                               "pass the --data that run was trained on.")
-        run_rows = source.rows(data_dir=data)
-        old_rows = run_rows
+        old_rows = source.rows(data_dir=data)
     digests = dataset_digests(data)
     manifest = read_manifest(data)
     recorded = {m.get("file") for m in manifest}
@@ -239,7 +238,7 @@ def import_queue(queue, data, run=None, out=None, device=None):
         """The run's val/calib/test image `sample` is a near duplicate of, or None (held-out rows hashed once)."""
         nonlocal held_out, hashes
         if held_out is None:
-            held_out = _held_out_samples(run_rows)
+            held_out = _held_out_samples(old_rows)
             hashes = np.array([s.dhash for s in held_out], dtype=np.uint64)
         close = near_duplicates(sample, held_out, hashes)
         return held_out[close[0]] if close else None
