@@ -14,18 +14,14 @@ import collections
 import os
 import sys
 
-from mineralnet._tf import import_tensorflow
+import numpy as np
 
-import_tensorflow()  # before Keras: TensorFlow's start-up lines stay hidden
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mineralnet import rundir  # noqa: E402
-from mineralnet.data import DataError, load_image  # noqa: E402
-from mineralnet.ensemble import ensemble_members  # noqa: E402
-from mineralnet.errors import cli  # noqa: E402
-from mineralnet.models import feature_layer  # noqa: E402
-from mineralnet.models.head import PREDICTIONS  # noqa: E402
+from mineralnet import rundir
+from mineralnet.data import DataError, load_image
+from mineralnet.ensemble import ensemble_members
+from mineralnet.errors import cli
+from mineralnet.models import feature_layer
+from mineralnet.models.head import PREDICTIONS
 
 
 def feature_map_tensor(model):
@@ -39,6 +35,8 @@ def feature_map_tensor(model):
 def softmax_head(model):
     """The model's `predictions` layer: the Dense softmax layer (float32) every registry model ends in, whose
     kernel and bias turn its input into the logits Grad-CAM differentiates."""
+    import keras  # here, not at the top: `--help` answers without TensorFlow (the model brought Keras in already)
+
     head = next((layer for layer in model.layers if layer.name == PREDICTIONS), None)
     if (not isinstance(head, keras.layers.Dense) or getattr(head.activation, "__name__", None) != "softmax"
             or head.output is not model.outputs[0]):
@@ -53,6 +51,7 @@ def gradcam_heatmaps(model, images, class_indices=None):
     The gradient is that of the explained class's logit (not its probability, which saturates): see the module
     docstring. class_indices: the class to explain per image; default the predicted one.
     """
+    import keras
     import tensorflow as tf
 
     members = ensemble_members(model)
