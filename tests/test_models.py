@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mineralnet.layers import ECA
-from mineralnet.models import (WeightsError, build_model, feature_layer, has_imagenet_weights, list_models,
-                               model_info, registered_info, takes_any_size)
+from mineralnet.models import (WeightsError, build_model, classifier_layer, feature_layer, has_imagenet_weights,
+                               list_models, model_info, registered_info, stem_layer, takes_any_size)
 from mineralnet.models.convnext import convnext_tiny_backbone
 
 from helpers import run_python
@@ -30,6 +30,42 @@ def test_model_info_names_layers_every_built_model_has(name):
     assert feature_layer(model) is layers[info.feature_layer] and len(layers[info.feature_layer].input.shape) == 4
     assert info.any_size == takes_any_size(name) == (not isinstance(layers[info.feature_layer], keras.layers.Flatten))
     assert info.imagenet == has_imagenet_weights(name) and info.image_size == 224 and info.reference
+
+
+@pytest.fixture
+def renamed_layers_model():
+    """A model registered (for this test only) with its own stem and classifier names, not those of head.py."""
+    from mineralnet.models import registry
+
+    @registry.register("test_renamed_layers", "first_conv", classifier="logits")
+    def build(num_classes, input_shape, weights, **kwargs):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Conv2D(4, 3, name="first_conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="logits")(x)
+        return keras.Model(inputs, outputs, name="test_renamed_layers")
+
+    yield build_model("test_renamed_layers", 3, (32, 32, 3))
+    del registry._BUILDERS["test_renamed_layers"], registry._INFO["test_renamed_layers"]
+
+
+def test_grad_cam_and_the_exporter_take_the_layers_the_registry_entry_names(renamed_layers_model):
+    """No module but the registry knows a layer's name: Grad-CAM's classifier, the stem int8 and QAT keep float,
+    the classifier pruning leaves whole all come from ModelInfo."""
+    from mineralnet.export.errors import ExportError
+    from mineralnet.export.qat.process import require_convnext
+    from mineralnet.gradcam import softmax_head
+
+    model = renamed_layers_model
+    info = registered_info(model)
+    assert (info.stem, info.classifier, info.qat_twin) == ("first_conv", "logits", False)
+    assert softmax_head(model) is classifier_layer(model) is model.get_layer("logits")
+    assert stem_layer(model) is model.get_layer("first_conv") and feature_layer(model).name == "avg_pool"
+    # the QAT twin flattens a nested stem into layers that keep its name as their prefix
+    assert info.stem_parts(["image", "first_conv_conv", "first_conv_norm", "avg_pool"]) == [
+        "first_conv_conv", "first_conv_norm"]
+    with pytest.raises(ExportError, match="ConvNeXt models"):  # the twin rebuilds only the models that say so
+        require_convnext(model, "model.keras")
 
 
 def test_model_info_of_an_unknown_model_is_refused():

@@ -4,12 +4,13 @@
 The models' modules (and with them TensorFlow) are imported on first use of a model (see registry._MODULES).
 """
 
-from mineralnet.models.head import feature_layer
-from mineralnet.models.registry import (ModelInfo, WeightsError, build_model, has_imagenet_weights, list_models,
-                                        model_info, register, register_all, registered_info, takes_any_size)
+from mineralnet.models.registry import (ModelInfo, WeightsError, build_model, classifier_layer, classifier_name,
+                                        feature_layer, has_imagenet_weights, list_models, model_info, register,
+                                        register_all, registered_info, stem_layer, takes_any_size)
 
-__all__ = ["ModelInfo", "WeightsError", "build_model", "feature_layer", "has_imagenet_weights", "list_models",
-           "model_info", "register", "register_all", "registered_info", "stage_output_consumers", "takes_any_size"]
+__all__ = ["ModelInfo", "WeightsError", "build_model", "classifier_layer", "classifier_name", "feature_layer",
+           "has_imagenet_weights", "list_models", "model_info", "register", "register_all", "registered_info",
+           "stage_output_consumers", "stem_layer", "takes_any_size"]
 
 
 def __getattr__(name):

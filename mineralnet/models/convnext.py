@@ -66,14 +66,14 @@ def imagenet_backbone(input_shape):
     return convnext_tiny_backbone(input_shape, "imagenet")
 
 
-@register("eca_convnext_tiny", STEM, imagenet_backbone, head_layers=ECA_LAYERS + CLASSIFIER,
+@register("eca_convnext_tiny", STEM, imagenet_backbone, head_layers=ECA_LAYERS + CLASSIFIER, qat_twin=True,
           reference="Li et al. 2024, ECA-ConvNeXt-Tiny for mineral classification")
 def eca_convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with ECA on each of the four stage outputs, then GAP -> LayerNorm -> dropout -> softmax."""
     return build_convnext(num_classes, input_shape, weights, eca=True, dropout=dropout)
 
 
-@register("convnext_tiny", STEM, imagenet_backbone, reference="Liu et al. 2022, A ConvNet for the 2020s")
+@register("convnext_tiny", STEM, imagenet_backbone, qat_twin=True, reference="Liu et al. 2022, A ConvNet for the 2020s")
 def convnext_tiny(num_classes, input_shape=(224, 224, 3), weights=None, dropout=0.0):
     """ConvNeXt-Tiny with the same head and no attention: the ablation baseline."""
     return build_convnext(num_classes, input_shape, weights, eca=False, dropout=dropout)

@@ -1,7 +1,8 @@
 """The end every registry model shares: global pooling (the feature layer Grad-CAM explains), optional dropout and
-a float32 softmax classifier, under fixed layer names that the registry's ModelInfo declares and that training,
-Grad-CAM and the exporter look up instead of guessing from layer types. (Keras is imported inside the
-functions: the registry reads the names without it.)"""
+a float32 softmax classifier, under fixed layer names. The registry's ModelInfo declares them and looks the layers
+up (mineralnet.models.registry.feature_layer, classifier_layer) for training, Grad-CAM and the exporter; this
+module only builds them and imports nothing of the registry. (Keras is imported inside the functions: the registry
+reads the names without it.)"""
 
 FEATURE_LAYER = "avg_pool"  # the global pooling whose input is the last stage's feature map
 HEAD_DROPOUT = "head_dropout"
@@ -29,23 +30,3 @@ def name_feature_layer(backbone):
     pooling.name = FEATURE_LAYER
     return backbone
 
-
-def feature_layer(model):
-    """The layer whose input is the feature map Grad-CAM explains and the QAT twin's head starts at: the layer
-    named by the model's registry entry (mineralnet.models.model_info, found by the model's name).
-
-    Fallback, by layer type: the last global pooling or flatten layer. Model files saved before the builders named
-    their pooling layer (run directories of older versions: ConvNeXt and VGG19 had keras.applications'
-    `global_average_pooling2d_N`) and models built outside the registry have no layer of the declared name.
-    """
-    import keras
-
-    from mineralnet.models.registry import registered_info
-
-    info = registered_info(model)
-    names = {layer.name: layer for layer in model.layers}
-    if info is not None and info.feature_layer in names:
-        return names[info.feature_layer]
-    kinds = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
-    pooling = [layer for layer in model.layers if isinstance(layer, kinds)]
-    return pooling[-1] if pooling else None

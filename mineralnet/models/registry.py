@@ -2,10 +2,12 @@
 with `@register`.
 
 Each entry declares what the rest of the package would otherwise guess from layer names or types (timm's
-pretrained_cfg idea): a ModelInfo with its stem, its Grad-CAM feature layer, the layers trained while the backbone
-is frozen, whether it takes any input size, and what it accepts as `weights`, so that one place checks them and
-says the fix: `imagenet` (Keras hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file
-loads into it).
+pretrained_cfg idea): a ModelInfo with its stem, its Grad-CAM feature layer, its classifier, the layers trained
+while the backbone is frozen, whether the exporter's tf_keras twin rebuilds it (int8_qat, pruning), whether it takes
+any input size, and what it accepts as `weights`, so that one place checks them and says the fix: `imagenet` (Keras
+hosts ImageNet weights of its backbone), `local` (a backbone `.weights.h5` file loads into it). The layers
+themselves are found here too (feature_layer, classifier_layer, stem_layer, ModelInfo.stem_parts): no other module
+looks a layer up by its name.
 """
 
 import contextlib
@@ -14,7 +16,7 @@ import os
 from dataclasses import dataclass
 
 from mineralnet.errors import MineralnetError
-from mineralnet.models.head import CLASSIFIER, FEATURE_LAYER
+from mineralnet.models.head import CLASSIFIER, FEATURE_LAYER, PREDICTIONS
 
 # The module of each built-in model: list_models() names them without importing TensorFlow (train.py --help), and a
 # model's module (whose @register fills the tables below) is imported the first time the model is asked about.
@@ -40,12 +42,20 @@ class ModelInfo:
     name: str
     stem: str  # the first layer (or block) of the backbone proper, after the input normalisation
     feature_layer: str = FEATURE_LAYER  # global pooling/flatten whose input is the map Grad-CAM explains
+    classifier: str = PREDICTIONS  # the float32 Dense softmax: Grad-CAM's logits; pruning leaves it whole
     head_layers: tuple = CLASSIFIER  # trained during the frozen-backbone warm-up (absent ones are skipped)
+    qat_twin: bool = False  # mineralnet.export.qat.twin rebuilds it in tf_keras, so int8_qat and pruning work
     any_size: bool = True  # builds with input_shape (None, None, 3) (False: a Flatten ties the head to the size)
     imagenet: bool = False  # Keras hosts ImageNet weights of its backbone (--weights imagenet)
     local_weights: bool = True  # a backbone .weights.h5 file loads into it (--weights PATH)
     image_size: int = 224  # the input size of its reference (the paper, ImageNet weights); builds at others too
     reference: str = ""  # the paper it follows
+
+    def stem_parts(self, layer_names):
+        """The names among `layer_names` that make the stem: the stem itself, or, in a flat copy of the model (the
+        QAT twin, whose tf_keras layers replace the nested stem Sequential), the stem's layers, which keep its name
+        as their prefix. In graph order, so the last one is the layer whose output leaves the stem."""
+        return [name for name in layer_names if name.startswith(self.stem)]
 
 
 def register(name, stem, imagenet_backbone=None, **info):
@@ -97,6 +107,48 @@ def registered_info(model):
     for a model from elsewhere."""
     register_all()
     return _INFO.get(getattr(model, "name", None))
+
+
+def _named(model, name):
+    return next((layer for layer in model.layers if layer.name == name), None)
+
+
+def feature_layer(model):
+    """The layer whose input is the feature map Grad-CAM explains and the QAT twin's head starts at: the layer
+    named by the model's registry entry (found by the model's name).
+
+    Fallback, by layer type: the last global pooling or flatten layer. Model files saved before the builders named
+    their pooling layer (run directories of older versions: ConvNeXt and VGG19 had keras.applications'
+    `global_average_pooling2d_N`) and models built outside the registry have no layer of the declared name.
+    """
+    import keras
+
+    info = registered_info(model)
+    layer = _named(model, info.feature_layer) if info is not None else None
+    if layer is not None:
+        return layer
+    kinds = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+    pooling = [layer for layer in model.layers if isinstance(layer, kinds)]
+    return pooling[-1] if pooling else None
+
+
+def classifier_name(model):
+    """The name of the model's classifier layer: its registry entry's (ModelInfo.classifier), else the name
+    head.classifier_head gives it (models built outside the registry, e.g. an ensemble's average)."""
+    info = registered_info(model)
+    return info.classifier if info is not None else PREDICTIONS
+
+
+def classifier_layer(model):
+    """The model's classifier layer (classifier_name), or None where it has no layer of that name."""
+    return _named(model, classifier_name(model))
+
+
+def stem_layer(model):
+    """The stem layer (or nested block) its registry entry names, or None: a model from elsewhere, or a file whose
+    layers do not match its registry name."""
+    info = registered_info(model)
+    return _named(model, info.stem) if info is not None else None
 
 
 def takes_any_size(name):

@@ -44,7 +44,7 @@ def quantization_aware(source, run, config, calibration, test_images, args):
     weights, with the float probabilities they give on `test_images`, for the exporter's int8 conversion."""
     twin = build_twin(source, gelu=INTEGER_GELU)
     copy_weights(source, twin)
-    stem = [layer.name for layer in twin.layers if layer.name.startswith(registered_info(source).stem)]
+    stem = registered_info(source).stem_parts([layer.name for layer in twin.layers])
     quantized = quantize.quantize_twin(twin, float_layers=stem[:-1])  # the stem's last layer quantises its output
     quantize.check_weights_carried(quantized, twin)
     quantize.calibrate_ranges(quantized, twin, calibration)
@@ -60,10 +60,11 @@ def quantization_aware(source, run, config, calibration, test_images, args):
 
 
 def pruned(source, twin, run, config, test_images, args):
-    model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run, config) * args.epochs)
+    classifier = registered_info(source).classifier  # the twin keeps the source's layer names
+    model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run, config) * args.epochs, classifier)
     history = fine_tune(model, run, config, args.epochs, args.lr, "pruning", callbacks=prune.callbacks())
     stripped = prune.strip(model)
-    zeros = prune.zero_fractions(stripped)
+    zeros = prune.zero_fractions(stripped, classifier)
     weights = {layer.name: layer.get_weights() for layer in stripped.layers if layer.weights}
     _hand_back(args, PRUNED_FORMAT, source, stripped, weights, test_images)
     sizes = {layer.name: int(np.prod(layer.get_weights()[0].shape)) for layer in stripped.layers

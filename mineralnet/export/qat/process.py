@@ -23,8 +23,7 @@ import mineralnet
 from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
 from mineralnet.export.rewrite import rewrite_for_export
-from mineralnet.models import registered_info
-from mineralnet.models.convnext import STEM
+from mineralnet.models import registered_info, stem_layer
 from mineralnet.utils import read_json
 
 PRUNED_FORMAT = "float32_pruned"
@@ -79,9 +78,9 @@ def check_options(options, formats):
 
 def require_convnext(model, model_path):
     """The tf_keras twin knows the ConvNeXt architecture only: a registry model (found by the model's name) whose
-    ModelInfo stem is keras.applications' ConvNeXt stem, and that stem in the file."""
+    ModelInfo says the twin rebuilds it (qat_twin), and its stem in the file (not another model under its name)."""
     info = registered_info(model)
-    if info is None or info.stem != STEM or not any(layer.name == STEM for layer in model.layers):
+    if info is None or not info.qat_twin or stem_layer(model) is None:
         raise ExportError(
             f"int8_qat and --prune-sparsity support the ConvNeXt models (eca_convnext_tiny, convnext_tiny) only, "
             f"and '{model_path}' is '{model.name}': leave them out (int8 works for any model)."

@@ -13,7 +13,6 @@ import tf_keras
 
 sparsity_api = tfmot.sparsity.keras
 PRUNABLE = (tf_keras.layers.Conv2D, tf_keras.layers.Dense)
-CLASSIFIER = "predictions"
 MASK_UPDATES = 20
 SPEED_NOTE = (
     "no speed-up expected: LiteRT's XNNPACK delegate uses sparse kernels only for float subgraphs that start with "
@@ -32,18 +31,20 @@ def schedule(sparsity, total_steps):
                                         begin_step=end_step % frequency, end_step=end_step, frequency=frequency)
 
 
-def prunable(layer):
+def prunable(layer, classifier):
+    """Whether `layer` is pruned; `classifier`: the name of the model's classifier layer (its registry entry's
+    ModelInfo.classifier, which the twin keeps), left whole."""
     return (isinstance(layer, PRUNABLE) and not isinstance(layer, tf_keras.layers.DepthwiseConv2D)
-            and layer.name != CLASSIFIER)
+            and layer.name != classifier)
 
 
-def prune_model(twin, sparsity, total_steps):
+def prune_model(twin, sparsity, total_steps, classifier):
     """A copy of `twin` (weights copied) with its prunable layers wrapped by prune_low_magnitude."""
     copy = tf_keras.models.clone_model(twin)
     copy.set_weights(twin.get_weights())
     pruning_schedule = schedule(sparsity, total_steps)
     return tf_keras.models.clone_model(copy, clone_function=lambda layer: sparsity_api.prune_low_magnitude(
-        layer, pruning_schedule=pruning_schedule) if prunable(layer) else layer)
+        layer, pruning_schedule=pruning_schedule) if prunable(layer, classifier) else layer)
 
 
 def callbacks():
@@ -55,11 +56,11 @@ def strip(pruned):
     return sparsity_api.strip_pruning(pruned)
 
 
-def zero_fractions(model):
+def zero_fractions(model, classifier):
     """{layer name: fraction of exactly-zero kernel weights} over the prunable layers of a stripped model."""
     fractions = {}
     for layer in model.layers:
-        if prunable(layer):
+        if prunable(layer, classifier):
             kernel = layer.get_weights()[0]
             fractions[layer.name] = float(np.mean(kernel == 0))
     return fractions
