@@ -4,9 +4,10 @@
 Works for every registry model: the feature map explained is the input of the model's feature layer, the global
 pooling (or flatten) layer its registry entry names (mineralnet.models.feature_layer), i.e. the last stage's
 output after its residual add and attention. The score differentiated is the class *logit* y^c, the paper's
-"score before the softmax", recomputed from the input of the model's `predictions` Dense layer and its kernel
-and bias: a confident prediction saturates the softmax (p = 1.0 in
-float32 has a zero gradient), which would turn every map of the classes the model is surest of into zeros.
+"score before the softmax", recomputed from the input of the model's classifier (the Dense softmax layer its
+registry entry names, mineralnet.models.classifier_layer) and its kernel and bias: a confident prediction
+saturates the softmax (p = 1.0 in float32 has a zero gradient), which would turn every map of the classes the
+model is surest of into zeros.
 """
 
 import argparse
@@ -20,8 +21,7 @@ from mineralnet import rundir
 from mineralnet.data import DataError, load_image
 from mineralnet.ensemble import ensemble_members
 from mineralnet.errors import cli
-from mineralnet.models import feature_layer
-from mineralnet.models.head import PREDICTIONS
+from mineralnet.models import classifier_layer, classifier_name, feature_layer
 
 
 def feature_map_tensor(model):
@@ -33,15 +33,16 @@ def feature_map_tensor(model):
 
 
 def softmax_head(model):
-    """The model's `predictions` layer: the Dense softmax layer (float32) every registry model ends in, whose
-    kernel and bias turn its input into the logits Grad-CAM differentiates."""
+    """The model's classifier (mineralnet.models.classifier_layer): the Dense softmax layer (float32) every registry
+    model ends in, whose kernel and bias turn its input into the logits Grad-CAM differentiates."""
     import keras  # here, not at the top: `--help` answers without TensorFlow (the model brought Keras in already)
 
-    head = next((layer for layer in model.layers if layer.name == PREDICTIONS), None)
+    head = classifier_layer(model)
     if (not isinstance(head, keras.layers.Dense) or getattr(head.activation, "__name__", None) != "softmax"
             or head.output is not model.outputs[0]):
-        raise rundir.RunError(f"model '{model.name}' does not end in a Dense softmax layer named 'predictions': Grad-CAM "
-                         f"needs its logits; build the model with mineralnet.models.build_model.")
+        raise rundir.RunError(f"model '{model.name}' does not end in a Dense softmax layer named "
+                              f"'{classifier_name(model)}': Grad-CAM needs its logits; build the model with "
+                              "mineralnet.models.build_model.")
     return head
 
 
