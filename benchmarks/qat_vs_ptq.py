@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mineralnet.export import export_run  # noqa: E402
 from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images  # noqa: E402
 from mineralnet.export.qat.process import QatOptions  # noqa: E402
-from mineralnet.export.rundir import load_run  # noqa: E402
+from mineralnet.export.preflight import load_run  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
 from machine import commit, cpu_name  # noqa: E402

@@ -25,7 +25,7 @@ from mineralnet.export.qat.process import (
 )
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
-from mineralnet.export.rundir import load_model, load_run
+from mineralnet.export.preflight import load_model, load_run
 from mineralnet.export.sidecar import make_sidecar
 from mineralnet.export.verify import check_batch, classification_metrics, verify
 from mineralnet.models.registry import registered_info

@@ -103,7 +103,7 @@ def test_int8_qat_is_converted_like_int8_so_it_is_one_xnnpack_partition_like_it(
 def test_qat_weights_that_compute_something_else_stop_the_export(tiny_run):
     """The exporter checks the weights it got back from the tf_keras process against the probabilities that
     process computed with them, so a weight put into the wrong layer cannot ship."""
-    from mineralnet.export.rundir import load_model, load_run
+    from mineralnet.export.preflight import load_model, load_run
     from mineralnet.export.rewrite import _leaves
     from mineralnet.export.representative import load_images
 

@@ -23,7 +23,7 @@ from mineralnet.export.qat.process import (
 from mineralnet.export.qat.train import fine_tune, steps_per_epoch
 from mineralnet.export.qat.twin import build_twin, check_agreement, copy_weights, source_layout
 from mineralnet.export.rewrite import INTEGER_GELU
-from mineralnet.export.rundir import load_model, load_run
+from mineralnet.export.preflight import load_model, load_run
 from mineralnet.models import registered_info
 from mineralnet.utils import sha256_file, write_json
 

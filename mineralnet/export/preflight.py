@@ -1,5 +1,6 @@
-"""The exporter's checks of a training run (a mineralnet.rundir.Run), made before any slow work starts so bad
-input fails in seconds with one line naming the file and the fix."""
+"""The export's preflight: its checks of a training run (a mineralnet.rundir.Run, which owns the run directory's
+paths) and of the run's model, made before any slow work starts so bad input fails in seconds with one line
+naming the file and the fix."""
 
 import os
 
