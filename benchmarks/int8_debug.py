@@ -25,7 +25,7 @@ from mineralnet._tf import import_tensorflow  # noqa: E402
 import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import tensorflow as tf  # noqa: E402
 
-from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402
+from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, representative_rows  # noqa: E402
 from mineralnet.export.convert import make_converter  # noqa: E402
 from mineralnet.export.verify import make_interpreter  # noqa: E402
 from mineralnet.rundir import Run  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv=None):
     run = Run(args.run)
     model = run.load_model()
     rows = run.rows()
-    calibration = load_images(calibration_rows(rows, args.calibration_samples), run.image_size)
+    calibration = load_images(representative_rows(rows, args.calibration_samples), run.image_size)
     test = [r for r in rows if r["subset"] == "test"]
     images = load_images(test, run.image_size).astype(np.float32)
     truth = np.array([run.labels.index(r["label"]) for r in test])

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mineralnet.export.convert import convert  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
-from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images  # noqa: E402
+from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, representative_rows  # noqa: E402
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export  # noqa: E402
 from mineralnet.export.verify import make_interpreter, predict  # noqa: E402
 from mineralnet.models.registry import registered_info  # noqa: E402
@@ -48,7 +48,7 @@ def main(argv=None):
     is_test = np.array([r["subset"] == "test" for r in held])
     truth = np.array([run.labels.index(r["label"]) for r in held])
     images = load_images(held, run.image_size)
-    calibration = load_images(calibration_rows(run.rows(), args.calibration_samples), run.image_size)
+    calibration = load_images(representative_rows(run.rows(), args.calibration_samples), run.image_size)
     clone, _ = rewrite_for_export(model, gelu=args.gelu)
     reference = clone.predict(images.astype(np.float32), verbose=0)
     top = reference.argmax(1)

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from mineralnet.models import build_model, model_info  # noqa: E402
 from mineralnet.export import convert  # noqa: E402
-from mineralnet.export.representative import calibration_rows, load_images  # noqa: E402
+from mineralnet.export.representative import load_images, representative_rows  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.rewrite import rewrite_for_export  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles, predict  # noqa: E402
@@ -87,7 +87,7 @@ def accuracies(run_dir):
     test = [row for row in rows if row["subset"] == "test"]
     images = load_images(test, run.image_size)
     truth = np.array([run.labels.index(row["label"]) for row in test])
-    calibration = load_images(calibration_rows(rows, 1000), run.image_size)
+    calibration = load_images(representative_rows(rows, 1000), run.image_size)
     keras_accuracy = float(np.mean(model.predict(images.astype(np.float32), verbose=0).argmax(1) == truth))
     result = {"keras": keras_accuracy}
     for label, fmt, rewrites in VARIANTS:

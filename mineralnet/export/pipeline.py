@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from mineralnet.export.representative import CALIBRATION_SAMPLES, calibration_rows, load_images
+from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, representative_rows
 from mineralnet.export.convert import FORMATS, FULL_INTEGER, QAT_FORMAT, convert, parse_batch, parse_formats
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
@@ -91,7 +91,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
     }
     calibration = None
     if set(formats) & set(FULL_INTEGER):
-        chosen = calibration_rows(run.rows(), int(calibration_samples))
+        chosen = representative_rows(run.rows(), int(calibration_samples))
         if not chosen:
             raise ExportError(
                 f"split '{run.split_file}' has no training rows to calibrate int8 with: "

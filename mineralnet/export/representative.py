@@ -1,5 +1,7 @@
-"""The images int8 calibration sees: a class-balanced sample of the training rows, never the test rows the
-gate measures on, loaded with the evaluation preprocessing (no augmentation)."""
+"""The images int8 calibration sees (the converter's representative dataset, hence the names): a class-balanced
+sample of the training rows, never the test rows the gate measures on, loaded with the evaluation preprocessing
+(no augmentation). Not to be confused with the calib subset of the split, which only the conformal reject
+threshold uses (mineralnet.conformal.calibration_rows)."""
 
 import random
 from collections import defaultdict
@@ -14,9 +16,10 @@ from mineralnet.data import load_image
 CALIBRATION_SAMPLES = 1000
 
 
-def calibration_rows(rows, count, seed=0):
-    """Up to `count` training rows, taken round-robin across classes (each class shuffled by `seed`), so every
-    class shapes the activation ranges even when the classes are unbalanced."""
+def representative_rows(rows, count, seed=0):
+    """The representative rows of int8 calibration: up to `count` training rows, taken round-robin across classes
+    (each class shuffled by `seed`), so every class shapes the activation ranges even when the classes are
+    unbalanced."""
     by_class = defaultdict(list)
     for row in rows:
         if row["subset"] == "train":

@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mineralnet.export import (
     FORMATS, MIN_FLOAT32_AGREEMENT, ExportError, check_no_flex, complete_export, list_operators, prepare_export,
 )
-from mineralnet.export.representative import calibration_rows
+from mineralnet.export.representative import representative_rows
 from mineralnet.utils import read_json, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,11 +142,11 @@ def test_calibration_uses_training_rows_only_balanced_over_classes():
     rows = [{"path": f"{label}/{i}", "label": label, "subset": subset}
             for label, count in (("a", 20), ("b", 3)) for i in range(count)
             for subset in ("train", "val", "test")]
-    chosen = calibration_rows(rows, 8)
+    chosen = representative_rows(rows, 8)
     assert {row["subset"] for row in chosen} == {"train"}
     assert sorted(row["label"] for row in chosen) == ["a"] * 5 + ["b"] * 3  # b has only 3 training rows
     assert len({row["path"] for row in chosen}) == 8
-    assert chosen == calibration_rows(rows, 8)  # seeded: the same rows every export
+    assert chosen == representative_rows(rows, 8)  # seeded: the same rows every export
 
 
 def test_gate_fails_when_the_converted_model_differs_from_the_reference(tiny_run, tmp_path):
