@@ -1,15 +1,16 @@
-"""Command line of the exporter (`python export.py`, console script entry point `mineralnet.export.cli:main`)."""
+"""Command line of the exporter (`python export.py`, console script entry point `mineralnet.export.cli:main`).
+
+The parser takes its defaults from light modules (options.py, representative.py): TensorFlow starts only once the
+arguments are parsed, so --help and argument errors answer at once.
+"""
 
 import argparse
 import logging
 import sys
 
-from mineralnet.export.representative import CALIBRATION_SAMPLES
-from mineralnet.export.convert import ALL_FORMATS, BATCHES, FORMATS
 from mineralnet.errors import cli
-from mineralnet.export.pipeline import MAX_ACCURACY_DROP, export_run
-from mineralnet.export.qat.process import QatOptions
-from mineralnet.export.report import markdown_table
+from mineralnet.export.options import ALL_FORMATS, BATCHES, FORMATS, MAX_ACCURACY_DROP, QatOptions
+from mineralnet.export.representative import CALIBRATION_SAMPLES
 
 
 def build_parser():
@@ -51,6 +52,9 @@ def main(argv=None):
     """Run the export; returns the exit status (0 ok, 2 an ExportError, printed as one line by @cli; 130
     interrupted)."""
     args = build_parser().parse_args(argv)
+    from mineralnet.export.pipeline import export_run  # TensorFlow starts here (quietly: convert.py imports it first)
+    from mineralnet.export.report import markdown_table
+
     log = logging.getLogger("mineralnet.export")
     handler = logging.StreamHandler(sys.stderr)  # progress: conversion and verification take minutes
     handler.setFormatter(logging.Formatter("export: %(message)s"))

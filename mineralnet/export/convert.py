@@ -1,39 +1,16 @@
 """Keras model -> .tflite bytes in one of the formats, batch fixed to 1 (or free, opt-in), TFLite builtin ops only."""
 
-import numpy as np
-import tensorflow as tf
+from mineralnet._tf import import_tensorflow
 
-from mineralnet.export.errors import ExportError
-from mineralnet.export.operators import check_no_flex, tensor_names
-from mineralnet.export.rewrite import FLOAT_MARKER
+import_tensorflow()  # first: its start-up lines stay hidden (importing mineralnet.export no longer starts it)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-# The default set. dynamic is opt-in: a storage saving that runs at float32 speed on CPUs and lost 2.1 points of
-# test accuracy on the MINET-7 run of benchmarks/RESULTS.md (more than the default --max-accuracy-drop).
-FORMATS = ("float32", "float16", "int8")
-QAT_FORMAT = "int8_qat"  # opt-in: quantization-aware training in a tf_keras child process (mineralnet.export.qat)
-ALL_FORMATS = ("float32", "float16", "dynamic", "int8", QAT_FORMAT)
-FULL_INTEGER = ("int8", QAT_FORMAT)
-BATCHES = ("1", "dynamic")  # the input's batch dimension: fixed to 1 (default), or free (None, -1 in the file)
-
-
-def parse_batch(batch):
-    """'1' / 1 -> 1, 'dynamic' / None -> None (a free batch dimension); anything else is an ExportError."""
-    if batch is None or str(batch).strip() == "dynamic":
-        return None
-    if str(batch).strip() == "1":
-        return 1
-    raise ExportError(f"--batch must be one of {', '.join(BATCHES)}, got '{batch}'.")
-
-
-def parse_formats(formats):
-    """'float32,int8' or a sequence -> ordered tuple of known formats, float32 always included (it is the
-    reference the verification gate checks the conversion with)."""
-    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f).strip() for f in formats]
-    names = [name for name in names if name]
-    unknown = [name for name in names if name not in ALL_FORMATS]
-    if unknown:
-        raise ExportError(f"unknown format '{unknown[0]}': choose from {', '.join(ALL_FORMATS)} (comma-separated).")
-    return tuple(name for name in ALL_FORMATS if name in names or name == "float32")
+from mineralnet.export.errors import ExportError  # noqa: E402
+from mineralnet.export.operators import check_no_flex, tensor_names  # noqa: E402
+from mineralnet.export.options import (  # noqa: E402, F401  (the format names, re-exported)
+    ALL_FORMATS, BATCHES, FORMATS, FULL_INTEGER, QAT_FORMAT, parse_batch, parse_formats)
+from mineralnet.export.rewrite import FLOAT_MARKER  # noqa: E402
 
 
 def _concrete_function(model, image_size, pin_input_range, batch=1):

@@ -20,6 +20,7 @@ from mineralnet.export.convert import FORMATS, FULL_INTEGER, QAT_FORMAT, convert
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
 from mineralnet.export.operators import list_operators
+from mineralnet.export.options import MAX_ACCURACY_DROP
 from mineralnet.export.qat.process import (
     CONVERTED_AS, PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child,
 )
@@ -33,10 +34,6 @@ from mineralnet.rundir import Run
 from mineralnet.utils import sha256_file, write_json
 
 MIN_FLOAT32_AGREEMENT = 0.995
-# Percentage points of test accuracy a quantized format may lose against float32 before the export fails: on
-# MINET-7 int8 stays within 1 point of float32 (benchmarks/RESULTS.md); more means a bad calibration or a model
-# int8 does not suit, which a sorting line would only notice as wrong bins.
-MAX_ACCURACY_DROP = 1.0
 QUANTIZED = ("float16", "dynamic", "int8", QAT_FORMAT)
 STAGING_PREFIX = ".export-staging-"  # + the output's name: a directory so named beside it is an export's staging
 

@@ -26,9 +26,12 @@ Approximate (integer formats only): GELU, which XNNPACK runs in float only, beco
 from int8 MUL and LOGISTIC (`GELU_APPROXIMATIONS`; the choice was measured, see docs/export.md).
 """
 
-import keras
-import numpy as np
-import tensorflow as tf
+from mineralnet._tf import import_tensorflow
+
+import_tensorflow()  # first: its start-up lines stay hidden (importing mineralnet.export no longer starts it)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 MAX_DEPTHWISE_TAPS = 25
 FLOAT_MARKER = "keep_float"  # op-name fragment of the LayerNorm statistics the int8 conversion leaves in float

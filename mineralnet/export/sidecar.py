@@ -8,11 +8,14 @@ the creation time.
 
 import hashlib
 
-import keras
-import tensorflow as tf
+from mineralnet._tf import import_tensorflow
 
-import mineralnet
-from mineralnet.data import DECODE_METHOD, RESIZE_METHOD
+import_tensorflow()  # first: its start-up lines stay hidden (importing mineralnet.export no longer starts it)
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mineralnet  # noqa: E402
+from mineralnet.data import DECODE_METHOD, RESIZE_METHOD  # noqa: E402
 
 EXPORTER_VERSION = "1.0"
 

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 import mineralnet
-from mineralnet.export.convert import QAT_FORMAT
 from mineralnet.export.errors import ExportError
+from mineralnet.export.options import PRUNED_FORMAT, QAT_FORMAT, QatOptions  # noqa: F401  (QatOptions re-exported)
 from mineralnet.export.rewrite import rewrite_for_export
 from mineralnet.models import registered_info, stem_layer
 from mineralnet.utils import read_json
 
-PRUNED_FORMAT = "float32_pruned"
 INPUTS, RESULT = "inputs.npz", "result.json"
 MAX_TWIN_PROB_DIFF = 1e-4  # max abs probability difference allowed between the tf_keras twin and the Keras 3 model
 LOG_PREFIX = "mineralnet.export.qat: "  # the child's progress lines; the parent relays them to its log
@@ -34,20 +33,6 @@ ERROR_PREFIX = "error: "
 REQUIRED_MODULES = {"tf_keras": "tf_keras", "tensorflow_model_optimization": "tensorflow-model-optimization"}
 
 log = logging.getLogger("mineralnet.export")
-
-
-@dataclass(frozen=True)
-class QatOptions:
-    """Fine-tuning of the int8_qat and pruned models: epochs, (constant Adam) learning rate, and the target
-    sparsity of pruning (None: no pruned model)."""
-
-    epochs: int = 3
-    lr: float = 1e-5
-    prune_sparsity: float = None
-
-    def child_formats(self, formats):
-        """The formats the child process makes, in report order."""
-        return ((QAT_FORMAT,) if QAT_FORMAT in formats else ()) + ((PRUNED_FORMAT,) if self.prune_sparsity else ())
 
 
 def weights_file(fmt):
