@@ -1,16 +1,44 @@
 """Export a trained run to TFLite (float32, float16, dynamic-range and full-integer int8), verified with the
-LiteRT interpreter against the Keras model before anything is written. See docs/export.md."""
+LiteRT interpreter against the Keras model before anything is written. See docs/export.md.
 
-from mineralnet._tf import import_tensorflow
+Importing this package does not import TensorFlow (`export.py --help` answers at once): the names below are
+resolved on first use (PEP 562), and the modules that need TensorFlow start it quietly through mineralnet._tf.
+"""
 
-import_tensorflow()  # first, so that TensorFlow's start-up lines stay hidden (`import mineralnet` no longer does it)
-from mineralnet.export.convert import FORMATS, convert, parse_formats  # noqa: E402
-from mineralnet.export.errors import ExportError  # noqa: E402
-from mineralnet.export.operators import check_no_flex, list_operators  # noqa: E402
-from mineralnet.export.pipeline import MIN_FLOAT32_AGREEMENT, ExportPlan, complete_export, export_run, prepare_export  # noqa: E402
-from mineralnet.export.sidecar import EXPORTER_VERSION  # noqa: E402
+import importlib
+import sys
+import types
 
-__all__ = [
-    "EXPORTER_VERSION", "ExportError", "ExportPlan", "FORMATS", "MIN_FLOAT32_AGREEMENT", "check_no_flex",
-    "complete_export", "convert", "export_run", "list_operators", "parse_formats", "prepare_export",
-]
+_LAZY = {
+    "EXPORTER_VERSION": "sidecar", "ExportError": "errors", "ExportPlan": "pipeline", "FORMATS": "options",
+    "MIN_FLOAT32_AGREEMENT": "pipeline", "check_no_flex": "operators", "complete_export": "pipeline",
+    "convert": "convert", "export_run": "pipeline", "list_operators": "operators", "parse_formats": "options",
+    "prepare_export": "pipeline",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mineralnet.export' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"mineralnet.export.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """The package's `convert` is the function, as when this file imported it eagerly: importing the submodule of
+    that name (pipeline.py does) would otherwise set the package attribute to the module."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and name in _LAZY and _LAZY[name] == name:
+            return  # the submodule stays reachable through sys.modules and `from ... import`
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
