@@ -2,7 +2,8 @@
 
 `import mineralnet` does not import TensorFlow (the CLIs' --help and argument errors answer in a fraction of a
 second): `build_model`, `list_models` and `layers` are resolved on first use (PEP 562), and the modules that need
-TensorFlow import it through mineralnet._tf, which hides its start-up noise.
+TensorFlow import it through mineralnet._tf, which hides its start-up noise. tests/test_cli_help.py runs every
+command's --help with TensorFlow, Keras and JAX blocked.
 """
 
 import importlib

@@ -29,11 +29,15 @@ def save_backbone_weights(name, path, backbone=None):
 
 @cli
 def main(argv=None):
-    models = [name for name in list_models() if has_imagenet_weights(name)]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=models, help="registry model whose backbone to save")
+    parser.add_argument("--model", required=True, choices=list_models(),
+                        help="registry model whose backbone to save (one with ImageNet weights in Keras)")
     parser.add_argument("--out", required=True, help="weights file to write, ending in .weights.h5")
     args = parser.parse_args(argv)
+    # Which models have ImageNet weights is known once their modules (and so TensorFlow) are imported: after --help.
+    if not has_imagenet_weights(args.model):
+        models = [name for name in list_models() if has_imagenet_weights(name)]
+        parser.error(f"{args.model} has no ImageNet weights in Keras: choose one of {', '.join(models)}.")
     path = save_backbone_weights(args.model, args.out)
     print(f"saved {args.model}'s ImageNet backbone weights to {path}: train with --weights {path}")
 
