@@ -75,14 +75,14 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
                                                                             "recall_macro", "f1_macro")}}
     out_dir = out_dir or run.eval_dir(subset)
     os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "report.json"), report)
+    write_json(os.path.join(out_dir, rundir.REPORT), report)
     markdown = report_markdown(report, f"Evaluation on the {subset} subset")
     if tta:
         markdown += (f"\nWith test-time augmentation ({TTA_VIEWS} rotations/mirrors averaged; an extra, not what the "
                      f"exported model does): accuracy {report['tta']['accuracy']:.4f}, precision "
                      f"{report['tta']['precision_macro']:.4f}, recall {report['tta']['recall_macro']:.4f}.\n")
-    atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
-    plot_confusion_matrix(report["confusion_matrix"], run.labels, os.path.join(out_dir, "confusion_matrix.png"))
+    atomic_write_text(os.path.join(out_dir, rundir.REPORT_MARKDOWN), markdown)
+    plot_confusion_matrix(report["confusion_matrix"], run.labels, os.path.join(out_dir, rundir.CONFUSION_MATRIX))
     print(f"{subset}: accuracy {report['accuracy']:.4f}, precision {report['precision_macro']:.4f}, recall "
           f"{report['recall_macro']:.4f} on {report['num_samples']} images -> {out_dir}"
           + (f" (TTA x{TTA_VIEWS}: accuracy {report['tta']['accuracy']:.4f})" if tta else ""))

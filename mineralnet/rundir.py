@@ -12,8 +12,9 @@ split.csv subsets: train (fit), val (best epoch), calib (conformal reject thresh
 train:val:test and in runs made before it existed), test (final measures). Training reads only train and val.
 
 `Run` owns these paths, for writing (training) and reading (evaluation, Grad-CAM, export, conformal calibration):
-no other module spells a file name of the run directory. A tool is handed one Run (or opens one from its --run
-path) and passes that same object on.
+no other module spells a file name of the run directory; evaluation and export take their files' names from here
+(REPORT, tflite_name, ...) also when they write to an --out folder elsewhere. A tool is handed one Run (or opens
+one from its --run path) and passes that same object on.
 """
 
 import os
@@ -24,8 +25,23 @@ from mineralnet.utils import read_json, write_json
 CONFIG, LABELS, SPLIT, MODEL, DATA_REPORT = "config.json", "labels.json", "split.csv", "model.keras", "data_report.json"
 HISTORY, CURVES, CHECKPOINT_DIR, EVAL_DIR = "history.csv", "curves.png", "checkpoint", "eval"
 STATE, EXPORT_DIR, DEMO_DATA = "state.json", "export", "demo_data"
+# The files of an evaluation folder (RUN/eval, or evaluate.py --out) and of an export folder (RUN/export, or
+# export.py --out): both hold REPORT and REPORT_MARKDOWN; an export's models are tflite_name(format), each with its
+# sidecar_name(format), and EXPORT_LABELS.
+REPORT, REPORT_MARKDOWN, CONFUSION_MATRIX = "report.json", "report.md", "confusion_matrix.png"
+EXPORT_LABELS = "labels.txt"
 DEFAULT_PATH = "runs/train"  # train.py's --out when none is given
 FINISHED = (CONFIG, LABELS, SPLIT, MODEL)  # what evaluation, Grad-CAM and export need
+
+
+def tflite_name(fmt):
+    """The exported model file of format `fmt` (float32, int8, ...)."""
+    return f"model_{fmt}.tflite"
+
+
+def sidecar_name(fmt):
+    """The JSON sidecar beside tflite_name(fmt)."""
+    return f"model_{fmt}.json"
 
 
 class RunError(MineralnetError):

@@ -30,7 +30,7 @@ from mineralnet.export.preflight import load_model, load_run
 from mineralnet.export.sidecar import make_sidecar
 from mineralnet.export.verify import check_batch, classification_metrics, verify
 from mineralnet.models.registry import registered_info
-from mineralnet.rundir import Run
+from mineralnet.rundir import EXPORT_LABELS, REPORT, REPORT_MARKDOWN, Run, sidecar_name, tflite_name
 from mineralnet.utils import sha256_file, write_json
 
 MIN_FLOAT32_AGREEMENT = 0.995
@@ -207,15 +207,15 @@ def complete_export(plan):
                     f"does not compute what '{plan.run.model_file}' computes; nothing was written to "
                     f"'{plan.out_dir}'. Check the model's custom layers and the TensorFlow/LiteRT versions."
                 )
-            name = f"model_{fmt}"
-            results[fmt] = {"file": f"{name}.tflite", **result, "operators": dict(list_operators(model_bytes)),
+            name, sidecar_file = tflite_name(fmt), sidecar_name(fmt)
+            results[fmt] = {"file": name, **result, "operators": dict(list_operators(model_bytes)),
                             "xnnpack": delegation(model_bytes)}
             _check_accuracy_drop(plan, fmt, results)
             sidecar = make_sidecar(fmt, plan.run.labels, plan.run.image_size, model_bytes, result["input"],
                                    result["output"], plan.source_sha256, plan.run.path, created)
-            _write_bytes(os.path.join(staging, f"{name}.tflite"), model_bytes)
-            write_json(os.path.join(staging, f"{name}.json"), sidecar)
-            published += [f"{name}.tflite", f"{name}.json"]
+            _write_bytes(os.path.join(staging, name), model_bytes)
+            write_json(os.path.join(staging, sidecar_file), sidecar)
+            published += [name, sidecar_file]
 
         report = build_report(plan.run, plan.out_dir, created, plan.source_sha256, plan.keras_metrics, results,
                               0 if plan.calibration_images is None else len(plan.calibration_images),
@@ -224,10 +224,10 @@ def complete_export(plan):
             report.update(child.result)
             if PRUNED_FORMAT in gzip_sizes:
                 report["pruning"]["gzip_size_bytes"] = gzip_sizes
-        _write_bytes(os.path.join(staging, "labels.txt"), "".join(f"{label}\n" for label in plan.run.labels).encode())
-        write_json(os.path.join(staging, "report.json"), report)
-        _write_bytes(os.path.join(staging, "report.md"), markdown_report(report).encode())
-        published += ["labels.txt", "report.json", "report.md"]
+        _write_bytes(os.path.join(staging, EXPORT_LABELS), "".join(f"{label}\n" for label in plan.run.labels).encode())
+        write_json(os.path.join(staging, REPORT), report)
+        _write_bytes(os.path.join(staging, REPORT_MARKDOWN), markdown_report(report).encode())
+        published += [EXPORT_LABELS, REPORT, REPORT_MARKDOWN]
 
         os.makedirs(plan.out_dir, exist_ok=True)
         for name in published:  # each model before its sidecar, the report last
