@@ -5,7 +5,7 @@
 Frames are composed as in tests/edge/test_edge_particles.py (real specimens cut out of their white photos, pasted
 on a textured belt with sensor noise). Reports edge/particles.py's segmentation time per frame (p50/p95, target
 <= 10 ms), particles per second through segmentation, and detection recall/precision on the composed frames.
-With --model, each frame's crops are also classified (edge/particles.py CropClassifier: one interpreter call per frame
+With --model, each frame's crops are also classified (edge/classify.py CropClassifier: one interpreter call per frame
 with a `--batch dynamic` export, else crop by crop) and the classifier's time, its interpreter calls per frame and
 segmentation's share of the frame are reported.
 """
@@ -76,7 +76,7 @@ def main(argv=None):
     model = None
     if args.model:
         from edge.model import Model
-        from edge.particles import CropClassifier
+        from edge.classify import CropClassifier
 
         model = CropClassifier(Model(args.model, threads=args.threads))
     specimens, belt = load_specimens(), make_belt()

@@ -9,7 +9,7 @@ overhead over invoke() (target <= 5 % for eca_convnext_tiny at 224 px) and RSS a
 (target: flat; a leak shows as growth). The models come from `python -m mineralnet.export` with their sidecars.
 Uses only the edge runner's dependencies (no TensorFlow).
 
-`--actuator modbus` serves the decisions as the runner's Modbus TCP server (edge/modbus.py) and runs a real
+`--actuator modbus` serves the decisions as the runner's Modbus TCP server (edge/drivers/modbus_server.py) and runs a real
 pymodbus client in a thread that polls it like a PLC every `--poll-ms` (10), reading each new ring slot; it adds
 capture-to-register (the slot written) and capture-to-PLC (the slot first read by the poller) latencies, each also
 "beyond inference" (minus that item's invoke time). `--fps` paces the folder like a camera, so those latencies are
@@ -94,7 +94,7 @@ class PlcPoller:
 
         from pymodbus.client import ModbusTcpClient
 
-        from edge.modbus import LAST_SEQ, RING, SLOT
+        from edge.drivers.modbus_server import LAST_SEQ, RING, SLOT
 
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # "connection refused" until the server is up
         client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1)
@@ -161,12 +161,12 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
 
     import numpy as np
 
-    from edge.actuators import SupervisedActuator, make_actuator
     from edge.config import load_config, parse_config
     from edge.model import Model
     from edge.preprocess import quantize
     from edge.records import EventSink, LineWriter
-    from edge.runner import Runner, benchmark_figures
+    from edge.drivers import modbus_server
+    from edge.runner import benchmark_figures, build_runner
     from edge.sources import Capture, FolderSource
     from edge.timing import Clock
 
@@ -189,28 +189,23 @@ def soak(model_path, folder, frames, threads, config_path, actuator="jsonl", fps
         events = EventSink(LineWriter(os.devnull), clock)
         written = np.full((frames + 1, 3), np.nan)  # seq -> capture time, slot written, that item's inference s
 
-        def make():
-            board = make_actuator(config.actuator, clock, config=config, labels=model.labels)
-            if config.actuator.type == "modbus":
-                publish = board.record
+        class SlotWritten:
+            """A publisher after the Modbus ring (edge/publish.py DecisionRing): when each item's slot was written."""
 
-                def record(item, capture_time, position=None):
-                    publish(item, capture_time, position)
-                    if item["seq"] <= frames:
-                        written[item["seq"]] = (capture_time, clock.now(), item["latency_ms"].get("inference", 0) / 1e3)
+            def publish(self, item):
+                if item.seq <= frames:
+                    written[item.seq] = (item.frame.capture_time, clock.now(), item.latency.get("inference", 0))
 
-                board.record = record
-            return board
-
-        actuator = SupervisedActuator(make, clock, events)
-        runner = Runner(config, model, actuator, events, clock)
+        runner = build_runner(config, model, clock, events)
+        if config.actuator.type == "modbus":
+            runner.publishers.append(SlotWritten())
         capture = Capture(
             FolderSource(folder, clock, loop=True), clock, events, config.source.queue_size, config.source.fps
         )
         poller = None
         if config.actuator.type == "modbus":
             poller = PlcPoller(
-                config.modbus_port, config.actuator.unit_id, config.actuator.ring_size, poll_ms / 1e3, frames
+                modbus_server.port(config), config.actuator.unit_id, config.actuator.ring_size, poll_ms / 1e3, frames
             )
             poller.start()
         page = status_poller = None

@@ -10,6 +10,8 @@ import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 
+from edge import drivers
+
 BIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # bin names travel in serial lines: no spaces or quotes
 
 
@@ -173,7 +175,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ActuatorConfig:
-    type: str = _key('type = "jsonl"', _choice("jsonl", "serial", "gpio", "modbus"), "jsonl")
+    type: str = _key('type = "jsonl"  # edge/drivers/', _choice(*drivers.DRIVERS), "jsonl")
     path: str = _key('path = "-"  # jsonl: a file, or "-" for stdout', _text, "-")
     port: object = _key('port = "/dev/ttyUSB0"  # serial; modbus: port = 5020', _port, "")
     host: str = _key('host = "127.0.0.1"  # modbus: the address the server listens on', _text, "127.0.0.1")
@@ -298,10 +300,6 @@ class Config:
         """Bin names by code, for the Modbus register map: 0 is the recheck bin, then the others by name."""
         return [self.bins.recheck, *sorted(self.bin_names() - {self.bins.recheck})]
 
-    @property
-    def modbus_port(self):
-        return self.actuator.port if self.actuator.port != "" else 5020
-
 
 def _error(path, key, problem):
     section, _, name = key.partition(".")
@@ -405,9 +403,6 @@ def _check_together(config):
     if config.particles is not None and config.valves is None:
         raise config.error("particles.mm_per_px", "is set but there is no [valves] section: add [valves] with the "
                            "valve bar's count, lane_mm and bin (particles are ejected by lane)")
-    if config.particles is not None and config.actuator.type == "gpio":
-        raise config.error("actuator.type", "is 'gpio' (one pin per bin, fixed pulse), which cannot drive a valve "
-                           "bar's lanes: with [particles] set type = \"jsonl\", \"modbus\" or \"serial\"")
     if config.valves is not None and config.particles is None:
         raise config.error("valves.count", "is set but there is no [particles] section: add [particles] (valve "
                            "lanes come from each particle's position) or remove [valves]")
@@ -415,26 +410,4 @@ def _check_together(config):
         if section.retry_max_s < section.retry_initial_s:
             name = "source" if section is config.source else "actuator"
             raise config.error(f"{name}.retry_max_s", f"is below {name}.retry_initial_s ({section.retry_initial_s:g})")
-    actuator = config.actuator
-    if actuator.type == "serial" and (not actuator.port or not isinstance(actuator.port, str)):
-        raise config.error("actuator.port", "is missing or not a device path in quotes (type is \"serial\")")
-    if actuator.type == "modbus":
-        if isinstance(actuator.port, str) and actuator.port != "" or not 0 < config.modbus_port < 65536:
-            raise config.error("actuator.port", "must be a TCP port number 1-65535 for type \"modbus\" (default 5020)")
-        if len(config.bin_codes()) > 16:
-            raise config.error("bins.classes", "names more than 16 bins, the most the Modbus register map counts")
-    if actuator.type == "gpio":
-        if not actuator.pins:
-            raise config.error("actuator.pins", "is missing (type is \"gpio\": one pin per ejected bin)")
-        for bin_name in actuator.pins:
-            if bin_name == config.bins.recheck:
-                raise config.error(
-                    f"actuator.pins.{bin_name}",
-                    "is the recheck bin, which never gets a valve: it is where items land when no valve fires; "
-                    "remove that pin",
-                )
-            if bin_name not in config.bin_names():
-                raise config.error(
-                    f"actuator.pins.{bin_name}",
-                    f"names no bin of [bins] (bins: {', '.join(sorted(config.bin_names()))})",
-                )
+    drivers.check(config)

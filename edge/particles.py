@@ -26,9 +26,6 @@ from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
-from PIL import Image
-
-
 
 @dataclass(frozen=True)
 class Particle:
@@ -248,24 +245,6 @@ def _box(part, x, y):
     """(x0, y0, x1, y1) in the frame of a part mask placed at (x, y)."""
     px, py, w, h = cv2.boundingRect(part)
     return x + px, y + py, x + px + w, y + py + h
-
-
-class CropClassifier:
-    """Class probabilities for all crops of a frame: one interpreter call where the model's batch dimension is free
-    (`batched`; export with `--batch dynamic`), else one call per crop (edge/model.py Model.classify_batch). Each
-    crop is resized with Pillow BILINEAR and quantised exactly as a single picture is (edge/preprocess.py).
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.batched = model.batch_free
-
-    def classify(self, crops):
-        """(N, classes) float32 probabilities, in the order of `crops` (RGB uint8 arrays)."""
-        model = self.model
-        if not crops:
-            return model.classify_batch(np.zeros((0, model.input_size, model.input_size, 3), model.input_dtype))
-        return model.classify_batch(np.concatenate([model.input_tensor(Image.fromarray(crop)) for crop in crops]))
 
 
 class ParticleTally:

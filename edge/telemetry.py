@@ -53,6 +53,10 @@ class Telemetry:
         self.server, _ = start_http_server(port, addr=host, registry=self.registry)
         return f"metrics http://{host}:{self.server.server_port}/metrics"
 
+    def publish(self, item):
+        """A subscriber of the stream of decisions (edge/publish.py)."""
+        self.observe(item.label, item.bin, item.reason, item.latency)
+
     def observe(self, label, bin_name, reason, latency):
         """One decided item: `latency` in seconds by stage (preprocess and inference absent after an error)."""
         if label is not None:

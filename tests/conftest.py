@@ -118,13 +118,13 @@ def write_config(tmp_path, tiny_export):
 
 @pytest.fixture
 def make_runner(tmp_path):
-    """Assemble a Runner in-process from a config path: (runner, events_path). Uses the real Clock unless given."""
-    from edge.actuators import SupervisedActuator, make_actuator
+    """Assemble the runner in-process as edge/runner.py does (build_runner) from a config path: (runner,
+    events_path). Uses the real Clock unless given; `actuator_factory` replaces the config's driver, `belt` is a
+    factory (config, clock, events) -> EncoderBelt, e.g. one the test polls itself."""
     from edge.config import load_config
     from edge.model import Model
     from edge.records import EventSink, LineWriter
-    from edge.review import ReviewQueue
-    from edge.runner import Runner
+    from edge.runner import build_runner, open_review
     from edge.timing import Clock
 
     def make(config_path, model_path, clock=None, actuator_factory=None, belt=None):
@@ -134,16 +134,8 @@ def make_runner(tmp_path):
         config.check_labels(model.labels)
         events_path = str(tmp_path / "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
-        actuator = SupervisedActuator(
-            actuator_factory or (lambda: make_actuator(config.actuator, clock, config=config, labels=model.labels)),
-            clock, events,
-            config.actuator.retry_initial_s, config.actuator.retry_max_s,
-        )
-        review = None
-        if config.review.dir:
-            review = ReviewQueue(config.review.dir, config.review.max_items, config.review.max_mb)
-        if belt is not None:  # a factory (config, clock, events) -> EncoderBelt, e.g. one the test polls itself
+        if belt is not None:
             belt = belt(config, clock, events)
-        return Runner(config, model, actuator, events, clock, review, belt=belt), events_path
+        return build_runner(config, model, clock, events, open_review(config), belt, actuator_factory), events_path
 
     return make

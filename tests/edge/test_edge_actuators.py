@@ -6,7 +6,9 @@ import select
 
 from gpiozero.pins.mock import MockFactory
 
-from edge.actuators import GpioActuator, SerialActuator, SupervisedActuator
+from edge.actuate import SupervisedActuator
+from edge.drivers.gpio_pins import GpioActuator
+from edge.drivers.serial_port import SerialActuator
 from edge.preprocess import open_rgb
 from edge.records import EventSink, LineWriter
 from edge.sources import Frame

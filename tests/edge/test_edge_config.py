@@ -5,6 +5,7 @@ import os
 import pytest
 
 from edge.config import ConfigError, load_config, parse_config
+from edge.drivers import modbus_server
 from edge.runner import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,7 +68,7 @@ def test_bad_config_names_the_key_and_the_fix(text, expected):
 
 def test_modbus_defaults():
     config = parse_config(VALID + '[actuator]\ntype = "modbus"\n')
-    assert (config.actuator.host, config.modbus_port, config.actuator.unit_id) == ("127.0.0.1", 5020, 1)
+    assert (config.actuator.host, modbus_server.port(config), config.actuator.unit_id) == ("127.0.0.1", 5020, 1)
     assert config.bin_codes() == ["recheck", "heavy", "light", "mixed"]
 
 

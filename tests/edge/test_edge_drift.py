@@ -148,7 +148,7 @@ def test_the_runner_raises_one_drift_event_and_the_gauges(tiny_export, tmp_path,
     model_path = _copy_model(tiny_export, str(tmp_path), reference)
     folder = _belt(tiny_export, tmp_path)
     runner, events_path = make_runner(write_config(drift={"window": 50}, source={"loop": True}), model_path)
-    runner.telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(Telemetry(runner.model))
     summary = runner.run(Capture(FolderSource(folder, runner.clock, loop=True), runner.clock, runner.events), 120)
     drift = [json.loads(line) for line in open(events_path) if '"type":"drift"' in line]
     assert len(drift) == 1 and drift[0]["alarm"] and drift[0]["window"] == 50 and drift[0]["statistic"] > 0.25

@@ -257,7 +257,7 @@ def test_an_unreachable_encoder_stops_the_runner_at_start(tmp_path, tiny_export,
 def test_the_modbus_ring_carries_the_encoder_count_at_capture(tiny_export, write_config, make_runner, fake_clock, plc):
     from pymodbus.client import ModbusTcpClient
 
-    from edge.modbus import RING, SLOT
+    from edge.drivers.modbus_server import RING, SLOT
 
     image, decision = _surest_image(tiny_export)
     encoder, port = plc(), free_port()

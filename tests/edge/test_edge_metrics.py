@@ -28,7 +28,8 @@ def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export,
     for row in rows:
         shutil.copy(row["file"], folder / f"{row['label']}_{os.path.basename(row['file'])}")
     runner, _ = make_runner(write_config(), tiny_export["int8"])
-    runner.telemetry = telemetry = Telemetry(runner.model)
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
     address = telemetry.serve("127.0.0.1", 0)
     assert address.startswith("metrics http://127.0.0.1:")
     sorting = HeldBackRun(runner, str(folder), len(rows) - 2, queue_size=1)  # mid-run: the last frame held back

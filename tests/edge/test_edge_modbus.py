@@ -9,7 +9,7 @@ import time
 
 from pymodbus.client import ModbusTcpClient
 
-from edge.modbus import (
+from edge.drivers.modbus_server import (
     BIN_COUNTERS, HEARTBEAT, LAST_SEQ, MAP_VERSION, RING, SLOT, VALVE_CLOCK, VALVE_COUNT, VALVE_LAST_SEQ, VALVE_RING,
     VALVE_RING_SIZE, VALVE_UNIT,
 )
@@ -158,7 +158,6 @@ def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_confi
     from PIL import Image
 
     from edge.decision import Decider
-    from edge.valves import make_valve_actuator
     from test_edge_particles import HEIGHT, MM_PER_PX, WIDTH
 
     port = free_port()
@@ -167,7 +166,6 @@ def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_confi
                         bins={"classes": {label: "bin_a" for label in tiny_export["labels"]}},
                         actuator={"type": "modbus", "port": port, "ring_size": 4})
     runner, events_path = make_runner(path, tiny_export["float32"], clock=fake_clock)
-    runner.actuator.factory = lambda: make_valve_actuator(runner.config, fake_clock, runner.model.labels)
     belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
     frame = belt.copy()
     for x, y, radius in ((200, 300, 30), (600, 360, 20), (1000, 420, 40)):
@@ -176,7 +174,7 @@ def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_confi
     try:
         runner.process(Frame("empty", fake_clock.now(), Image.fromarray(belt)))
         # The tiny model never saw discs: a cutoff between its two best probabilities makes them confident.
-        probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segment(frame, learn=False)
+        probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segmenter.segment(frame, learn=False)
                                                     .particles])
         best, second = np.sort(probabilities[0])[::-1][:2]
         runner.decider = Decider(runner.model.labels, runner.config.bins, None, (best + second) / 2)
@@ -205,7 +203,7 @@ def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_confi
 def test_the_valve_block_in_encoder_counts_wraps_with_the_counter(write_config, fake_clock):
     """On an encoder-timed belt the opening is an encoder count and the pulse a count too, across the wrap."""
     from edge.config import load_config
-    from edge.modbus import ModbusBoard
+    from edge.drivers.modbus_server import ModbusBoard
     from edge.valves import Command
 
     port = free_port()

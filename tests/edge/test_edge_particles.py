@@ -249,7 +249,7 @@ def test_config_sections():
         parse_config(BASE_CONFIG + PARTICLES)
     serial = parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "serial"\nport = "/dev/ttyUSB0"\n')
     assert serial.actuator.type == "serial"  # one VALVES line per command; modbus: the valve block
-    with pytest.raises(ConfigError, match="actuator.type' is 'gpio' .* cannot drive a valve bar"):
+    with pytest.raises(ConfigError, match="actuator.type' is 'gpio', which cannot drive a valve bar"):
         parse_config(BASE_CONFIG + PARTICLES + VALVES + '[actuator]\ntype = "gpio"\npins = { mixed = 17 }\n')
     with pytest.raises(ConfigError, match=r"no \[particles\] section"):
         parse_config(BASE_CONFIG + VALVES)
@@ -261,7 +261,8 @@ def test_config_sections():
 def test_serial_valve_lines(encoder, fake_clock):
     """`type = "serial"` with [particles]: one VALVES line per command, lanes as first and count, timed by delay
     (clock belt) or by encoder counts (written through pyserial's loop:// port, read back)."""
-    from edge.valves import Command, ValveSerialActuator
+    from edge.drivers.serial_port import ValveSerialActuator
+    from edge.valves import Command
 
     actuator = ValveSerialActuator("loop://", 115200, fake_clock, encoder=encoder)
     actuator.open()
@@ -325,7 +326,7 @@ def test_crops_of_a_batch_1_export_are_classified_one_call_each(tiny_export, kin
     """A batch-1 export is never resized (its reshapes hard-code the batch): one call per crop, each crop getting
     the probabilities a single picture gets."""
     from edge.model import Model
-    from edge.particles import CropClassifier
+    from edge.classify import CropClassifier
 
     crops = _random_crops(5)
     classifier = CropClassifier(Model(tiny_export[kind]))
@@ -341,7 +342,7 @@ def test_a_free_batch_export_classifies_all_crops_in_one_call(tiny_export_dynami
     """`--batch dynamic` files: all crops of a frame in one invoke(), each row what a single call gives (float32 up
     to rounding, int8 exactly), through batch sizes that change and repeat, and single calls still right after."""
     from edge.model import Model
-    from edge.particles import CropClassifier
+    from edge.classify import CropClassifier
     from edge.preprocess import prepare
 
     path = tiny_export_dynamic[kind]
@@ -370,7 +371,7 @@ def test_runner_classifies_a_frame_of_particles_in_one_call(tiny_export_dynamic,
     """[particles] with a `--batch dynamic` model: one interpreter call per frame, however many particles, each
     particle recorded."""
     from edge.sources import Frame
-    from edge.valves import ValveJsonlActuator
+    from edge.drivers.jsonl import ValveJsonlActuator
 
     commands_path = tmp_path / "valves.jsonl"
     path = write_config(particles={"mm_per_px": MM_PER_PX, "background_frames": 1},
@@ -426,15 +427,18 @@ def test_valve_positions_on_clock_and_encoder_belts():
 
 
 def test_a_particle_in_two_overlapping_frames_is_decided_once():
+    from edge.track import BeltTracker
+
     bar = _bar()
+    tracker = BeltTracker(bar, HEIGHT, 10.0, {})
     first = bar.plan(_particle((400, 200, 30, 40), (10, 11)), 10.0)
     # 0.1 s later the belt has moved 100 mm = 200 px down the frame; a centroid 1.5 px off (segmentation noise).
     again = bar.plan(_particle((400, 400, 30, 40), (10, 11), centroid=(416.5, 421.5)), 10.1)
     other = bar.plan(_particle((600, 400, 30, 40), (15, 16)), 10.1)
-    assert not bar.seen_before(first, 10.0)
-    assert bar.seen_before(again, 10.1)
-    assert not bar.seen_before(other, 10.1)
-    assert not bar.seen_before(bar.plan(_particle((400, 200, 30, 40), (10, 11)), 11.0), 11.0)  # a new one, later
+    assert not tracker.seen_before(first, 10.0)
+    assert tracker.seen_before(again, 10.1)
+    assert not tracker.seen_before(other, 10.1)
+    assert not tracker.seen_before(bar.plan(_particle((400, 200, 30, 40), (10, 11)), 11.0), 11.0)  # a new one, later
 
 
 def test_arbitration_of_a_shared_lane():
@@ -460,7 +464,7 @@ def test_runner_sorts_every_particle_once(specimens, tiny_export, write_config, 
     from types import SimpleNamespace
 
     from edge.sources import Frame
-    from edge.valves import ValveJsonlActuator
+    from edge.drivers.jsonl import ValveJsonlActuator
 
     commands_path = tmp_path / "valves.jsonl"
     path = write_config(
@@ -544,7 +548,7 @@ def test_runner_times_the_valve_bar_by_encoder_counts(specimens, tiny_export, wr
     carries the counts at which its lanes open and close: capture count + distance x counts_per_mm, wrapped."""
     from edge.encoder import EncoderBelt
     from edge.sources import Frame
-    from edge.valves import ValveJsonlActuator
+    from edge.drivers.jsonl import ValveJsonlActuator
     from test_edge_encoder import ADDRESS, EncoderPLC, free_port
 
     encoder = EncoderPLC(free_port(), registers=1).start()
@@ -626,7 +630,7 @@ def test_cli_sorts_a_belt_folder_without_tensorflow(specimens, tiny_export, writ
 def test_a_decision_after_the_valve_opening_is_late(tiny_export, write_config, make_runner, fake_clock, tmp_path):
     """A frame whose particles have passed the valve bar by the time they are decided: nothing fires, all ride on."""
     from edge.sources import Frame
-    from edge.valves import ValveJsonlActuator
+    from edge.drivers.jsonl import ValveJsonlActuator
 
     commands_path = tmp_path / "valves.jsonl"
     path = write_config(
@@ -644,7 +648,7 @@ def test_a_decision_after_the_valve_opening_is_late(tiny_export, write_config, m
     # The tiny model never saw discs: a cutoff between its two best probabilities makes the discs confident.
     from edge.decision import Decider
 
-    probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segment(frame, learn=False).particles])
+    probabilities = runner.classifier.classify([p.crop for p in runner.segmenter.segmenter.segment(frame, learn=False).particles])
     best, second = np.sort(probabilities[0])[::-1][:2]
     runner.decider = Decider(runner.model.labels, runner.config.bins, None, (best + second) / 2)
     # Captured 200 s ago: at 10 mm/s the particles needed 100 s to reach the valves 1000 mm away.

@@ -54,7 +54,7 @@ def test_folder_source_through_the_cli(tmp_path, tiny_export, write_config):
         probabilities = [entry["p"] for entry in item["top3"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert item["class"] == item["top3"][0]["label"] and item["reason"] in ("confident", "uncertain")
-        assert set(item["latency_ms"]) == {"capture", "preprocess", "inference", "total"}
+        assert set(item["latency_ms"]) == {"capture", "segment", "preprocess", "inference", "total"}
         expected_bin = dict(zip(tiny_export["labels"], ["bin_a", "bin_a", "bin_c"])).get(item["class"], "mixed")
         assert item["bin"] == (expected_bin if item["reason"] == "confident" else "recheck")
 

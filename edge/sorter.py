@@ -1,0 +1,300 @@
+"""The sorting pipeline: source -> segment -> track -> classify -> decide -> schedule -> actuate, and one stream of
+decisions to the publishers.
+
+    frame (edge/sources.py Capture)
+      -> segment  (edge/segment.py: the whole ROI is one particle, or the particles of a learned belt)
+      -> track    (edge/track.py: which particles are new material)
+      -> classify (edge/classify.py: all crops of the frame in one interpreter call where the model allows)
+      -> decide   (edge/decision.py: the bin, or recheck when unsure)
+      -> schedule (edge/schedule.py: when and where the valve opens; clock or encoder) -> actuate (edge/actuate.py)
+      -> publish  (edge/publish.py: events, Modbus ring, metrics, review queue, alarm; the counters of summary.json)
+
+Single items are particles of a frame that holds one: one path for both. Every collaborator (model, actuator,
+event sink, clock, review queue, encoder) is passed in, so tests run the real pipeline with a driven clock, a fake
+camera or a pseudo-terminal for a serial port; edge/runner.py build_runner assembles it from a config.
+"""
+
+import json
+import os
+import sys
+import types
+from collections import deque
+
+from edge.classify import CropClassifier
+from edge.decision import Decider
+from edge.drift import DriftMonitor
+from edge.drivers.modbus_server import RUNNING, SOURCE_FAILING
+from edge.particles import ParticleTally
+from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
+from edge.records import RecheckAlarm, Tally, atomic_write_json, iso_time, percentile
+from edge.schedule import BinSchedule, ValveSchedule
+from edge.segment import BeltSegments, SkipFrame, WholeFrame
+from edge.sources import Capture
+from edge.track import BeltTracker, EveryItemNew
+from edge.valves import ValveBar
+
+_NOT_STARTED = types.SimpleNamespace(dropped=0, source_errors=0, depth=0)  # snapshot() before run(): nothing read
+_REASONS = ("confident", "uncertain", "late", "error", "no_position")
+
+
+class Sorter:
+    def __init__(self, config, model, actuator, events, clock, review=None, belt=None, plc_fires=False, truth=None):
+        self.config, self.model, self.actuator, self.events, self.clock = config, model, actuator, events, clock
+        self.review = review
+        self.belt = belt  # edge/encoder.py EncoderBelt when ejections follow the PLC's encoder count, else None
+        self.truth = truth  # optional (frame_id, particle) -> true label: recovery and purity in summary.json
+        self.telemetry = None  # edge/telemetry.py Telemetry once attached (--metrics-port)
+        self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
+        self.classifier = CropClassifier(model)
+        self.tally = Tally()
+        self.alarm = RecheckAlarm(config.alarm.window, config.alarm.max_recheck_share)
+        # edge/drift.py: None without a calibrated sidecar "reference" or with [drift] enabled = false.
+        self.drift = None
+        if config.drift.enabled and model.reference is not None:
+            self.drift = DriftMonitor(model.labels, model.reference, config.drift.window, config.drift.threshold)
+        self.drift_alarms = 0
+        self.belt_frame = config.particles is not None
+        if self.belt_frame:
+            self.particles = ParticleTally(config.bins, model.labels)
+            self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, self._belt_learned)
+            self.tracker = self.scheduler = None  # once the belt is learned: they need the frame's height
+        else:
+            self.particles = None
+            self.segmenter = WholeFrame(config.source.roi)
+            self.tracker = EveryItemNew()
+            self.scheduler = BinSchedule(config, actuator, clock, belt, plc_fires)
+        self.review_copies = ReviewCopies(review, model, clock, events) if review is not None else None
+        self.recheck_watch = RecheckWatch(self.alarm, events, config.alarm.window, config.bins.recheck,
+                                          self.belt_frame)
+        self.publishers = [EventLog(events, "particle" if self.belt_frame else "item")]
+        if not self.belt_frame:
+            self.publishers.append(DecisionRing(actuator, belt is not None))
+        self.publishers += [p for p in (self.review_copies, self.recheck_watch) if p is not None]
+        self.invoke_s = deque(maxlen=100_000)  # interpreter time alone, for --benchmark
+        self.busy = [None, None]  # first item start, last item finish: the span --benchmark divides by
+        self.started_wall, self.started = clock.wall(), clock.now()
+        self._stop_reason = None
+        self._sequence = 0
+        self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
+        self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
+        self.capture, self.source_up, self.finished = None, True, False  # for snapshot() (the --ui-port page)
+
+    def attach_telemetry(self, telemetry):
+        """Publish to Prometheus (edge/telemetry.py) too."""
+        self.telemetry = telemetry
+        self.publishers.insert(0, telemetry)
+
+    def stop(self, reason):
+        """Finish after the current frame (signal-safe: only sets a flag)."""
+        self._stop_reason = reason
+
+    def _skip(self, frame, error):
+        self.tally.skipped += 1
+        self.events.emit("skipped", frame=frame.frame_id, error=error)
+
+    def _belt_learned(self, frame, shape):
+        """The segmenter learned the empty belt: the valve bar, tracking and scheduling get the frame's geometry."""
+        config, particles = self.config, self.config.particles
+        if self.belt is None:
+            per_mm, modulus = 1.0 / config.belt.speed_mm_s, None
+        else:
+            per_mm, modulus = config.encoder.counts_per_mm, 1 << (16 * config.encoder.registers)
+        bar = ValveBar(config.belt, particles, config.valves, shape[0], per_mm, modulus)
+        self.tracker = BeltTracker(bar, shape[0], particles.track_mm, self.particles.counts)
+        self.scheduler = ValveSchedule(config, self.actuator, self.clock, bar, self.particles.counts, self.belt)
+        self.events.emit("belt_learned", frames=particles.background_frames, frame=frame.frame_id,
+                         size=[shape[1], shape[0]])
+
+    def process(self, frame):
+        """One frame through the pipeline: every new particle in it decided, its ejection commanded and published."""
+        start = self.clock.now()
+        if frame.image is None:
+            return self._skip(frame, frame.error)
+        try:
+            segmentation = self.segmenter.segment(frame)
+        except SkipFrame as problem:
+            return self._skip(frame, str(problem))
+        if segmentation is None:  # an empty-belt frame being learned
+            return
+        segmented = self.clock.now()
+        position = frame.capture_time if self.belt is None else frame.position
+        fresh, plans = self.tracker.fresh(segmentation.particles, position)
+        if self.particles is not None:
+            self.particles.frame(segmentation, len(fresh))
+        seqs = {}
+        for particle in fresh:
+            self._sequence += 1
+            seqs[particle.index] = self._sequence
+        latency = {"capture": start - frame.capture_time, "segment": segmented - start}
+        recheck = self.config.bins.recheck
+        try:
+            probabilities = self.classifier.classify([p.crop for p in fresh])
+        except Exception as error:  # an interpreter fault must not stop the belt: these particles ride on
+            self.model_ok = False
+            self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
+            for particle in fresh:
+                self._publish(start, frame, seqs[particle.index], particle, None, recheck, "error", latency)
+            return
+        self.model_ok = True
+        latency["preprocess"] = self.classifier.last_preprocess_s
+        latency["inference"] = self.model.last_invoke_s
+        if fresh:
+            self.invoke_s.append(self.model.last_invoke_s)
+        decisions = {p.index: self.decider.decide(row) for p, row in zip(fresh, probabilities)}
+        for row in probabilities:
+            self._watch_drift(row)
+        outcome = self.scheduler.schedule(frame, fresh, decisions, seqs, plans)
+        for particle in fresh:
+            bin_name, reason = outcome[particle.index]
+            self._publish(start, frame, seqs[particle.index], particle, decisions[particle.index], bin_name, reason,
+                          latency)
+
+    def _publish(self, start, frame, seq, particle, decision, bin_name, reason, latency):
+        """Count one decision and hand it to every publisher."""
+        finish = self.clock.now()
+        item = Sorted(seq, frame, particle, decision, bin_name, reason,
+                      {**latency, "total": finish - frame.capture_time})
+        item.record = make_record(item, self.belt_frame, self.belt is not None)
+        if self.busy[0] is None:
+            self.busy[0] = start
+        self.busy[1] = finish
+        self.tally.add(item.label, bin_name, reason, item.latency["total"])
+        if self.particles is not None:
+            truth = self.truth(frame.frame_id, particle) if self.truth is not None else None
+            self.particles.particle(bin_name, particle.area_mm2, truth)
+        for publisher in self.publishers:
+            publisher.publish(item)
+
+    def _watch_drift(self, probabilities):
+        """Feed one item's probabilities to the drift monitor; a `drift` event when it trips (once per episode)."""
+        if self.drift is None:
+            return
+        tripped = self.drift.update(probabilities)
+        if self.telemetry is not None:
+            self.telemetry.drift(self.drift.statistic, self.drift.tripped)
+        if tripped is not None:
+            self.drift_alarms += 1
+            self.events.emit("drift", **tripped)
+
+    def summary(self, capture, exit_reason):
+        tally = self.tally
+        return {
+            "model": self.model.path,
+            "model_sha256": self.model.sha256,
+            "reject": self.decider.describe(),
+            "started": iso_time(self.started_wall),
+            "uptime_s": round(self.clock.now() - self.started, 3),
+            "exit": exit_reason,
+            "items": tally.items,
+            "per_class": dict(sorted(tally.per_class.items())),
+            "per_bin": dict(sorted(tally.per_bin.items())),
+            "per_reason": {r: tally.per_reason[r] for r in _REASONS + (("conflict",) if self.belt_frame else ())},
+            "recheck": tally.per_bin[self.config.bins.recheck],
+            "late": tally.per_reason["late"],
+            "failed": tally.per_reason["error"],
+            "frames_skipped": tally.skipped,
+            "frames_dropped": capture.dropped,
+            "source_errors": capture.source_errors,
+            "actuator_errors": self.actuator.errors,
+            "alarms": self.recheck_watch.alarms,
+            "drift_alarms": self.drift_alarms,
+            "drift": self.drift.status() if self.drift is not None else None,
+            "events_lost": self.events.lost,
+            "review_lost": self.review_copies.lost if self.review_copies is not None else 0,
+            "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
+            **({"encoder": self.belt.counts()} if self.belt is not None else {}),
+            **({"particles": self.particles.summary()} if self.particles is not None else {}),
+        }
+
+    def snapshot(self):
+        """The summary's figures now plus live state, for the operator page (edge/ui.py) in its own thread.
+
+        No lock: every copy (a Counter, the latency window) is one C-level operation under the GIL, so the sorting
+        thread never waits on the page; a copy that still meets a mutation (RuntimeError) is simply taken again.
+        Counts may lag each other by the item being recorded; after run() returns they equal summary.json.
+        """
+        capture = self.capture or _NOT_STARTED
+        exit_reason = self._stop_reason or ("stopped" if self.finished else "running")
+        for attempt in range(20):
+            try:
+                summary = self.summary(capture, exit_reason)
+                break
+            except RuntimeError:  # a Counter grew during the copy; the last attempt lets the error through
+                if attempt == 19:
+                    raise
+        model = self.model
+        return {
+            **summary, "running": not self.finished, "model_name": os.path.basename(model.path),
+            "labels": list(model.labels), "bins": self.config.bin_codes(), "recheck_bin": self.config.bins.recheck,
+            "recheck_share": self.alarm.share, "alarm_active": self.alarm.tripped,
+            "alarm_limit": self.config.alarm.max_recheck_share, "source_up": self.source_up,
+            "queue_depth": capture.depth, "actuator_up": self.actuator.up, "model_ok": self.model_ok,
+        }
+
+    def run(self, capture, max_items=None):
+        """Sort until the source ends, stop() is called or `max_items` items are done; write and return the summary."""
+        exit_reason = "end of source"
+        interval = self.config.records.stats_interval_s
+        last_stats = last_frame = self.clock.now()
+        stalled = False
+        self.actuator.open()  # now, not at the first item: a PLC polls a Modbus server before anything is sorted
+        self.events.emit(
+            "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
+            labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
+            bin_codes=self.config.bin_codes(),
+        )
+        if self.belt is not None:
+            capture.stamp = capture.stamp or self.belt.stamp  # the count is read as each frame arrives
+            self.belt.start()
+        self.capture = capture
+        capture.start()
+        try:
+            while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
+                self.actuator.heartbeat(SOURCE_FAILING if stalled else RUNNING, self.model_ok)
+                if self.telemetry is not None:
+                    self.telemetry.update(capture.depth, self.alarm.share, not stalled, self.actuator.up)
+                frame = capture.get(timeout=0.25)
+                now = self.clock.now()
+                if frame is Capture.END:
+                    break
+                if frame is None:
+                    if not stalled and now - last_frame > self.config.source.stall_timeout_s:
+                        stalled = True
+                        self.source_up = False
+                        self.events.emit("source_stalled", seconds_without_frames=round(now - last_frame, 3))
+                else:
+                    if stalled:
+                        stalled = False
+                        self.source_up = True
+                        self.events.emit("source_resumed")
+                    last_frame = now
+                    self.process(frame)
+                if now - last_stats >= interval:
+                    self.events.emit("stats", **self.tally.stats(now - last_stats), reject=self.decider.describe())
+                    last_stats = now
+            else:  # the loop condition ended it, not the source
+                exit_reason = self._stop_reason or "item limit reached"
+        finally:
+            capture.stop()
+            if self.belt is not None:
+                self.belt.close()  # ejections still waiting are counted as missed: those items go to recheck
+            self.actuator.close()
+            summary = self.summary(capture, exit_reason)
+            written = self._write_summary(summary)
+            self.finished = True
+            self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary if written else None)
+        return summary
+
+    def _write_summary(self, summary):
+        """Write summary.json; if that fails (disk full, folder gone) the summary goes to stderr as one JSON line."""
+        path = self.config.records.summary
+        try:
+            atomic_write_json(path, summary)
+            return True
+        except OSError as error:
+            print(
+                f"runner: summary '{path}' could not be written ({error.strerror or error}); it follows as JSON.",
+                file=sys.stderr,
+            )
+            print(json.dumps(summary), file=sys.stderr, flush=True)
+            return False
