@@ -4,7 +4,6 @@ present."""
 
 import json
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -12,9 +11,6 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SIZE = 32  # the tiny export's input size
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # `edge` is a folder of the repo, not an installed package
 
 
 @pytest.fixture(scope="session")
