@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.decision import MONDRIAN_CONFORMAL, SPLIT_CONFORMAL
 from edge.drift import reference_problem
-from edge.preprocess import DECODE_METHOD, dequantize, quantize, resize_rgb
+from edge.preprocess import DECODE_METHOD, RESIZE_METHOD, dequantize, quantize, resize_rgb
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 _REJECT_METHODS = (SPLIT_CONFORMAL, MONDRIAN_CONFORMAL)  # what edge/decision.py's Decider implements
@@ -107,7 +107,7 @@ def _sidecar_problem(sidecar):
     if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
         return f"has input shape {shape}, not [1, S, S, 3]"
     preprocessing = sidecar.get("preprocessing", {})
-    expected = {"pixels": "raw RGB 0-255", "color": "RGB", "input_size": shape[1], "resize_method": "pillow-bilinear",
+    expected = {"pixels": "raw RGB 0-255", "color": "RGB", "input_size": shape[1], "resize_method": RESIZE_METHOD,
                 "decode": DECODE_METHOD}
     for key, value in expected.items():
         if key in preprocessing and preprocessing[key] != value:

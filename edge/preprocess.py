@@ -1,14 +1,20 @@
-"""The model input for one picture, made exactly as training's evaluation path makes it.
+"""The model input for one picture: the one copy of the preprocessing contract, shared by training, evaluation,
+export calibration and the edge runner.
 
-Contract (mineralnet/data/images.py, re-implemented here because the device has no mineralnet): decode with
-Pillow, first frame, upright by its EXIF Orientation, embedded ICC profile converted to sRGB (relative
-colorimetric; no profile means sRGB, left as it is), convert to 8-bit RGB (alpha composited on white, 16-bit
-scaled to 8-bit), resize the whole picture to size x size with Pillow's BILINEAR filter (aspect ratio not kept),
-raw 0-255 values; the model normalises internally. A file whose profile cannot be read or does not fit its pixels
-is unusable (skipped, as training's scan skips it): its true colours are unknown. Edge-only steps: OpenCV's BGR
-frames (no EXIF, no profile: sRGB) become RGB first, the region of interest is cropped before the resize, and int8
-models get their input quantised with the sidecar's scale and zero point.
-Change both files together: tests/edge/test_edge_preprocess.py checks they agree byte for byte.
+It lives here, not in mineralnet, because the device runs it without mineralnet or TensorFlow (numpy and Pillow
+only); mineralnet/data/images.py imports it, so the model is trained on exactly the pixels the belt will give it.
+
+Contract: decode with Pillow, first frame of animations, turn it upright by its EXIF Orientation (phone photos are
+stored sideways), convert an embedded ICC profile to sRGB (relative colorimetric; colour is what separates
+malachite from chrysocolla, and a Display P3 or Adobe RGB photo read as sRGB has the wrong colours), convert to
+8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit), resize the whole picture (no crop, aspect ratio not
+kept) to size x size with Pillow's BILINEAR filter, keep raw 0-255 values; the model normalises internally. A
+picture without a profile is taken as sRGB and left as it is; a grey picture with an RGB profile is the grey of
+that RGB space. A profile that cannot be read or applied (corrupt, or for another colour space than the pixels)
+makes the file unusable, like a truncated one: training's scan skips and reports it, the runner skips it; its true
+colours are unknown, and guessing them could sort a rock wrongly. Edge-only steps: OpenCV's BGR frames (no EXIF,
+no profile: sRGB) become RGB first, the region of interest is cropped before the resize, and int8 models get their
+input quantised with the sidecar's scale and zero point.
 """
 
 import io
@@ -17,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the extensions training reads
-DECODE_METHOD = "pillow-exif-orientation-icc-srgb-relative"  # in the sidecar: edge/model.py refuses any other
+RESIZE_METHOD = "pillow-bilinear"  # in the sidecar, with DECODE_METHOD: edge/model.py refuses any other
+DECODE_METHOD = "pillow-exif-orientation-icc-srgb-relative"
 
 # Relative colorimetric keeps every in-gamut colour exactly (mapped to sRGB's white) and clips only what sRGB cannot
 # show; perceptual would compress all colours by a table that differs per camera vendor, so the same stone would
@@ -33,7 +40,8 @@ _PROFILE_MODES = {  # ICC colour space -> the 8-bit Pillow mode lcms reads it in
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
-# A truncated file must be skipped and counted, never decoded to a half-grey picture and sorted.
+# A truncated file must fail loudly (skipped and counted by training's scan and by the runner), never decode to a
+# half-grey picture that is trained on or sorted.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 

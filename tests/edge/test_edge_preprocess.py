@@ -1,4 +1,6 @@
-"""edge/preprocess.py must give byte-identical model inputs to training's mineralnet.data.load_image."""
+"""edge/preprocess.py is the one copy of the preprocessing contract: training's mineralnet.data.load_image is made
+of it and gives byte-identical model inputs, the runner refuses a sidecar that asks for another decode, and the
+edge-only steps (camera frames, region of interest, quantisation) keep to it."""
 
 import json
 
