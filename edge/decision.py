@@ -10,6 +10,9 @@ classes (ambiguous) send the item to the recheck bin. A class whose qhat is 1 (t
 every set, so its items never reach a product bin, not even when it is alone in the set. With per-class cutoffs
 the one class in the set need not be the most probable one: the item goes to that class's bin all the same.
 Without calibration the same rule runs with the config's confidence threshold as the cutoff of every class.
+
+`class_cutoffs` and `sorted_mask` are that rule for a whole batch: mineralnet.conformal imports them to measure,
+at calibration, the share of items the runner will sort, so the figure it prints is the runner's own rule.
 """
 
 from dataclasses import dataclass
@@ -17,6 +20,25 @@ from dataclasses import dataclass
 import numpy as np
 
 SPLIT_CONFORMAL, MONDRIAN_CONFORMAL = "split_conformal", "mondrian_conformal"
+
+
+def class_cutoffs(reject, labels, threshold=None):
+    """Per-class probability cutoffs (label order): 1 - qhat for every class (split conformal), 1 - qhat_c for
+    class c (Mondrian), or `threshold` for every class when there is no calibration (`reject` None)."""
+    if reject is None:
+        return np.full(len(labels), float(threshold))
+    if reject.get("method") == MONDRIAN_CONFORMAL:
+        return np.array([1.0 - float(reject["qhat_per_class"][label]) for label in labels])
+    return np.full(len(labels), 1.0 - float(reject["qhat"]))
+
+
+def sorted_mask(probabilities, cutoffs):
+    """For (n, classes) probabilities: which items go to a product bin. Their prediction set {c : p_c >= cutoff_c}
+    holds exactly one class, and not one whose cutoff is 0 (qhat 1, too few calibration items: in every set on no
+    evidence)."""
+    cutoffs = np.asarray(cutoffs)
+    in_set = np.asarray(probabilities) >= cutoffs[None, :]
+    return (in_set.sum(axis=1) == 1) & (in_set @ (cutoffs > 0))
 
 
 @dataclass(frozen=True)
@@ -34,16 +56,13 @@ class Decider:
         self.labels = list(labels)
         self.bins = bins
         self.alpha = None if reject is None else reject.get("alpha")
+        self.cutoffs = class_cutoffs(reject, self.labels, threshold)
         if reject is None:
             self.method, self.cutoff = "threshold", float(threshold)
         elif reject.get("method") == MONDRIAN_CONFORMAL:
             self.method, self.cutoff = MONDRIAN_CONFORMAL, None  # no single cutoff: see self.cutoffs
         else:
             self.method, self.cutoff = SPLIT_CONFORMAL, 1.0 - float(reject["qhat"])
-        if self.cutoff is None:
-            self.cutoffs = np.array([1.0 - float(reject["qhat_per_class"][label]) for label in self.labels])
-        else:
-            self.cutoffs = np.full(len(self.labels), self.cutoff)
 
     def describe(self):
         """The rule for records: method, alpha when calibrated, and `cutoff` (one for all) or `cutoffs` per class."""
@@ -64,7 +83,6 @@ class Decider:
         top3 = tuple((self.labels[i], float(probabilities[i])) for i in order[:3])
         members = [i for i in order if probabilities[i] >= self.cutoffs[i]]
         prediction_set = tuple(self.labels[i] for i in members)
-        # A class with cutoff 0 (qhat 1: too few calibration items) is in every set on no evidence: never sort to it.
-        if len(members) == 1 and self.cutoffs[members[0]] > 0:
+        if sorted_mask(np.asarray(probabilities)[None], self.cutoffs)[0]:  # one class in the set, on evidence
             return Decision(top3[0][0], top3, prediction_set, self.bin_of(prediction_set[0]), "confident")
         return Decision(top3[0][0], top3, prediction_set, self.bins.recheck, "uncertain")

@@ -19,8 +19,10 @@ gets qhat_c = 1: it is in every set and the runner never sorts to it, so every i
 Not guaranteed: the error rate among *sorted* items (one class in the set), which can exceed alpha; items unlike
 the calibration photos (another camera ROI, lighting, ore body); drift over time. The share of calibration items
 that would be sorted (`sorted_share`) is printed and stored: below 50 % the model sends most items to recheck.
-A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" entry
-changes, written atomically.
+A set that is empty or holds several classes sends the item to recheck. Only the sidecar's "reject" entry and
+the drift alarm's "reference" (edge/drift.py's make_reference of the same probabilities) change, written
+atomically. The sorting rule and the reference are edge's own code (edge.decision, edge.drift), imported here, so
+what calibration measures is what the runner does.
 """
 
 import argparse
@@ -30,14 +32,14 @@ import sys
 
 import numpy as np
 
+from edge.decision import MONDRIAN_CONFORMAL, SPLIT_CONFORMAL, class_cutoffs, sorted_mask
+from edge.drift import make_reference
 from mineralnet import rundir
 from mineralnet.data import load_image
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, sha256_file, write_json
 
-METHOD = "split_conformal"
-MONDRIAN = "mondrian_conformal"
 SCORE = "1 - p_true"
 LOW_SORTED_SHARE = 0.5  # below this the runner sends most items to recheck: say so rather than let it go unseen
 
@@ -61,25 +63,12 @@ def min_items(alpha):
     return math.ceil((1.0 - alpha) / alpha - 1e-9)
 
 
-def class_cutoffs(reject, labels):
-    """Per-class probability cutoffs (1 - qhat, in label order) of a split or Mondrian reject block."""
-    if reject["method"] == MONDRIAN:
-        return np.array([1.0 - reject["qhat_per_class"][label] for label in labels])
-    return np.full(len(labels), 1.0 - reject["qhat"])
-
-
-def sorted_mask(probabilities, cutoffs):
-    """Which items the edge Decider would sort: their prediction set {c : p_c >= cutoff_c} holds exactly one class,
-    and not one whose cutoff is 0 (qhat 1, too few calibration items: in every set on no evidence)."""
-    in_set = np.asarray(probabilities) >= np.asarray(cutoffs)[None, :]
-    return (in_set.sum(axis=1) == 1) & (in_set @ (np.asarray(cutoffs) > 0))
-
-
 def reject_rule(probabilities, truth, labels, alpha, per_class=False, subset="calib"):
     """The sidecar's reject block from calibration probabilities (n, classes) and true class indices."""
     probabilities, truth = np.asarray(probabilities), np.asarray(truth)
     scores = 1.0 - probabilities[np.arange(len(truth)), truth].astype(np.float64)
-    reject = {"method": MONDRIAN if per_class else METHOD, "subset": subset, "n": len(truth), "alpha": alpha}
+    reject = {"method": MONDRIAN_CONFORMAL if per_class else SPLIT_CONFORMAL, "subset": subset, "n": len(truth),
+              "alpha": alpha}
     if per_class:
         reject["n_per_class"] = {label: int(np.sum(truth == c)) for c, label in enumerate(labels)}
         reject["qhat_per_class"] = {
@@ -87,7 +76,7 @@ def reject_rule(probabilities, truth, labels, alpha, per_class=False, subset="ca
         }
     else:
         reject["qhat"] = conformal_qhat(scores, alpha)
-    sorted_items = sorted_mask(probabilities, class_cutoffs(reject, labels))
+    sorted_items = sorted_mask(probabilities, class_cutoffs(reject, labels))  # the edge Decider's own rule
     wrong = sorted_items & (np.argmax(probabilities, axis=1) != truth)
     reject.update({
         "score": SCORE,
@@ -115,27 +104,6 @@ def calibration_rows(run):
     raise CalibrationError(
         f"split '{run.split_file}' has neither calib nor val rows: re-split with a calib share."
     )
-
-
-DRIFT_MIN_PER_BIN, DRIFT_MAX_BINS = 20, 5  # reference items per top-probability bin; most bins
-
-
-def drift_reference(probabilities, subset):
-    """The sidecar's "reference" block for the edge drift alarm: the calibration items' predicted-class counts
-    and their top probabilities binned at their own quantiles (at most n // 20 bins, 2 to 5, repeated edges
-    dropped). edge/drift.py bins live items the same way (bin = number of edges <= p, its make_reference is this
-    function; the device cannot import mineralnet) and a test checks the two agree."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    top = probabilities.max(axis=1)
-    bins = int(np.clip(len(top) // DRIFT_MIN_PER_BIN, 2, DRIFT_MAX_BINS))
-    edges = [float(e) for e in np.unique(np.quantile(top, np.arange(1, bins) / bins))]
-    return {
-        "subset": subset,
-        "n": int(len(probabilities)),
-        "class_counts": np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]).tolist(),
-        "top_edges": edges,
-        "top_counts": np.bincount(np.searchsorted(edges, top, side="right"), minlength=len(edges) + 1).tolist(),
-    }
 
 
 def _sidecar_of(model_path, sidecar_path=None):
@@ -179,7 +147,8 @@ def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     reject = reject_rule(probabilities, truth, labels, alpha, per_class, subset)
-    write_json(sidecar_path, {**sidecar, "reject": reject, "reference": drift_reference(probabilities, subset)})
+    # The drift alarm's reference, binned by edge/drift.py itself: the runner compares live items with it.
+    write_json(sidecar_path, {**sidecar, "reject": reject, "reference": make_reference(probabilities, subset)})
     return reject
 
 
@@ -195,7 +164,7 @@ def report(reject, split_path):
             "used. They also picked the best epoch, so coverage >= 1 - alpha holds only approximately: re-split "
             "with a calib share (train/val/calib/test) and retrain for the full guarantee.", file=sys.stderr,
         )
-    if reject["method"] == MONDRIAN:
+    if reject["method"] == MONDRIAN_CONFORMAL:
         qhats = ", ".join(
             f"{label} {q:.4f} (n={reject['n_per_class'][label]})" for label, q in reject["qhat_per_class"].items()
         )
