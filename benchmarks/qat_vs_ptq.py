@@ -25,6 +25,7 @@ from mineralnet.export.qat.process import QatOptions  # noqa: E402
 from mineralnet.export.preflight import load_run  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.verify import invocation_times, make_interpreter, percentiles  # noqa: E402
+from mineralnet.rundir import tflite_name  # noqa: E402
 from machine import commit, cpu_name  # noqa: E402
 
 FORMATS = ("float32", "int8", "int8_qat")
@@ -94,14 +95,14 @@ def main(argv=None):
         report = export_run(run, ",".join(FORMATS), args.calibration_samples, out_dir,
                             QatOptions(args.qat_epochs, args.qat_lr), args.max_accuracy_drop)
         image = load_images(run.rows("test")[:1], run.image_size)[0]  # the first test image, as the device gets it
-        files = {fmt: os.path.join(out_dir, f"model_{fmt}.tflite") for fmt in FORMATS}
+        files = {fmt: os.path.join(out_dir, tflite_name(fmt)) for fmt in FORMATS}
         latency = interleaved_latency({**files, **also}, image, args.runs, args.rounds)
         load_after = os.getloadavg()[0]
 
-    config = run.config
+    config = run.train_config
     qat = report["qat"]
-    print(f"Run `{os.path.abspath(args.run)}`: {config.get('model')}, {run.image_size} px, {len(run.labels)} classes, "
-          f"{config.get('epochs')} training epochs; Keras accuracy {report['keras']['accuracy']:.2%} on "
+    print(f"Run `{os.path.abspath(args.run)}`: {config.model}, {run.image_size} px, {len(run.labels)} classes, "
+          f"{config.epochs} training epochs; Keras accuracy {report['keras']['accuracy']:.2%} on "
           f"{report['test_images']} test images (one image = {100 / report['test_images']:.1f} points).")
     print(f"int8 calibrated on {report['calibration_images']} training images; int8_qat: {qat['epochs']} QAT "
           f"epoch(s) at lr {qat['lr']:g} on {qat['train_images']} training images ({qat['fine_tune_seconds']:.0f} s), "

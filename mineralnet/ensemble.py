@@ -90,8 +90,8 @@ def ensemble_runs(paths, out, tta=False, baseline=True):
         model.save(tmp)
     # Written last: a folder without config.json is not a finished run (rundir.FINISHED).
     target.write_config({"model": ENSEMBLE, "members": [run.path for run in runs],
-                         "member_models": [run.config.get("model") for run in runs],
-                         "data": runs[0].config["data"], "image_size": runs[0].image_size})
+                         "member_models": [run.train_config.model for run in runs],
+                         "data": runs[0].train_config.data, "image_size": runs[0].image_size})
     print(f"ensemble of {len(runs)} runs -> {target.model_file}")
     return evaluate_run(target, tta=tta, baseline=baseline)
 

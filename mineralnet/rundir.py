@@ -30,8 +30,8 @@ STATE, EXPORT_DIR, DEMO_DATA = "state.json", "export", "demo_data"
 # sidecar_name(format), and EXPORT_LABELS.
 REPORT, REPORT_MARKDOWN, CONFUSION_MATRIX = "report.json", "report.md", "confusion_matrix.png"
 EXPORT_LABELS = "labels.txt"
-DEFAULT_PATH = "runs/train"  # train.py's --out when none is given
 FINISHED = (CONFIG, LABELS, SPLIT, MODEL)  # what evaluation, Grad-CAM and export need
+SAVED_OPTIONS = ("data", "image_size")  # in every config.json: where the split's paths lie, the model's input size
 
 
 def tflite_name(fmt):
@@ -49,18 +49,20 @@ class RunError(MineralnetError):
 
 
 class Run:
-    """Every path of one run directory, its config, labels and split rows.
+    """Every path of one run directory, its options, labels and split rows.
 
     required: the files that must exist (else RunError naming them and the fix), None for a run being written
-    (training), whose folder need not exist yet. config and labels are read once here ({} and [] while absent)
-    and kept up to date by write_config / write_labels.
+    (training), whose folder need not exist yet. config.json and labels are read once here ({} and [] while absent)
+    and kept up to date by write_config / write_labels. The run's options are read typed, as `train_config`.
     """
 
     def __init__(self, path, required=FINISHED):
         self.path = os.path.abspath(path)
         self._rows = {}  # data dir -> split.csv rows
+        self._train_config = None  # made from self.config on first use
         if required is not None:
             self.require(required, shown=path)
+        # config.json as written: the options of train_config, and an ensemble's members besides (mineralnet.ensemble)
         self.config = read_json(self.config_file) if os.path.exists(self.config_file) else {}
         self.labels = read_json(self.labels_file) if os.path.exists(self.labels_file) else []
 
@@ -110,15 +112,34 @@ class Run:
 
     # Reading.
     @property
+    def train_config(self):
+        """The run's options, a mineralnet.training.TrainConfig read from config.json, whichever version wrote it
+        (TrainConfig.from_saved: options added since take their defaults). RunError naming the file and the fix
+        for a config.json without the two options every later tool needs, `data` and `image_size`."""
+        if self._train_config is None:
+            from mineralnet.training.config import ConfigError, TrainConfig
+
+            missing = [key for key in SAVED_OPTIONS if not isinstance(self.config, dict) or key not in self.config]
+            if missing:
+                raise RunError(f"run config '{self.config_file}' lacks the option(s) {', '.join(missing)}: restore "
+                               "it from the run (train.py writes it), or pass --run with a finished run.")
+            try:
+                self._train_config = TrainConfig.from_saved(self.config)
+            except (ConfigError, TypeError, ValueError) as error:
+                raise RunError(f"run config '{self.config_file}' does not read ({error}): restore it from the run.") \
+                    from None
+        return self._train_config
+
+    @property
     def image_size(self):
-        return int(self.config["image_size"])
+        return self.train_config.image_size
 
     def rows(self, subset=None, data_dir=None):
         """split.csv rows (with absolute `file`), optionally of one subset; the data dir defaults to the run's.
         Read once per data dir."""
         from mineralnet.data.split import read_split
 
-        data_dir = data_dir or self.config.get("data")
+        data_dir = data_dir or self.train_config.data
         if data_dir not in self._rows:
             self._rows[data_dir] = read_split(self.split_file, data_dir)
         return [r for r in self._rows[data_dir] if subset is None or r["subset"] == subset]
@@ -139,8 +160,10 @@ class Run:
 
     # Writing (atomic, see mineralnet.utils).
     def write_config(self, config):
-        write_json(self.config_file, config)
-        self.config = config
+        """config.json: a TrainConfig (training), or the dict of an ensemble (its options and members)."""
+        values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        write_json(self.config_file, values)
+        self.config, self._train_config = values, None
 
     def write_labels(self, labels):
         write_json(self.labels_file, labels)

@@ -22,13 +22,14 @@ def load_run(run):
     except (rundir.RunError, ValueError) as error:  # ValueError: a config or label file that is not JSON
         raise ExportError(_first_line(error)) from None
     config_path, labels_path, split_path = run.config_file, run.labels_file, run.split_file
-    if not isinstance(run.config, dict) or not {"data", "image_size"} <= set(run.config):
-        raise ExportError(f"run config '{config_path}' lacks the keys data and image_size: restore it from the run.")
+    try:
+        data_dir = str(run.train_config.data)
+    except rundir.RunError as error:  # a config.json without data or image_size, or with values of other types
+        raise ExportError(_first_line(error)) from None
     labels = run.labels
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         raise ExportError(f"label file '{labels_path}' must be a JSON list of at least two class names.")
 
-    data_dir = str(run.config["data"])
     try:
         rows = read_split(split_path, data_dir, check_files=False)
     except DataError as error:

@@ -3,7 +3,8 @@
 One table, `TrainConfig`'s fields, holds every option with its type, default, help, choices and whether a resumed
 run may change it: train.py's flags and their --help, the README's flag table (`python -m mineralnet.train_cli
 --markdown`), the casts and FIXED_ON_RESUME all come from it, so they cannot drift apart. `resolve_config` returns a
-frozen TrainConfig, validated and cast once; `to_dict()` is config.json, the same JSON as before (older runs resume).
+frozen TrainConfig, validated and cast once; `to_dict()` is config.json, the same JSON as before, and
+`TrainConfig.from_saved` reads any version's config.json back (older runs resume, evaluate and export).
 Imports no TensorFlow: `train.py --help` and a bad flag answer at once.
 """
 
@@ -15,9 +16,9 @@ import os
 
 from mineralnet.data.augment import AugmentConfig
 from mineralnet.errors import MineralnetError
-from mineralnet.rundir import DEFAULT_PATH
 
 MIN_IMAGE_SIZE = 32  # the registry's models downsample 32-fold
+DEFAULT_OUT = "runs/train"  # the run directory (train.py's --out) when none is given
 # Kinds of option: how its flag parses and how a value from a config file is cast.
 TEXT, PATH, INT, FLOAT, SWITCH, SIZES, AUGMENT = "text", "path", "int", "float", "switch", "sizes", "augment"
 
@@ -49,7 +50,7 @@ class TrainConfig:
 
     data: str | None = option(None, "folder with one sub-folder of images per class", PATH, "DIR", fixed=True)
     demo: bool = option(False, "make and use the small synthetic demo dataset instead of --data", SWITCH, fixed=True)
-    out: str = option(DEFAULT_PATH, "run directory", PATH, "DIR")
+    out: str = option(DEFAULT_OUT, "run directory", PATH, "DIR")
     model: str = option("eca_convnext_tiny", "registry model; auto: the measured small-data recipe when --weights "
                         "none and under 500 images per class, else eca_convnext_tiny (config.json records the model "
                         "it picked)", metavar="NAME", choices=_models, fixed=True)
@@ -98,6 +99,20 @@ class TrainConfig:
     def to_dict(self):
         """config.json: plain JSON values (the augmentation a nested object, progressive_sizes a list)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_saved(cls, values):
+        """The TrainConfig of a run's config.json (`values`), whichever version wrote it: options added since take
+        their defaults, keys that are no option (an ensemble's members, options since removed) are left out, values
+        are cast as the table says. Not validated again: it was when the run was made, and an ensemble's run records
+        the model `ensemble`, no choice of train.py. Every reader of a run reads its options through this
+        (mineralnet.rundir.Run.train_config)."""
+        config = {**json.loads(json.dumps(DEFAULTS)), **{key: values[key] for key in DEFAULTS if key in values}}
+        _cast(config)
+        augment = {key: value for key, value in (config["augment"] or {}).items() if key in DEFAULTS["augment"]}
+        config["augment"] = AugmentConfig.from_dict({**DEFAULTS["augment"], **augment})
+        config["progressive_sizes"] = tuple(int(size) for size in config["progressive_sizes"] or ())
+        return cls(**config)
 
     def replace(self, **changes):
         """A validated copy with `changes` (the config is frozen: a run's options change only through validation)."""

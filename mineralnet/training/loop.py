@@ -16,7 +16,7 @@ from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
 from mineralnet.models import build_model, model_info, register_all
 from mineralnet.training.advice import resolve_auto
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
-from mineralnet.training.config import ConfigError, resolve_config, resume_changes
+from mineralnet.training.config import DEFAULT_OUT, ConfigError, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.training.progress import progress_callbacks
@@ -174,7 +174,7 @@ def train(config, resume=False):
             run.write_data_report(report)
             for skipped in report["skipped"]:
                 print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-        run.write_config(config.to_dict())  # on resume: what the run now really uses
+        run.write_config(config)  # on resume: what the run now really uses
 
         train_files, train_labels = _arrays(rows, classes, config.data, "train")
         val_files, val_labels = _arrays(rows, classes, config.data, "val")
@@ -233,10 +233,11 @@ def init_weights(model, config, classes):
         raise ConfigError(f"--init-from '{path}' does not exist: pass the model.keras of an earlier run.")
     source_run = rundir.Run(os.path.dirname(path), required=())  # its config and labels, when beside the file
     fix = "pass the same --model and --image-size as that run, or drop --init-from to train from scratch"
+    source_config = source_run.train_config if source_run.config else None
     for key in ("model", "image_size"):
-        if key in source_run.config and source_run.config[key] != getattr(config, key):
-            raise ConfigError(f"--init-from '{path}' is a {key} {source_run.config[key]} run but this run has {key} "
-                              f"{getattr(config, key)}: {fix}.")
+        if source_config and getattr(source_config, key) != getattr(config, key):
+            raise ConfigError(f"--init-from '{path}' is a {key} {getattr(source_config, key)} run but this run has "
+                              f"{key} {getattr(config, key)}: {fix}.")
     if source_run.labels and source_run.labels != list(classes):
         raise ConfigError(f"--init-from '{path}' was trained on the classes {source_run.labels} but --data has "
                           f"{list(classes)}: its output layer cannot be reused; drop --init-from to train from "
@@ -298,9 +299,9 @@ def run_from_args(values, config_file=None, resume=False):
     if not resume:
         config = resolve_config(file_values, values)
     else:
-        run = rundir.Run(values.get("out") or file_values.get("out") or rundir.DEFAULT_PATH, required=None)
+        run = rundir.Run(values.get("out") or file_values.get("out") or DEFAULT_OUT, required=None)
         _check_run_dir(run, resume=True)
-        saved = run.config
+        saved = run.train_config.to_dict()  # an older run's config.json: options added since at their defaults
         config = resolve_config({**saved, **file_values, "out": run.path}, values)
         state = read_state(run)
         for key, (old, new) in resume_changes(saved, config, state["epoch"] if state else 0).items():

@@ -111,7 +111,7 @@ def test_float32_agrees_with_keras_on_the_test_rows(exported, export_run_dir):
     from mineralnet.rundir import Run
 
     run = Run(export_run_dir)
-    rows = read_split(run.file("split.csv"), run.config["data"])
+    rows = read_split(run.file("split.csv"), run.train_config.data)
     images = np.stack([load_image(r["file"], run.image_size) for r in rows if r["subset"] == "test"])
     keras_top1 = run.load_model().predict(images.astype(np.float32), verbose=0).argmax(1)
     interpreter = Interpreter(model_content=read_model(exported[0], "float32"))

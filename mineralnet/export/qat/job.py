@@ -38,7 +38,7 @@ def _hand_back(args, fmt, source, model, weights, test_images):
     save_weights(os.path.join(args.work, weights_file(fmt)), source_layout(source, weights), probabilities)
 
 
-def quantization_aware(source, run, config, calibration, test_images, args):
+def quantization_aware(source, run, calibration, test_images, args):
     """Fine-tune `source` quantization-aware as the int8 export ships it (GELU in the INTEGER_GELU form, the
     stem's convolution float, LayerNorm statistics float: only outputs fake-quantised there) and write its float
     weights, with the float probabilities they give on `test_images`, for the exporter's int8 conversion."""
@@ -49,7 +49,7 @@ def quantization_aware(source, run, config, calibration, test_images, args):
     quantize.check_weights_carried(quantized, twin)
     quantize.calibrate_ranges(quantized, twin, calibration)
     started = time.perf_counter()
-    history = fine_tune(quantized, run, config, args.epochs, args.lr, "QAT")
+    history = fine_tune(quantized, run, args.epochs, args.lr, "QAT")
     seconds = time.perf_counter() - started
     weights = quantize.trained_weights(quantized, twin)
     for name, values in weights.items():
@@ -59,10 +59,10 @@ def quantization_aware(source, run, config, calibration, test_images, args):
             "fine_tune_seconds": round(seconds, 1), "history": history}
 
 
-def pruned(source, twin, run, config, test_images, args):
+def pruned(source, twin, run, test_images, args):
     classifier = registered_info(source).classifier  # the twin keeps the source's layer names
-    model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run, config) * args.epochs, classifier)
-    history = fine_tune(model, run, config, args.epochs, args.lr, "pruning", callbacks=prune.callbacks())
+    model = prune.prune_model(twin, args.prune_sparsity, steps_per_epoch(run) * args.epochs, classifier)
+    history = fine_tune(model, run, args.epochs, args.lr, "pruning", callbacks=prune.callbacks())
     stripped = prune.strip(model)
     zeros = prune.zero_fractions(stripped, classifier)
     weights = {layer.name: layer.get_weights() for layer in stripped.layers if layer.weights}
@@ -82,7 +82,6 @@ def run_job(args):
         raise ExportError(f"model file '{run.model_file}' changed during the export: run the export again.")
     source = load_model(run)
     require_convnext(source, run.model_file)
-    config = run.config
     arrays = np.load(os.path.join(args.work, INPUTS))
     twin = build_twin(source)
     copy_weights(source, twin)
@@ -94,9 +93,9 @@ def run_job(args):
                        "versions": {"tf_keras": tf_keras.__version__,
                                     "tensorflow_model_optimization": tensorflow_model_optimization.__version__}}}
     if args.qat:
-        result["qat"] = quantization_aware(source, run, config, arrays["calibration"], checked, args)
+        result["qat"] = quantization_aware(source, run, arrays["calibration"], checked, args)
     if args.prune_sparsity:
-        result["pruning"] = pruned(source, twin, run, config, checked, args)
+        result["pruning"] = pruned(source, twin, run, checked, args)
     write_json(os.path.join(args.work, RESULT), result)
 
 
