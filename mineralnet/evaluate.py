@@ -21,7 +21,6 @@ from mineralnet.baseline import features_baseline, majority_baseline, weak_model
 from mineralnet.data import SUBSETS, DataError
 from mineralnet.errors import cli
 from mineralnet.metrics import classification_report, never_predicted, report_markdown
-from mineralnet.plots import plot_confusion_matrix
 from mineralnet.utils import atomic_write_text, write_json
 
 
@@ -82,6 +81,8 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
                      f"exported model does): accuracy {report['tta']['accuracy']:.4f}, precision "
                      f"{report['tta']['precision_macro']:.4f}, recall {report['tta']['recall_macro']:.4f}.\n")
     atomic_write_text(os.path.join(out_dir, rundir.REPORT_MARKDOWN), markdown)
+    from mineralnet.plots import plot_confusion_matrix  # here: matplotlib takes most of a second, --help none of it
+
     plot_confusion_matrix(report["confusion_matrix"], run.labels, os.path.join(out_dir, rundir.CONFUSION_MATRIX))
     print(f"{subset}: accuracy {report['accuracy']:.4f}, precision {report['precision_macro']:.4f}, recall "
           f"{report['recall_macro']:.4f} on {report['num_samples']} images -> {out_dir}"
