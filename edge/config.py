@@ -233,8 +233,8 @@ class ParticlesConfig:
                                  _number(above=0.0, high=1.0), 0.9)
     split_level: float = _key("split_level = 0.7  # watershed markers: distance map above this share of its peak",
                               _number(above=0.0, high=1.0), 0.7)
-    track_mm: float = _key("track_mm = 10  # a particle within this of an already decided one is that one",
-                           _number(above=0.0), 10.0)
+    track_mm: float = _key("track_mm = 5  # a particle whose centre is this close to a decided one's outline, "
+                           "moved on by the belt, is that one", _number(above=0.0), 5.0)
 
 
 @dataclass(frozen=True)

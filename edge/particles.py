@@ -40,6 +40,7 @@ class Particle:
     lanes: tuple  # valve lanes its x-extent covers (empty without [valves] or when off the valve bar)
     split: bool  # True when it was cut out of a blob of touching particles
     crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
+    mask: np.ndarray = field(default=None, repr=False)  # bool, the bbox's pixels that are this particle's
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Segmenter:
         self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px))
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
+        self._seed_px = particles.min_mm * px / 2  # a seed lower than the smallest particle's radius is a bump
 
     def segment(self, frame, learn=True):
         """The particles of one frame (uint8, the background's size); learns the belt where none is."""
@@ -177,19 +179,24 @@ class Segmenter:
     def _split(self, blob, contour):
         """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
 
-        Markers are the parts of the distance map above `split_level` of its peak; each marker becomes a particle,
-        and the watershed gives every blob pixel to the nearest marker across the distance map's ridges.
+        The seeds are the maxima of the distance map that stand out: a maximum at least min_mm / 2 high is its own
+        particle when it rises above the saddle joining it to a higher one by at least (1 - split_level) of its own
+        height, so a small
+        partner beside a large one gets its seed (the old global threshold, split_level x the blob's peak, gave it
+        none), while a bump of one irregular particle, whose saddle is nearly as high as the bump, does not. The
+        watershed then gives every blob pixel to the nearest seed across the distance map's ridges.
         """
         hull_area = cv2.contourArea(cv2.convexHull(contour))
         if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
             return [blob]
         dist = cv2.distanceTransform(blob, cv2.DIST_L2, 5)
-        peak = float(dist.max())
-        count, markers = cv2.connectedComponents((dist > self.cfg.split_level * peak).astype(np.uint8))
-        if count <= 2:  # background + one marker: one particle
+        seeds = _prominent_seeds(dist, 1.0 - self.cfg.split_level, self._seed_px)
+        if len(seeds) < 2:
             return [blob]
-        markers = markers.astype(np.int32) + 1  # 1 = surely belt, 2.. = particles, 0 = to decide
-        markers[(blob > 0) & (markers == 1)] = 0
+        markers = np.ones(blob.shape, np.int32)  # 1 = surely belt, 2.. = particles, 0 = to decide
+        markers[blob > 0] = 0
+        for number, seed in enumerate(seeds, start=2):
+            markers[seed] = number
         padded = cv2.copyMakeBorder(markers, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
         shade = cv2.copyMakeBorder(
             cv2.cvtColor(cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR),
@@ -197,7 +204,7 @@ class Segmenter:
         )
         cv2.watershed(255 - shade, padded)
         padded = padded[1:-1, 1:-1]
-        return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, count + 1)]
+        return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, len(seeds) + 2)]
 
     def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
         moments = cv2.moments(part, binaryImage=True)
@@ -211,7 +218,7 @@ class Segmenter:
             index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
             size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
             lanes=lanes_of(bbox[0] * mm, (bbox[0] + w) * mm, self.valves), split=was_split,
-            crop=self._crop(frame, labels, boxes, number, bbox),
+            crop=self._crop(frame, labels, boxes, number, bbox), mask=labels[y0:y1, x0:x1] == number,
         )
 
     def _crop(self, frame, labels, boxes, number, bbox):
@@ -239,6 +246,35 @@ class Segmenter:
             others = (own != 0) & (own != number)
             inside[others] = self.background.image[fy0:fy1, fx0:fx1][others]
         return crop
+
+
+def _prominent_seeds(dist, share, least, levels=24):
+    """Boolean masks, one per maximum of `dist` at least `least` high whose prominence (its height above the highest
+    saddle joining it to a higher maximum) is at least `share` of its own height: each the region above that saddle.
+
+    The map is cut at `levels` heights from its peak down; a region of one cut holds the regions of the cut above
+    it. Where regions meet, those that already rose `share` of their height above this cut stand on their own: when
+    two or more stand, each is a seed (a region that already gave seeds stands too); the others are bumps of their
+    neighbour and join it. Fewer than two seeds: one particle.
+    """
+    peak = float(dist.max())
+    regions = []  # (mask, own peak, already gave seeds) of the previous cut
+    seeds = []
+    for level in np.linspace(peak, 0.0, levels + 1)[1:]:
+        count, labels = cv2.connectedComponents((dist > level).astype(np.uint8))
+        inside = {}
+        for region in regions:
+            inside.setdefault(int(labels[region[0]][0]), []).append(region)
+        regions = []
+        for label in range(1, count):
+            parts = inside.get(label, [])
+            standing = [r for r in parts if r[2] or (r[1] >= least and r[1] - level >= share * r[1])]
+            mask = labels == label
+            if len(standing) > 1:
+                seeds += [region_mask for region_mask, _, spent in standing if not spent]
+            top = max([r[1] for r in parts], default=float(dist[mask].max()))
+            regions.append((mask, top, len(standing) > 1 or any(r[2] for r in parts)))
+    return seeds
 
 
 def _box(part, x, y):

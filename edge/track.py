@@ -1,17 +1,24 @@
 """The track stage: which particles of a frame are new material, to be decided, and what became of the others.
 
 A particle is decided once. Frames overlap along the belt (by at least max_mm), so a particle is seen in several
-frames; where it is whole in two of them, both sightings reach the valve bar at the same belt position (edge/valves.py
-Plan), so each decided particle's footprint is remembered in belt positions (along: its valve opening and closing
-positions; across: its x-extent). A particle whose centre lies on a remembered footprint (widened by `[particles]
-track_mm`) is that particle, or a fragment of it cut apart differently this time, and is not decided again
-(`tracked`). A particle touching the frame's upstream edge (row 0) is not decided: it is entering and will be seen
-whole in the next frame (`entering`); one touching the downstream edge (the last row) was seen whole in the previous
-frame (`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
-recheck bin).
+frames. Each decided particle is remembered with its mask and its belt position (edge/valves.py Plan: the position
+at which its centre reaches the valve bar, a time on a clock-timed belt or an encoder count), so where it will be in
+any later frame is known. A particle of a later frame is that particle, or a fragment of it cut apart differently
+this time, when its centre lies on the remembered mask moved to the new frame's position, within `[particles]
+track_mm` (`tracked`). Only particles of *earlier* frames are compared: two particles of one frame are two particles.
+The mask, not the bounding box, is compared, so a diagonal neighbour a few mm away is not taken for the particle.
+
+A particle touching the frame's upstream edge (row 0) is not decided: it is entering and will be seen whole in the
+next frame (`entering`); one touching the downstream edge (the last row) was seen whole in the previous frame
+(`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
+recheck bin). Frames must therefore overlap along the belt by at least max_mm.
 
 Single items (one particle per frame) are all new: every frame holds the next item.
 """
+
+from dataclasses import dataclass
+
+import numpy as np
 
 
 class EveryItemNew:
@@ -19,6 +26,14 @@ class EveryItemNew:
 
     def fresh(self, particles, position):
         return list(particles), {}
+
+
+@dataclass(frozen=True)
+class _Seen:
+    plan: object  # its Plan
+    centroid: tuple  # px in the frame it was decided in
+    bbox: tuple
+    mask: np.ndarray
 
 
 class BeltTracker:
@@ -30,12 +45,16 @@ class BeltTracker:
         self.frame_height = frame_height
         self.track_mm = track_mm
         self.counts = counts
-        self._decided = []  # Plans of particles already decided, pruned once passed
+        self._track_px = track_mm / bar.mm_per_px
+        self._decided = []  # _Seen of particles decided in earlier frames, pruned once passed the bar
 
     def fresh(self, particles, position):
         """(particles to decide, {index: Plan} of those with a belt position `position`: the frame's capture time
-        or encoder count)."""
+        or encoder count, None when unknown)."""
         fresh, plans = [], {}
+        if position is not None:
+            tolerance = self.track_mm * self.bar.per_mm
+            self._decided = [d for d in self._decided if self.bar.delta(d.plan.close_at, position) > -tolerance]
         for particle in particles:
             if particle.bbox[1] == 0:
                 self.counts["entering"] += 1
@@ -45,23 +64,26 @@ class BeltTracker:
                 continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
-                if self.seen_before(plan, position):
+                if any(self._on(plan, particle.centroid, seen) for seen in self._decided):
                     self.counts["tracked"] += 1
                     continue
                 plans[particle.index] = plan
             fresh.append(particle)
+        for particle in fresh:  # remembered after the frame: its own particles are never compared with each other
+            if particle.index in plans:
+                self._decided.append(_Seen(plans[particle.index], particle.centroid, particle.bbox, particle.mask))
         return fresh, plans
 
-    def seen_before(self, plan, now):
-        """True when `plan`'s centre lies on the predicted footprint of a particle already decided; remembers it
-        otherwise. Footprints are widened by track_mm and forgotten once they have passed the valve bar by more
-        than track_mm."""
-        bar = self.bar
-        tolerance = self.track_mm * bar.per_mm
-        self._decided = [d for d in self._decided if bar.delta(d.close_at, now) > -tolerance]
-        for seen in self._decided:
-            if (bar.delta(plan.centre_at, seen.open_at) >= -tolerance and bar.delta(plan.centre_at, seen.close_at)
-                    <= tolerance and seen.x0_mm - self.track_mm <= plan.x_mm <= seen.x1_mm + self.track_mm):
-                return True
-        self._decided.append(plan)
-        return False
+    def _on(self, plan, centroid, seen):
+        """Whether a particle centred at `centroid` with `plan` lies on `seen`'s mask moved to this frame, within
+        track_mm: its centre in `seen`'s frame is as far behind `seen`'s centre as it reaches the bar later."""
+        bar, reach = self.bar, self._track_px
+        behind_px = bar.delta(plan.centre_at, seen.plan.centre_at) / bar.per_mm / bar.mm_per_px
+        x, y = centroid[0], seen.centroid[1] - behind_px
+        x0, y0, width, height = seen.bbox
+        if not (x0 - reach <= x <= x0 + width + reach and y0 - reach <= y <= y0 + height + reach):
+            return False
+        if seen.mask is None:  # no mask (a hand-made Particle): its box stands for it
+            return True
+        rows, cols = np.nonzero(seen.mask)
+        return bool(np.min((cols + x0 + 0.5 - x) ** 2 + (rows + y0 + 0.5 - y) ** 2) <= reach * reach)
