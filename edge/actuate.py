@@ -2,6 +2,8 @@
 
 import threading
 
+HEARTBEAT_S = 0.1  # the PLC's watchdog is documented at 250 ms (edge/drivers/modbus_server.py register 0)
+
 
 class SupervisedActuator:
     """Keeps the runner sorting through actuator faults.
@@ -98,3 +100,28 @@ class SupervisedActuator:
             if self._actuator is not None:
                 self._actuator.close()
                 self._actuator = None
+
+
+class Heartbeat:
+    """Beats the driver's heartbeat (the Modbus register a PLC's watchdog reads) every `period_s` from its own
+    thread with the state `state()` returns ((state code, model ok)), so frame work never stalls it: a slow frame,
+    the empty belt being learned or a long inference used to hold the beat for a second."""
+
+    def __init__(self, actuator, state, period_s=HEARTBEAT_S):
+        self.actuator, self.state, self.period_s = actuator, state, period_s
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        self.actuator.heartbeat(*self.state())
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.period_s):
+            self.actuator.heartbeat(*self.state())
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)

@@ -23,7 +23,8 @@ from collections import deque
 from edge.classify import CropClassifier
 from edge.decision import Decider
 from edge.drift import DriftMonitor
-from edge.drivers.modbus_server import RUNNING, SOURCE_FAILING
+from edge.actuate import Heartbeat
+from edge.drivers.modbus_server import LEARNING, RUNNING, SOURCE_FAILING
 from edge.particles import ParticleTally
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
 from edge.records import RecheckAlarm, Tally, atomic_write_json, iso_time, percentile
@@ -78,6 +79,12 @@ class Sorter:
         self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
         self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
         self.capture, self.source_up, self.finished = None, True, False  # for snapshot() (the --ui-port page)
+
+    def state(self):
+        """(Modbus state code, model ok) now: what the heartbeat publishes, read from its own thread."""
+        if self.segmenter.learning:
+            return LEARNING, self.model_ok
+        return (RUNNING if self.source_up else SOURCE_FAILING), self.model_ok
 
     def attach_telemetry(self, telemetry):
         """Publish to Prometheus (edge/telemetry.py) too."""
@@ -236,8 +243,8 @@ class Sorter:
         exit_reason = "end of source"
         interval = self.config.records.stats_interval_s
         last_stats = last_frame = self.clock.now()
-        stalled = False
         self.actuator.open()  # now, not at the first item: a PLC polls a Modbus server before anything is sorted
+        heartbeat = Heartbeat(self.actuator, self.state)
         self.events.emit(
             "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
             labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
@@ -248,23 +255,21 @@ class Sorter:
             self.belt.start()
         self.capture = capture
         capture.start()
+        heartbeat.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
-                self.actuator.heartbeat(SOURCE_FAILING if stalled else RUNNING, self.model_ok)
                 if self.telemetry is not None:
-                    self.telemetry.update(capture.depth, self.alarm.share, not stalled, self.actuator.up)
+                    self.telemetry.update(capture.depth, self.alarm.share, self.source_up, self.actuator.up)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:
                     break
                 if frame is None:
-                    if not stalled and now - last_frame > self.config.source.stall_timeout_s:
-                        stalled = True
+                    if self.source_up and now - last_frame > self.config.source.stall_timeout_s:
                         self.source_up = False
                         self.events.emit("source_stalled", seconds_without_frames=round(now - last_frame, 3))
                 else:
-                    if stalled:
-                        stalled = False
+                    if not self.source_up:
                         self.source_up = True
                         self.events.emit("source_resumed")
                     last_frame = now
@@ -275,6 +280,7 @@ class Sorter:
             else:  # the loop condition ended it, not the source
                 exit_reason = self._stop_reason or "item limit reached"
         finally:
+            heartbeat.stop()
             capture.stop()
             if self.belt is not None:
                 self.belt.close()  # ejections still waiting are counted as missed: those items go to recheck

@@ -75,3 +75,80 @@ def test_a_diagonal_neighbour_is_not_taken_for_a_particle_seen_before(tiny_expor
     runner.process(Frame("B", fake_clock.now(), _discs([(300, 200, 20.0), (300 + offset, 200 + offset, 10.0)])))
     assert [p["frame"] for p in _events(events, "particle")] == ["A", "B"]
     assert runner.particles.counts["tracked"] == 1
+
+
+class _HeldPicture:
+    """A camera frame whose pixels arrive only when `gate` is set: the sorting thread is held inside frame work
+    (np.asarray of the picture), as a slow frame or learning the belt holds it."""
+
+    def __init__(self, pixels, gate, entered):
+        self.pixels, self.gate, self.entered = pixels, gate, entered
+
+    def __array__(self, dtype=None, copy=None):
+        self.entered.set()
+        self.gate.wait(30)
+        return self.pixels
+
+
+class _HeldSource:
+    """A live source of empty-belt frames, the second one held (see _HeldPicture), then the end."""
+
+    live = False
+
+    def __init__(self, clock, gate, entered):
+        self.clock, self.gate, self.entered, self.count = clock, gate, entered, 0
+
+    def open(self):
+        pass
+
+    def read(self):
+        self.count += 1
+        if self.count > 3:
+            return None
+        image = Image.fromarray(BELT) if self.count != 2 else _HeldPicture(BELT, self.gate, self.entered)
+        return Frame(str(self.count), self.clock.now(), image)
+
+    def close(self):
+        pass
+
+
+def test_the_heartbeat_beats_while_frame_work_blocks_and_says_the_belt_is_being_learned(
+        tiny_export, write_config, make_runner):
+    """The PLC's watchdog reads register 0: it must advance (gap <= 250 ms) while the sorting thread is busy with a
+    frame, here one of the empty-belt frames being learned, and the state register says 4 (learning the belt)."""
+    from pymodbus.client import ModbusTcpClient
+
+    from edge.drivers.modbus_server import HEARTBEAT, LEARNING, STATE
+    from test_edge_modbus import free_port
+
+    port = free_port()
+    config = _particle_config(write_config, tiny_export, particles={"background_frames": 3},
+                              actuator={"type": "modbus", "port": port})
+    runner, _ = make_runner(config, tiny_export["float32"])
+    gate, entered, result = threading.Event(), threading.Event(), {}
+    capture = Capture(_HeldSource(runner.clock, gate, entered), runner.clock, runner.events)
+    sorting = threading.Thread(target=lambda: result.update(summary=runner.run(capture)))
+    sorting.start()
+    client = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        assert entered.wait(30)
+        assert client.connect()
+        beats, states, gaps, last = [], set(), [], time.monotonic()
+        while time.monotonic() - last < 1.0 and len(beats) < 200:
+            header = client.read_holding_registers(0, count=2, device_id=1).registers
+            now = time.monotonic()
+            if beats and header[HEARTBEAT] != beats[-1]:
+                gaps.append(now - last)
+                last = now
+            elif not beats:
+                last = now
+            beats.append(header[HEARTBEAT])
+            states.add(header[STATE])
+            time.sleep(0.01)
+    finally:
+        gate.set()
+        sorting.join(30)
+        client.close()
+    assert len(set(beats)) >= 4 and max(gaps) <= 0.25, (len(set(beats)), gaps)
+    assert states == {LEARNING}
+    assert result["summary"]["exit"] == "end of source"
