@@ -145,6 +145,8 @@ class BeltConfig:
     speed_mm_s: float = _key("speed_mm_s = 500", _number(above=0.0))
     camera_to_ejector_mm: float = _key("camera_to_ejector_mm = 600", _number(above=0.0))
     valve_lead_ms: float = _key("valve_lead_ms = 20", _number(low=0.0), 0.0)
+    still_mm: float = _key("still_mm = 1  # position = \"modbus\", single items: less travel than this since the "
+                           "last item is the same item", _number(above=0.0), 1.0)
     position: str = _key(
         'position = "clock"  # or "modbus": track the PLC\'s encoder count ([encoder])', _choice("clock", "modbus"),
         "clock",

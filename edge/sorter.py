@@ -31,7 +31,7 @@ from edge.records import RecheckAlarm, Tally, atomic_write_json, iso_time, perce
 from edge.schedule import BinSchedule, ValveSchedule
 from edge.segment import BeltSegments, SkipFrame, WholeFrame
 from edge.sources import Capture
-from edge.track import BeltTracker, EveryItemNew
+from edge.track import BeltTracker, ItemTracker
 from edge.valves import ValveBar
 
 _NOT_STARTED = types.SimpleNamespace(dropped=0, source_errors=0, depth=0)  # snapshot() before run(): nothing read
@@ -62,7 +62,8 @@ class Sorter:
         else:
             self.particles = None
             self.segmenter = WholeFrame(config.source.roi)
-            self.tracker = EveryItemNew()
+            still = 0 if belt is None else config.belt.still_mm * config.encoder.counts_per_mm
+            self.tracker = ItemTracker(events, belt, still)
             self.scheduler = BinSchedule(config, actuator, clock, belt, plc_fires)
         self.review_copies = ReviewCopies(review, model, clock, events) if review is not None else None
         self.recheck_watch = RecheckWatch(self.alarm, events, config.alarm.window, config.bins.recheck,
@@ -200,6 +201,7 @@ class Sorter:
             "late": tally.per_reason["late"],
             "failed": tally.per_reason["error"],
             "frames_skipped": tally.skipped,
+            **({"frames_unmoved": self.tracker.unmoved} if not self.belt_frame and self.belt is not None else {}),
             "frames_dropped": capture.dropped,
             "source_errors": capture.source_errors,
             "actuator_errors": self.actuator.errors,

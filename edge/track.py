@@ -13,7 +13,10 @@ next frame (`entering`); one touching the downstream edge (the last row) was see
 (`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
 recheck bin). Frames must therefore overlap along the belt by at least max_mm.
 
-Single items (one particle per frame) are all new: every frame holds the next item.
+Single items (one particle per frame): every frame holds the next item, except on an encoder-timed belt that has
+not moved: a frame captured less than `[belt] still_mm` of travel from the last decided item shows that item again
+and is not decided (counted `frames_unmoved`; `belt_stopped` and `belt_moving` events mark the stop). A clock-timed
+belt cannot tell: there a stopped belt must stop the camera too.
 """
 
 from dataclasses import dataclass
@@ -21,10 +24,29 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class EveryItemNew:
-    """Single items: each frame's particle is decided."""
+class ItemTracker:
+    """Single items. `belt`: the encoder (None on a clock-timed belt); `still_counts`: the travel, in counts, below
+    which the belt has not moved."""
+
+    def __init__(self, events, belt=None, still_counts=0):
+        self.events, self.belt, self.still_counts = events, belt, still_counts
+        self.unmoved = 0  # frames not decided because the belt had not moved
+        self._stopped = 0  # frames of the current stop
+        self._last = None  # count of the last decided item
 
     def fresh(self, particles, position):
+        if self.belt is not None and position is not None and self._last is not None:
+            if abs(self.belt.delta(position, self._last)) < self.still_counts:
+                self.unmoved += 1
+                self._stopped += 1
+                if self._stopped == 1:
+                    self.events.emit("belt_stopped", position=position)
+                return [], {}
+            if self._stopped:
+                self.events.emit("belt_moving", position=position, frames=self._stopped)
+                self._stopped = 0
+        if position is not None:
+            self._last = position
         return list(particles), {}
 
 

@@ -152,3 +152,35 @@ def test_the_heartbeat_beats_while_frame_work_blocks_and_says_the_belt_is_being_
     assert len(set(beats)) >= 4 and max(gaps) <= 0.25, (len(set(beats)), gaps)
     assert states == {LEARNING}
     assert result["summary"]["exit"] == "end of source"
+
+
+def test_a_stopped_belt_of_particles_decides_nothing_again(tiny_export, write_config, make_runner, fake_clock,
+                                                           tmp_path):
+    """[particles] on an encoder-timed belt that stops: the frames taken while the count stands still show the same
+    particles at the same places, tracked, not decided again, however much time passes."""
+    from edge.drivers.jsonl import ValveJsonlActuator
+    from edge.encoder import EncoderBelt
+    from test_edge_encoder import ADDRESS, EncoderPLC
+    from test_edge_modbus import free_port
+
+    plc = EncoderPLC(free_port()).start()
+    try:
+        config = _particle_config(write_config, tiny_export, belt={"speed_mm_s": 1000.0, "position": "modbus"},
+                                  encoder={"port": plc.port, "address": ADDRESS, "counts_per_mm": 4.0,
+                                           "timeout_s": 0.5})
+        runner, events = make_runner(
+            config, tiny_export["float32"], clock=fake_clock,
+            actuator_factory=lambda: ValveJsonlActuator(str(tmp_path / "valves.jsonl"), fake_clock, encoder=True),
+            belt=lambda config, clock, sink: EncoderBelt(config.encoder, config.belt, clock, sink, background=False))
+        plc.count = 5000
+        for name, image in [("empty", Image.fromarray(BELT))] + [
+                (str(n), _discs([(200, 150, 20.0), (400, 200, 30.0)])) for n in range(4)]:
+            frame = Frame(name, fake_clock.now(), image)
+            runner.belt.stamp(frame)
+            runner.process(frame)
+            fake_clock.advance(10.0)
+        runner.belt.close()
+    finally:
+        plc.stop()
+    assert [p["frame"] for p in _events(events, "particle")] == ["0", "0"]
+    assert runner.particles.counts["tracked"] == 6

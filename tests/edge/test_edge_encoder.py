@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from pymodbus.constants import ExcCodes
@@ -151,10 +152,10 @@ def test_late_items_and_unreadable_counts_go_to_recheck(
     frame = _captured(runner, encoder, 65_500, "late", image)  # valve count 764 after the wrap
     encoder.count = 764  # ...already reached when the decision is ready
     runner.process(frame)
-    frame = _captured(runner, encoder, 65_500, "just_in_time", image)
-    encoder.count = 763
+    frame = _captured(runner, encoder, 65_400, "just_in_time", image)  # valve count 664
+    encoder.count = 663
     runner.process(frame)
-    encoder.count = 764
+    encoder.count = 664
     runner.belt.poll()
     encoder.fail = True  # a PLC fault while a frame is captured...
     frame = _captured(runner, encoder, 0, "no_count_at_capture", image)
@@ -279,3 +280,21 @@ def test_the_modbus_ring_carries_the_encoder_count_at_capture(tiny_export, write
     bins = [registers[k * SLOT + 2] for k in range(2)]
     assert positions == [123_456_789, 0] and bins[0] != 0 and bins[1] == 0  # 0: recheck, no valve for it
     assert runner.belt.waiting == 0  # the PLC fires from the ring: nothing is scheduled in the runner
+
+
+def test_a_stopped_belt_is_not_new_material(tmp_path, tiny_export, write_config, make_runner, fake_clock, plc):
+    """Single items on an encoder-timed belt: frames captured while the count stands still (within still_mm) show the
+    item already decided; it is decided once, the stop and the restart are events, the frames are counted."""
+    image, decision = _surest_image(tiny_export)
+    encoder = plc()
+    config = write_config(decision=decision, **_belt(port=encoder.port))  # 2 counts per mm; still_mm 1 = 2 counts
+    runner, events_path = make_runner(config, tiny_export["float32"], clock=fake_clock, belt=_driven)
+    for number, count in enumerate((1000, 1000, 1001, 999, 1000, 1300)):  # stopped (jitter of a count), then moves
+        runner.process(_captured(runner, encoder, count, str(number), image))
+        fake_clock.advance(1.0)
+    events = _lines(events_path)
+    assert [e["frame"] for e in events if e["type"] == "item"] == ["0", "5"]
+    assert [(e["type"], e.get("frames")) for e in events if e["type"].startswith("belt_")] == [
+        ("belt_stopped", None), ("belt_moving", 4)]
+    summary = runner.summary(SimpleNamespace(dropped=0, source_errors=0), "end of source")
+    assert summary["frames_unmoved"] == 4 and summary["items"] == 2
