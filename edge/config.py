@@ -94,6 +94,13 @@ def _roi(value):
     return tuple(value)
 
 
+def _size(value):
+    if (not isinstance(value, list) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise _Invalid("must be [width, height] in whole pixels of the camera frame")
+    return tuple(value)
+
+
 def _class_bins(value):
     if not isinstance(value, dict):
         raise _Invalid("must be a table of class = \"bin\" lines")
@@ -131,6 +138,10 @@ class SourceConfig:
     retry_initial_s: float = _key("retry_initial_s = 0.5", _number(above=0.0), 0.5)
     retry_max_s: float = _key("retry_max_s = 30", _number(above=0.0), 30.0)
     stall_timeout_s: float = _key("stall_timeout_s = 10", _number(above=0.0), 10.0)
+    frame_size: tuple = _key("frame_size = [1280, 720]  # the size roi and belt are set for (default: the first frame)",
+                             _size, None)
+    rescale: bool = _key("rescale = false  # resize a frame of another size to frame_size instead of skipping it",
+                         _boolean, False)
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,10 @@ class ReviewConfig:
 class AlarmConfig:
     window: int = _key("window = 200", _integer(1), 200)
     max_recheck_share: float = _key("max_recheck_share = 0.3", _number(above=0.0, high=1.0), 0.3)
+    blind_s: float = _key("blind_s = 10  # frames arrive but none can be used for this long: the blind alarm",
+                          _number(above=0.0), 10.0)
+    no_particles_s: float = _key("no_particles_s = 0  # [particles]: no particle for this long raises the blind "
+                                 "alarm (0: never; an empty belt is normal off-feed)", _number(low=0.0), 0.0)
 
 
 @dataclass(frozen=True)

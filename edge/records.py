@@ -129,9 +129,14 @@ class Tally:
         self.per_bin = Counter()
         self.per_reason = Counter()
         self.skipped = 0
+        self.skipped_by = Counter()  # reason -> frames: undecodable, frame_size, roi, belt
         self.latencies = deque(maxlen=window)  # total latency, seconds, for the summary
         self._interval = []  # total latencies since the last stats line
         self._interval_items = 0
+
+    def skip(self, reason):
+        self.skipped += 1
+        self.skipped_by[reason] += 1
 
     def add(self, label, bin_name, reason, total_s):
         self.items += 1

@@ -3,23 +3,57 @@
 Single items: the whole region of interest is one particle (`WholeFrame`), so one item per frame runs the same
 path as a belt of many. Many particles ([particles]): the first `background_frames` frames teach the empty belt,
 then each frame is segmented against it (`BeltSegments`, edge/particles.py Segmenter).
+
+An ROI and a learned belt are set for one frame size: `[source] frame_size`, else the first frame they fit. A frame
+of another size (a camera reconnecting at another resolution, a folder of mixed sizes) is skipped (`frame_size`),
+never cropped with the old ROI, unless `[source] rescale = true` resizes it to that size. Single items without an
+ROI take pictures of any size (each is resized to the model's input anyway).
 """
 
 import numpy as np
+from PIL import Image
 
 from edge.particles import BackgroundModel, Particle, Segmentation, Segmenter
 from edge.preprocess import crop_roi
 
 
 class SkipFrame(Exception):
-    """This frame cannot be segmented (the message says why); it is counted and skipped, sorting goes on."""
+    """This frame cannot be segmented: `reason` (frame_size, roi, belt) is counted, the message says why and the fix;
+    sorting goes on."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
 
 
-def _region(frame, roi):
+class FrameSize:
+    """The one frame size an ROI or a learned belt holds for (see the module)."""
+
+    def __init__(self, size=None, rescale=False):
+        self.size = tuple(size) if size else None
+        self.rescale = rescale
+
+    def check(self, image, roi):
+        """`image` if it has the size (the first that fits `roi` sets it when none is configured), resized to it
+        with `rescale`; else SkipFrame."""
+        if self.size is None:
+            if roi is None or (roi[0] + roi[2] <= image.width and roi[1] + roi[3] <= image.height):
+                self.size = image.size
+            return image
+        if image.size == self.size:
+            return image
+        if self.rescale:
+            return image.resize(self.size, Image.BILINEAR)
+        raise SkipFrame("frame_size", f"frame of {image.width}x{image.height} is not the {self.size[0]}x"
+                        f"{self.size[1]} the roi and belt were set for: check the camera's resolution, or set "
+                        "[source] rescale = true")
+
+
+def _region(image, roi):
     try:
-        return crop_roi(frame.image, roi)
+        return crop_roi(image, roi)
     except ValueError as error:
-        raise SkipFrame(str(error)) from None
+        raise SkipFrame("roi", str(error)) from None
 
 
 class WholeFrame:
@@ -27,11 +61,14 @@ class WholeFrame:
 
     learning = False
 
-    def __init__(self, roi):
-        self.roi = roi
+    def __init__(self, roi, size):
+        self.roi, self.size = roi, size  # size: FrameSize
 
     def segment(self, frame):
-        region = _region(frame, self.roi)
+        image = frame.image
+        if self.roi is not None or self.size.size is not None:
+            image = self.size.check(image, self.roi)
+        region = _region(image, self.roi)
         width, height = region.size
         box = (0, 0, width, height)
         return Segmentation([Particle(0, (width / 2, height / 2), box, width * height, None, None, (), False, region)])
@@ -41,8 +78,8 @@ class BeltSegments:
     """Many particles: learns the empty belt, then segments. `on_learned(frame, shape)` is called once the belt is
     learned, with the frame that completed it and the region's (height, width, 3)."""
 
-    def __init__(self, particles, valves, roi, on_learned):
-        self.particles, self.valves, self.roi = particles, valves, roi
+    def __init__(self, particles, valves, roi, size, on_learned):
+        self.particles, self.valves, self.roi, self.size = particles, valves, roi, size
         self.on_learned = on_learned
         self.segmenter = None
         self._empty_frames = []
@@ -53,12 +90,9 @@ class BeltSegments:
 
     def segment(self, frame):
         """The frame's Segmentation, or None while it is one of the empty-belt frames being learned."""
-        pixels = np.asarray(_region(frame, self.roi))
+        pixels = np.asarray(_region(self.size.check(frame.image, self.roi), self.roi))
         if self.segmenter is not None:
-            try:
-                return self.segmenter.segment(pixels)
-            except ValueError as error:  # a frame of another size than the learned belt
-                raise SkipFrame(str(error)) from None
+            return self.segmenter.segment(pixels)
         self._empty_frames.append(pixels)
         if len(self._empty_frames) < self.particles.background_frames:
             return None
@@ -66,7 +100,7 @@ class BeltSegments:
         try:
             background = BackgroundModel(frames, self.particles.background_rate)
         except ValueError as error:
-            raise SkipFrame(f"{error}: the belt is learned again") from None
+            raise SkipFrame("belt", f"{error}: the belt is learned again") from None
         self.segmenter = Segmenter(self.particles, background, self.valves)
         self.on_learned(frame, pixels.shape)
         return None

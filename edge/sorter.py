@@ -24,12 +24,13 @@ from edge.classify import CropClassifier
 from edge.decision import Decider
 from edge.drift import DriftMonitor
 from edge.actuate import Heartbeat
-from edge.drivers.modbus_server import LEARNING, RUNNING, SOURCE_FAILING
+from edge.blind import BlindWatch
+from edge.drivers.modbus_server import BLIND, LEARNING, RUNNING, SOURCE_FAILING
 from edge.particles import ParticleTally
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
 from edge.records import RecheckAlarm, Tally, atomic_write_json, iso_time, percentile
 from edge.schedule import BinSchedule, ValveSchedule
-from edge.segment import BeltSegments, SkipFrame, WholeFrame
+from edge.segment import BeltSegments, FrameSize, SkipFrame, WholeFrame
 from edge.sources import Capture
 from edge.track import BeltTracker, ItemTracker
 from edge.valves import ValveBar
@@ -54,14 +55,16 @@ class Sorter:
         if config.drift.enabled and model.reference is not None:
             self.drift = DriftMonitor(model.labels, model.reference, config.drift.window, config.drift.threshold)
         self.drift_alarms = 0
+        self.blind = BlindWatch(clock, events, config.alarm.blind_s, config.alarm.no_particles_s)
         self.belt_frame = config.particles is not None
+        size = FrameSize(config.source.frame_size, config.source.rescale)
         if self.belt_frame:
             self.particles = ParticleTally(config.bins, model.labels)
-            self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, self._belt_learned)
+            self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, size, self._belt_learned)
             self.tracker = self.scheduler = None  # once the belt is learned: they need the frame's height
         else:
             self.particles = None
-            self.segmenter = WholeFrame(config.source.roi)
+            self.segmenter = WholeFrame(config.source.roi, size)
             still = 0 if belt is None else config.belt.still_mm * config.encoder.counts_per_mm
             self.tracker = ItemTracker(events, belt, still)
             self.scheduler = BinSchedule(config, actuator, clock, belt, plc_fires)
@@ -83,6 +86,8 @@ class Sorter:
 
     def state(self):
         """(Modbus state code, model ok) now: what the heartbeat publishes, read from its own thread."""
+        if self.blind.problem is not None:
+            return BLIND, self.model_ok
         if self.segmenter.learning:
             return LEARNING, self.model_ok
         return (RUNNING if self.source_up else SOURCE_FAILING), self.model_ok
@@ -96,9 +101,12 @@ class Sorter:
         """Finish after the current frame (signal-safe: only sets a flag)."""
         self._stop_reason = reason
 
-    def _skip(self, frame, error):
-        self.tally.skipped += 1
-        self.events.emit("skipped", frame=frame.frame_id, error=error)
+    def _skip(self, frame, reason, error):
+        self.tally.skip(reason)
+        self.events.emit("skipped", frame=frame.frame_id, reason=reason, error=error)
+        if self.telemetry is not None:
+            self.telemetry.skipped(reason)
+        self.blind.frame(False, skip=f"{reason}: {error}")
 
     def _belt_learned(self, frame, shape):
         """The segmenter learned the empty belt: the valve bar, tracking and scheduling get the frame's geometry."""
@@ -117,11 +125,12 @@ class Sorter:
         """One frame through the pipeline: every new particle in it decided, its ejection commanded and published."""
         start = self.clock.now()
         if frame.image is None:
-            return self._skip(frame, frame.error)
+            return self._skip(frame, "undecodable", frame.error)
         try:
             segmentation = self.segmenter.segment(frame)
         except SkipFrame as problem:
-            return self._skip(frame, str(problem))
+            return self._skip(frame, problem.reason, str(problem))
+        self.blind.frame(True, len(segmentation.particles) if segmentation and self.belt_frame else None)
         if segmentation is None:  # an empty-belt frame being learned
             return
         segmented = self.clock.now()
@@ -201,12 +210,14 @@ class Sorter:
             "late": tally.per_reason["late"],
             "failed": tally.per_reason["error"],
             "frames_skipped": tally.skipped,
+            "frames_skipped_by_reason": dict(sorted(tally.skipped_by.items())),
             **({"frames_unmoved": self.tracker.unmoved} if not self.belt_frame and self.belt is not None else {}),
             "frames_dropped": capture.dropped,
             "source_errors": capture.source_errors,
             "actuator_errors": self.actuator.errors,
             "alarms": self.recheck_watch.alarms,
             "drift_alarms": self.drift_alarms,
+            "blind_alarms": self.blind.alarms,
             "drift": self.drift.status() if self.drift is not None else None,
             "events_lost": self.events.lost,
             "review_lost": self.review_copies.lost if self.review_copies is not None else 0,
@@ -238,6 +249,7 @@ class Sorter:
             "recheck_share": self.alarm.share, "alarm_active": self.alarm.tripped,
             "alarm_limit": self.config.alarm.max_recheck_share, "source_up": self.source_up,
             "queue_depth": capture.depth, "actuator_up": self.actuator.up, "model_ok": self.model_ok,
+            "blind": self.blind.problem,
         }
 
     def run(self, capture, max_items=None):
@@ -261,7 +273,8 @@ class Sorter:
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
                 if self.telemetry is not None:
-                    self.telemetry.update(capture.depth, self.alarm.share, self.source_up, self.actuator.up)
+                    self.telemetry.update(capture.depth, self.alarm.share, self.source_up, self.actuator.up,
+                                          self.blind.problem is not None)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:

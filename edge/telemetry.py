@@ -41,6 +41,10 @@ class Telemetry:
                                      "calibration images (0 until the window is full or without a reference)",
                                      registry=registry)
         self.drift_alarm = Gauge(PREFIX + "drift_alarm", "1 while the drift alarm is tripped", registry=registry)
+        self.blind = Gauge(PREFIX + "blind", "1 while frames arrive but none can be used (edge/blind.py)",
+                           registry=registry)
+        self.frames_skipped = Counter(PREFIX + "frames_skipped_by_reason", "Frames skipped, by reason (undecodable, "
+                                      "frame_size, roi, belt)", ["reason"], registry=registry)
         Info(PREFIX + "model", "The model being run", registry=registry).info(
             {"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)}
         )
@@ -67,7 +71,11 @@ class Telemetry:
             if key in latency:
                 self.latency[stage].observe(latency[key])
 
-    def update(self, queue_depth, recheck_share, source_up, actuator_up):
+    def skipped(self, reason):
+        self.frames_skipped.labels(reason).inc()
+
+    def update(self, queue_depth, recheck_share, source_up, actuator_up, blind=False):
+        self.blind.set(int(blind))
         self.queue_depth.set(queue_depth)
         self.recheck_share.set(recheck_share)
         self.source_up.set(int(source_up))

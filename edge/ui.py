@@ -178,6 +178,7 @@ class LineUI:
             alarm_class="alarm" if status["alarm_active"] else "",
             drift_hidden="" if drift.get("alarm") else "hidden",
             drift_message=html.escape(str(drift.get("message", ""))),
+            blind_hidden="" if status["blind"] else "hidden", blind_message=html.escape(status["blind"] or ""),
             recent="\n".join(
                 f'<li><img src="/review/{html.escape(i["stem"])}.jpg" alt="{html.escape(i["stem"])}" width="96" '
                 f'height="96"><span>{html.escape(i["saved"])}</span><span>{html.escape(_top3(i, chr(10)))}</span></li>'

@@ -8,7 +8,8 @@ is documented as a table in edge/README.md and fixed here:
              learning the belt); a value that stops changing for 250 ms means a dead or stuck runner, and the PLC
              should fail safe
     1        runner state: 0 starting, 1 running, 2 source failing or stalled, 3 stopped, 4 learning the empty belt
-             ([particles]: the first background_frames frames; nothing is sorted yet)
+             ([particles]: the first background_frames frames; nothing is sorted yet), 5 blind (frames arrive but
+             none can be used for [alarm] blind_s: wrong size, ROI outside them; or no particle for no_particles_s)
     2        model ok: 1 while the model classifies, 0 after an inference error (until the next success) or at stop
     3        ring size N
     4, 5     last sequence number (32 bits, high word first); 0 before the first item
@@ -52,7 +53,7 @@ HEARTBEAT, STATE, MODEL_OK, RING_SIZE, LAST_SEQ, BIN_COUNT, MAP_VERSION = 0, 1, 
 BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
 VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
 UNIT_MS, UNIT_COUNTS = 0, 1
-STARTING, RUNNING, SOURCE_FAILING, STOPPED, LEARNING = 0, 1, 2, 3, 4
+STARTING, RUNNING, SOURCE_FAILING, STOPPED, LEARNING, BLIND = 0, 1, 2, 3, 4, 5
 
 
 def _ms(seconds):

@@ -52,6 +52,8 @@ async function refresh() {
     const drift = status.drift || {};
     document.getElementById("drift").hidden = !drift.alarm;
     document.getElementById("drift-message").textContent = drift.message || "";
+    document.getElementById("blind").hidden = !status.blind;
+    document.getElementById("blind-message").textContent = status.blind || "";
     thumbs(status.review);
     document.body.dataset.refreshed = String(Date.now());
   } catch (error) {

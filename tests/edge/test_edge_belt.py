@@ -83,6 +83,8 @@ class _HeldPicture:
 
     def __init__(self, pixels, gate, entered):
         self.pixels, self.gate, self.entered = pixels, gate, entered
+        self.height, self.width = pixels.shape[:2]
+        self.size = (self.width, self.height)
 
     def __array__(self, dtype=None, copy=None):
         self.entered.set()
@@ -184,3 +186,74 @@ def test_a_stopped_belt_of_particles_decides_nothing_again(tiny_export, write_co
         plc.stop()
     assert [p["frame"] for p in _events(events, "particle")] == ["0", "0"]
     assert runner.particles.counts["tracked"] == 6
+
+
+def _picture(width, height, value=120):
+    return Image.fromarray(np.full((height, width, 3), value, np.uint8))
+
+
+def test_a_frame_of_another_size_is_skipped_not_cropped_wrongly(tiny_export, write_config, make_runner, fake_clock):
+    """An ROI set for 64x64 frames: a 48x48 frame (a camera reconnecting at another resolution) is skipped with
+    its reason counted, never cropped with the old ROI; `rescale = true` resizes it to the configured size."""
+    config = write_config(source={"roi": [8, 8, 32, 32]})
+    runner, events = make_runner(config, tiny_export["float32"], clock=fake_clock)
+    for number, size in enumerate((64, 48, 64)):
+        runner.process(Frame(str(number), fake_clock.now(), _picture(size, size)))
+    assert [e["frame"] for e in _events(events, "item")] == ["0", "2"]
+    skipped = _events(events, "skipped")
+    assert [(e["frame"], e["reason"]) for e in skipped] == [("1", "frame_size")]
+    assert "48x48" in skipped[0]["error"] and "64x64" in skipped[0]["error"]
+    assert runner.tally.skipped_by == {"frame_size": 1}
+
+    rescaled = write_config(source={"roi": [8, 8, 32, 32], "frame_size": [64, 64], "rescale": True})
+    runner, events = make_runner(rescaled, tiny_export["float32"], clock=fake_clock)
+    runner.process(Frame("big", fake_clock.now(), _picture(128, 128)))
+    assert _events(events, "item")[-1]["frame"] == "big" and runner.tally.skipped == 0
+
+
+def test_an_roi_no_frame_contains_raises_the_blind_alarm(tiny_export, write_config, make_runner, fake_clock,
+                                                         capsys):
+    """Frames arrive but none can be used (the ROI lies outside them): after [alarm] blind_s one alarm, on stderr,
+    in the events, in the Modbus state (5) and on the page's status; the first usable frame clears it."""
+    from edge.drivers.modbus_server import BLIND, RUNNING
+
+    config = write_config(source={"roi": [100, 100, 32, 32]}, alarm={"blind_s": 5.0})
+    runner, events = make_runner(config, tiny_export["float32"], clock=fake_clock)
+    for number in range(8):
+        runner.process(Frame(str(number), fake_clock.now(), _picture(64, 64)))
+        fake_clock.advance(1.0)
+    assert runner.state()[0] == BLIND and runner.snapshot()["blind"]
+    alarms = _events(events, "blind")
+    assert len(alarms) == 1 and "source.roi" in alarms[0]["problem"]
+    assert "runner: blind:" in capsys.readouterr().err
+    assert runner.tally.skipped_by == {"roi": 8}
+    runner.process(Frame("big", fake_clock.now(), _picture(160, 160)))
+    assert runner.state()[0] == RUNNING and not runner.snapshot()["blind"]
+    assert len(_events(events, "blind_cleared")) == 1
+
+
+def test_the_blind_alarm_on_the_page_and_in_prometheus(tiny_export, write_config, make_runner, fake_clock):
+    """The operator's page shows the blind banner with its problem, and the metrics carry the gauge and the skips by
+    reason (a real HTTP client against the page and the exporter on 127.0.0.1)."""
+    import urllib.request
+
+    from edge.telemetry import PREFIX, Telemetry
+    from edge.ui import LineUI
+
+    config = write_config(source={"roi": [100, 100, 32, 32]}, alarm={"blind_s": 2.0})
+    runner, _ = make_runner(config, tiny_export["float32"], clock=fake_clock)
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
+    for number in range(4):
+        runner.process(Frame(str(number), fake_clock.now(), _picture(64, 64)))
+        fake_clock.advance(1.0)
+    telemetry.update(0, 0.0, True, True, runner.blind.problem is not None)
+    ui = LineUI(runner, None)
+    address = ui.serve("127.0.0.1", 0).split(" ", 1)[1]
+    try:
+        page = urllib.request.urlopen(address, timeout=10).read().decode()
+    finally:
+        ui.close()
+    assert '<div id="blind" class="banner" >Blind: <span id="blind-message">no usable frame' in page
+    sample = telemetry.registry.get_sample_value
+    assert sample(PREFIX + "blind") == 1 and sample(PREFIX + "frames_skipped_by_reason_total", {"reason": "roi"}) == 4
