@@ -2,9 +2,9 @@
 
 A clock-timed belt assumes a constant speed; a belt that slows or stops then gets its valves fired at the wrong
 place. Here the runner is a Modbus TCP client of the PLC that owns the encoder: each frame is stamped with the count
-read when it was captured, and a bench ejector (serial, gpio, jsonl) fires when the count reaches that stamp plus
-the camera-to-ejector distance in counts (less the valve lead, turned into counts at the nominal `speed_mm_s`).
-A stopped belt therefore holds the valve back instead of firing at an empty belt.
+read just before it was grabbed (edge/sources.py Capture), and a bench ejector (serial, gpio, jsonl) fires when the
+count reaches that stamp plus the camera-to-ejector distance in counts (less the valve lead, turned into counts at
+the nominal `speed_mm_s`). A stopped belt therefore holds the valve back instead of firing at an empty belt.
 
 Counters wrap (16 or 32 bits). Positions are compared modulo 2**bits, as the signed difference in
 (-2**(bits-1), 2**(bits-1)]: this assumes the belt moves less than half the counter range between two reads and
@@ -121,10 +121,6 @@ class EncoderBelt:
                     f"{self.endpoint} cannot be read ({type(error).__name__}: {error}): check [encoder] host, port, "
                     "unit_id and address, and that the PLC is reachable"
                 ) from None
-
-    def stamp(self, frame):
-        """Called in the capture thread as each frame arrives: the count at capture (None if unreadable)."""
-        frame.position = self.read()
 
     def schedule(self, target, fire, **details):
         """Call `fire()` (True when the command went out) when the count reaches `target`."""

@@ -265,7 +265,7 @@ class Sorter:
             bin_codes=self.config.bin_codes(),
         )
         if self.belt is not None:
-            capture.stamp = capture.stamp or self.belt.stamp  # the count is read as each frame arrives
+            capture.position = capture.position or self.belt.read  # the count is read as each frame is grabbed
             self.belt.start()
         self.capture = capture
         capture.start()

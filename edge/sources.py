@@ -225,10 +225,12 @@ class Capture:
     END = object()
 
     def __init__(
-        self, source, clock, events, queue_size=4, fps=0.0, retry_initial_s=0.5, retry_max_s=30.0, stamp=None
+        self, source, clock, events, queue_size=4, fps=0.0, retry_initial_s=0.5, retry_max_s=30.0, position=None
     ):
         self.source = source
-        self.stamp = stamp  # called on each frame as it is read (the encoder count at capture), in this thread
+        # `position()`: the belt's encoder count, read in this thread just before each frame is grabbed, so the
+        # frame carries the count of its capture, not of the end of its decode (8 mm later at 1 m/s when loaded).
+        self.position = position
         self.clock = clock
         self.events = events
         self.queue_size = queue_size
@@ -306,6 +308,7 @@ class Capture:
                     if self.clock.wait(self._stop, next_read - self.clock.now()):
                         break
                     next_read = max(next_read + 1.0 / self.fps, self.clock.now())
+                count = self.position() if self.position is not None else None
                 try:
                     frame = self.source.read()
                 except Exception as error:
@@ -315,8 +318,8 @@ class Capture:
                     continue
                 if frame is None:
                     break
-                if self.stamp is not None:
-                    self.stamp(frame)
+                if self.position is not None:
+                    frame.position = count
                 if failing:
                     self.events.emit("source_recovered", errors=self.source_errors)
                     failing, backoff = False, self.retry_initial_s

@@ -178,7 +178,7 @@ def test_a_stopped_belt_of_particles_decides_nothing_again(tiny_export, write_co
         for name, image in [("empty", Image.fromarray(BELT))] + [
                 (str(n), _discs([(200, 150, 20.0), (400, 200, 30.0)])) for n in range(4)]:
             frame = Frame(name, fake_clock.now(), image)
-            runner.belt.stamp(frame)
+            frame.position = runner.belt.read()
             runner.process(frame)
             fake_clock.advance(10.0)
         runner.belt.close()
@@ -257,3 +257,43 @@ def test_the_blind_alarm_on_the_page_and_in_prometheus(tiny_export, write_config
     assert '<div id="blind" class="banner" >Blind: <span id="blind-message">no usable frame' in page
     sample = telemetry.registry.get_sample_value
     assert sample(PREFIX + "blind") == 1 and sample(PREFIX + "frames_skipped_by_reason_total", {"reason": "roi"}) == 4
+
+
+def test_the_encoder_count_is_taken_at_capture_not_after_the_decode(tiny_export, write_config, fake_clock):
+    """A frame's position is the count when its capture began: a decode that takes while the belt moves 100 counts
+    (here the source moves the PLC's count inside read()) must not shift it, which at 1 m/s was up to 8 mm."""
+    from edge.config import load_config
+    from edge.encoder import EncoderBelt
+    from edge.records import EventSink, LineWriter
+    from test_edge_encoder import ADDRESS, EncoderPLC
+    from test_edge_modbus import free_port
+
+    plc = EncoderPLC(free_port()).start()
+
+    class SlowDecode:
+        live, frames = False, 0
+
+        def open(self):
+            pass
+
+        def read(self):
+            if self.frames == 3:
+                return None
+            self.frames += 1
+            plc.count += 100  # the belt moves while the picture is read and decoded
+            return Frame(str(self.frames), fake_clock.now(), _picture(16, 16))
+
+        def close(self):
+            pass
+
+    try:
+        config = load_config(write_config(belt={"speed_mm_s": 1000.0, "position": "modbus"},
+                                          encoder={"port": plc.port, "address": ADDRESS, "counts_per_mm": 4.0}))
+        events = EventSink(LineWriter("-"), fake_clock)
+        belt = EncoderBelt(config.encoder, config.belt, fake_clock, events, background=False)
+        capture = Capture(SlowDecode(), fake_clock, events, position=belt.read).start()
+        frames = [capture.get(10) for _ in range(3)]
+        belt.close()
+    finally:
+        plc.stop()
+    assert [f.position for f in frames] == [0, 100, 200]

@@ -106,7 +106,7 @@ def _captured(runner, plc, count, frame_id, image):
     """A frame captured when the PLC's count is `count` (stamped as the capture thread does)."""
     plc.count = count
     frame = Frame(frame_id, runner.clock.now(), image)
-    runner.belt.stamp(frame)
+    frame.position = runner.belt.read()
     return frame
 
 

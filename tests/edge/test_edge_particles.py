@@ -575,7 +575,7 @@ def test_runner_times_the_valve_bar_by_encoder_counts(specimens, tiny_export, wr
         encoder.count = 65_000  # the belt stands still while the frame is decided: nothing is late
         for frame_id, pixels in [("e1", belt_frame(belt, rng)), ("e2", belt_frame(belt, rng)), ("A", scene)]:
             frame = Frame(frame_id, fake_clock.now(), Image.fromarray(pixels[..., ::-1].copy()))
-            runner.belt.stamp(frame)
+            frame.position = runner.belt.read()
             runner.process(frame)
         runner.actuator.close()
         runner.belt.close()
