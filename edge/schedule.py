@@ -66,15 +66,23 @@ class BinSchedule:
 
 class ValveSchedule:
     """The valve bar ejects the particles of `[valves] bin`; every other particle rides on to the recheck bin.
-    `counts` (ParticleTally.counts) takes the conflicts and the kept particles a fired pulse hits."""
+    `counts` (ParticleTally.counts) takes the conflicts and the kept particles a fired pulse hits.
+
+    Arbitration spans frames: the Plans of particles kept and the Commands sent are remembered until they have
+    passed the bar, so a pulse decided now is checked against particles an earlier frame decided to keep, and a
+    particle kept now under a pulse already sent is counted `hit` (unavoidable: the command is out)."""
 
     def __init__(self, config, actuator, clock, bar, counts, belt=None):
         self.recheck, self.bin = config.bins.recheck, config.valves.bin
         self.actuator, self.clock, self.bar, self.counts, self.belt = actuator, clock, bar, counts, belt
+        self._kept, self._sent = [], []  # earlier frames' kept Plans and sent Commands, until past the bar
 
     def schedule(self, frame, particles, decisions, seqs, plans):
         bar, recheck = self.bar, self.recheck
         now = self.clock.now() if self.belt is None else self.belt.read()
+        if now is not None:
+            self._kept = [p for p in self._kept if bar.delta(p.close_at, now) > 0]
+            self._sent = [c for c in self._sent if bar.delta(c.close_at, now) > 0]
         outcome, eject, keep = {}, {}, {}
         for particle in particles:
             decision, plan = decisions[particle.index], plans.get(particle.index)
@@ -89,14 +97,19 @@ class ValveSchedule:
                 continue
             if plan is not None:
                 keep[particle.index] = plan
-        commands, conflicts, hits = bar.arbitrate(eject, keep)
+        earlier = {("earlier", number): plan for number, plan in enumerate(self._kept)}
+        commands, conflicts, hits = bar.arbitrate(eject, {**keep, **earlier})
+        unavoidable = [k for k, plan in keep.items() if any(bar.overlap(plan, sent) for sent in self._sent)]
         self.counts["conflict"] += len(conflicts)
-        self.counts["hit"] += len(hits)
+        self.counts["hit"] += len(set(hits) | set(unavoidable))
+        self._kept += keep.values()
         for index in conflicts:
             outcome[index] = (recheck, "conflict")
         for command in commands:
             numbered = dataclasses.replace(command, particles=tuple(seqs[i] for i in command.particles))
             sent = self.actuator.send(numbered, command.open_at, frame.frame_id)
+            if sent:
+                self._sent.append(command)
             for index in command.particles:
                 outcome[index] = (self.bin, decisions[index].reason) if sent else (recheck, "error")
         return outcome

@@ -14,8 +14,9 @@ on to the end of the belt. A pulse that would also hit a particle that must not 
 overlapping time) is, with "skip" (the default: purity first), not fired: the particle to eject rides on with reason
 `conflict`; with "fire" (recovery first) it is fired and the other particle is counted `hit`. Each ejected particle
 gets its own command; two commands may share a lane at overlapping times (a valve driver keeps the valve open until
-the last pulse ends). Arbitration sees the particles decided in one frame only: a particle decided in an earlier
-frame whose pulse reaches one decided now is not checked (rare when frames overlap by more than max_mm).
+the last pulse ends). Arbitration spans frames (edge/schedule.py ValveSchedule): a pulse is checked against the
+particles kept in earlier frames too, and a particle kept now under a pulse an earlier frame already sent (air
+cannot be recalled) is counted `hit`.
 """
 
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ class ValveBar:
             (x + w) * self.mm_per_px,
         )
 
-    def _overlap(self, a, b):
+    def overlap(self, a, b):
+        """Whether two Plans or Commands share a lane at overlapping times."""
         return set(a.lanes) & set(b.lanes) and self.delta(a.open_at, b.close_at) < 0 and self.delta(b.open_at,
                                                                                                      a.close_at) < 0
 
@@ -94,7 +96,7 @@ class ValveBar:
             if not plan.lanes:
                 conflicts.append(pid)  # off the valve bar: cannot be ejected
                 continue
-            struck = [k for k, other in keep.items() if self._overlap(plan, other)]
+            struck = [k for k, other in keep.items() if self.overlap(plan, other)]
             if struck and self.valves.conflict == "skip":
                 conflicts.append(pid)
                 continue
