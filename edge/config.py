@@ -265,6 +265,8 @@ class ValvesConfig:
                                 _number(), 0.0)
     pulse_margin_mm: float = _key("pulse_margin_mm = 2  # valves open this much before and after a particle",
                                   _number(low=0.0), 2.0)
+    lane_margin_mm: float = _key("lane_margin_mm = 2  # lanes this close beside a particle open too",
+                                 _number(low=0.0), 2.0)
     conflict: str = _key('conflict = "skip"  # a pulse that would hit a particle to keep: "skip" it or "fire" anyway',
                          _choice("skip", "fire"), "skip")
 

@@ -217,9 +217,14 @@ class Segmenter:
         return Particle(
             index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
             size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
-            lanes=lanes_of(bbox[0] * mm, (bbox[0] + w) * mm, self.valves), split=was_split,
+            lanes=self._lanes(bbox[0] * mm, (bbox[0] + w) * mm), split=was_split,
             crop=self._crop(frame, labels, boxes, number, bbox), mask=labels[y0:y1, x0:x1] == number,
         )
+
+    def _lanes(self, x0_mm, x1_mm):
+        """The lanes under [x0_mm, x1_mm) widened by the valves' lane margin on each side."""
+        margin = self.valves.lane_margin_mm if self.valves is not None else 0.0
+        return lanes_of(x0_mm - margin, x1_mm + margin, self.valves)
 
     def _crop(self, frame, labels, boxes, number, bbox):
         """The padded square crop of one particle, others and off-frame pixels replaced by the belt.

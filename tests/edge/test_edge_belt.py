@@ -357,3 +357,20 @@ def test_a_kept_particle_under_an_earlier_frames_pulse_is_counted_hit(tiny_expor
     fake_clock.advance(0.02)
     _decided(schedule, bar, fake_clock, [((420, 196, 40, 40), (11, 12), "mixed")])
     assert counts == {"conflict": 0, "hit": 1}
+
+
+def test_the_lanes_cover_the_particle_and_a_margin(tiny_export, write_config):
+    """Lanes come from the particle's extent across the belt plus `[valves] lane_margin_mm` on each side (default 2
+    mm), so an edge 1 mm short of a lane boundary still opens that lane (lanes were decided by a one-pixel boundary)."""
+    from edge.config import load_config
+    from edge.particles import BackgroundModel, Segmenter
+
+    config = load_config(_particle_config(write_config, tiny_export))
+    segmenter = Segmenter(config.particles, BackgroundModel([BELT]), config.valves)
+    frame = BELT.copy()
+    cv2.rectangle(frame, (102, 100), (157, 150), DISC, -1)  # x 51..79 mm; lanes of 20 mm: 2 is 40-60, 3 60-80
+    particle, = segmenter.segment(frame, learn=False).particles
+    assert particle.lanes == (2, 3, 4)  # 49..81 mm with the margin
+    narrow = load_config(_particle_config(write_config, tiny_export, valves={"lane_margin_mm": 0.0}))
+    particle, = Segmenter(narrow.particles, BackgroundModel([BELT]), narrow.valves).segment(frame).particles
+    assert particle.lanes == (2, 3)

@@ -164,7 +164,8 @@ def test_isolated_particles_found_with_their_lanes(specimens):
         false += wrong
         for number, particle in found.items():
             xs = np.nonzero((truth == number).any(axis=0))[0]
-            expected = lanes_of(xs[0] * MM_PER_PX, (xs[-1] + 1) * MM_PER_PX, config.valves)
+            margin = config.valves.lane_margin_mm
+            expected = lanes_of(xs[0] * MM_PER_PX - margin, (xs[-1] + 1) * MM_PER_PX + margin, config.valves)
             # An over-split specimen (already a false detection above) has the lanes of its fragment only.
             lane_errors += not particle.split and particle.lanes != expected
     recall, precision = hits / truths, (detections - false) / detections
