@@ -82,6 +82,11 @@ def _choice(*options):
     return check
 
 
+def _driver(value):
+    """One of edge/drivers' DRIVERS, read when checked: a driver added to the table is a valid type at once."""
+    return _choice(*drivers.DRIVERS)(value)
+
+
 def _roi(value):
     if (
         not isinstance(value, list)
@@ -188,7 +193,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ActuatorConfig:
-    type: str = _key('type = "jsonl"  # edge/drivers/', _choice(*drivers.DRIVERS), "jsonl")
+    type: str = _key('type = "jsonl"  # edge/drivers/', _driver, "jsonl")
     path: str = _key('path = "-"  # jsonl: a file, or "-" for stdout', _text, "-")
     port: object = _key('port = "/dev/ttyUSB0"  # serial; modbus: port = 5020', _port, "")
     host: str = _key('host = "127.0.0.1"  # modbus: the address the server listens on', _text, "127.0.0.1")

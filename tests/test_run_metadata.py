@@ -1,19 +1,21 @@
 """The run and model metadata each have one home: the run directory's file names in mineralnet/rundir.py, the
 training options of a run in its typed TrainConfig (old config.json files included), and no import circle in
-mineralnet (read from the source, no TensorFlow)."""
+mineralnet or edge (read from the source, no TensorFlow)."""
 
 import ast
 import os
+
+import pytest
 
 from helpers import REPO
 
 PACKAGE = os.path.join(REPO, "mineralnet")
 
 
-def modules():
-    """{dotted module name: parsed source} of every module of the mineralnet package."""
+def modules(package=PACKAGE):
+    """{dotted module name: parsed source} of every module of a package of the repository (default mineralnet)."""
     found = {}
-    for folder, _, files in os.walk(PACKAGE):
+    for folder, _, files in os.walk(package):
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
@@ -24,7 +26,7 @@ def modules():
 
 
 def imported_modules(dotted, path, tree, known):
-    """The mineralnet modules `tree` imports anywhere (inside functions too), each as the longest known name."""
+    """The package's modules `tree` imports anywhere (inside functions too), each as the longest known name."""
     package = dotted if path.endswith("__init__.py") else dotted.rpartition(".")[0]
     targets = []
     for node in ast.walk(tree):
@@ -45,8 +47,9 @@ def imported_modules(dotted, path, tree, known):
     return found
 
 
-def test_no_import_circle_in_mineralnet():
-    known = modules()
+@pytest.mark.parametrize("package", ["mineralnet", "edge"])
+def test_no_import_circle(package):
+    known = modules(os.path.join(REPO, package))
     graph = {name: imported_modules(name, path, tree, known) for name, (path, tree) in known.items()}
 
     def circle_from(start):
