@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections import Counter, deque
+from collections import deque
 
 _STDOUT_LOCK = threading.Lock()  # events and the jsonl actuator may both write to stdout, from two threads
 
@@ -118,46 +118,6 @@ def percentile(values, q):
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return round((ordered[low] + (ordered[high] - ordered[low]) * (rank - low)) * 1000.0, 3)
-
-
-class Tally:
-    """Counters for the summary and the latency windows for stats lines."""
-
-    def __init__(self, window=10000):
-        self.items = 0
-        self.per_class = Counter()
-        self.per_bin = Counter()
-        self.per_reason = Counter()
-        self.skipped = 0
-        self.skipped_by = Counter()  # reason -> frames: undecodable, frame_size, roi, belt
-        self.latencies = deque(maxlen=window)  # total latency, seconds, for the summary
-        self._interval = []  # total latencies since the last stats line
-        self._interval_items = 0
-
-    def skip(self, reason):
-        self.skipped += 1
-        self.skipped_by[reason] += 1
-
-    def add(self, label, bin_name, reason, total_s):
-        self.items += 1
-        if label is not None:
-            self.per_class[label] += 1
-        self.per_bin[bin_name] += 1
-        self.per_reason[reason] += 1
-        self.latencies.append(total_s)
-        self._interval.append(total_s)
-        self._interval_items += 1
-
-    def stats(self, seconds):
-        """The stats-line fields for the last `seconds`, and a fresh interval."""
-        fields = {
-            "items_per_s": round(self._interval_items / seconds, 3) if seconds > 0 else None,
-            "latency_ms": {"p50": percentile(self._interval, 50), "p95": percentile(self._interval, 95)},
-            "items": self.items,
-            "per_class": dict(sorted(self.per_class.items())),
-        }
-        self._interval, self._interval_items = [], 0
-        return fields
 
 
 class RecheckAlarm:

@@ -26,12 +26,12 @@ from edge.drift import DriftMonitor
 from edge.actuate import Heartbeat
 from edge.blind import BlindWatch
 from edge.drivers.modbus_server import BLIND, LEARNING, RUNNING, SOURCE_FAILING
-from edge.particles import ParticleTally
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
-from edge.records import RecheckAlarm, Tally, atomic_write_json, iso_time, percentile
+from edge.records import RecheckAlarm, atomic_write_json, iso_time, percentile
 from edge.schedule import BinSchedule, ValveSchedule
 from edge.segment import BeltSegments, FrameSize, SkipFrame, WholeFrame
 from edge.sources import Capture
+from edge.tally import OUTCOMES, ParticleTally, Tally
 from edge.track import BeltTracker, ItemTracker
 from edge.valves import ValveBar
 
@@ -116,7 +116,7 @@ class Sorter:
         else:
             per_mm, modulus = config.encoder.counts_per_mm, 1 << (16 * config.encoder.registers)
         bar = ValveBar(config.belt, particles, config.valves, shape[0], per_mm, modulus)
-        self.tracker = BeltTracker(bar, shape[0], particles.track_mm, self.particles.counts)
+        self.tracker = BeltTracker(bar, shape[0], particles.track_mm)
         self.scheduler = ValveSchedule(config, self.actuator, self.clock, bar, self.particles.counts, self.belt)
         self.events.emit("belt_learned", frames=particles.background_frames, frame=frame.frame_id,
                          size=[shape[1], shape[0]])
@@ -135,9 +135,13 @@ class Sorter:
             return
         segmented = self.clock.now()
         position = frame.capture_time if self.belt is None else frame.position
-        fresh, plans = self.tracker.fresh(segmentation.particles, position)
-        if self.particles is not None:
-            self.particles.frame(segmentation, len(fresh))
+        fresh, plans, outcomes = self.tracker.fresh(segmentation.particles, position)
+        if self.particles is not None:  # every segmented particle's outcome, this frame's in one event
+            outcomes.update(decided=len(fresh), too_small=segmentation.too_small, too_large=segmentation.too_large)
+            self.particles.frame(outcomes)
+            self.events.emit("frame", frame=frame.frame_id, **{k: outcomes[k] for k in OUTCOMES})
+            if self.telemetry is not None:
+                self.telemetry.particles(outcomes)
         seqs = {}
         for particle in fresh:
             self._sequence += 1

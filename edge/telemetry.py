@@ -43,6 +43,8 @@ class Telemetry:
         self.drift_alarm = Gauge(PREFIX + "drift_alarm", "1 while the drift alarm is tripped", registry=registry)
         self.blind = Gauge(PREFIX + "blind", "1 while frames arrive but none can be used (edge/blind.py)",
                            registry=registry)
+        self.by_outcome = Counter(PREFIX + "particles_by_outcome", "Segmented particles by outcome (decided, "
+                                  "entering, leaving, tracked, too_small, too_large)", ["outcome"], registry=registry)
         self.frames_skipped = Counter(PREFIX + "frames_skipped_by_reason", "Frames skipped, by reason (undecodable, "
                                       "frame_size, roi, belt)", ["reason"], registry=registry)
         Info(PREFIX + "model", "The model being run", registry=registry).info(
@@ -70,6 +72,12 @@ class Telemetry:
         for stage, key in (("preprocess", "preprocess"), ("inference", "inference"), ("capture_to_decision", "total")):
             if key in latency:
                 self.latency[stage].observe(latency[key])
+
+    def particles(self, outcomes):
+        """One frame's particles by outcome (edge/tally.py OUTCOMES)."""
+        for outcome, number in outcomes.items():
+            if number:
+                self.by_outcome.labels(outcome).inc(number)
 
     def skipped(self, reason):
         self.frames_skipped.labels(reason).inc()

@@ -19,6 +19,7 @@ and is not decided (counted `frames_unmoved`; `belt_stopped` and `belt_moving` e
 belt cannot tell: there a stopped belt must stop the camera too.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,13 +42,13 @@ class ItemTracker:
                 self._stopped += 1
                 if self._stopped == 1:
                     self.events.emit("belt_stopped", position=position)
-                return [], {}
+                return [], {}, Counter()
             if self._stopped:
                 self.events.emit("belt_moving", position=position, frames=self._stopped)
                 self._stopped = 0
         if position is not None:
             self._last = position
-        return list(particles), {}
+        return list(particles), {}, Counter()
 
 
 @dataclass(frozen=True)
@@ -59,42 +60,40 @@ class _Seen:
 
 
 class BeltTracker:
-    """Particles on the belt: `bar` (edge/valves.py ValveBar) places them; `counts` (ParticleTally.counts) takes
-    the outcome of each one not decided."""
+    """Particles on the belt: `bar` (edge/valves.py ValveBar) places them."""
 
-    def __init__(self, bar, frame_height, track_mm, counts):
+    def __init__(self, bar, frame_height, track_mm):
         self.bar = bar
         self.frame_height = frame_height
         self.track_mm = track_mm
-        self.counts = counts
         self._track_px = track_mm / bar.mm_per_px
         self._decided = []  # _Seen of particles decided in earlier frames, pruned once passed the bar
 
     def fresh(self, particles, position):
         """(particles to decide, {index: Plan} of those with a belt position `position`: the frame's capture time
-        or encoder count, None when unknown)."""
-        fresh, plans = [], {}
+        or encoder count, None when unknown; {outcome: particles} of the others: entering, leaving, tracked)."""
+        fresh, plans, outcomes = [], {}, Counter()
         if position is not None:
             tolerance = self.track_mm * self.bar.per_mm
             self._decided = [d for d in self._decided if self.bar.delta(d.plan.close_at, position) > -tolerance]
         for particle in particles:
             if particle.bbox[1] == 0:
-                self.counts["entering"] += 1
+                outcomes["entering"] += 1
                 continue
             if particle.bbox[1] + particle.bbox[3] == self.frame_height:
-                self.counts["leaving"] += 1
+                outcomes["leaving"] += 1
                 continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
                 if any(self._on(plan, particle.centroid, seen) for seen in self._decided):
-                    self.counts["tracked"] += 1
+                    outcomes["tracked"] += 1
                     continue
                 plans[particle.index] = plan
             fresh.append(particle)
         for particle in fresh:  # remembered after the frame: its own particles are never compared with each other
             if particle.index in plans:
                 self._decided.append(_Seen(plans[particle.index], particle.centroid, particle.bbox, particle.mask))
-        return fresh, plans
+        return fresh, plans, outcomes
 
     def _on(self, plan, centroid, seen):
         """Whether a particle centred at `centroid` with `plan` lies on `seen`'s mask moved to this frame, within

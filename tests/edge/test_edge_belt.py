@@ -374,3 +374,41 @@ def test_the_lanes_cover_the_particle_and_a_margin(tiny_export, write_config):
     narrow = load_config(_particle_config(write_config, tiny_export, valves={"lane_margin_mm": 0.0}))
     particle, = Segmenter(narrow.particles, BackgroundModel([BELT]), narrow.valves).segment(frame).particles
     assert particle.lanes == (2, 3)
+
+
+def test_every_segmented_particle_ends_in_one_counted_outcome(tiny_export, write_config, make_runner, fake_clock,
+                                                              tmp_path):
+    """No silent drop: each particle of a frame is decided, entering, leaving, tracked, too small or too large, in
+    the frame's event, in summary.json and in Prometheus alike."""
+    from edge.telemetry import PREFIX, Telemetry
+    from edge.tally import OUTCOMES
+
+    config = _particle_config(write_config, tiny_export, particles={"max_mm": 60.0},
+                              belt={"speed_mm_s": 100.0})
+    runner, events, _ = _belt_runner(make_runner, config, tiny_export["float32"], fake_clock, tmp_path)
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
+    discs = [(100, 8, 20.0),  # cut by the upstream edge: entering
+             (200, 352, 20.0),  # cut by the downstream edge: leaving
+             (300, 100, 3.0),  # under min_mm 6: too small
+             (450, 180, 70.0),  # over max_mm 60: too large
+             (100, 150, 20.0), (300, 250, 16.0)]  # decided
+    runner.process(Frame("A", fake_clock.now(), _discs(discs)))
+    fake_clock.advance(0.2)  # 20 mm = 40 px on: the two decided ones again, tracked
+    runner.process(Frame("B", fake_clock.now(), _discs([(100, 190, 20.0), (300, 290, 16.0)])))
+    frames = _events(events, "frame")
+    assert [{k: f[k] for k in OUTCOMES if f[k]} for f in frames] == [
+        {"decided": 2, "entering": 1, "leaving": 1, "too_small": 1, "too_large": 1}, {"tracked": 2}]
+    summary = runner.summary(runner.capture or types_namespace(), "end of source")["particles"]
+    assert {k: summary[k] for k in OUTCOMES} == {"decided": 2, "entering": 1, "leaving": 1, "tracked": 2,
+                                                 "too_small": 1, "too_large": 1}
+    assert len(_events(events, "particle")) == summary["decided"] == runner.tally.items
+    sample = telemetry.registry.get_sample_value
+    assert {k: sample(PREFIX + "particles_by_outcome_total", {"outcome": k}) for k in OUTCOMES} == {
+        k: float(summary[k]) for k in OUTCOMES}
+
+
+def types_namespace():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(dropped=0, source_errors=0)

@@ -128,7 +128,8 @@ def test_the_shipped_example_runs_the_demo_model_and_logs_its_start(tmp_path, ti
     with open(tmp_path / "events.jsonl") as handle:
         start = json.loads(handle.readline())
     assert start["type"] == "start" and start["config"] == example and start["model_sha256"] == sha
-    assert json.loads((tmp_path / "summary.json").read_text())["items"] == 4
+    # The example writes under runs/ of the working directory (git-ignored in a checkout), never beside the code.
+    assert json.loads((tmp_path / "runs" / "edge" / "summary.json").read_text())["items"] == 4
 
 
 def test_the_systemd_unit_has_restart_limits_and_a_valid_command():
