@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests"), os.path.join(REPO, "tests", "edge")]  # the tests' own imports
 
 import test_edge_particles as scenes  # noqa: E402  (load_specimens reads scenes.MINET)
+from benchmarks.machine import commit, cpu_name  # noqa: E402
 from edge.classify import CropClassifier  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.drivers.jsonl import ValveJsonlActuator  # noqa: E402
@@ -114,6 +114,7 @@ background_frames = {background}
 count = {lanes}
 lane_mm = {lane_mm}
 bin = "product"
+conflict = "{conflict}"
 """
 
 
@@ -280,7 +281,7 @@ def truth_crop(rgb, truth, belt_rgb, number, pad):
     return crop
 
 
-def make_config(model, product, port, folder, confidence, speed, ejector_mm, background):
+def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict):
     classes = {label: "product" for label in model.labels if label in product}
     if not classes:
         raise SystemExit(f"belt_sim: none of the product classes {sorted(product)} is a label of the model "
@@ -290,7 +291,7 @@ def make_config(model, product, port, folder, confidence, speed, ejector_mm, bac
         classes="{ " + ", ".join(f'"{c}" = "{b}"' for c, b in classes.items()) + " }", confidence=confidence,
         speed=speed, ejector_mm=ejector_mm, port=port, address=ADDRESS, counts_per_mm=COUNTS_PER_MM,
         commands=os.path.join(folder, "valves.jsonl"), summary=os.path.join(folder, "summary.json"),
-        mm_per_px=MM_PER_PX, background=background, lanes=lanes, lane_mm=12.5,
+        mm_per_px=MM_PER_PX, background=background, lanes=lanes, lane_mm=12.5, conflict=conflict,
     )
     config = parse_config(text, "belt_sim")
     config.check_labels(model.labels)
@@ -303,8 +304,9 @@ def _count(position_px):
 
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
-             confidence=0.6, threads=2, seed=0, background=5, assumptions=ASSUMPTIONS):
-    """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict)."""
+             confidence=0.6, threads=2, seed=0, background=5, conflict="skip", assumptions=ASSUMPTIONS, details=False):
+    """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
+    with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
     rng = np.random.default_rng(seed)
     step_px = step_mm / MM_PER_PX
     particles = lay_out(specimens, rng, per_frame, feed_frames, step_px, touching, sizes_mm, set(product),
@@ -318,7 +320,8 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
     plc = EncoderPLC(free_port()).start()
     folder = tempfile.mkdtemp(prefix="belt_sim_")
     try:
-        config = make_config(model, set(product), plc.port, folder, confidence, speed_mm_s, ejector_mm, background)
+        config = make_config(model, set(product), plc.port, folder, confidence, speed_mm_s, ejector_mm, background,
+                             conflict)
         clock = DrivenClock()
         events_path = os.path.join(folder, "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
@@ -387,6 +390,9 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         alone_accuracy=round(float(np.mean([by_id[i]["label"] == model.labels[int(np.argmax(row))]
                                             for i, row in zip(ids, probabilities)])), 4) if ids else None,
     )
+    if details:
+        report["details"] = {"particles": [{k: v for k, v in p.items() if k != "mask"} for p in particles],
+                             "records": records, "commands": commands}
     return report
 
 
@@ -446,12 +452,15 @@ def score(particles, records, commands, owners, alone_bins, product, share, conf
     for p in wrong_kept:
         collateral += not any(r["decided"] == "product" for r in decided[p["id"]])
     outcome = {"decided_once": 0, "decided_twice_or_more": 0, "never_merged": 0, "never_missed": 0}
+    fragmented = 0
     for p in particles:
         n = len(decided[p["id"]])
         key = "decided_once" if n == 1 else "decided_twice_or_more" if n > 1 else \
             "never_merged" if p["id"] in merged else "never_missed"
         outcome[key] += 1
         p["outcome"] = key
+        frames = [r["frame"] for r in decided[p["id"]]]
+        fragmented += len(set(frames)) < len(frames)  # cut in pieces within a frame, not a tracking slip
     bins = {"end_to_end": grade_recovery(particles, lambda p: ejected[p["id"]], product),
             "classifier_alone": grade_recovery(particles, lambda p: alone_bins.get(p["id"]) == "product", product)}
     loss = None
@@ -461,6 +470,7 @@ def score(particles, records, commands, owners, alone_bins, product, share, conf
     return {
         "true_particles": len(particles), "particle_events": len(records),
         "unmatched_events": sum(1 for r in records if not r["owner"]), "outcome": outcome,
+        "decided_twice_in_one_frame": fragmented,
         "ejected": sum(ejected.values()), "pass_through": len(particles) - sum(ejected.values()),
         "bins": bins, "sorting_loss_points": loss, "sorting_loss_causes": causes,
         "misfires": {"commands": len(commands), "reach_no_particle": misfired, "miss_their_particle": missed_own,
@@ -559,16 +569,17 @@ def _plain(value):
 
 
 def table(rows):
-    lines = ["| particles/frame (placed) | true particles | decided once / twice+ / never (merged, missed) | "
-             "grade | recovery | mass pull | classifier alone: grade / recovery | sorting loss (points) | "
+    lines = ["| particles/frame (placed) | true particles | decided once / twice+ (in one frame) / never (merged, "
+             "missed) | grade | recovery | mass pull | classifier alone: grade / recovery | sorting loss (points) | "
              "commands: reach none / miss own | rest ejected (neighbour's air) | particles/s | frame ms p50 / p95 | "
              "air Nm3/t |", "|" + "---|" * 13]
     for r in rows:
         e, a, o, m = r["bins"]["end_to_end"], r["bins"]["classifier_alone"], r["outcome"], r["misfires"]
         lines.append(
             f"| {r['particles_per_frame']} ({r['placed_per_frame']}) | {r['true_particles']} | {o['decided_once']} / "
-            f"{o['decided_twice_or_more']} / {o['never_merged'] + o['never_missed']} ({o['never_merged']}, "
-            f"{o['never_missed']}) | {e['grade']} | {e['recovery']} | {e['mass_pull']} | {a['grade']} / "
+            f"{o['decided_twice_or_more']} ({r['decided_twice_in_one_frame']}) / "
+            f"{o['never_merged'] + o['never_missed']} ({o['never_merged']}, {o['never_missed']}) | {e['grade']} | "
+            f"{e['recovery']} | {e['mass_pull']} | {a['grade']} / "
             f"{a['recovery']} | {r['sorting_loss_points']} | {m['commands']}: {m['reach_no_particle']} / "
             f"{m['miss_their_particle']} | {m['rest_ejected']} ({m['rest_ejected_by_neighbours_air']}) | "
             f"{r['speed']['particles_per_s']} | {r['speed']['frame_ms_p50']} / {r['speed']['frame_ms_p95']} | "
@@ -594,6 +605,8 @@ def main(argv=None):
     parser.add_argument("--product", default=",".join(COPPER), help="classes the valve bar ejects")
     parser.add_argument("--product-share", type=float, default=0.3, help="share of particles of product classes")
     parser.add_argument("--confidence", type=float, default=0.6, help="[decision] confidence_threshold")
+    parser.add_argument("--conflict", choices=("skip", "fire"), default="skip",
+                        help="[valves] conflict: a pulse that would hit a particle to keep is skipped or fired")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")
@@ -610,16 +623,16 @@ def main(argv=None):
         row = simulate(args.model, specimens, count, args.feed_frames, args.touching,
                        tuple(float(s) for s in args.sizes.split(",")), args.step_mm, args.speed, args.ejector_mm,
                        args.share, tuple(args.product.split(",")), args.product_share, args.confidence, args.threads,
-                       args.seed + count)
+                       args.seed + count, conflict=args.conflict)
         row["wall_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(json.dumps(row, default=_plain), flush=True)
     print(table(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"argv": sys.argv, "model": args.model, "machine": platform.processor() or platform.machine(),
-                       "load": os.getloadavg(), "assumptions": ASSUMPTIONS, "rows": rows}, handle, indent=1,
-                      default=_plain)
+            json.dump({"argv": sys.argv, "model": args.model, "cpu": cpu_name(), "cores": os.cpu_count(),
+                       "commit": commit(), "load": os.getloadavg(), "assumptions": ASSUMPTIONS, "rows": rows}, handle,
+                      indent=1, default=_plain)
     return 0
 
 
