@@ -33,7 +33,9 @@ from edge.segment import BeltSegments, FrameSize, SkipFrame, WholeFrame
 from edge.sources import Capture
 from edge.tally import OUTCOMES, ParticleTally, Tally
 from edge.track import BeltTracker, ItemTracker
+from edge.trends import MinuteTrends
 from edge.valves import ValveBar
+from edge.view import BeltView
 
 _NOT_STARTED = types.SimpleNamespace(dropped=0, source_errors=0, depth=0)  # snapshot() before run(): nothing read
 _REASONS = ("confident", "uncertain", "late", "error", "no_position")
@@ -74,7 +76,9 @@ class Sorter:
         self.publishers = [EventLog(events, "particle" if self.belt_frame else "item")]
         if not self.belt_frame:
             self.publishers.append(DecisionRing(actuator, belt is not None))
-        self.publishers += [p for p in (self.review_copies, self.recheck_watch) if p is not None]
+        self.trends = MinuteTrends(clock, config.bins.recheck)  # the page's last hour and size distribution
+        self.publishers += [p for p in (self.review_copies, self.recheck_watch, self.trends) if p is not None]
+        self.view = BeltView(config.source.roi, config.bins.recheck, config.valves.bin if self.belt_frame else None)
         self.invoke_s = deque(maxlen=100_000)  # interpreter time alone, for --benchmark
         self.busy = [None, None]  # first item start, last item finish: the span --benchmark divides by
         self.started_wall, self.started = clock.wall(), clock.now()
@@ -155,6 +159,7 @@ class Sorter:
             self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
             for particle in fresh:
                 self._publish(start, frame, seqs[particle.index], particle, None, recheck, "error", latency)
+            self.view.show(frame, segmentation.particles, {p.index: (recheck, "error") for p in fresh})
             return
         self.model_ok = True
         latency["preprocess"] = self.classifier.last_preprocess_s
@@ -165,6 +170,7 @@ class Sorter:
         for row in probabilities:
             self._watch_drift(row)
         outcome = self.scheduler.schedule(frame, fresh, decisions, seqs, plans)
+        self.view.show(frame, segmentation.particles, outcome)
         for particle in fresh:
             bin_name, reason = outcome[particle.index]
             self._publish(start, frame, seqs[particle.index], particle, decisions[particle.index], bin_name, reason,
@@ -253,7 +259,8 @@ class Sorter:
             "recheck_share": self.alarm.share, "alarm_active": self.alarm.tripped,
             "alarm_limit": self.config.alarm.max_recheck_share, "source_up": self.source_up,
             "queue_depth": capture.depth, "actuator_up": self.actuator.up, "model_ok": self.model_ok,
-            "blind": self.blind.problem,
+            "blind": self.blind.problem, "trends": self.trends.last_hour(),
+            "size_mm": self.trends.size_distribution(),
         }
 
     def run(self, capture, max_items=None):
@@ -276,9 +283,10 @@ class Sorter:
         heartbeat.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
+                self.trends.roll()
                 if self.telemetry is not None:
                     self.telemetry.update(capture.depth, self.alarm.share, self.source_up, self.actuator.up,
-                                          self.blind.problem is not None)
+                                          self.blind.problem is not None, self.trends.size_distribution())
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:

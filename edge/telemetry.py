@@ -43,6 +43,8 @@ class Telemetry:
         self.drift_alarm = Gauge(PREFIX + "drift_alarm", "1 while the drift alarm is tripped", registry=registry)
         self.blind = Gauge(PREFIX + "blind", "1 while frames arrive but none can be used (edge/blind.py)",
                            registry=registry)
+        self.size = Gauge(PREFIX + "particle_size_mm", "Particle size (equal-area diameter) of the last minute's "
+                          "decided particles, by quantile (p20, p50, p80)", ["quantile"], registry=registry)
         self.by_outcome = Counter(PREFIX + "particles_by_outcome", "Segmented particles by outcome (decided, "
                                   "entering, leaving, tracked, too_small, too_large)", ["outcome"], registry=registry)
         self.frames_skipped = Counter(PREFIX + "frames_skipped_by_reason", "Frames skipped, by reason (undecodable, "
@@ -82,8 +84,11 @@ class Telemetry:
     def skipped(self, reason):
         self.frames_skipped.labels(reason).inc()
 
-    def update(self, queue_depth, recheck_share, source_up, actuator_up, blind=False):
+    def update(self, queue_depth, recheck_share, source_up, actuator_up, blind=False, size_mm=None):
+        """The gauges, from the sorting loop; `size_mm` the last minute's {p20, p50, p80} (edge/trends.py)."""
         self.blind.set(int(blind))
+        for quantile, value in (size_mm or {}).items():
+            self.size.labels(quantile).set(value)
         self.queue_depth.set(queue_depth)
         self.recheck_share.set(recheck_share)
         self.source_up.set(int(source_up))

@@ -1,9 +1,11 @@
 """The operator's line page (`--ui-port`): live figures and the review queue in a browser, on Starlette + uvicorn.
 
     GET  /              the line page: items/s, counts per class and bin, recheck share and alarm, latency, health,
-                        model, the newest uncertain items; server-rendered, so it reads without JavaScript; the
-                        script (ui_static/ui.js) only refreshes the figures from /api/status every second
-    GET  /api/status    the same as JSON (Runner.snapshot(): summary.json's fields plus live state)
+                        model, the particle size distribution, the belt as last seen, the last hour's trend, the
+                        newest uncertain items; server-rendered, so it reads without JavaScript; the script
+                        (ui_static/ui.js) only refreshes the figures and the picture every second
+    GET  /api/status    the same as JSON (Sorter.snapshot(): summary.json's fields plus live state)
+    GET  /frame.jpg     the latest frame, each particle outlined in its decision's colour (edge/view.py)
     GET  /review        the review queue, one button per class (and number keys) to give the true class
     POST /api/label     {"stem", "label"} with header X-Token: writes STEM.label.json beside the item
     POST /review/label  the same from the page's plain HTML form (fields token, pick = "STEM|label")
@@ -60,6 +62,8 @@ def fmt(value, kind=""):
         return "up" if value else "DOWN"
     if kind == "alarm":
         return "ALARM" if value else "ok"
+    if kind == "sizes":
+        return " / ".join(f"{value[q]:.1f}" for q in ("p20", "p50", "p80"))
     return str(value)
 
 
@@ -73,6 +77,24 @@ def _cell(status, key, kind=""):
 
 def _rows(status, rows):
     return "\n".join(f"<tr><th>{html.escape(name)}</th>{_cell(status, key, kind)}</tr>" for name, key, kind in rows)
+
+
+def _trend_svg(minutes, width=600, height=80):
+    """The last hour as two polylines (items/s, scaled to its maximum; recheck share, 0-1) in an inline SVG, so the
+    trend shows without JavaScript; ui.js redraws it from /api/status in the same way."""
+    if not minutes:
+        return '<svg id="trend" viewBox="0 0 600 80" role="img" aria-label="no minute yet"></svg>'
+    top = max(m["items_per_s"] for m in minutes) or 1.0
+    step = width / max(len(minutes) - 1, 1)
+
+    def line(values, cls):
+        points = " ".join(f"{i * step:.1f},{height - v * (height - 4):.1f}" for i, v in enumerate(values))
+        return f'<polyline class="{cls}" fill="none" points="{points}"/>'
+
+    rate = line([m["items_per_s"] / top for m in minutes], "rate")
+    share = line([m["recheck_share"] or 0.0 for m in minutes], "share")
+    label = f"last {len(minutes)} minutes: up to {top:.1f} items/s"
+    return f'<svg id="trend" viewBox="0 0 {width} {height}" role="img" aria-label="{label}">{rate}{share}</svg>'
 
 
 def _top3(item, separator=", "):
@@ -92,6 +114,7 @@ class LineUI:
         self.app = Starlette(routes=[
             Route("/", self.line_page),
             Route("/api/status", self.api_status),
+            Route("/frame.jpg", self.frame_picture),
             Route("/review", self.review_page),
             Route("/review/{stem}.jpg", self.thumbnail),
             Route("/api/label", self.api_label, methods=["POST"]),
@@ -151,6 +174,15 @@ class LineUI:
 
     # --- pages -------------------------------------------------------------------------------------------------
 
+    async def frame_picture(self, request):
+        """The latest frame, each particle outlined in its decision's colour (edge/view.py), drawn here."""
+        from starlette.responses import Response
+
+        picture = self.runner.view.jpeg()
+        if picture is None:
+            return Response("no frame yet", status_code=404, media_type="text/plain")
+        return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     async def line_page(self, request):
         from starlette.responses import HTMLResponse
 
@@ -160,7 +192,7 @@ class LineUI:
             ("recheck share (alarm window)", "recheck_share", "pct"), ("recheck alarm", "alarm_active", "alarm"),
             ("alarms so far", "alarms", ""), ("latency p50 (ms)", "latency_ms.p50", "ms"),
             ("latency p95 (ms)", "latency_ms.p95", "ms"), ("frames skipped", "frames_skipped", ""),
-            ("frames dropped", "frames_dropped", ""),
+            ("frames dropped", "frames_dropped", ""), ("size P20 / P50 / P80 (mm, last minute)", "size_mm", "sizes"),
         ])
         health = _rows(status, [
             ("source", "source_up", "updown"), ("source errors", "source_errors", ""),
@@ -177,7 +209,7 @@ class LineUI:
             figures=figures, health=health, per_class=per_class, per_bin=per_bin,
             alarm_class="alarm" if status["alarm_active"] else "",
             drift_hidden="" if drift.get("alarm") else "hidden",
-            drift_message=html.escape(str(drift.get("message", ""))),
+            drift_message=html.escape(str(drift.get("message", ""))), trend=_trend_svg(status["trends"]),
             blind_hidden="" if status["blind"] else "hidden", blind_message=html.escape(status["blind"] or ""),
             recent="\n".join(
                 f'<li><img src="/review/{html.escape(i["stem"])}.jpg" alt="{html.escape(i["stem"])}" width="96" '

@@ -11,6 +11,7 @@ function fmt(value, kind) {  // as edge/ui.py's fmt()
   if (kind === "updown") return value ? "up" : "DOWN";
   if (kind === "alarm") return value ? "ALARM" : "ok";
   if (kind === "state") return value ? "running" : "stopped";
+  if (kind === "sizes") return ["p20", "p50", "p80"].map((q) => value[q].toFixed(1)).join(" / ");
   return String(value);
 }
 
@@ -40,6 +41,21 @@ function thumbs(items) {
   if (!items.length) { const li = document.createElement("li"); li.textContent = "none yet"; list.append(li); }
 }
 
+function trend(minutes) {  // as edge/ui.py's _trend_svg()
+  const svg = document.getElementById("trend");
+  if (!minutes.length) return;
+  const top = Math.max(...minutes.map((m) => m.items_per_s)) || 1;
+  const step = 600 / Math.max(minutes.length - 1, 1);
+  const line = (values, cls) => {
+    const poly = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    poly.setAttribute("class", cls); poly.setAttribute("fill", "none");
+    poly.setAttribute("points", values.map((v, i) => (i * step).toFixed(1) + "," + (80 - v * 76).toFixed(1)).join(" "));
+    return poly;
+  };
+  svg.replaceChildren(line(minutes.map((m) => m.items_per_s / top), "rate"),
+                      line(minutes.map((m) => m.recheck_share || 0), "share"));
+}
+
 async function refresh() {
   try {
     const response = await fetch("/api/status", {cache: "no-store"});
@@ -55,6 +71,8 @@ async function refresh() {
     document.getElementById("blind").hidden = !status.blind;
     document.getElementById("blind-message").textContent = status.blind || "";
     thumbs(status.review);
+    trend(status.trends);
+    document.getElementById("belt-view").src = "/frame.jpg?" + Date.now();
     document.body.dataset.refreshed = String(Date.now());
   } catch (error) {
     document.getElementById("state").textContent = "no answer from the runner";

@@ -412,3 +412,45 @@ def types_namespace():
     from types import SimpleNamespace
 
     return SimpleNamespace(dropped=0, source_errors=0)
+
+
+def test_the_operator_sees_the_belt_its_last_hour_and_the_size_distribution(tiny_export, write_config, make_runner,
+                                                                            fake_clock, tmp_path):
+    """The line page's /frame.jpg is the latest frame with each particle outlined in its decision's colour; the
+    status carries the last hour minute by minute (items/s, recheck share) and P20/P50/P80 of particle size, which
+    Prometheus has too (a real HTTP client on 127.0.0.1)."""
+    import io
+    import urllib.request
+
+    from edge.telemetry import PREFIX, Telemetry
+    from edge.ui import LineUI
+    from edge.view import COLOURS
+
+    config = _particle_config(write_config, tiny_export, belt={"speed_mm_s": 1000.0})
+    runner, _, _ = _belt_runner(make_runner, config, tiny_export["float32"], fake_clock, tmp_path)
+    for minute in range(2):  # two minutes of frames, 10 discs of 10..28 mm each, far apart on the belt
+        for _ in range(3):
+            runner.process(Frame("f", fake_clock.now(), _discs([(40 + 60 * k, 180, 10.0 + 2 * k) for k in range(10)])))
+            fake_clock.advance(20.0)
+        runner.trends.roll()
+    minutes = runner.snapshot()["trends"]
+    assert len(minutes) == 2 and all(m["items_per_s"] == pytest.approx(30 / 60, abs=1e-3) for m in minutes)
+    sizes = runner.snapshot()["size_mm"]
+    assert sizes["p20"] < sizes["p50"] < sizes["p80"] and abs(sizes["p50"] - 19.0) <= 1.5
+    telemetry = Telemetry(runner.model)
+    telemetry.update(0, 0.0, True, True, False, sizes)
+    assert telemetry.registry.get_sample_value(PREFIX + "particle_size_mm", {"quantile": "p50"}) == sizes["p50"]
+    ui = LineUI(runner, None)
+    address = ui.serve("127.0.0.1", 0).split(" ", 1)[1]
+    try:
+        picture = Image.open(io.BytesIO(urllib.request.urlopen(address + "frame.jpg", timeout=10).read()))
+        page = urllib.request.urlopen(address, timeout=10).read().decode()
+    finally:
+        ui.close()
+    assert picture.size == (WIDTH, HEIGHT)
+    pixels = np.asarray(picture.convert("RGB")).astype(int)
+    first = [p for p in _events(tmp_path / "events.jsonl", "particle") if p["bbox"][0] < 40][-1]
+    expected = COLOURS[runner.view.colour(first["bin"], first["reason"])]
+    outline = pixels[180, first["bbox"][0]:first["bbox"][0] + 2]  # its left edge, on the row through its centre
+    assert np.abs(outline - expected).max(axis=1).min() < 25, (outline.tolist(), expected)
+    assert '<svg id="trend"' in page and "polyline" in page and 'id="belt-view"' in page
