@@ -148,11 +148,11 @@ def train_all(args, settings, split_path):
         resume = os.path.exists(os.path.join(path, rundir.CONFIG))
         if resume:
             # Both typed: options added since that run was made take their defaults on both sides.
-            saved = resolve_config(read_json(os.path.join(path, rundir.CONFIG)))
+            saved = rundir.Run(path, required=()).train_config
             changed = [k for k in CHECKED_FIELDS if getattr(saved, k) != getattr(config, k)]
             if changed:
                 raise BenchmarkError(f"run '{path}' was made with other {', '.join(changed)}: pass another --runs.")
-        if os.path.exists(os.path.join(path, rundir.EVAL_DIR, "report.json")):
+        if os.path.exists(os.path.join(path, rundir.EVAL_DIR, rundir.REPORT)):
             print(f"{name}: finished, kept", flush=True)
             continue
         print(f"{name}: {'resuming' if resume else 'training'} {model} at {settings['image_size']} px, "
@@ -193,7 +193,7 @@ def collect(args, settings):
         model = run.load_model()
         results[name] = {
             "run": run, "model": model, "history": history, "params": model.count_params(),
-            "report": read_json(run.file(os.path.join(rundir.EVAL_DIR, "report.json"))),
+            "report": read_json(os.path.join(run.eval_dir(), rundir.REPORT)),
         }
     return results
 
@@ -375,8 +375,8 @@ def main(argv=None):
     atomic_write_text(os.path.join(args.out, "table4.md"), table4(results, paper and paper[4], settings, test_images))
     atomic_write_text(os.path.join(args.out, "table5.md"), table5(results, paper and paper[5], args.weights))
     plot_validation_curves(results, os.path.join(args.out, "curves.png"), settings["image_size"])
-    shutil.copyfile(results[best]["run"].file(os.path.join(rundir.EVAL_DIR, "confusion_matrix.png")),
-                    os.path.join(args.out, "confusion_matrix.png"))
+    shutil.copyfile(os.path.join(results[best]["run"].eval_dir(), rundir.CONFUSION_MATRIX),
+                    os.path.join(args.out, rundir.CONFUSION_MATRIX))
     plot_gradcam_grid(results, os.path.join(args.out, "gradcam.png"))
     atomic_write_text(os.path.join(args.out, "README.md"), readme(argv, args, settings, results, timings, best))
     print(f"wrote {args.out}: table4.md, table5.md, curves.png, confusion_matrix.png, gradcam.png, README.md")
