@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from edge.preprocess import crop_square
+
 @dataclass(frozen=True)
 class Particle:
     """One particle in a frame. Pixel coordinates are the frame's: x across the belt, y along it."""
@@ -231,9 +233,7 @@ class Segmenter:
 
         Fast paths (most crops): a square inside the frame is one copy; the neighbours' pixels are looked for only
         when another particle's box reaches into the square."""
-        x, y, w, h = bbox
-        side = int(math.ceil(max(w, h) * (1 + 2 * self.cfg.pad)))
-        x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+        x0, y0, side = crop_square(bbox, self.cfg.pad)
         height, width = labels.shape
         fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
         if (fx0, fy0, fx1, fy1) == (x0, y0, x0 + side, y0 + side):

@@ -18,6 +18,7 @@ input quantised with the sidecar's scale and zero point.
 """
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps
@@ -134,6 +135,15 @@ def crop_roi(image, roi):
             "(fix source.roi in the config)"
         )
     return image.crop((x, y, x + width, y + height))
+
+
+def crop_square(bbox, pad):
+    """(x0, y0, side) of a particle's crop on a belt: a square centred on its bounding box (x, y, w, h), side = the
+    longer side x (1 + 2 x pad), so the specimen is centred with a margin of belt all round (edge/particles.py
+    cuts every particle so; mineralnet.data.belt cuts training photos the same way)."""
+    x, y, w, h = bbox
+    side = int(math.ceil(max(w, h) * (1 + 2 * pad)))
+    return int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), side
 
 
 def resize_rgb(image, size):

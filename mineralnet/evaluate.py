@@ -2,7 +2,8 @@
 
 Writes RUN/eval/ (test subset; RUN/eval_val/ for --subset val): report.json, report.md, confusion_matrix.png.
 With --tta the report also gives test-time-augmentation figures, as an extra: the main figures are always those
-of a single view, which is what the exported models and the edge runner deliver.
+of a single view, which is what the exported models and the edge runner deliver. With --belt the report also
+gives the accuracy on the same photos as the sorter's belt crops (mineralnet/data/belt.py), beside the photos'.
 
 Every report sets the model beside baselines (mineralnet.baseline: majority class, chance, and a colour + texture
 features model fitted on the run's training rows; --no-baseline skips the latter) and lists, in report.md and as
@@ -46,9 +47,37 @@ def predict_rows(model, rows, labels, image_size, batch_size=32, views=1):
     return np.mean(per_view, axis=0)
 
 
-def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True):
+def belt_figures(model, rows, labels, image_size, y_pred, belt=None):
+    """Accuracy on `rows` as belt crops (each specimen cut out and laid on `belt`, a picture of the empty belt, or the
+    synthetic one; seeded), beside the photos' own accuracy (`y_pred`) on the same rows: those with a clean
+    specimen."""
+    from PIL import Image
+
+    from edge.preprocess import open_rgb, resize_rgb
+    from mineralnet.data.belt import belt_crop, load_belt
+
+    belt_pixels, rng = load_belt(belt), np.random.default_rng(0)
+    crops, kept = [], []
+    for index, row in enumerate(rows):
+        crop = belt_crop(np.asarray(open_rgb(row["file"])), belt_pixels, rng)
+        if crop is not None:
+            crops.append(resize_rgb(Image.fromarray(crop), image_size))
+            kept.append(index)
+    figures = {"belt": belt or "synthetic", "rows": len(kept), "of": len(rows), "accuracy": None,
+               "photo_accuracy": None}
+    if kept:
+        truth = np.array([labels.index(rows[i]["label"]) for i in kept])
+        predicted = model.predict(np.stack(crops).astype(np.float32), verbose=0).argmax(axis=1)
+        figures["accuracy"] = float(np.mean(predicted == truth))
+        figures["photo_accuracy"] = float(np.mean(y_pred[kept] == truth))
+    return figures
+
+
+def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True,
+                 belt=False):
     """Evaluate `run` (a rundir.Run or its path) and write the report files; returns the report dict. `baseline`
-    False skips the features baseline (the majority and chance figures are always there)."""
+    False skips the features baseline (the majority and chance figures are always there); `belt` (True for the
+    synthetic belt, or an empty-belt picture's path) adds the accuracy on belt crops."""
     run = rundir.Run.of(run)
     rows = run.rows(subset, data_dir)
     if not rows:
@@ -72,6 +101,9 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
         tta_report = classification_report(y_true, tta_pred, run.labels)
         report["tta"] = {"views": TTA_VIEWS, **{k: tta_report[k] for k in ("accuracy", "precision_macro",
                                                                             "recall_macro", "f1_macro")}}
+    if belt:
+        report["belt_crops"] = belt_figures(model, rows, run.labels, run.image_size, y_pred,
+                                            belt if isinstance(belt, str) else None)
     out_dir = out_dir or run.eval_dir(subset)
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, rundir.REPORT), report)
@@ -80,6 +112,12 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
         markdown += (f"\nWith test-time augmentation ({TTA_VIEWS} rotations/mirrors averaged; an extra, not what the "
                      f"exported model does): accuracy {report['tta']['accuracy']:.4f}, precision "
                      f"{report['tta']['precision_macro']:.4f}, recall {report['tta']['recall_macro']:.4f}.\n")
+    if belt:
+        crops = report["belt_crops"]
+        markdown += (f"\nOn belt crops (each specimen cut out and laid on the {crops['belt']} belt, cropped as the sorter "
+                     f"crops a particle; {crops['rows']} of {crops['of']} photos had a clean specimen): accuracy "
+                     f"{_fixed(crops['accuracy'])}, the photos of the same specimens {_fixed(crops['photo_accuracy'])}."
+                     "\n")
     atomic_write_text(os.path.join(out_dir, rundir.REPORT_MARKDOWN), markdown)
     from mineralnet.plots import plot_confusion_matrix  # here: matplotlib takes most of a second, --help none of it
 
@@ -91,9 +129,17 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
     if features:
         print(f"{subset}: features baseline accuracy {features['accuracy']:.4f}, F1 {features['f1_macro']:.4f} "
               f"({features['seconds']:.1f} s); majority class {report['baseline']['majority']['accuracy']:.4f}")
+    if belt:
+        crops = report["belt_crops"]
+        print(f"{subset}: belt crops accuracy {_fixed(crops['accuracy'])} on {crops['rows']} of {crops['of']} "
+              f"images (photos of the same: {_fixed(crops['photo_accuracy'])})")
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return report
+
+
+def _fixed(value):
+    return "-" if value is None else f"{value:.4f}"
 
 
 @cli
@@ -108,8 +154,11 @@ def main(argv=None):
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the colour + texture features baseline (it decodes every training and evaluated "
                              "image once more: seconds for a thousand photos, long for a huge dataset)")
+    parser.add_argument("--belt", nargs="?", const=True, default=False, metavar="EMPTY_BELT.png",
+                        help="also report the accuracy on belt crops: each photo's specimen cut out and laid on this "
+                             "picture of the empty belt (default: a synthetic dark belt), cropped as the sorter does")
     args = parser.parse_args(argv)
-    evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline)
+    evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline, args.belt)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ COMMANDS = (
     [pytest.param(console_script_code(*script), id=script[0]) for script in console_scripts()]
     + [pytest.param(script_code(path), id=f"python {path}") for path in ("export.py", "train.py", "edge/runner.py")]
     + [pytest.param(module_code(module), id=f"python -m {module}")
-       for module in ("mineralnet.export", "mineralnet.models.weights", "mineralnet.review")]
+       for module in ("mineralnet.export", "mineralnet.models.weights", "mineralnet.review", "mineralnet.data.belt")]
 )
 
 

@@ -98,3 +98,16 @@ def test_real_photographs_end_to_end(tmp_path):
         d for d in sorted(os.listdir(MINET)) if os.path.isdir(os.path.join(MINET, d))]
     data_report = json.load(open(os.path.join(run, "data_report.json")))
     assert data_report["num_images"] == 7 * 8 and data_report["limit_per_class"] == 8
+
+
+def test_belt_crops_are_evaluated_beside_the_photos(tiny_run, tmp_path):
+    """--belt: the test photos' specimens laid on a belt and cropped as the sorter crops a particle, classified by
+    the run's model; the report gives that accuracy beside the photos' on the same rows."""
+    from mineralnet.evaluate import evaluate_run
+
+    report = evaluate_run(tiny_run, out_dir=str(tmp_path / "eval"), baseline=False, belt=True)
+    crops = report["belt_crops"]
+    assert crops["belt"] == "synthetic" and 0 < crops["rows"] <= crops["of"] == report["num_samples"]
+    assert 0.0 <= crops["accuracy"] <= 1.0 and 0.0 <= crops["photo_accuracy"] <= 1.0
+    assert "On belt crops" in (tmp_path / "eval" / "report.md").read_text()
+
