@@ -23,7 +23,7 @@ import numpy as np
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge import drivers  # noqa: E402
+from edge import drivers, served  # noqa: E402
 from edge.actuate import SupervisedActuator  # noqa: E402
 from edge.config import ConfigError, load_config, parse_config  # noqa: E402
 from edge.deps import MissingLibrary, require  # noqa: E402
@@ -34,7 +34,6 @@ from edge.records import EventSink, LineWriter, atomic_write_bytes, check_writab
 from edge.review import ReviewQueue  # noqa: E402
 from edge.sorter import Sorter  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
-from edge.telemetry import Telemetry  # noqa: E402
 from edge.timing import Clock  # noqa: E402
 
 
@@ -113,13 +112,7 @@ def parse_args(argv=None):
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
-    parser.add_argument("--ui-port", type=int, help="serve the operator's line page on this port (0: any free one)")
-    parser.add_argument("--ui-host", default="127.0.0.1", help="address for --ui-port (default 127.0.0.1)")
-    parser.add_argument("--ui-token", default=os.environ.get("MINERALNET_UI_TOKEN") or None,
-                        help="token that allows labelling review items on the page (default: $MINERALNET_UI_TOKEN; "
-                             "none: read-only)")
+    served.add_options(parser)
     parser.add_argument(
         "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
     )
@@ -131,9 +124,9 @@ def parse_args(argv=None):
     for name in ("threads", "benchmark"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")
-    for name in ("metrics_port", "ui_port"):
-        if getattr(args, name) is not None and not 0 <= getattr(args, name) < 65536:
-            parser.error(f"--{name.replace('_', '-')} must be a TCP port number 0-65535.")
+    for name, _, _, port in served.asked(args):
+        if not 0 <= port < 65536:
+            parser.error(f"--{name}-port must be a TCP port number 0-65535.")
     return args
 
 
@@ -204,11 +197,9 @@ def main(argv=None):
                 ),
             )
         drivers.require_library(config)
-        if args.metrics_port is not None:
-            require("prometheus_client", "prometheus-client", "--metrics-port")
-        if args.ui_port is not None:
-            for module in ("starlette", "uvicorn"):
-                require(module, module, "--ui-port")
+        for name, row, _, _ in served.asked(args):
+            for module, package in row.libraries:
+                require(module, package, f"--{name}-port")
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
         source = parse_source(args.source, config.source, clock)
@@ -231,30 +222,19 @@ def main(argv=None):
         source, clock, events, config.source.queue_size, config.source.fps,
         config.source.retry_initial_s, config.source.retry_max_s,
     )
-    telemetry = None
-    if args.metrics_port is not None:
-        telemetry = Telemetry(model)
-        try:
-            runner_listening = [telemetry.serve(args.metrics_host, args.metrics_port)]
-        except OSError as error:
-            print(f"runner: --metrics-port {args.metrics_port} cannot be served on {args.metrics_host} "
-                  f"({error.strerror}): pass a free port.", file=sys.stderr)
-            return 2
     runner = build_runner(config, model, clock, events, review, belt)
-    if telemetry is not None:
-        runner.attach_telemetry(telemetry)
-        runner.listening += runner_listening
-    ui = None
-    if args.ui_port is not None:  # the operator's page (edge/ui.py), in its own thread
-        from edge.ui import LineUI
-
-        ui = LineUI(runner, args.ui_token)
+    serving = []  # edge/served.py: each in its own thread
+    for name, row, host, port in served.asked(args):
+        publisher = row.start(runner, args)
         try:
-            runner.listening.append(ui.serve(args.ui_host, args.ui_port))
+            runner.listening.append(publisher.serve(host, port))
         except OSError as error:
-            print(f"runner: --ui-port {args.ui_port} cannot be served on {args.ui_host} "
-                  f"({error.strerror or error}): pass a free port.", file=sys.stderr)
+            print(f"runner: --{name}-port {port} cannot be served on {host} ({error.strerror or error}): pass a "
+                  "free port.", file=sys.stderr)
+            for started in serving:
+                started.close()
             return 2
+        serving.append(publisher)
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
@@ -272,10 +252,8 @@ def main(argv=None):
     try:
         summary = runner.run(capture, max_items=args.benchmark)
     finally:
-        if telemetry is not None:
-            telemetry.close()
-        if ui is not None:
-            ui.close()
+        for publisher in serving:
+            publisher.close()
     if args.benchmark:
         print(f"benchmark: {args.model}, {summary['items']} items in {time.perf_counter() - started:.1f} s")
         print(benchmark_table(benchmark_figures(runner, summary)))
