@@ -55,6 +55,7 @@ from edge.classify import CropClassifier  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.drivers.jsonl import ValveJsonlActuator  # noqa: E402
 from edge.model import Model  # noqa: E402
+from edge.preprocess import crop_square  # noqa: E402
 from edge.records import EventSink, LineWriter, percentile  # noqa: E402
 from edge.runner import build_runner  # noqa: E402
 from edge.sources import Frame  # noqa: E402
@@ -268,9 +269,8 @@ def truth_crop(rgb, truth, belt_rgb, number, pad):
     """The crop edge/particles.py would cut for particle `number` had it been segmented exactly: a square of the
     box's longer side x (1 + 2 pad) centred on it, other particles and pixels beyond the frame replaced by belt."""
     rows, cols = np.nonzero(truth == number)
-    y, x, h, w = rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    side = int(math.ceil(max(w, h) * (1 + 2 * pad)))
-    x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+    bbox = (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+    x0, y0, side = crop_square(bbox, pad)
     crop = np.empty((side, side, 3), np.uint8)
     crop[:] = belt_rgb.reshape(-1, 3).mean(axis=0)
     fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, WIDTH), min(y0 + side, HEIGHT)
