@@ -1,6 +1,7 @@
 """Evaluate a run's model on a subset of its own split: `python -m mineralnet.evaluate --run RUN`.
 
-Writes RUN/eval/ (test subset; RUN/eval_val/ for --subset val): report.json, report.md, confusion_matrix.png.
+Writes RUN/eval/ (test subset; RUN/eval_val/ for --subset val): report.json, report.md, confusion_matrix.png,
+grade_recovery.png (each class as the target bin: grade against recovery as its probability threshold moves).
 With --tta the report also gives test-time-augmentation figures, as an extra: the main figures are always those
 of a single view, which is what the exported models and the edge runner deliver. With --belt the report also
 gives the accuracy on the same photos as the sorter's belt crops (mineralnet/data/belt.py), beside the photos'.
@@ -21,7 +22,8 @@ from mineralnet import rundir
 from mineralnet.baseline import features_baseline, majority_baseline, weak_model_warnings
 from mineralnet.data import SUBSETS, DataError
 from mineralnet.errors import cli
-from mineralnet.metrics import classification_report, never_predicted, report_markdown
+from mineralnet.metrics import (classification_report, grade_recovery, grade_recovery_markdown, never_predicted,
+                                report_markdown)
 from mineralnet.utils import atomic_write_text, write_json
 
 
@@ -96,6 +98,7 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
         "features": features_baseline(train_rows, rows, run.labels) if baseline else None,
     }
     report["warnings"] = weak_model_warnings(report, subset)
+    report["grade_recovery"] = grade_recovery(probabilities, y_true, run.labels)
     if tta:
         tta_pred = predict_rows(model, rows, run.labels, run.image_size, views=TTA_VIEWS).argmax(axis=1)
         tta_report = classification_report(y_true, tta_pred, run.labels)
@@ -118,10 +121,12 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
                      f"crops a particle; {crops['rows']} of {crops['of']} photos had a clean specimen): accuracy "
                      f"{_fixed(crops['accuracy'])}, the photos of the same specimens {_fixed(crops['photo_accuracy'])}."
                      "\n")
+    markdown += "\n" + "\n".join(grade_recovery_markdown(report["grade_recovery"])) + "\n"
     atomic_write_text(os.path.join(out_dir, rundir.REPORT_MARKDOWN), markdown)
-    from mineralnet.plots import plot_confusion_matrix  # here: matplotlib takes most of a second, --help none of it
+    from mineralnet.plots import plot_confusion_matrix, plot_grade_recovery  # here: matplotlib takes most of a second
 
     plot_confusion_matrix(report["confusion_matrix"], run.labels, os.path.join(out_dir, rundir.CONFUSION_MATRIX))
+    plot_grade_recovery(report["grade_recovery"], os.path.join(out_dir, rundir.GRADE_RECOVERY))
     print(f"{subset}: accuracy {report['accuracy']:.4f}, precision {report['precision_macro']:.4f}, recall "
           f"{report['recall_macro']:.4f} on {report['num_samples']} images -> {out_dir}"
           + (f" (TTA x{TTA_VIEWS}: accuracy {report['tta']['accuracy']:.4f})" if tta else ""))

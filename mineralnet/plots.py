@@ -63,3 +63,23 @@ def plot_confusion_matrix(matrix, labels, path):
             colour = "white" if rates[i, j] > 0.5 else "black"
             axis.text(j, i, f"{matrix[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", color=colour, fontsize=8)
     save_figure(figure, path)
+
+
+def plot_grade_recovery(curves, path):
+    """Grade (purity) against recovery, one curve per class as the target bin (mineralnet.metrics.grade_recovery),
+    with the report's grade levels as dotted lines. Counted by images, not by mass."""
+    figure, axis = plt.subplots(figsize=(6.5, 5))
+    for label, curve in curves["per_class"].items():
+        if curve["support"] and curve["points"]:
+            axis.plot([p["recovery"] for p in curve["points"]], [p["grade"] for p in curve["points"]],
+                      marker="o", markersize=2, label=f"{label} (n={curve['support']})")
+    for grade in curves["grades"]:
+        axis.axhline(grade, color="grey", linestyle=":", linewidth=0.8)
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("recovery (share of the class's images in its bin)")
+    axis.set_ylabel("grade (share of the bin's images of that class)")
+    axis.set_title("Grade-recovery, each class as the target bin (counted by images)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    save_figure(figure, path)

@@ -4,7 +4,8 @@
     RUN/labels.json        class names in label order         RUN/checkpoint/      epoch-N.keras, state.json
     RUN/split.csv          path,label,subset                  RUN/history.csv      one row per epoch
     RUN/data_report.json   images used, files skipped         RUN/curves.png       accuracy and loss curves
-    RUN/eval/              report.json, report.md, confusion_matrix.png (test subset; eval_<subset>/ for others)
+    RUN/eval/              report.json, report.md, confusion_matrix.png, grade_recovery.png (test subset;
+                           eval_<subset>/ for others)
     RUN/export/            model_<format>.tflite + .json sidecars, labels.txt, report.json/.md (export.py)
     RUN/demo_data/         the synthetic dataset of a --demo run without --data
 
@@ -29,6 +30,7 @@ STATE, EXPORT_DIR, DEMO_DATA = "state.json", "export", "demo_data"
 # export.py --out): both hold REPORT and REPORT_MARKDOWN; an export's models are tflite_name(format), each with its
 # sidecar_name(format), and EXPORT_LABELS.
 REPORT, REPORT_MARKDOWN, CONFUSION_MATRIX = "report.json", "report.md", "confusion_matrix.png"
+GRADE_RECOVERY = "grade_recovery.png"  # an evaluation's grade-recovery curves, one per class as the target bin
 EXPORT_LABELS = "labels.txt"
 FINISHED = (CONFIG, LABELS, SPLIT, MODEL)  # what evaluation, Grad-CAM and export need
 SAVED_OPTIONS = ("data", "image_size")  # in every config.json: where the split's paths lie, the model's input size
