@@ -43,6 +43,7 @@ class Particle:
     split: bool  # True when it was cut out of a blob of touching particles
     crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
     mask: np.ndarray = field(default=None, repr=False)  # bool, the bbox's pixels that are this particle's
+    cut: str = None  # "upstream" / "downstream": the frame's first / last row cuts the blob it is (a piece of)
 
 
 @dataclass
@@ -148,16 +149,19 @@ class Segmenter:
         filled = np.zeros_like(mask)
         for contour in blobs:
             cv2.drawContours(filled, [contour], -1, 255, cv2.FILLED)
-        regions = []  # (label, bbox, split) per candidate particle
+        regions = []  # (part mask, x, y, split, cut) per candidate particle
         for contour in blobs:
             x, y, w, h = cv2.boundingRect(contour)
             blob = np.zeros((h, w), np.uint8)
             cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
             parts = self._split(blob, contour) if self.cfg.split else [blob]
+            # Every piece of a blob the frame's edge cuts is cut too: a piece whole in itself may be a fragment of a
+            # particle the edge cuts, or its neighbour, seen whole only in the next (or previous) frame.
+            cut = "upstream" if y == 0 else "downstream" if y + h == mask.shape[0] else None
             for part in parts:
-                regions.append((part, x, y, len(parts) > 1))
+                regions.append((part, x, y, len(parts) > 1, cut))
         particles, too_large, kept = [], 0, []
-        for part, x, y, was_split in regions:
+        for part, x, y, was_split, cut in regions:
             area = int(cv2.countNonZero(part))
             if area < self.min_area_px:
                 too_small += 1
@@ -165,13 +169,14 @@ class Segmenter:
             if area > self.max_area_px:
                 too_large += 1
                 continue
-            kept.append((part, x, y, was_split, area))
-        for number, (part, x, y, _, _) in enumerate(kept, start=1):
+            kept.append((part, x, y, was_split, area, cut))
+        for number, (part, x, y, *_) in enumerate(kept, start=1):
             view = labels[y:y + part.shape[0], x:x + part.shape[1]]
             view[part > 0] = number
-        boxes = np.array([_box(part, x, y) for part, x, y, _, _ in kept], np.int64).reshape(-1, 4)
-        for number, (part, x, y, was_split, area) in enumerate(kept, start=1):
-            particles.append(self._particle(frame, labels, boxes, number, part, x, y, was_split, area))
+        boxes = np.array([_box(part, x, y) for part, x, y, *_ in kept], np.int64).reshape(-1, 4)
+        for number, (part, x, y, was_split, area, cut) in enumerate(kept, start=1):
+            particles.append(replace(self._particle(frame, labels, boxes, number, part, x, y, was_split, area),
+                                     cut=cut))
         particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
         particles = [replace(p, index=i) for i, p in enumerate(particles)]
         if learn:

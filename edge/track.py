@@ -8,9 +8,9 @@ this time, when its centre lies on the remembered mask moved to the new frame's 
 track_mm` (`tracked`). Only particles of *earlier* frames are compared: two particles of one frame are two particles.
 The mask, not the bounding box, is compared, so a diagonal neighbour a few mm away is not taken for the particle.
 
-A particle touching the frame's upstream edge (row 0) is not decided: it is entering and will be seen whole in the
-next frame (`entering`); one touching the downstream edge (the last row) was seen whole in the previous frame
-(`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
+A particle touching the frame's upstream edge (row 0), or a piece of a blob that does (edge/particles.py
+Particle.cut), is not decided: it is entering and will be seen whole in the next frame (`entering`); one touching
+the downstream edge (the last row), or a piece of a blob that does, was seen whole in the previous frame (`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
 recheck bin). Frames must therefore overlap along the belt by at least max_mm.
 
 Single items (one particle per frame): every frame holds the next item, except on an encoder-timed belt that has
@@ -77,10 +77,10 @@ class BeltTracker:
             tolerance = self.track_mm * self.bar.per_mm
             self._decided = [d for d in self._decided if self.bar.delta(d.plan.close_at, position) > -tolerance]
         for particle in particles:
-            if particle.bbox[1] == 0:
+            if particle.cut == "upstream" or particle.bbox[1] == 0:
                 outcomes["entering"] += 1
                 continue
-            if particle.bbox[1] + particle.bbox[3] == self.frame_height:
+            if particle.cut == "downstream" or particle.bbox[1] + particle.bbox[3] == self.frame_height:
                 outcomes["leaving"] += 1
                 continue
             if position is not None:

@@ -454,3 +454,18 @@ def test_the_operator_sees_the_belt_its_last_hour_and_the_size_distribution(tiny
     outline = pixels[180, first["bbox"][0]:first["bbox"][0] + 2]  # its left edge, on the row through its centre
     assert np.abs(outline - expected).max(axis=1).min() < 25, (outline.tolist(), expected)
     assert '<svg id="trend"' in page and "polyline" in page and 'id="belt-view"' in page
+
+
+def test_a_piece_of_a_blob_cut_by_the_frame_edge_waits_for_the_whole(tiny_export, write_config, make_runner,
+                                                                     fake_clock, tmp_path):
+    """Two touching particles, the upper one cut by the frame's upstream edge: the lower piece, whole in itself, is
+    part of a blob the edge cuts, so both wait for the next frame (`entering`); deciding the lower one from this
+    view let its neighbour, or a fragment of one particle cut apart here, be decided again from the next."""
+    config = _particle_config(write_config, tiny_export)
+    runner, events, _ = _belt_runner(make_runner, config, tiny_export["float32"], fake_clock, tmp_path)
+    frame = BELT.copy()
+    cv2.circle(frame, (200, 20), 30, DISC, -1)  # cut by the upstream edge (row 0)
+    cv2.circle(frame, (200, 70), 24, DISC, -1)  # 50 px below, overlapping 4 px: a neck for the watershed
+    runner.process(Frame("A", fake_clock.now(), Image.fromarray(frame)))
+    assert _events(events, "particle") == []
+    assert runner.particles.counts["entering"] == 2
