@@ -10,7 +10,8 @@ The mask, not the bounding box, is compared, so a diagonal neighbour a few mm aw
 
 A particle touching the frame's upstream edge (row 0), or a piece of a blob that does (edge/particles.py
 Particle.cut), is not decided: it is entering and will be seen whole in the next frame (`entering`); one touching
-the downstream edge (the last row), or a piece of a blob that does, was seen whole in the previous frame (`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
+the downstream edge (the last row), or a piece of a blob that does, was seen whole in the previous frame
+(`leaving`; a particle cut by the downstream edge of the very first frame is never decided and rides on to the
 recheck bin). Frames must therefore overlap along the belt by at least max_mm.
 
 Single items (one particle per frame): every frame holds the next item, except on an encoder-timed belt that has
