@@ -7,9 +7,10 @@ A sorter is judged by grade and recovery at a throughput, not by a photo classif
 end run shows the losses between the two: segmentation, tracking across frames, valve timing and the air jet.
 
 The belt: MINET-7 specimens cut out of their white photos (tests/edge/test_edge_particles.py load_specimens; with
---split only the photos the run did not train on: test, val and calib) are scaled to a longer side in `--sizes` mm and
-laid out on a long belt at `--counts` particles per 1280x720 frame (0.5 mm/px), `--touching` of them in touching
-pairs (partners of independent sizes, moved together until their outlines meet). Frames are composed with the
+--split only the photos the run, or every run named, did not train on: test, val and calib), `--product-share` of
+them of the product classes, are scaled to a longer side in `--sizes` mm and laid out on a long belt at `--counts`
+particles per 1280x720 frame (0.5 mm/px), `--touching` of them in touching pairs (partners of independent sizes,
+moved together until their outlines meet). Frames are composed with the
 tests' belt texture, sensor noise and `paste`; the belt advances `--step-mm` per frame, so each particle is whole in
 2 or 3 frames. Ground truth per particle: its class, its area (mm^2, the mass proxy) and its place on the belt.
 
@@ -35,6 +36,7 @@ compressed air per tonne of feed. The air and mass figures rest on assumptions s
 """
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -548,17 +550,22 @@ def air(particles, commands, config, assumptions):
             "kwh_per_t": round(nm3_t * assumptions["kwh_per_nm3"], 3) if nm3_t is not None else None}
 
 
-def unseen_specimens(split_csv, limit, subsets=("test", "val", "calib")):
-    """Specimens of the run's photos it was not trained on: load_specimens reads a folder of links to them."""
+def unseen_specimens(split_csvs, limit, subsets=("test", "val", "calib")):
+    """Specimens of the photos none of the runs (their split.csv files) was trained on, so models compared on a
+    belt see the same feed: load_specimens reads a folder of links to them. A run on belt crops
+    (mineralnet.data.belt) names its files .png: a row stands for the photo of the same class and stem."""
     import csv
 
+    unseen = None
+    for split_csv in split_csvs:
+        with open(split_csv) as handle:
+            stems = {os.path.splitext(row["path"])[0] for row in csv.DictReader(handle) if row["subset"] in subsets}
+        unseen = stems if unseen is None else unseen & stems
     folder = tempfile.mkdtemp(prefix="belt_sim_photos_")
-    with open(split_csv) as handle:
-        for row in csv.DictReader(handle):
-            if row["subset"] in subsets:
-                os.makedirs(os.path.join(folder, row["label"]), exist_ok=True)
-                os.symlink(os.path.join(scenes.MINET, row["path"]),
-                           os.path.join(folder, row["label"], os.path.basename(row["path"])))
+    for stem in sorted(unseen):
+        photo = next(iter(glob.glob(os.path.join(scenes.MINET, glob.escape(stem) + ".*"))))
+        os.makedirs(os.path.join(folder, os.path.dirname(stem)), exist_ok=True)
+        os.symlink(photo, os.path.join(folder, os.path.dirname(stem), os.path.basename(photo)))
     scenes.MINET = folder
     return scenes.load_specimens(limit=limit)
 
@@ -590,8 +597,8 @@ def table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="an exported .tflite (a --batch dynamic one: one call/frame)")
-    parser.add_argument("--split", help="the run's split.csv: use only the photos it was not trained on (test, val, "
-                        "calib; default: every photo)")
+    parser.add_argument("--split", help="the run's split.csv (or several, comma-separated): use only the photos "
+                        "not trained on (test, val, calib of every one; default: every photo)")
     parser.add_argument("--specimens", type=int, default=200, help="photos to cut specimens from")
     parser.add_argument("--counts", default="10,30,60", help="particles per frame, one run each")
     parser.add_argument("--feed-frames", type=int, default=60, help="frames of belt carrying the feed, per run")
@@ -612,7 +619,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
     if args.split:
-        specimens = unseen_specimens(args.split, args.specimens)
+        specimens = unseen_specimens(args.split.split(","), args.specimens)
     else:
         specimens = scenes.load_specimens(limit=args.specimens)
     print(f"belt_sim: {len(specimens)} specimens, classes "
