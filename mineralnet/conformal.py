@@ -147,9 +147,63 @@ def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     reject = reject_rule(probabilities, truth, labels, alpha, per_class, subset)
+    previous = sidecar.get("reject")
+    if previous is not None:
+        print(f"calibrate: this replaces the rule stored in '{sidecar_path}' ({describe_rule(previous)}).")
     # The drift alarm's reference, binned by edge/drift.py itself: the runner compares live items with it.
     write_json(sidecar_path, {**sidecar, "reject": reject, "reference": make_reference(probabilities, subset)})
     return reject
+
+
+def describe_rule(reject):
+    """A stored reject rule in a few words: its method and alpha (and grade targets, when it has any)."""
+    words = f"{reject.get('method')} at alpha={reject.get('alpha')}"
+    targets = reject.get("grade_targets") or {}
+    if targets:
+        words += ", grade targets " + ", ".join(f"{label}={rule.get('target')}" for label, rule in targets.items())
+    return words
+
+
+def coverage(probabilities, truth, labels, reject):
+    """How often the runner's prediction set {c : p_c >= cutoff_c} held the true class: overall and per class
+    (None for a class without rows)."""
+    probabilities, truth = np.asarray(probabilities), np.asarray(truth)
+    cutoffs = class_cutoffs(reject, labels)
+    covered = probabilities[np.arange(len(truth)), truth] >= cutoffs[truth]
+    return {
+        "n": len(truth), "overall": float(covered.mean()) if len(truth) else None,
+        "per_class": {label: {"n": int(np.sum(truth == c)),
+                              "coverage": float(covered[truth == c].mean()) if np.any(truth == c) else None}
+                      for c, label in enumerate(labels)},
+    }
+
+
+def coverage_on_test_rows(run, model_path, reject):
+    """coverage() on the run's test rows (None when the split has none): rows neither training nor calibration
+    saw, so what the promise delivered."""
+    rows = run.rows("test")
+    if not rows:
+        return None
+    truth = np.array([run.labels.index(r["label"]) for r in rows])
+    return coverage(tflite_probabilities(model_path, [r["file"] for r in rows]), truth, run.labels, reject)
+
+
+def _percent(share):
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
+def report_coverage(measured, alpha, per_class):
+    """Print the test rows' coverage beside the promise (per class: promised for each with --per-class)."""
+    if measured is None:
+        print("calibrate: the split has no test rows: coverage not measured.")
+        return
+    promise = f"promised >= {100 * (1 - alpha):.1f} %" + (" for every class" if per_class else " over all items")
+    classes = ", ".join(
+        f"{label} {_percent(row['coverage'])} (n={row['n']})"
+        for label, row in measured["per_class"].items()
+    )
+    print(f"calibrate: coverage on the {measured['n']} test images: {100 * measured['overall']:.1f} % ({promise}); "
+          f"per class: {classes}.")
 
 
 def report(reject, split_path):
@@ -178,10 +232,14 @@ def report(reject, split_path):
                     file=sys.stderr,
                 )
     else:
-        print(
-            f"calibrate: qhat={reject['qhat']:.4f} from {n} {subset} images (alpha={alpha}); an item is sorted "
-            f"only when exactly one class has p >= {1 - reject['qhat']:.4f}."
-        )
+        if reject["qhat"] >= 1.0:
+            print(f"calibrate: qhat={reject['qhat']:.4f} from {n} {subset} images (alpha={alpha}): every class is in "
+                  "every prediction set: no item is sorted, all go to recheck.")
+        else:
+            print(
+                f"calibrate: qhat={reject['qhat']:.4f} from {n} {subset} images (alpha={alpha}); an item is sorted "
+                f"only when exactly one class has p >= {1 - reject['qhat']:.4f}."
+            )
         if reject["qhat"] >= 1.0 and n < min_items(alpha):
             print(
                 f"calibrate: warning: {n} {subset} images are too few for alpha={alpha} (needs at least "
@@ -211,7 +269,8 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=0.05, help="allowed miss rate of the prediction set")
     parser.add_argument(
         "--per-class", action="store_true",
-        help="one threshold per class (Mondrian conformal): every class, rare ones too, covered at 1 - alpha",
+        help="one threshold per class (Mondrian conformal): every class, rare ones too, covered at 1 - alpha; like "
+             "every calibration, it replaces the rule stored in the sidecar",
     )
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
@@ -220,6 +279,7 @@ def main(argv=None):
     run = open_run(args.run)
     reject = calibrate(run, args.model, args.alpha, args.sidecar, args.per_class)
     report(reject, run.split_file)
+    report_coverage(coverage_on_test_rows(run, args.model, reject), args.alpha, args.per_class)
 
 
 if __name__ == "__main__":

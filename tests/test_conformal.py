@@ -329,3 +329,30 @@ def test_an_old_split_conformal_sidecar_still_works(tiny_export, tmp_path):
     assert decider.describe() == {"method": "split_conformal", "alpha": 0.05, "cutoff": 0.7}
     p = np.array([0.75, 0.2, 0.05, 0.0], dtype=np.float32)
     assert decider.decide(p).prediction_set == (sidecar["labels"][0],) and decider.decide(p).bin == "x"
+
+
+def test_coverage_on_the_test_rows_is_reported_overall_and_per_class(tiny_export, calib_run, tmp_path, capsys):
+    """Issue 24 point 4: what the promise delivered on rows calibration never saw, by the runner's own rule."""
+    model_path = _copy_model(tiny_export, "float32", tmp_path)
+    assert main(["--run", calib_run, "--model", model_path, "--alpha", str(ALPHA)]) == 0
+    out = capsys.readouterr().out
+    model = Model(model_path)
+    test = _rows(calib_run, "test")
+    probabilities, truth = _probabilities(model, test), _truth(model, test)
+    covered = probabilities[np.arange(len(test)), truth] >= 1.0 - model.reject["qhat"]
+    assert (f"coverage on the {len(test)} test images: {100 * covered.mean():.1f} % (promised >= "
+            f"{100 * (1 - ALPHA):.1f} % over all items)") in out
+    for c, label in enumerate(model.labels):
+        assert f"{label} {100 * covered[truth == c].mean():.1f} % (n={int(np.sum(truth == c))})" in out
+
+
+def test_qhat_one_says_nothing_is_sorted_and_per_class_says_it_replaces_the_stored_rule(tiny_export, tmp_path,
+                                                                                       capsys):
+    model_path = _copy_model(tiny_export, "float32", tmp_path)
+    assert main(["--run", tiny_export["run"], "--model", model_path, "--alpha", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "p >= 0.0000" not in out and "every class is in every prediction set: no item is sorted" in out
+    assert "replaces" not in out  # the export's sidecar had no rule yet
+    assert main(["--run", tiny_export["run"], "--model", model_path, "--alpha", "0.2", "--per-class"]) == 0
+    out = capsys.readouterr().out
+    assert "replaces the rule stored in" in out and "split_conformal at alpha=0.05" in out
