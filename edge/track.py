@@ -61,7 +61,11 @@ class _Seen:
 
 
 class BeltTracker:
-    """Particles on the belt: `bar` (edge/valves.py ValveBar) places them."""
+    """Particles on the belt: `bar` (edge/valves.py ValveBar) places them.
+
+    The remembered particles are also kept as arrays (their centres' positions at the bar, rows and boxes), so a
+    frame's particles are checked against a few hundred of them at once: only those whose box is near get the mask
+    test."""
 
     def __init__(self, bar, frame_height, track_mm):
         self.bar = bar
@@ -69,14 +73,32 @@ class BeltTracker:
         self.track_mm = track_mm
         self._track_px = track_mm / bar.mm_per_px
         self._decided = []  # _Seen of particles decided in earlier frames, pruned once passed the bar
+        self._index()
+
+    def _index(self):
+        seen = self._decided
+        self._centre_at = np.array([s.plan.centre_at for s in seen], np.float64)
+        self._close_at = np.array([s.plan.close_at for s in seen], np.float64)
+        self._rows = np.array([s.centroid[1] for s in seen], np.float64)
+        self._boxes = np.array([s.bbox for s in seen], np.float64).reshape(-1, 4)
+
+    def _delta(self, a, b):
+        """a - b in position units for arrays (modulo the encoder's counter), as ValveBar.delta for scalars."""
+        modulus = self.bar.modulus
+        if modulus is None:
+            return a - b
+        half = modulus >> 1
+        return (a - b + half) % modulus - half
 
     def fresh(self, particles, position):
         """(particles to decide, {index: Plan} of those with a belt position `position`: the frame's capture time
         or encoder count, None when unknown; {outcome: particles} of the others: entering, leaving, tracked)."""
         fresh, plans, outcomes = [], {}, Counter()
-        if position is not None:
-            tolerance = self.track_mm * self.bar.per_mm
-            self._decided = [d for d in self._decided if self.bar.delta(d.plan.close_at, position) > -tolerance]
+        if position is not None and self._decided:
+            keep = self._delta(self._close_at, position) > -self.track_mm * self.bar.per_mm
+            if not keep.all():
+                self._decided = [s for s, k in zip(self._decided, keep) if k]
+                self._index()
         for particle in particles:
             if particle.cut == "upstream" or particle.bbox[1] == 0:
                 outcomes["entering"] += 1
@@ -86,26 +108,33 @@ class BeltTracker:
                 continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
-                if any(self._on(plan, particle.centroid, seen) for seen in self._decided):
+                if self._tracked(plan, particle.centroid):
                     outcomes["tracked"] += 1
                     continue
                 plans[particle.index] = plan
             fresh.append(particle)
-        for particle in fresh:  # remembered after the frame: its own particles are never compared with each other
-            if particle.index in plans:
-                self._decided.append(_Seen(plans[particle.index], particle.centroid, particle.bbox, particle.mask))
+        added = [_Seen(plans[p.index], p.centroid, p.bbox, p.mask) for p in fresh if p.index in plans]
+        if added:  # remembered after the frame: its own particles are never compared with each other
+            self._decided += added
+            self._index()
         return fresh, plans, outcomes
 
-    def _on(self, plan, centroid, seen):
-        """Whether a particle centred at `centroid` with `plan` lies on `seen`'s mask moved to this frame, within
-        track_mm: its centre in `seen`'s frame is as far behind `seen`'s centre as it reaches the bar later."""
-        bar, reach = self.bar, self._track_px
-        behind_px = bar.delta(plan.centre_at, seen.plan.centre_at) / bar.per_mm / bar.mm_per_px
-        x, y = centroid[0], seen.centroid[1] - behind_px
-        x0, y0, width, height = seen.bbox
-        if not (x0 - reach <= x <= x0 + width + reach and y0 - reach <= y <= y0 + height + reach):
+    def _tracked(self, plan, centroid):
+        """Whether a particle centred at `centroid` with `plan` lies on a remembered particle's mask moved to this
+        frame, within track_mm: its centre in that particle's frame is as far behind that particle's centre as it
+        reaches the bar later."""
+        if not self._decided:
             return False
-        if seen.mask is None:  # no mask (a hand-made Particle): its box stands for it
-            return True
-        rows, cols = np.nonzero(seen.mask)
-        return bool(np.min((cols + x0 + 0.5 - x) ** 2 + (rows + y0 + 0.5 - y) ** 2) <= reach * reach)
+        bar, reach = self.bar, self._track_px
+        behind = self._delta(plan.centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
+        x, ys = centroid[0], self._rows - behind
+        x0, y0, w, h = self._boxes.T
+        near = (x0 - reach <= x) & (x <= x0 + w + reach) & (y0 - reach <= ys) & (ys <= y0 + h + reach)
+        for number in np.flatnonzero(near):
+            seen, y = self._decided[number], ys[number]
+            if seen.mask is None:  # no mask (a hand-made Particle): its box stands for it
+                return True
+            rows, cols = np.nonzero(seen.mask)
+            if np.min((cols + seen.bbox[0] + 0.5 - x) ** 2 + (rows + seen.bbox[1] + 0.5 - y) ** 2) <= reach * reach:
+                return True
+        return False
