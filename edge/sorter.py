@@ -42,6 +42,10 @@ _REASONS = ("confident", "uncertain", "late", "error", "no_position")
 
 
 class Sorter:
+    """The pipeline's stages, chosen by the config (single items or a belt of particles), and the loop that feeds
+    it frames: `process(frame)` runs one frame through, `run(capture)` sorts until the source ends or `stop()`,
+    `summary()` and `snapshot()` are what summary.json and the line page show."""
+
     def __init__(self, config, model, actuator, events, clock, review=None, belt=None, plc_fires=False, truth=None):
         self.config, self.model, self.actuator, self.events, self.clock = config, model, actuator, events, clock
         self.review = review
