@@ -618,6 +618,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
+    measured = commit()  # the code the runs import now: others may commit while they run
     if args.split:
         specimens = unseen_specimens(args.split.split(","), args.specimens)
     else:
@@ -638,7 +639,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"argv": sys.argv, "model": args.model, "cpu": cpu_name(), "cores": os.cpu_count(),
-                       "commit": commit(), "load": os.getloadavg(), "assumptions": ASSUMPTIONS, "rows": rows}, handle,
+                       "commit": measured, "load": os.getloadavg(), "assumptions": ASSUMPTIONS, "rows": rows}, handle,
                       indent=1, default=_plain)
     return 0
 
