@@ -9,7 +9,6 @@ import gzip
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,6 +18,7 @@ from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, r
 from mineralnet.export.convert import FORMATS, FULL_INTEGER, QAT_FORMAT, convert, parse_batch, parse_formats
 from mineralnet.export.delegation import delegation
 from mineralnet.export.errors import AccuracyGateError, ExportError, OptionError
+from mineralnet.export.gate import compare_with_float32, describe
 from mineralnet.export.operators import list_operators
 from mineralnet.export.options import MAX_ACCURACY_DROP
 from mineralnet.export.qat.process import (
@@ -27,6 +27,7 @@ from mineralnet.export.qat.process import (
 from mineralnet.export.report import build_report, markdown_report
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.preflight import load_model, load_run
+from mineralnet.export.publish import STAGING_PREFIX, check_output, publish, staging_dir
 from mineralnet.export.sidecar import make_sidecar
 from mineralnet.export.verify import check_batch, classification_metrics, verify
 from mineralnet.models.registry import registered_info
@@ -35,7 +36,6 @@ from mineralnet.utils import sha256_file, write_json
 
 MIN_FLOAT32_AGREEMENT = 0.995
 QUANTIZED = ("float16", "dynamic", "int8", QAT_FORMAT)
-STAGING_PREFIX = ".export-staging-"  # + the output's name: a directory so named beside it is an export's staging
 
 log = logging.getLogger("mineralnet.export")
 
@@ -57,10 +57,11 @@ class ExportPlan:
     qat: QatOptions = QatOptions()  # fine-tuning of int8_qat and of the pruned model
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points, for the QUANTIZED formats
     batch: object = 1  # the input's batch dimension: 1, or None (free: the edge runner's crops in one call)
+    all_or_nothing: bool = False  # a failed format fails the export (nothing written) instead of being left out
 
 
 def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-                   max_accuracy_drop=MAX_ACCURACY_DROP, batch=1):
+                   max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False):
     """Check every input (fast failures first) and take the Keras reference predictions on the test subset of
     `run` (a mineralnet.rundir.Run or its path)."""
     formats = parse_formats(formats)
@@ -73,6 +74,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
         raise ExportError(f"--calibration-samples must be at least 1, got {calibration_samples}.")
     run = load_run(run)
     out_dir = os.path.abspath(out_dir or run.export_dir)
+    check_output(out_dir)  # publishing replaces the folder as a whole: refuse one with foreign files now
     source_sha256 = sha256_file(run.model_file)  # hashed before loading: the hash of the file actually loaded
     model = load_model(run)
     if qat.child_formats(formats):
@@ -96,7 +98,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
             )
         calibration = load_images(chosen, run.image_size)
     return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
-                      calibration, qat, float(max_accuracy_drop), batch)
+                      calibration, qat, float(max_accuracy_drop), batch, bool(all_or_nothing))
 
 
 def _write_bytes(path, data):
@@ -106,17 +108,21 @@ def _write_bytes(path, data):
         os.fsync(handle.fileno())
 
 
-def _check_accuracy_drop(plan, fmt, results):
-    """AccuracyGateError if `fmt` (a QUANTIZED format) lost more than plan.max_accuracy_drop points of test
-    accuracy against float32. One image is 100/N points: the floor must be above that to tolerate any change."""
-    drop = 100.0 * (results["float32"]["accuracy"] - results[fmt]["accuracy"])
-    if fmt in QUANTIZED and drop > plan.max_accuracy_drop + 1e-9:
-        raise AccuracyGateError(
-            f"the {fmt} model's test accuracy {results[fmt]['accuracy']:.2%} is {drop:.1f} points below float32's "
-            f"{results['float32']['accuracy']:.2%} on the {len(plan.test_images)} test images of "
-            f"'{plan.run.path}' (--max-accuracy-drop {plan.max_accuracy_drop:g}); nothing was written: leave {fmt} "
-            f"out of --formats, or pass a larger --max-accuracy-drop to accept the loss."
-        )
+def _check_accuracy_drop(plan, fmt, results, gate):
+    """AccuracyGateError if the gate (mineralnet.export.gate.compare_with_float32) refused `fmt`: its loss against
+    float32 on the same test images is above plan.max_accuracy_drop points and credible by the exact test."""
+    if gate["passed"]:
+        return
+    written = "nothing was written" if plan.all_or_nothing else f"{fmt} was not written"
+    raise AccuracyGateError(
+        f"the {fmt} model's test accuracy {results[fmt]['accuracy']:.2%} is {gate['loss_points']:.1f} points below "
+        f"float32's {results['float32']['accuracy']:.2%} on the {gate['images']} test images of '{plan.run.path}' "
+        f"(one image = {gate['image_points']:.2f} points; {gate['float32_right_format_wrong']} image(s) float32 gets "
+        f"right and {fmt} wrong, {gate['format_right_float32_wrong']} the reverse: exact one-sided p = "
+        f"{gate['p_value']:.2g} < {gate['level']:g}, a credible loss above --max-accuracy-drop "
+        f"{plan.max_accuracy_drop:g}); {written}: leave {fmt} out of --formats, or pass a larger "
+        f"--max-accuracy-drop to accept the loss."
+    )
 
 
 class _ExportModels:
@@ -159,58 +165,67 @@ def _int8_float_layers(model):
     return (info.stem,) if info is not None else ()
 
 
-def _staging_dir(out_dir):
-    """A new hidden staging directory beside `out_dir` (same filesystem: os.replace into it is atomic), after
-    removing the staging directories an earlier export to the same `out_dir` left when it was killed (SIGKILL, power
-    loss: its `finally` never ran). Those of exports to other outputs are left alone; two exports into one output
-    at once are not supported (their files would mix anyway)."""
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    prefix = f"{STAGING_PREFIX}{os.path.basename(out_dir)}-"
-    for name in os.listdir(parent):
-        if name.startswith(prefix) and os.path.isdir(os.path.join(parent, name)):
-            log.info("removing %s, left by an interrupted export", os.path.join(parent, name))
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=parent)
-
-
 def complete_export(plan):
-    """Convert and verify every format in a staging directory beside the output; move the files into the output
-    directory only once all of them passed. Returns the report dict."""
-    staging = _staging_dir(plan.out_dir)
+    """Convert and verify every format in a staging folder beside the output, then publish the folder as a whole
+    (mineralnet.export.publish). A quantized format that fails (its gate, its batch check, its conversion) is left
+    out and named in report["failed"], unless plan.all_or_nothing: then its ExportError fails the export and
+    nothing is written. A failed float32 always fails the export. Returns the report dict."""
+    staging = staging_dir(plan.out_dir)
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        results, published, child, gzip_sizes = {}, [], None, {}
+        results, published, child, gzip_sizes, gates, failed = {}, [], None, {}, {}, {}
+        child_error, float32_top1 = None, None
         models = _ExportModels(plan.model, free_batch=plan.batch is None)
         child_formats = plan.qat.child_formats(plan.formats)
         # float32 first: a failed gate stops before the slow quantised conversions and the tf_keras process,
         # whose formats come last (int8_qat is last in plan.formats already, the pruned model follows it).
         for fmt in plan.formats + tuple(f for f in child_formats if f not in plan.formats):
-            if fmt in child_formats:
-                child = child or run_child(plan, os.path.join(staging, "qat"))
-                model, converted_as = models.fine_tuned(child, fmt, plan.test_images), CONVERTED_AS[fmt]
-            else:
-                model, converted_as = models.get(fmt), fmt
-            log.info("converting to %s", fmt)
-            model_bytes = convert(model, converted_as, plan.run.image_size, plan.calibration_images, plan.batch,
-                                  float_layers=_int8_float_layers(plan.model))
-            if plan.qat.prune_sparsity and fmt in ("float32", PRUNED_FORMAT):
-                gzip_sizes[fmt] = len(gzip.compress(model_bytes, compresslevel=6))  # what pruning buys
-            log.info("verifying %s on %d test images", fmt, len(plan.test_images))
-            result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
-            if plan.batch is None:
-                result["batch"] = check_batch(model_bytes, plan.test_images, fmt)
-            if fmt == "float32" and result["agreement_with_keras"] < MIN_FLOAT32_AGREEMENT:
-                raise ExportError(
-                    f"the float32 model agrees with Keras on only {result['agreement_with_keras']:.1%} of the "
-                    f"{len(plan.test_images)} test images (gate: {MIN_FLOAT32_AGREEMENT:.1%}), so the conversion "
-                    f"does not compute what '{plan.run.model_file}' computes; nothing was written to "
-                    f"'{plan.out_dir}'. Check the model's custom layers and the TensorFlow/LiteRT versions."
-                )
-            name, sidecar_file = tflite_name(fmt), sidecar_name(fmt)
-            results[fmt] = {"file": name, **result, "operators": dict(list_operators(model_bytes)),
+            try:
+                if fmt in child_formats:
+                    if child_error:
+                        raise ExportError(child_error)
+                    try:
+                        child = child or run_child(plan, os.path.join(staging, "qat"))
+                    except ExportError as error:
+                        child_error = str(error)
+                        raise
+                    model, converted_as = models.fine_tuned(child, fmt, plan.test_images), CONVERTED_AS[fmt]
+                else:
+                    model, converted_as = models.get(fmt), fmt
+                log.info("converting to %s", fmt)
+                model_bytes = convert(model, converted_as, plan.run.image_size, plan.calibration_images, plan.batch,
+                                      float_layers=_int8_float_layers(plan.model))
+                if plan.qat.prune_sparsity and fmt in ("float32", PRUNED_FORMAT):
+                    gzip_sizes[fmt] = len(gzip.compress(model_bytes, compresslevel=6))  # what pruning buys
+                log.info("verifying %s on %d test images", fmt, len(plan.test_images))
+                result = verify(model_bytes, plan.test_images, plan.y_true, plan.reference)
+                top1 = result.pop("top1")
+                if plan.batch is None:
+                    result["batch"] = check_batch(model_bytes, plan.test_images, fmt)
+                if fmt == "float32":
+                    float32_top1 = top1
+                    if result["agreement_with_keras"] < MIN_FLOAT32_AGREEMENT:
+                        raise ExportError(
+                            f"the float32 model agrees with Keras on only {result['agreement_with_keras']:.1%} of "
+                            f"the {len(plan.test_images)} test images (gate: {MIN_FLOAT32_AGREEMENT:.1%}), so the "
+                            f"conversion does not compute what '{plan.run.model_file}' computes; nothing was "
+                            f"written to '{plan.out_dir}'. Check the model's custom layers and the TensorFlow/LiteRT "
+                            "versions."
+                        )
+                name, sidecar_file = tflite_name(fmt), sidecar_name(fmt)
+                measured = {"file": name, **result, "operators": dict(list_operators(model_bytes)),
                             "xnnpack": delegation(model_bytes)}
-            _check_accuracy_drop(plan, fmt, results)
+                if fmt in QUANTIZED:
+                    gates[fmt] = compare_with_float32(plan.y_true, float32_top1, top1, plan.max_accuracy_drop)
+                    log.info("gate: %s", describe(fmt, gates[fmt]))
+                    _check_accuracy_drop(plan, fmt, {"float32": results["float32"], fmt: measured}, gates[fmt])
+            except ExportError as error:
+                if fmt == "float32" or plan.all_or_nothing:
+                    raise
+                log.warning("%s failed and is not written: %s", fmt, error)
+                failed[fmt] = str(error)
+                continue
+            results[fmt] = measured
             sidecar = make_sidecar(fmt, plan.run.labels, plan.run.image_size, model_bytes, result["input"],
                                    result["output"], plan.source_sha256, plan.run.path, created)
             _write_bytes(os.path.join(staging, name), model_bytes)
@@ -219,35 +234,37 @@ def complete_export(plan):
 
         report = build_report(plan.run, plan.out_dir, created, plan.source_sha256, plan.keras_metrics, results,
                               0 if plan.calibration_images is None else len(plan.calibration_images),
-                              MIN_FLOAT32_AGREEMENT, plan.max_accuracy_drop, models.rewrites)
+                              MIN_FLOAT32_AGREEMENT, plan.max_accuracy_drop, models.rewrites, gates, failed)
         if child:  # the twin check, the QAT fine-tune and pruning, as the tf_keras process reported them
             report.update(child.result)
-            if PRUNED_FORMAT in gzip_sizes:
+            if PRUNED_FORMAT in gzip_sizes and PRUNED_FORMAT in results:
                 report["pruning"]["gzip_size_bytes"] = gzip_sizes
         _write_bytes(os.path.join(staging, EXPORT_LABELS), "".join(f"{label}\n" for label in plan.run.labels).encode())
         write_json(os.path.join(staging, REPORT), report)
         _write_bytes(os.path.join(staging, REPORT_MARKDOWN), markdown_report(report).encode())
         published += [EXPORT_LABELS, REPORT, REPORT_MARKDOWN]
-
-        os.makedirs(plan.out_dir, exist_ok=True)
-        for name in published:  # each model before its sidecar, the report last
-            os.replace(os.path.join(staging, name), os.path.join(plan.out_dir, name))
+        for name in set(os.listdir(staging)) - set(published):  # work files (the tf_keras process's qat/)
+            path = os.path.join(staging, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        publish(staging, plan.out_dir)  # the staging folder becomes the output folder, in one step
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-               max_accuracy_drop=MAX_ACCURACY_DROP, batch=1):
+               max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False):
     """Export `run` (a mineralnet.rundir.Run or its path) to verified TFLite models in `out_dir` (default
-    RUN/export); returns the report.
+    RUN/export), published as a whole (mineralnet.export.publish); returns the report.
     `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
 
     Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
-    agrees with Keras on fewer than 99.5 % of the test images; AccuracyGateError (an ExportError, exit status 2)
-    when a quantized format's test accuracy is more than `max_accuracy_drop` points below float32's.
+    agrees with Keras on fewer than 99.5 % of the test images. A quantized format whose loss against float32 is
+    above `max_accuracy_drop` points and credible by McNemar's exact test (mineralnet.export.gate), or that fails
+    its conversion or batch check, is not written and is named in report["failed"] (format -> reason); with
+    `all_or_nothing` it raises its ExportError (AccuracyGateError for the gate) instead and nothing is written.
     `batch` "dynamic" (or None) writes files whose batch dimension is free, each checked to give a batch of test
     images the probabilities single calls give.
     """
     return complete_export(prepare_export(run, formats, calibration_samples, out_dir, qat, max_accuracy_drop,
-                                          batch))
+                                          batch, all_or_nothing))

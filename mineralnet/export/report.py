@@ -3,6 +3,7 @@
 import os
 
 from mineralnet.export.delegation import describe
+from mineralnet.export.gate import GATE_LEVEL, describe as describe_gate
 from mineralnet.export.verify import LATENCY_RUNS
 
 _COLUMNS = (
@@ -12,10 +13,12 @@ _COLUMNS = (
 
 
 def build_report(run, out_dir, created, source_sha256, keras_metrics, results, calibration_images, min_agreement,
-                 max_accuracy_drop=None, rewrites=None):
+                 max_accuracy_drop=None, rewrites=None, gates=None, failed=None):
     """`results` maps format -> the dict of `verify.verify` plus `file`, `operators` and `xnnpack` (delegate
-    partitions and the ops left outside, mineralnet.export.delegation); `rewrites` the layers the export
-    rewrote (mineralnet.export.rewrite), per variant."""
+    partitions and the ops left outside, mineralnet.export.delegation), for the formats written; `rewrites` the
+    layers the export rewrote (mineralnet.export.rewrite), per variant; `gates` each quantized format's
+    comparison with float32 (mineralnet.export.gate.compare_with_float32), written or not; `failed` the formats
+    not written, each with the reason."""
     return {
         "run": run.path,
         "out_dir": os.path.abspath(out_dir),
@@ -31,7 +34,10 @@ def build_report(run, out_dir, created, source_sha256, keras_metrics, results, c
             "max_accuracy_drop_points": max_accuracy_drop,
             "accuracy_drop_points": {fmt: 100.0 * (results["float32"]["accuracy"] - result["accuracy"])
                                      for fmt, result in results.items() if fmt != "float32"},
+            "level": GATE_LEVEL,
+            "quantized": gates or {},
         },
+        "failed": failed or {},
         "rewrites": rewrites or {},
         "keras": keras_metrics,
         "formats": results,
@@ -101,6 +107,13 @@ def _rewrites(rewrites):
     return "; ".join(parts) or "none"
 
 
+def _gate_lines(report):
+    """One line per quantized format's gate, then the formats not written with the reason."""
+    lines = [f"  - {describe_gate(fmt, gate)}\n" for fmt, gate in report["gate"].get("quantized", {}).items()]
+    lines += [f"- **not written: {fmt}**: {reason}\n" for fmt, reason in report.get("failed", {}).items()]
+    return "".join(lines)
+
+
 def markdown_report(report):
     gate = report["gate"]
     return (
@@ -111,8 +124,10 @@ def markdown_report(report):
         f"{report['calibration_images']} training images\n"
         f"- gate: float32 agrees with Keras on {gate['float32_agreement_with_keras']:.2%} of test images "
         f"(needs ≥ {gate['float32_min_agreement_with_keras']:.1%}): {'passed' if gate['passed'] else 'FAILED'}; "
-        f"quantized formats may lose at most {gate.get('max_accuracy_drop_points', 0):g} points of test accuracy "
-        f"against float32\n"
+        f"a quantized format is refused when its loss of test accuracy against float32 on the same images is above "
+        f"{gate.get('max_accuracy_drop_points', 0):g} points and credible (McNemar's exact one-sided test on the "
+        f"images only one of the two gets right, p < {gate.get('level', GATE_LEVEL):g})\n"
+        f"{_gate_lines(report)}"
         f"- rewrites for XNNPACK (on a clone of model.keras): {_rewrites(report.get('rewrites', {}))}\n"
         f"- latency: one image, batch 1, LiteRT interpreter (XNNPACK) on this machine; p50 / p90 over "
         f"{report['latency_runs']} invocations\n\n"

@@ -124,7 +124,9 @@ def classification_metrics(y_true, y_pred):
 
 def verify(model_bytes, images, y_true, reference):
     """Everything the report says about one model: metrics on `images` against labels `y_true`, agreement and
-    probability error against the Keras `reference` probabilities, the tensor contract and the latency."""
+    probability error against the Keras `reference` probabilities, the tensor contract and the latency; `top1`
+    (the predicted class per image, for the gate against float32: mineralnet.export.gate) is for the caller to
+    pop, not for the report."""
     interpreters = {threads: make_interpreter(model_bytes, threads) for threads in LATENCY_THREADS}
     evaluator = interpreters[max(LATENCY_THREADS)]
     probabilities = predict(evaluator, images)
@@ -138,4 +140,5 @@ def verify(model_bytes, images, y_true, reference):
         "latency_ms": {str(threads): latency_ms(interp, images[0]) for threads, interp in interpreters.items()},
         "input": tensor_contract(evaluator.get_input_details()[0]),
         "output": tensor_contract(evaluator.get_output_details()[0]),
+        "top1": probabilities.argmax(1),
     }

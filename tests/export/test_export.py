@@ -233,3 +233,40 @@ def test_script_exits_non_zero_with_one_error_line(tmp_path, command):
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: run directory '{tmp_path / 'nope'}' does not exist"), done.stderr
+
+
+def test_an_export_that_fails_between_two_publish_steps_leaves_the_old_export_whole(tiny_run, tmp_path,
+                                                                                    monkeypatch):
+    """The second filesystem step on the output folder (a rename, os.replace or the folder swap) fails: the folder
+    holds the previous export exactly (or the new one), never a new model beside the old sidecar or an old
+    model_int8.tflite beside new files (issue 25 point 4; tests/test_export_publish.py kills before every step)."""
+    from mineralnet.export import publish
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = {"model_float32.tflite": b"old", "model_float32.json": b"{}", "model_int8.tflite": b"old int8",
+           "model_int8.json": b"{}", "labels.txt": b"old\n", "report.json": b"{}", "report.md": b"old"}
+    for name, data in old.items():
+        (out_dir / name).write_bytes(data)
+    plan = prepare_export(tiny_run, formats="float32", out_dir=out_dir)
+    steps = []
+
+    def failing(function):
+        def step(*args, **kwargs):
+            if any(str(a) == str(out_dir) or str(a).startswith(str(out_dir) + os.sep) for a in args[:2]):
+                steps.append(args[:2])  # a step of the publish (the staging folder's own writes are not)
+                if len(steps) == 2:
+                    raise OSError("simulated crash")
+            return function(*args, **kwargs)
+        return step
+
+    monkeypatch.setattr(os, "replace", failing(os.replace))
+    monkeypatch.setattr(os, "rename", failing(os.rename))
+    monkeypatch.setattr(publish, "_exchange", failing(publish._exchange), raising=False)
+    try:
+        complete_export(plan)
+    except OSError as error:
+        assert "simulated crash" in str(error)
+    contents = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    new = {"model_float32.tflite", "model_float32.json", "labels.txt", "report.json", "report.md"}
+    assert contents == old or (set(contents) == new and contents["model_float32.tflite"] != b"old"), contents
