@@ -11,6 +11,12 @@ every set, so its items never reach a product bin, not even when it is alone in 
 the one class in the set need not be the most probable one: the item goes to that class's bin all the same.
 Without calibration the same rule runs with the config's confidence threshold as the cutoff of every class.
 
+A grade target (`python -m mineralnet.conformal --target-grade malachite=0.95`, Learn-then-Test) adds
+`"grade_targets": {label: {"target", "delta", "threshold", ...}}` to the reject block: an item the rule above would
+send to that class's bin goes to recheck instead when its probability of that class is below the threshold, so
+the bin's grade is >= target with probability >= 1 - delta (exchangeable items, counted by images). Such an item
+is "uncertain" like any other sent to recheck (tallied, and copied to the review queue, as those are).
+
 `class_cutoffs` and `sorted_mask` are that rule for a whole batch: mineralnet.conformal imports them to measure,
 at calibration, the share of items the runner will sort, so the figure it prints is the runner's own rule.
 """
@@ -63,6 +69,9 @@ class Decider:
             self.method, self.cutoff = MONDRIAN_CONFORMAL, None  # no single cutoff: see self.cutoffs
         else:
             self.method, self.cutoff = SPLIT_CONFORMAL, 1.0 - float(reject["qhat"])
+        targets = (reject or {}).get("grade_targets") or {}
+        self.grade_targets = {label: (float(rule["target"]), float(rule["threshold"]))
+                              for label, rule in targets.items()}
 
     def describe(self):
         """The rule for records: method, alpha when calibrated, and `cutoff` (one for all) or `cutoffs` per class."""
@@ -73,6 +82,9 @@ class Decider:
             described["cutoffs"] = {label: round(float(c), 6) for label, c in zip(self.labels, self.cutoffs)}
         else:
             described["cutoff"] = round(self.cutoff, 6)
+        if self.grade_targets:
+            described["grade_targets"] = {label: {"target": target, "threshold": round(threshold, 6)}
+                                          for label, (target, threshold) in self.grade_targets.items()}
         return described
 
     def bin_of(self, label):
@@ -84,5 +96,9 @@ class Decider:
         members = [i for i in order if probabilities[i] >= self.cutoffs[i]]
         prediction_set = tuple(self.labels[i] for i in members)
         if sorted_mask(np.asarray(probabilities)[None], self.cutoffs)[0]:  # one class in the set, on evidence
-            return Decision(top3[0][0], top3, prediction_set, self.bin_of(prediction_set[0]), "confident")
+            label = prediction_set[0]
+            grade = self.grade_targets.get(label)
+            if grade is not None and probabilities[self.labels.index(label)] < grade[1]:
+                return Decision(top3[0][0], top3, prediction_set, self.bins.recheck, "uncertain")
+            return Decision(top3[0][0], top3, prediction_set, self.bin_of(label), "confident")
         return Decision(top3[0][0], top3, prediction_set, self.bins.recheck, "uncertain")

@@ -127,12 +127,32 @@ def _reject_problem(reject, labels):
     if not isinstance(reject, dict) or reject.get("method") not in _REJECT_METHODS:
         return f"whose method is not one of {', '.join(_REJECT_METHODS)}"
     if reject["method"] == SPLIT_CONFORMAL:
-        return None if _is_qhat(reject.get("qhat")) else "whose qhat is not a number between 0 and 1"
-    per_class = reject.get("qhat_per_class")
-    if not isinstance(per_class, dict) or set(per_class) != set(labels):
-        return "whose qhat_per_class does not name exactly the sidecar's labels"
-    bad = [label for label in labels if not _is_qhat(per_class[label])]
-    return f"whose qhat_per_class['{bad[0]}'] is not a number between 0 and 1" if bad else None
+        if not _is_qhat(reject.get("qhat")):
+            return "whose qhat is not a number between 0 and 1"
+    else:
+        per_class = reject.get("qhat_per_class")
+        if not isinstance(per_class, dict) or set(per_class) != set(labels):
+            return "whose qhat_per_class does not name exactly the sidecar's labels"
+        bad = [label for label in labels if not _is_qhat(per_class[label])]
+        if bad:
+            return f"whose qhat_per_class['{bad[0]}'] is not a number between 0 and 1"
+    return _grade_targets_problem(reject.get("grade_targets"), labels)
+
+
+def _grade_targets_problem(targets, labels):
+    """What is wrong with the reject block's grade rules (mineralnet.conformal --target-grade), None if fine."""
+    if targets is None:
+        return None
+    if not isinstance(targets, dict):
+        return "whose grade_targets is not an object of class: rule"
+    for label, rule in targets.items():
+        if label not in labels:
+            return f"whose grade_targets names '{label}', not one of the sidecar's labels"
+        if not isinstance(rule, dict) or not _is_qhat(rule.get("threshold")) or not all(
+                _is_qhat(rule.get(key)) and 0 < rule[key] < 1 for key in ("target", "delta")):
+            return (f"whose grade_targets['{label}'] lacks a threshold between 0 and 1 or a target and delta "
+                    "strictly between 0 and 1")
+    return None
 
 
 class Model:

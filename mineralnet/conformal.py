@@ -1,6 +1,7 @@
 """Calibrate an exported model's reject rule with split conformal prediction and store it in the sidecar.
 
     python -m mineralnet.conformal --run RUN --model RUN/export/model_int8.tflite --alpha 0.05 [--per-class]
+        [--target-grade malachite=0.95 [--delta 0.1]]
 
 Runs the .tflite model itself (so quantisation error is calibrated too) on the `calib` rows of RUN/split.csv:
 rows that neither trained the model nor picked its best epoch, which is what the guarantee below needs. A split
@@ -23,6 +24,16 @@ A set that is empty or holds several classes sends the item to recheck. Only the
 the drift alarm's "reference" (edge/drift.py's make_reference of the same probabilities) change, written
 atomically. The sorting rule and the reference are edge's own code (edge.decision, edge.drift), imported here, so
 what calibration measures is what the runner does.
+
+Sort to a grade: --target-grade CLASS=G picks, on the same calib rows, the loosest threshold t on p_CLASS (from a
+grid fixed in advance, GRADE_GRID, strictest first) such that the class's bin, {items the rule above sends there
+with p_CLASS >= t}, has grade (purity, counted by images: photos have no mass) >= G with probability >= 1 - delta
+over the calibration draw, items exchangeable (Learn-then-Test, Angelopoulos et al. 2021: an exact binomial
+p-value for "grade < G" at each t, fixed-sequence testing, stop at the first t not rejected). It prints the
+expected recovery (the calib rows' share of that class in the bin), stores "grade_targets" in the reject block
+and the runner sends that class's items below t to recheck. Too few calib rows to certify: one line, exit 2,
+saying how many it needs; nothing is written. The certified rule belongs to the reject rule computed with it:
+any later calibration replaces both.
 """
 
 import argparse
@@ -87,6 +98,100 @@ def reject_rule(probabilities, truth, labels, alpha, per_class=False, subset="ca
     return reject
 
 
+# Learn-then-Test's candidate thresholds on a bin's class probability, strictest first, fixed before any data:
+# 0.99 (an int8 output still reaches it) down to 0, where the bin is every item the reject rule sorts to it.
+GRADE_GRID = 1.0 - np.geomspace(0.01, 1.0, 50)
+GRADE_METHOD = "learn_then_test"
+# The sequence starts at the strictest threshold whose bin holds GRADE_START times the fewest items that could certify
+# the target (min_grade_items, when all are of the class): one item of another class there does not end it at once.
+GRADE_START = 2
+
+
+def binomial_cdf(k, n, q):
+    """P(Binomial(n, q) <= k), summed in log space (no scipy)."""
+    k, n = int(k), int(n)
+    if k >= n:
+        return 1.0
+    j = np.arange(1, k + 1)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - j + 1) - np.log(j))])
+    j = np.arange(k + 1)
+    return float(min(1.0, np.exp(log_choose + j * math.log(q) + (n - j) * math.log1p(-q)).sum()))
+
+
+def min_grade_items(target, delta):
+    """The fewest bin items (all of the class) that can certify grade >= target at level delta: target^n <= delta."""
+    return math.ceil(math.log(delta) / math.log(target) - 1e-9)
+
+
+def grade_threshold(p_c, is_c, target, delta, eligible=None, grid=GRADE_GRID):
+    """Learn-then-Test (Angelopoulos et al. 2021) for one bin: the loosest grid threshold t whose bin
+    {eligible items with p_c >= t} has grade >= target, certified with probability >= 1 - delta.
+
+    For each t, strictest first, the null "grade(t) < target" is tested with the exact binomial p-value
+    P(Binomial(n_t, 1 - target) <= k_t) (n_t calib items in the bin, k_t of another class): given n_t, the bin's
+    items are exchangeable draws from the bin, so the p-value is valid. Fixed-sequence testing stops at the first
+    t not rejected, which bounds the chance of certifying any t whose grade is below target by delta. The sequence
+    starts at the strictest t whose bin holds at least GRADE_START * min_grade_items items (a bin of
+    min_grade_items is certified only when spotless, and one item of another class would end the sequence): that start depends on how many calib items fall in each bin, never on their classes; the redraw test of
+    tests/test_grade_target.py measures the guarantee with it. `eligible`:
+    the items the runner would send to this bin without the grade rule (default: all). Returns threshold (None
+    when not even the strictest t is certified), its calib grade and recovery (the expected recovery), n_bin and
+    `needed` (the bin size where the sequence can start)."""
+    p_c, is_c = np.asarray(p_c, dtype=np.float64), np.asarray(is_c, dtype=bool)
+    eligible = np.ones(len(p_c), bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    chosen, needed = None, min_grade_items(target, delta)
+    for t in grid:
+        in_bin = eligible & (p_c >= t)
+        n, k = int(in_bin.sum()), int((in_bin & ~is_c).sum())
+        if chosen is None and n < GRADE_START * needed:
+            continue  # too small a bin to certify unless spotless: the sequence starts further on
+        if binomial_cdf(k, n, 1.0 - target) > delta:
+            break
+        chosen = (float(t), in_bin, n, k)
+    rule = {"method": GRADE_METHOD, "target": target, "delta": delta, "threshold": None, "needed": GRADE_START * needed,
+            "class_items": int(is_c.sum())}
+    loosest = eligible & (p_c >= grid[-1])
+    rule.update({"n_loosest": int(loosest.sum()), "k_loosest": int((loosest & ~is_c).sum())})
+    if chosen is not None:
+        t, in_bin, n, k = chosen
+        rule.update({"threshold": t, "n_bin": n, "calib_grade": (n - k) / n,
+                     "expected_recovery": float((in_bin & is_c).sum() / max(is_c.sum(), 1))})
+    return rule
+
+
+def grade_rules(probabilities, truth, labels, reject, targets, delta):
+    """{label: grade rule} for `targets` ({label: grade}) on the calibration rows, each bin being the items the
+    runner sends there under `reject` (edge.decision's rule); CalibrationError when one cannot be certified."""
+    probabilities, truth = np.asarray(probabilities), np.asarray(truth)
+    cutoffs = class_cutoffs(reject, labels)
+    sorted_items = sorted_mask(probabilities, cutoffs)
+    set_class = np.argmax(probabilities >= cutoffs[None, :], axis=1)  # the one class of a sorted item's set
+    rules = {}
+    for label, target in targets.items():
+        c = labels.index(label)
+        eligible = sorted_items & (set_class == c)
+        rule = grade_threshold(probabilities[:, c], truth == c, target, delta, eligible)
+        if rule["threshold"] is None and rule["class_items"] >= rule["needed"] and not eligible.any():
+            raise CalibrationError(
+                f"cannot certify grade >= {target} for '{label}': the reject rule at alpha={reject['alpha']} sends no "
+                f"{reject['subset']} image to its bin; raise --alpha, add calib images or improve the model."
+            )
+        if rule["threshold"] is None:
+            have = rule["class_items"]
+            raise CalibrationError(
+                f"cannot certify grade >= {target} for '{label}' at delta={delta}: that needs at least "
+                f"{rule['needed']} {reject['subset']} images in its bin, nearly all of '{label}'; there are {have} "
+                f"{label} {reject['subset']} images"
+                + (" in all: add calib images (a larger calib share)." if have < rule["needed"] else
+                   f", and the reject rule sorts {rule['n_loosest']} images to its bin, {rule['k_loosest']} of "
+                   "another class: lower the target, raise --delta or --alpha, or improve the model.")
+            )
+        for key in ("class_items", "needed", "n_loosest", "k_loosest"):
+            del rule[key]
+        rules[label] = rule
+    return rules
+
+
 def tflite_probabilities(model_path, files):
     """Class probabilities of the .tflite model for image files, preprocessed by the training contract."""
     with open(model_path, "rb") as handle:
@@ -126,9 +231,9 @@ def open_run(run):
         raise CalibrationError(str(error)) from None
 
 
-def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
-    """Compute the reject rule on the calib (else val) rows of `run` (a rundir.Run or its path) and write it into
-    the sidecar; returns it."""
+def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False, targets=None, delta=0.1):
+    """Compute the reject rule on the calib (else val) rows of `run` (a rundir.Run or its path), with a certified
+    grade rule for each of `targets` ({label: grade}, at `delta`), and write it into the sidecar; returns it."""
     sidecar_path = _sidecar_of(model_path, sidecar_path)
     run = open_run(run)
     sidecar = read_json(sidecar_path)
@@ -147,6 +252,11 @@ def calibrate(run, model_path, alpha, sidecar_path=None, per_class=False):
     probabilities = tflite_probabilities(model_path, [r["file"] for r in rows])
     truth = np.array([labels.index(r["label"]) for r in rows])
     reject = reject_rule(probabilities, truth, labels, alpha, per_class, subset)
+    for label in targets or {}:
+        if label not in labels:
+            raise CalibrationError(f"--target-grade names '{label}', not a class of this model ({', '.join(labels)}).")
+    if targets:  # before anything is written: a target that cannot be certified leaves the sidecar as it was
+        reject["grade_targets"] = grade_rules(probabilities, truth, labels, reject, targets, delta)
     previous = sidecar.get("reject")
     if previous is not None:
         print(f"calibrate: this replaces the rule stored in '{sidecar_path}' ({describe_rule(previous)}).")
@@ -252,6 +362,14 @@ def report(reject, split_path):
     )
     print(f"calibrate: {100 * share:.1f} % of the {n} {subset} images would be sorted (one class in the set), "
           f"{100 * (1 - share):.1f} % sent to recheck{error}.")
+    for label, rule in (reject.get("grade_targets") or {}).items():
+        print(
+            f"calibrate: '{label}' bin: grade >= {rule['target']} with probability >= {1 - rule['delta']:.2f} "
+            f"(Learn-then-Test on {n} {subset} images, exchangeable items assumed): items sorted to it need "
+            f"p >= {rule['threshold']:.4f}, the others go to recheck; expected recovery "
+            f"{100 * rule['expected_recovery']:.1f} % of the {label} items (grade {rule['calib_grade']:.3f} on the "
+            f"{rule['n_bin']} calib images in the bin). Counted by images, not by mass."
+        )
     if share < LOW_SORTED_SHARE:
         print(
             f"calibrate: warning: only {100 * share:.1f} % of items would be sorted at alpha={alpha}: the runner "
@@ -272,12 +390,30 @@ def main(argv=None):
         help="one threshold per class (Mondrian conformal): every class, rare ones too, covered at 1 - alpha; like "
              "every calibration, it replaces the rule stored in the sidecar",
     )
+    parser.add_argument(
+        "--target-grade", action="append", default=[], metavar="CLASS=GRADE",
+        help="certify that class's bin at this grade (purity, 0-1) with probability >= 1 - delta (Learn-then-Test "
+             "on the calib rows): its items below the chosen threshold go to recheck; repeat for several classes",
+    )
+    parser.add_argument("--delta", type=float, default=0.1,
+                        help="allowed chance that a --target-grade bin falls below its target (default 0.1)")
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}.")
+    if not 0.0 < args.delta < 1.0:
+        parser.error(f"--delta must be between 0 and 1 (exclusive), got {args.delta}.")
+    targets = {}
+    for item in args.target_grade:
+        label, _, grade = item.partition("=")
+        try:
+            targets[label] = float(grade)
+        except ValueError:
+            parser.error(f"--target-grade {item!r}: write CLASS=GRADE, e.g. malachite=0.95.")
+        if not label or not 0.0 < targets[label] < 1.0:
+            parser.error(f"--target-grade {item!r}: write CLASS=GRADE with a grade between 0 and 1 (exclusive).")
     _sidecar_of(args.model, args.sidecar)  # the model and sidecar are checked before the run, as calibrate does
     run = open_run(args.run)
-    reject = calibrate(run, args.model, args.alpha, args.sidecar, args.per_class)
+    reject = calibrate(run, args.model, args.alpha, args.sidecar, args.per_class, targets, args.delta)
     report(reject, run.split_file)
     report_coverage(coverage_on_test_rows(run, args.model, reject), args.alpha, args.per_class)
 

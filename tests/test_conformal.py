@@ -356,3 +356,38 @@ def test_qhat_one_says_nothing_is_sorted_and_per_class_says_it_replaces_the_stor
     assert main(["--run", tiny_export["run"], "--model", model_path, "--alpha", "0.2", "--per-class"]) == 0
     out = capsys.readouterr().out
     assert "replaces the rule stored in" in out and "split_conformal at alpha=0.05" in out
+
+
+def test_target_grade_end_to_end(tiny_export, calib_run, tmp_path, capsys):
+    """Issue 24 point 2 on 400 calib rows: the certified rule is stored, printed with its expected recovery, read
+    by the runner, applied by the Decider; an unreachable target is refused in one line and stores nothing."""
+    model_path = _copy_model(tiny_export, "float32", tmp_path)
+    # The tiny model is soft (few items reach p >= 0.5): the strictest target one class reaches, at alpha 0.3.
+    certified = None
+    for target in (0.9, 0.8, 0.7, 0.6):
+        for label in tiny_export["labels"]:
+            if main(["--run", calib_run, "--model", model_path, "--alpha", "0.3",
+                     "--target-grade", f"{label}={target}", "--delta", "0.2"]) == 0:
+                certified = certified or (label, target)
+                break
+        if certified:
+            break
+    assert certified, capsys.readouterr().err
+    label, target = certified
+    out = capsys.readouterr().out
+    assert f"'{label}' bin: grade >= {target} with probability >= 0.80" in out and "expected recovery" in out
+    model = Model(model_path)
+    rule = model.reject["grade_targets"][label]
+    assert rule["method"] == "learn_then_test" and (rule["target"], rule["delta"]) == (target, 0.2)
+    assert 0 <= rule["threshold"] <= 0.99 and 0 < rule["expected_recovery"] <= 1 and rule["calib_grade"] >= target
+    decider = Decider(model.labels, parse_config(BINS).bins, model.reject)
+    c = model.labels.index(label)
+    for p in _probabilities(model, _rows(calib_run, "test")):
+        decision = decider.decide(p)
+        if decision.prediction_set == (label,) and decision.bin != "r":
+            assert p[c] >= rule["threshold"]
+    before = open(model_path[: -len(".tflite")] + ".json").read()
+    assert main(["--run", calib_run, "--model", model_path, "--target-grade", f"{label}=0.9999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs at least" in err
+    assert open(model_path[: -len(".tflite")] + ".json").read() == before
