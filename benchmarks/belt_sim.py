@@ -1,7 +1,9 @@
 """Belt simulator (issue 29, point 7): what lands in each bin when the real runner sorts a moving belt.
 
     PYTHONPATH=. python benchmarks/belt_sim.py --model runs/sim_cnn/export/model_int8.tflite \
-        --split runs/sim_cnn/split.csv [--counts 10,30,60] [--feed-frames 60] [--json out.json]
+        --split runs/sim_cnn/split.csv [--counts 10,30,60] [--feed-frames 150] [--conflict fire] [--json out.json]
+
+Results and the commands that made them: benchmarks/RESULTS.md, "Belt simulator (issue 29)".
 
 A sorter is judged by grade and recovery at a throughput, not by a photo classifier's accuracy, and only an end to
 end run shows the losses between the two: segmentation, tracking across frames, valve timing and the air jet.
@@ -10,9 +12,9 @@ The belt: MINET-7 specimens cut out of their white photos (tests/edge/test_edge_
 --split only the photos the run, or every run named, did not train on: test, val and calib), `--product-share` of
 them of the product classes, are scaled to a longer side in `--sizes` mm and laid out on a long belt at `--counts`
 particles per 1280x720 frame (0.5 mm/px), `--touching` of them in touching pairs (partners of independent sizes,
-moved together until their outlines meet). Frames are composed with the
-tests' belt texture, sensor noise and `paste`; the belt advances `--step-mm` per frame, so each particle is whole in
-2 or 3 frames. Ground truth per particle: its class, its area (mm^2, the mass proxy) and its place on the belt.
+moved together until their outlines meet). Frames are composed with the tests' belt texture, sensor noise and
+`paste`; the belt advances `--step-mm` per frame, so each particle is whole in 2 or 3 frames. Ground truth per
+particle: its class, its area (mm^2, the mass proxy) and its place on the belt.
 
 The runner: edge/runner.py build_runner from a config with [particles], [valves], [belt] position = "modbus" and
 [encoder] pointing at a real Modbus server on 127.0.0.1 (tests/edge/test_edge_encoder.py EncoderPLC) whose count
@@ -44,7 +46,6 @@ import sys
 import tempfile
 import time
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -306,7 +307,8 @@ def _count(position_px):
 
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
-             confidence=0.6, threads=2, seed=0, background=5, conflict="skip", assumptions=ASSUMPTIONS, details=False):
+             confidence=0.6, threads=2, seed=0, background=5, conflict="skip", assumptions=ASSUMPTIONS,
+             details=False):
     """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
     with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
     rng = np.random.default_rng(seed)
@@ -331,33 +333,35 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         runner = build_runner(config, model, clock, events,
                               driver_factory=lambda: ValveJsonlActuator(commands_path, clock, encoder=True))
         runner.belt.open()
-        owners, truth_now = {}, {}
+        owners, published = {}, []
 
-        def truth_of(frame_id, particle):
-            """The true particle under the runner's particle: the most frequent id under its mask."""
-            x, y, w, h = particle.bbox
-            under = truth_now["map"][y:y + h, x:x + w][particle.mask if particle.mask is not None else slice(None)]
-            ids, pixels = np.unique(under[under > 0], return_counts=True)
-            owner = int(ids[np.argmax(pixels)]) if len(ids) else 0
-            covered = [int(i) for i, n in zip(ids, pixels) if i != owner and n >= 0.5 * by_id[int(i)]["area_mm2"]
-                       / MM_PER_PX ** 2]
-            owners[(frame_id, tuple(int(v) for v in particle.bbox))] = (owner, covered)
-            label = by_id[owner]["label"] if owner else None
-            return label if label in model.labels else None
+        def match(truth):
+            """Each particle the runner published in this frame against the truth: the most frequent true id
+            under its mask owns it; others with half their pixels under it were merged into it."""
+            for frame_id, particle in published:
+                x, y, w, h = particle.bbox
+                under = truth[y:y + h, x:x + w][particle.mask if particle.mask is not None else slice(None)]
+                ids, pixels = np.unique(under[under > 0], return_counts=True)
+                owner = int(ids[np.argmax(pixels)]) if len(ids) else 0
+                covered = [int(i) for i, n in zip(ids, pixels)
+                           if i != owner and n >= 0.5 * by_id[int(i)]["area_mm2"] / MM_PER_PX ** 2]
+                owners[(frame_id, tuple(int(v) for v in particle.bbox))] = (owner, covered)
+            published.clear()
 
-        runner.truth = truth_of
+        # The runner's truth hook (Sorter.truth) hands over each published particle; it is matched after the
+        # frame's timing, so the match's cost stays out of the frame time.
+        runner.truth = lambda frame_id, particle: published.append((frame_id, particle))
         period = step_mm / speed_mm_s
         for index in range(background):  # the empty belt is learned first
             frame = Frame(f"empty{index}", clock.now(), Image.fromarray(scenes.belt_frame(belt, rng)[..., ::-1].copy()))
             runner.process(frame)
             clock.advance(period)
-        crops, frame_s = {}, []
+        crops, frame_s, match_s = {}, [], []
         warm = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         runner.classifier.classify([warm])  # the interpreter's set-up stays out of the timings
         for index, position in enumerate(positions):
             bgr, truth = render(specimens, belt, rng, particles, position)
             rgb = bgr[..., ::-1].copy()
-            truth_now["map"] = truth
             for p in particles:
                 if p["best"] == index:
                     crops[p["id"]] = truth_crop(rgb, truth, belt_rgb, p["id"], config.particles.pad)
@@ -367,6 +371,9 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
             start = time.perf_counter()
             runner.process(frame)
             frame_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            match(truth)
+            match_s.append(time.perf_counter() - start)
             clock.advance(period)
         runner.actuator.close()
         runner.belt.close()
@@ -388,7 +395,8 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         touching_share=round(sum(p["partner"] is not None for p in particles) / max(len(particles), 1), 3),
         whole_views={str(n): sum(p["views"] == n for p in particles) for n in sorted({p["views"] for p in particles})},
         frames=len(positions), runner_counts=counts,
-        speed=speed_figures(frame_s, len(particles), len(records), period),
+        speed={**speed_figures(frame_s, len(particles), len(records), period),
+               "truth_match_ms_mean": round(1000.0 * sum(match_s) / max(len(match_s), 1), 3)},
         alone_accuracy=round(float(np.mean([by_id[i]["label"] == model.labels[int(np.argmax(row))]
                                             for i, row in zip(ids, probabilities)])), 4) if ids else None,
     )
