@@ -448,8 +448,8 @@ def score(particles, records, commands, owners, alone_bins, product, share, conf
     for p in particles:
         p["crossing"] = crossing(p, config)
         covered = _covered(_open_lanes(commands, p["crossing"], lane_mm), p["x0_mm"], p["x1_mm"])
-        ejected[p["id"]] = covered >= share
-        partial += 0 < covered < share
+        ejected[p["id"]] = bool(covered >= share)
+        partial += int(0 < covered < share)
     misfired, missed_own = 0, 0
     for command in commands:
         lanes = (command["lanes"][0] * lane_mm, (command["lanes"][-1] + 1) * lane_mm)
