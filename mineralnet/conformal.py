@@ -33,7 +33,9 @@ p-value for "grade < G" at each t, fixed-sequence testing, stop at the first t n
 expected recovery (the calib rows' share of that class in the bin), stores "grade_targets" in the reject block
 and the runner sends that class's items below t to recheck. Too few calib rows to certify: one line, exit 2,
 saying how many it needs; nothing is written. The certified rule belongs to the reject rule computed with it:
-any later calibration replaces both.
+any later calibration replaces both. The bin's eligible items come from that reject rule, fitted on the same calib
+rows: the certificate treats the reject rule as given (its qhat is one order statistic, a slight dependence the
+redraw test does not model: it uses the most-probable-class rule).
 """
 
 import argparse
