@@ -22,7 +22,9 @@ import shutil
 import sys
 import tempfile
 
+from mineralnet import rundir
 from mineralnet.export.errors import ExportError
+from mineralnet.rundir import sidecar_name, tflite_name
 
 STAGING_PREFIX = ".export-staging-"  # + the output's name + "-": a directory so named beside it is an export's staging
 PREVIOUS_PREFIX = ".export-previous-"  # + the output's name: the previous export during a two-rename publish
@@ -33,9 +35,12 @@ log = logging.getLogger("mineralnet.export")
 
 
 def _is_export_file(name):
-    """The names an export writes (mineralnet.rundir: model_<format>.tflite/.json, labels.txt, report.json/.md)."""
-    return (name.startswith("model_") and name.endswith((".tflite", ".json"))) or name in (
-        "labels.txt", "report.json", "report.md")
+    """The names an export writes (mineralnet.rundir: tflite_name and sidecar_name of any format, EXPORT_LABELS, the
+    report files)."""
+    model = tflite_name("*").split("*")
+    sidecar = sidecar_name("*").split("*")
+    return any(name.startswith(head) and name.endswith(tail) for head, tail in (model, sidecar)) or name in (
+        rundir.EXPORT_LABELS, rundir.REPORT, rundir.REPORT_MARKDOWN)
 
 
 def check_output(out_dir):
