@@ -121,10 +121,13 @@ class Segmenter:
         px = 1.0 / particles.mm_per_px
         self.min_area_px = math.pi / 4 * (particles.min_mm * px) ** 2
         self.max_area_px = math.pi / 4 * (particles.max_mm * px) ** 2
-        # Opening removes specks well under the smallest particle; closing bridges thin gaps inside a specimen.
+        # Opening removes specks well under the smallest particle.
         open_px = max(1, min(5, int(particles.min_mm * px / 4)) | 1)
         self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px))
-        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        # Closing bridges gaps up to half the smallest particle (a dark specimen's parts that match the belt): 5 px
+        # at 0.5 mm/px left dark specimens in pieces, each decided (benchmarks/RESULTS.md, belt simulator).
+        close_px = max(5, int(round(particles.min_mm * px / 2)) | 1)
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px, close_px))
         self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
         self._seed_px = particles.min_mm * px / 2  # a seed lower than the smallest particle's radius is a bump
 
