@@ -53,7 +53,7 @@ from mineralnet.data.images import IMAGE_EXTENSIONS
 from mineralnet.data.scan import Sample, check_image, list_classes
 from mineralnet.data.split import near_duplicates
 from mineralnet.errors import MineralnetError, cli
-from mineralnet.utils import atomic_write_text, sha256_file
+from mineralnet.utils import atomic_write_text, fsync_dir, sha256_file
 
 LABEL_SUFFIX = ".label.json"
 SKIP_LABELS = ("discard", "unknown")  # dropped / another or no class of this dataset: never imported
@@ -146,14 +146,6 @@ def _append_manifest(data, record):
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unrecorded_copy(data, label, stem, digest, recorded):
     """DATA/label/review_STEM[_N].jpg with these bytes that the manifest does not list: a copy made by an import
     that crashed before writing its line. None if there is none."""
@@ -195,7 +187,7 @@ def _copy_new(source, folder, stem):
             name = f"review_{stem}.jpg" if number == 0 else f"review_{stem}_{number}.jpg"
             try:
                 os.link(tmp, os.path.join(folder, name))
-                _fsync_dir(folder)
+                fsync_dir(folder)
                 return name
             except FileExistsError:
                 continue

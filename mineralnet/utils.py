@@ -55,3 +55,13 @@ def sha256_file(path, chunk=1 << 20):
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fsync_dir(folder):
+    """Flush a folder's entries (a rename or a new file in it) to disk: without it a power cut can undo a rename
+    that the file's own fsync did not cover."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

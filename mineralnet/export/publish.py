@@ -25,6 +25,7 @@ import tempfile
 from mineralnet import rundir
 from mineralnet.export.errors import ExportError
 from mineralnet.rundir import sidecar_name, tflite_name
+from mineralnet.utils import fsync_dir
 
 STAGING_PREFIX = ".export-staging-"  # + the output's name + "-": a directory so named beside it is an export's staging
 PREVIOUS_PREFIX = ".export-previous-"  # + the output's name: the previous export during a two-rename publish
@@ -86,14 +87,6 @@ def staging_dir(out_dir):
     return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(out_dir)}-", dir=parent)
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _exchange(a, b):
     """Swap the folders `a` and `b` atomically (renameat2 RENAME_EXCHANGE); OSError(ENOSYS, EINVAL...) where the
     system or filesystem cannot."""
@@ -112,7 +105,7 @@ def publish(staging, out_dir):
     """Make the complete export in `staging` (made by staging_dir(out_dir), its files already fsynced) the output
     folder `out_dir` in one step; the previous export, if any, is removed."""
     parent = os.path.dirname(out_dir)
-    _fsync_dir(staging)  # its entries are on disk before it becomes the output
+    fsync_dir(staging)  # its entries are on disk before it becomes the output
     if not os.path.lexists(out_dir):
         os.rename(staging, out_dir)
     else:
@@ -127,6 +120,6 @@ def publish(staging, out_dir):
             aside = os.path.join(parent, PREVIOUS_PREFIX + os.path.basename(out_dir))
             os.rename(out_dir, aside)
             os.rename(staging, out_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         shutil.rmtree(aside)
-    _fsync_dir(parent)
+    fsync_dir(parent)
