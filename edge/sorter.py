@@ -104,6 +104,7 @@ class Sorter:
         """Publish to Prometheus (edge/telemetry.py) too."""
         self.telemetry = telemetry
         self.publishers.insert(0, telemetry)
+        telemetry.watch(self.snapshot)
 
     def stop(self, reason):
         """Finish after the current frame (signal-safe: only sets a flag)."""

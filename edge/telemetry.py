@@ -13,7 +13,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5
 
 class Telemetry:
     def __init__(self, model):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
         self.registry = registry = CollectorRegistry()
         self.by_class = Counter(PREFIX + "items_by_class", "Sorted items by most probable class", ["class"],
@@ -49,10 +49,17 @@ class Telemetry:
                                   "entering, leaving, tracked, too_small, too_large)", ["outcome"], registry=registry)
         self.frames_skipped = Counter(PREFIX + "frames_skipped_by_reason", "Frames skipped, by reason (undecodable, "
                                       "frame_size, roi, belt)", ["reason"], registry=registry)
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds, open files (Linux)
+        self._summary = None  # () -> the summary's figures, once watched
+        registry.register(_SummaryCounters(self))
         Info(PREFIX + "model", "The model being run", registry=registry).info(
             {"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)}
         )
         self.server = None
+
+    def watch(self, summary):
+        """Serve the counters of `summary()` (the runner's snapshot: summary.json's figures) at every scrape."""
+        self._summary = summary
 
     def serve(self, host, port):
         """Start the HTTP endpoint (port 0: any free one); returns the address for the start log line."""
@@ -103,3 +110,45 @@ class Telemetry:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+# summary.json's counters that no per-item metric above carries: (summary key or path, metric name, help)
+SUMMARY_COUNTERS = (
+    ("frames_dropped", "frames_dropped", "Frames a live source dropped because the runner was behind"),
+    ("source_errors", "source_errors", "Source open or read failures (each retried)"),
+    ("actuator_errors", "actuator_errors", "Actuator open, send or publish failures (each retried)"),
+    ("alarms", "recheck_alarms", "Recheck-share alarms raised"),
+    ("drift_alarms", "drift_alarms", "Drift alarms raised"),
+    ("blind_alarms", "blind_alarms", "Blind alarms raised (frames arrive but none can be used)"),
+    ("events_lost", "events_lost", "Event lines that could not be written"),
+    ("review_lost", "review_lost", "Review copies that could not be saved"),
+    ("frames_unmoved", "frames_unmoved", "Single items not decided again: the encoder belt had not moved"),
+    ("encoder.read_errors", "encoder_read_errors", "Encoder count reads that failed"),
+    ("encoder.fired", "encoder_ejections_fired", "Ejections fired at their encoder count"),
+    ("encoder.missed", "encoder_ejections_missed", "Ejections not fired (count unreadable, passed, or stopped)"),
+)
+
+
+class _SummaryCounters:
+    """A collector read at scrape time from the runner's summary (no work per item; equal to summary.json after
+    the run): the counters above where the summary has them, and the mean particles decided per frame."""
+
+    def __init__(self, telemetry):
+        self.telemetry = telemetry
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self.telemetry._summary is None:
+            return
+        summary = self.telemetry._summary()
+        for key, name, text in SUMMARY_COUNTERS:
+            value = summary
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                yield CounterMetricFamily(PREFIX + name, text, value=value)
+        per_frame = (summary.get("particles") or {}).get("per_frame", {}).get("mean")
+        if per_frame is not None:
+            yield GaugeMetricFamily(PREFIX + "particles_per_frame", "Mean particles decided per belt frame",
+                                    value=per_frame)

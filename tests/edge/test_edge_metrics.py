@@ -56,3 +56,33 @@ def test_metrics_during_and_after_a_run_equal_the_summary(tmp_path, tiny_export,
     assert after["mineralnet_runner_actuator_up"].samples[0].value == 1.0
     share = summary["recheck"] / summary["items"]  # alarm window (200) larger than the run: the share of all items
     assert abs(after["mineralnet_runner_recheck_share"].samples[0].value - share) < 1e-9 or summary["items"] > 200
+
+
+def test_every_counter_of_the_summary_and_the_process_memory_are_metrics(tmp_path, tiny_export, write_config,
+                                                                          make_runner):
+    """No blind spot: frames dropped, source and actuator errors, alarms, lost events... are scraped equal to
+    summary.json after the run, with the process's resident memory (issue 27 point 4)."""
+    from edge.sources import Capture, FolderSource
+    from edge.telemetry import SUMMARY_COUNTERS
+
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    for row in tiny_export["test_rows"][:3]:
+        shutil.copy(row["file"], folder / os.path.basename(row["file"]))
+    (folder / "zz_broken.jpg").write_bytes(b"not a picture")
+    runner, _ = make_runner(write_config(), tiny_export["int8"])
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
+    address = telemetry.serve("127.0.0.1", 0)
+    try:
+        summary = runner.run(Capture(FolderSource(str(folder), runner.clock), runner.clock, runner.events))
+        after = _scrape(address)
+    finally:
+        telemetry.close()
+    present = [(key, name) for key, name, _ in SUMMARY_COUNTERS if "." not in key and key in summary]
+    assert len(present) >= 8
+    for key, name in present:
+        assert after[f"mineralnet_runner_{name}"].samples[0].value == summary[key], name
+    skipped = after["mineralnet_runner_frames_skipped_by_reason"].samples
+    assert [(s.labels["reason"], s.value) for s in skipped if s.name.endswith("_total")] == [("undecodable", 1.0)]
+    assert after["process_resident_memory_bytes"].samples[0].value > 10e6
