@@ -73,8 +73,8 @@ class SupervisedActuator:
         """Publish a decided item to a driver that publishes decisions (Modbus); a failure is reported and retried."""
         self._forward("record", item, capture_time, position)
 
-    def heartbeat(self, state, model_ok):
-        self._forward("heartbeat", state, model_ok)
+    def heartbeat(self, state, model_ok, alarms=0):
+        self._forward("heartbeat", state, model_ok, alarms)
 
     def _forward(self, name, *args):
         with self._lock:
@@ -104,7 +104,7 @@ class SupervisedActuator:
 
 class Heartbeat:
     """Beats the driver's heartbeat (the Modbus register a PLC's watchdog reads) every `period_s` from its own
-    thread with the state `state()` returns ((state code, model ok)), so frame work never stalls it: a slow frame,
+    thread with the state `state()` returns ((state code, model ok, alarm bits)), so frame work never stalls it: a slow frame,
     the empty belt being learned or a long inference used to hold the beat for a second."""
 
     def __init__(self, actuator, state, period_s=HEARTBEAT_S):

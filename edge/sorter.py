@@ -25,7 +25,9 @@ from edge.decision import Decider
 from edge.drift import DriftMonitor
 from edge.actuate import Heartbeat
 from edge.blind import BlindWatch
-from edge.drivers.modbus_server import BLIND, LEARNING, RUNNING, SOURCE_FAILING
+from edge.drivers.modbus_server import (
+    BLIND, BLIND_ALARM, DRIFT_ALARM, LEARNING, MODEL_ALARM, RECHECK_ALARM, RUNNING, SOURCE_ALARM, SOURCE_FAILING,
+)
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
 from edge.records import RecheckAlarm, atomic_write_json, iso_time, percentile
 from edge.schedule import BinSchedule, ValveSchedule
@@ -93,12 +95,16 @@ class Sorter:
         self.capture, self.source_up, self.finished = None, True, False  # for snapshot() (the --ui-port page)
 
     def state(self):
-        """(Modbus state code, model ok) now: what the heartbeat publishes, read from its own thread."""
+        """(Modbus state code, model ok, alarm bits) now: what the heartbeat publishes, read from its own thread."""
+        alarms = ((RECHECK_ALARM if self.alarm.tripped else 0)
+                  | (DRIFT_ALARM if self.drift is not None and self.drift.tripped else 0)
+                  | (BLIND_ALARM if self.blind.problem is not None else 0)
+                  | (SOURCE_ALARM if not self.source_up else 0) | (MODEL_ALARM if not self.model_ok else 0))
         if self.blind.problem is not None:
-            return BLIND, self.model_ok
+            return BLIND, self.model_ok, alarms
         if self.segmenter.learning:
-            return LEARNING, self.model_ok
-        return (RUNNING if self.source_up else SOURCE_FAILING), self.model_ok
+            return LEARNING, self.model_ok, alarms
+        return (RUNNING if self.source_up else SOURCE_FAILING), self.model_ok, alarms
 
     def attach_telemetry(self, telemetry):
         """Publish to Prometheus (edge/telemetry.py) too."""

@@ -15,6 +15,8 @@ is documented as a table in edge/README.md and fixed here:
     4, 5     last sequence number (32 bits, high word first); 0 before the first item
     6        number of bins B (bin codes 0 .. B-1)
     7        register map version (1)
+    9        alarm bits, for a stack light: 1 recheck-share alarm, 2 drift alarm, 4 blind, 8 source failing or
+             stalled, 16 model fault (an inference error, until the next success); 0 when all is well
     10 + 2b  items sent to bin code b so far (32 bits, high word first), b < 16
     100 + 8k ring slot k = (sequence - 1) mod N, 8 registers: sequence (2, high first), bin code, position (2, high
              first: the encoder count at capture on an encoder-timed belt, 0 for a `no_position` item; the capture
@@ -49,7 +51,8 @@ from edge.valves import lane_span
 LIBRARY = ("pymodbus", "pymodbus")
 DEFAULT_PORT = 5020
 
-HEARTBEAT, STATE, MODEL_OK, RING_SIZE, LAST_SEQ, BIN_COUNT, MAP_VERSION = 0, 1, 2, 3, 4, 6, 7
+HEARTBEAT, STATE, MODEL_OK, RING_SIZE, LAST_SEQ, BIN_COUNT, MAP_VERSION, ALARMS = 0, 1, 2, 3, 4, 6, 7, 9
+RECHECK_ALARM, DRIFT_ALARM, BLIND_ALARM, SOURCE_ALARM, MODEL_ALARM = 1, 2, 4, 8, 16  # register ALARMS's bits
 BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
 VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
 UNIT_MS, UNIT_COUNTS = 0, 1
@@ -180,11 +183,12 @@ class ModbusBoard:
                 self.registers[counter:counter + 2] = _words((high << 16 | low) + 1)
             self.registers[LAST_SEQ:LAST_SEQ + 2] = _words(sequence)
 
-    def heartbeat(self, state, model_ok):
+    def heartbeat(self, state, model_ok, alarms=0):
         with self._lock:
             self.registers[HEARTBEAT] = (self.registers[HEARTBEAT] + 1) & 0xFFFF
             self.registers[STATE] = state
             self.registers[MODEL_OK] = int(bool(model_ok))
+            self.registers[ALARMS] = alarms
             self._tick()
 
     def close(self):

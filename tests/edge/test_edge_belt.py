@@ -464,3 +464,32 @@ def test_a_piece_of_a_blob_cut_by_the_frame_edge_waits_for_the_whole(tiny_export
     runner.process(Frame("A", fake_clock.now(), Image.fromarray(frame)))
     assert _events(events, "particle") == []
     assert runner.particles.counts["entering"] == 2
+
+
+def test_alarm_bits_for_a_stack_light_in_the_register_map(tiny_export, write_config, make_runner, fake_clock):
+    """Register 9 carries the alarms as bits a PLC can wire to a stack light: blind (4) while no frame can be used,
+    cleared by the next usable one; state 5 beside it (read with a real client over 127.0.0.1)."""
+    from pymodbus.client import ModbusTcpClient
+
+    from edge.drivers.modbus_server import ALARMS, BLIND, BLIND_ALARM, STATE
+    from test_edge_modbus import free_port
+
+    port = free_port()
+    config = write_config(source={"roi": [100, 100, 32, 32]}, alarm={"blind_s": 2.0},
+                          actuator={"type": "modbus", "port": port})
+    runner, _ = make_runner(config, tiny_export["float32"], clock=fake_clock)
+    assert runner.actuator.open()
+    client = ModbusTcpClient("127.0.0.1", port=port)
+    try:
+        assert client.connect()
+        readings = []
+        for size in (64, 64, 64, 64, 160):  # the ROI lies outside the first four frames
+            runner.process(Frame(str(size), fake_clock.now(), _picture(size, size)))
+            fake_clock.advance(1.0)
+            runner.actuator.heartbeat(*runner.state())  # what the heartbeat thread does 10 times a second
+            registers = client.read_holding_registers(0, count=10, device_id=1).registers
+            readings.append((registers[STATE], registers[ALARMS]))
+    finally:
+        client.close()
+        runner.actuator.close()
+    assert readings[3] == (BLIND, BLIND_ALARM) and readings[-1][1] == 0  # blind once 3 s > blind_s passed
