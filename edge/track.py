@@ -82,20 +82,12 @@ class BeltTracker:
         self._rows = np.array([s.centroid[1] for s in seen], np.float64)
         self._boxes = np.array([s.bbox for s in seen], np.float64).reshape(-1, 4)
 
-    def _delta(self, a, b):
-        """a - b in position units for arrays (modulo the encoder's counter), as ValveBar.delta for scalars."""
-        modulus = self.bar.modulus
-        if modulus is None:
-            return a - b
-        half = modulus >> 1
-        return (a - b + half) % modulus - half
-
     def fresh(self, particles, position):
         """(particles to decide, {index: Plan} of those with a belt position `position`: the frame's capture time
         or encoder count, None when unknown; {outcome: particles} of the others: entering, leaving, tracked)."""
         fresh, plans, outcomes = [], {}, Counter()
         if position is not None and self._decided:
-            keep = self._delta(self._close_at, position) > -self.track_mm * self.bar.per_mm
+            keep = self.bar.delta(self._close_at, position) > -self.track_mm * self.bar.per_mm
             if not keep.all():
                 self._decided = [s for s, k in zip(self._decided, keep) if k]
                 self._index()
@@ -126,7 +118,7 @@ class BeltTracker:
         if not self._decided:
             return False
         bar, reach = self.bar, self._track_px
-        behind = self._delta(plan.centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
+        behind = self.bar.delta(plan.centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
         x, ys = centroid[0], self._rows - behind
         x0, y0, w, h = self._boxes.T
         near = (x0 - reach <= x) & (x <= x0 + w + reach) & (y0 - reach <= ys) & (ys <= y0 + h + reach)

@@ -59,7 +59,7 @@ class ValveBar:
         self.valves = valves
 
     def delta(self, a, b):
-        """a - b in position units (signed, modulo the counter on an encoder belt)."""
+        """a - b in position units (signed, modulo the counter on an encoder belt); numbers or numpy arrays."""
         if self.modulus is None:
             return a - b
         half = self.modulus >> 1
