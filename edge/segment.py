@@ -63,11 +63,13 @@ class WholeFrame:
 
     def __init__(self, roi, size):
         self.roi, self.size = roi, size  # size: FrameSize
+        self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
 
     def segment(self, frame):
         image = frame.image
         if self.roi is not None or self.size.size is not None:
             image = self.size.check(image, self.roi)
+        self.image = image
         region = _region(image, self.roi)
         width, height = region.size
         box = (0, 0, width, height)
@@ -82,6 +84,7 @@ class BeltSegments:
         self.particles, self.valves, self.roi, self.size = particles, valves, roi, size
         self.on_learned = on_learned
         self.segmenter = None
+        self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
         self._empty_frames = []
 
     @property
@@ -90,7 +93,8 @@ class BeltSegments:
 
     def segment(self, frame):
         """The frame's Segmentation, or None while it is one of the empty-belt frames being learned."""
-        pixels = np.asarray(_region(self.size.check(frame.image, self.roi), self.roi))
+        self.image = self.size.check(frame.image, self.roi)
+        pixels = np.asarray(_region(self.image, self.roi))
         if self.segmenter is not None:
             return self.segmenter.segment(pixels)
         self._empty_frames.append(pixels)

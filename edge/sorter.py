@@ -170,7 +170,7 @@ class Sorter:
             self.events.emit("inference_error", frame=frame.frame_id, error=f"{type(error).__name__}: {error}")
             for particle in fresh:
                 self._publish(start, frame, seqs[particle.index], particle, None, recheck, "error", latency)
-            self.view.show(frame, segmentation.particles, {p.index: (recheck, "error") for p in fresh})
+            self.view.show(self.segmenter.image, segmentation.particles, {p.index: (recheck, "error") for p in fresh})
             return
         self.model_ok = True
         latency["preprocess"] = self.classifier.last_preprocess_s
@@ -181,7 +181,7 @@ class Sorter:
         for row in probabilities:
             self._watch_drift(row)
         outcome = self.scheduler.schedule(frame, fresh, decisions, seqs, plans)
-        self.view.show(frame, segmentation.particles, outcome)
+        self.view.show(self.segmenter.image, segmentation.particles, outcome)
         for particle in fresh:
             bin_name, reason = outcome[particle.index]
             self._publish(start, frame, seqs[particle.index], particle, decisions[particle.index], bin_name, reason,

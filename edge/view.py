@@ -32,11 +32,12 @@ class BeltView:
             return "product"
         return "rides"
 
-    def show(self, frame, particles, outcome):
-        """The frame (Pillow RGB) and its particles; `outcome` {index: (bin, reason)} of those decided."""
+    def show(self, image, particles, outcome):
+        """The frame as segmented (Pillow RGB) and its particles; `outcome` {index: (bin, reason)} of those
+        decided."""
         marks = [(p.bbox, p.mask, self.colour(*outcome[p.index]) if p.index in outcome else "seen")
                  for p in particles]
-        self._latest = (frame.image, marks)
+        self._latest = (image, marks)
 
     def jpeg(self, width=640):
         """The latest frame's region of interest, outlined and scaled to `width`, as JPEG bytes; None before one."""

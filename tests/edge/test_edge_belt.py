@@ -493,3 +493,20 @@ def test_alarm_bits_for_a_stack_light_in_the_register_map(tiny_export, write_con
         client.close()
         runner.actuator.close()
     assert readings[3] == (BLIND, BLIND_ALARM) and readings[-1][1] == 0  # blind once 3 s > blind_s passed
+
+
+def test_the_page_picture_of_a_rescaled_frame_is_the_rescaled_frame(tiny_export, write_config, make_runner,
+                                                                    fake_clock):
+    """With `rescale = true` the picture on the line page is the frame as it was sorted (resized to frame_size, the
+    ROI cut from that), not the camera's frame, on which the particle outlines would land in the wrong place."""
+    import io
+
+    config = write_config(source={"roi": [0, 0, 32, 32], "frame_size": [64, 64], "rescale": True})
+    runner, _ = make_runner(config, tiny_export["float32"], clock=fake_clock)
+    big = np.zeros((128, 128, 3), np.uint8)
+    big[32:64, 32:64] = (250, 0, 0)  # resized to 64x64: rows and columns 16-32, the ROI's lower right quarter
+    runner.process(Frame("big", fake_clock.now(), Image.fromarray(big)))
+    shown = np.asarray(Image.open(io.BytesIO(runner.view.jpeg())).convert("RGB")).astype(int)
+    assert shown.shape == (32, 32, 3)
+    assert np.abs(shown[20:28, 20:28] - (250, 0, 0)).max() < 40  # red where the sorted frame is red
+    assert shown[4:12, 4:12].max() < 40  # black where it is black (the camera's frame is black at all of 0-32)
