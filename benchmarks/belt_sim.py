@@ -1,7 +1,7 @@
 """Belt simulator (issue 29, point 7): what lands in each bin when the real runner sorts a moving belt.
 
     PYTHONPATH=. python benchmarks/belt_sim.py --model runs/sim_cnn/export/model_int8.tflite \
-        --split runs/sim_cnn/split.csv [--counts 10,30,60] [--feed-frames 150] [--conflict fire] [--json out.json]
+        --split runs/sim_cnn/split.csv [--counts 10,30,60] [--feed-frames 150] [--conflict skip|fire] [--json out.json]
 
 Results and the commands that made them: benchmarks/RESULTS.md, "Belt simulator (issue 29)".
 
@@ -307,7 +307,7 @@ def _count(position_px):
 
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
-             confidence=0.6, threads=2, seed=0, background=5, conflict="skip", assumptions=ASSUMPTIONS,
+             confidence=0.6, threads=2, seed=0, background=5, conflict="trim", assumptions=ASSUMPTIONS,
              details=False):
     """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
     with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
@@ -620,8 +620,8 @@ def main(argv=None):
     parser.add_argument("--product", default=",".join(COPPER), help="classes the valve bar ejects")
     parser.add_argument("--product-share", type=float, default=0.3, help="share of particles of product classes")
     parser.add_argument("--confidence", type=float, default=0.6, help="[decision] confidence_threshold")
-    parser.add_argument("--conflict", choices=("skip", "fire"), default="skip",
-                        help="[valves] conflict: a pulse that would hit a particle to keep is skipped or fired")
+    parser.add_argument("--conflict", choices=("trim", "skip", "fire"), default="trim",
+                        help="[valves] conflict: a pulse that would hit a particle to keep is trimmed, skipped or fired")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")

@@ -272,8 +272,10 @@ class ValvesConfig:
                                   _number(low=0.0), 2.0)
     lane_margin_mm: float = _key("lane_margin_mm = 2  # lanes this close beside a particle open too",
                                  _number(low=0.0), 2.0)
-    conflict: str = _key('conflict = "skip"  # a pulse that would hit a particle to keep: "skip" it or "fire" anyway',
-                         _choice("skip", "fire"), "skip")
+    conflict: str = _key('conflict = "trim"  # a pulse that would hit a particle to keep: "trim" it to miss that one '
+                         '(else skip), "skip" it, or "fire" anyway', _choice("trim", "skip", "fire"), "trim")
+    cover: float = _key("cover = 0.5  # a trimmed pulse must still span this share of its particle's width (lanes) "
+                        "or central length (time)", _number(above=0.0, high=1.0), 0.5)
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,18 @@ valves back.
 
 Arbitration (`[valves] conflict`): the bar ejects the particles of `[valves] bin`; every other particle must ride
 on to the end of the belt. A pulse that would also hit a particle that must not be ejected (a shared lane at an
-overlapping time) is, with "skip" (the default: purity first), not fired: the particle to eject rides on with reason
-`conflict`; with "fire" (recovery first) it is fired and the other particle is counted `hit`. Each ejected particle
+overlapping time) is, with "trim" (the default), narrowed until it hits none: first by leaving out the shared lanes
+(kept when the lanes left span at least `[valves] cover` of the particle's width), else by shortening the pulse to
+miss the other particle's passage (kept when the pulse still spans the central `cover` of the particle's length);
+when neither holds the pulse is not fired, as with "skip" (purity first): the particle to eject rides on with reason
+`conflict`. With "fire" (recovery first) the whole pulse is fired and the other particle is counted `hit`. Each ejected particle
 gets its own command; two commands may share a lane at overlapping times (a valve driver keeps the valve open until
 the last pulse ends). Arbitration spans frames (edge/schedule.py ValveSchedule): a pulse is checked against the
 particles kept in earlier frames too, and a particle kept now under a pulse an earlier frame already sent (air
 cannot be recalled) is counted `hit`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,7 @@ class ValveBar:
         return (a - b + half) % self.modulus - half
 
     def _at(self, start, mm):
-        position = start + mm * self.per_mm
-        return position % self.modulus if self.modulus is not None else position
+        return self._shift(start, mm * self.per_mm)
 
     def plan(self, particle, start):
         x, y, w, h = particle.bbox
@@ -96,15 +98,57 @@ class ValveBar:
             if not plan.lanes:
                 conflicts.append(pid)  # off the valve bar: cannot be ejected
                 continue
-            struck = [k for k, other in keep.items() if self.overlap(plan, other)]
-            if struck and self.valves.conflict == "skip":
-                conflicts.append(pid)
-                continue
-            hits.update(struck)
+            struck = {k: other for k, other in keep.items() if self.overlap(plan, other)}
+            if struck and self.valves.conflict == "fire":
+                hits.update(struck)
+            elif struck:
+                plan = self.trim(plan, struck.values()) if self.valves.conflict == "trim" else None
+                if plan is None:
+                    conflicts.append(pid)
+                    continue
             fired.append((pid, plan))
         commands = [Command(plan.lanes, plan.open_at, plan.close_at, (pid,))
                     for pid, plan in sorted(fired, key=lambda item: self.delta(item[1].open_at, fired[0][1].open_at))]
         return commands, conflicts, sorted(hits)
+
+    def trim(self, plan, struck):
+        """`plan` narrowed to miss every Plan in `struck`, or None when what is left would not eject the particle.
+
+        Lanes first: the longest run of its lanes that no struck particle shares, if it spans `cover` of the particle's
+        width (a pulse beside a neighbour keeps its timing). Else time: the pulse shortened to open after (or close
+        before) each struck particle's passage on the shared lanes, if it still spans the central `cover` of the
+        particle's length (margins included) - a neighbour ahead or behind on the same lanes."""
+        cover, valves = self.valves.cover, self.valves
+        shared = set().union(*(other.lanes for other in struck))
+        runs, run = [], []
+        for lane in plan.lanes:
+            if lane in shared:
+                runs, run = runs + [run], []
+            else:
+                run.append(lane)
+        lanes = max(runs + [run], key=len)
+        if lanes:
+            x0 = max(plan.x0_mm, valves.first_lane_mm + lanes[0] * valves.lane_mm)
+            x1 = min(plan.x1_mm, valves.first_lane_mm + (lanes[-1] + 1) * valves.lane_mm)
+            if x1 - x0 >= cover * (plan.x1_mm - plan.x0_mm):
+                return replace(plan, lanes=tuple(lanes))
+        length = self.delta(plan.close_at, plan.open_at)  # offsets below are from plan.open_at
+        centre = self.delta(plan.centre_at, plan.open_at)
+        core = (centre - cover * length / 2, centre + cover * length / 2)
+        start, end = 0.0, length
+        for other in struck:
+            opens, closes = self.delta(other.open_at, plan.open_at), self.delta(other.close_at, plan.open_at)
+            if closes <= core[0]:
+                start = max(start, closes)
+            elif opens >= core[1]:
+                end = min(end, opens)
+            else:
+                return None
+        return replace(plan, open_at=self._shift(plan.open_at, start), close_at=self._shift(plan.open_at, end))
+
+    def _shift(self, position, offset):
+        position = position + offset
+        return position % self.modulus if self.modulus is not None else position
 
 
 def lane_span(lanes):

@@ -445,7 +445,7 @@ def test_a_particle_in_two_overlapping_frames_is_decided_once():
 
 
 def test_arbitration_of_a_shared_lane():
-    bar = _bar()
+    bar = _bar(BASE_CONFIG + PARTICLES + VALVES + 'conflict = "skip"\n')
     eject = bar.plan(_particle((400, 560, 30, 40), (10, 11)), 0.0)
     beside = bar.plan(_particle((430, 570, 30, 40), (11, 12)), 0.0)  # lane 11, overlapping time
     behind = bar.plan(_particle((430, 100, 30, 40), (11, 12)), 0.0)  # lane 11, long after
@@ -458,6 +458,32 @@ def test_arbitration_of_a_shared_lane():
     assert [c.particles for c in commands] == [(1,)] and hits == [2]
     commands, conflicts, _ = bar.arbitrate({4: bar.plan(_particle((1270, 100, 10, 10), ()), 0.0)}, {})
     assert conflicts == [4]  # off the valve bar
+
+
+def test_trimmed_pulses_miss_the_particles_kept():
+    """The default `conflict = "trim"`: a neighbour beside loses the pulse its shared lanes, a neighbour behind on the
+    same lanes shortens it; a pulse left without the particle's core is not fired (fails on a778763: skipped)."""
+    bar = _bar()  # lane_mm 20 at 0.5 mm/px: lane 10 spans x 200-220 mm, the particle below 200-215 mm
+    eject = bar.plan(_particle((400, 560, 30, 40), (10, 11)), 0.0)  # 20 mm long + 2 x 2 mm margin: 24 mm of pulse
+    beside = bar.plan(_particle((430, 570, 30, 40), (11, 12)), 0.0)
+    commands, conflicts, hits = bar.arbitrate({1: eject}, {2: beside})
+    assert commands[0].lanes == (10,) and (commands[0].open_at, commands[0].close_at) == (eject.open_at,
+                                                                                            eject.close_at)
+    assert conflicts == [] and hits == [] and not bar.overlap(commands[0], beside)
+    behind = bar.plan(_particle((400, 530, 30, 30), (10, 11)), 0.0)  # touching it upstream: its pulse opens 20 mm on
+    commands, conflicts, _ = bar.arbitrate({1: eject}, {3: behind})
+    assert commands[0].lanes == (10, 11) and commands[0].open_at == eject.open_at
+    assert commands[0].close_at == pytest.approx(behind.open_at) == pytest.approx(eject.open_at + 0.020)
+    assert not bar.overlap(commands[0], behind)  # the core, 6-18 mm of the pulse, is still covered
+    closer = bar.plan(_particle((400, 525, 30, 40), (10, 11)), 0.0)  # opens 17.5 mm on: inside the core
+    assert bar.arbitrate({1: eject}, {4: closer})[:2] == ([], [1])
+    narrow = bar.plan(_particle((410, 560, 30, 40), (10, 11)), 0.0)  # x 205-220 mm: lane 10 spans all of it
+    wide = bar.plan(_particle((380, 560, 60, 40), (9, 10, 11)), 0.0)  # x 190-220 mm: lane 10 spans 2/3 of it
+    left = bar.plan(_particle((360, 560, 20, 40), (9,)), 0.0)
+    assert bar.arbitrate({5: narrow}, {6: left, 2: beside})[0][0].lanes == (10,)
+    half = _bar(BASE_CONFIG + PARTICLES + VALVES + "cover = 0.7\n")
+    assert half.arbitrate({7: wide}, {6: left, 2: beside})[:2] == ([], [7])  # 2/3 of its width < 0.7
+    assert bar.arbitrate({7: wide}, {6: left, 2: beside})[0][0].lanes == (10,)
 
 
 @requires_minet
