@@ -23,6 +23,7 @@ from collections import deque
 from edge.classify import CropClassifier
 from edge.decision import Decider
 from edge.drift import DriftMonitor
+from edge.promotion import ModelSwitch
 from edge.actuate import Heartbeat
 from edge.blind import BlindWatch
 from edge.drivers.modbus_server import (
@@ -54,14 +55,13 @@ class Sorter:
         self.belt = belt  # edge/encoder.py EncoderBelt when ejections follow the PLC's encoder count, else None
         self.truth = truth  # optional (frame_id, particle) -> true label: recovery and purity in summary.json
         self.telemetry = None  # edge/telemetry.py Telemetry once attached (--metrics-port)
-        self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
-        self.classifier = CropClassifier(model)
         self.tally = Tally()
         self.alarm = RecheckAlarm(config.alarm.window, config.alarm.max_recheck_share)
-        # edge/drift.py: None without a calibrated sidecar "reference" or with [drift] enabled = false.
-        self.drift = None
-        if config.drift.enabled and model.reference is not None:
-            self.drift = DriftMonitor(model.labels, model.reference, config.drift.window, config.drift.threshold)
+        self.review_copies = None
+        self.switch = ModelSwitch(self)  # promote() and rollback(): holds the lock each frame is sorted under
+        self.shadow = None  # edge/shadow.py Shadow with --shadow: a candidate on the same crops, never deciding
+        self._requested = None  # "promote" or "rollback" asked by a signal, done by the sorting loop
+        self._use_model(model)  # the decider, classifier and drift monitor of the live model
         self.drift_alarms = 0
         self.blind = BlindWatch(clock, events, config.alarm.blind_s, config.alarm.no_particles_s)
         self.belt_frame = config.particles is not None
@@ -93,6 +93,36 @@ class Sorter:
         self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
         self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
         self.capture, self.source_up, self.finished = None, True, False  # for snapshot() (the --ui-port page)
+
+    def _use_model(self, model):
+        """Make `model` the one that decides: its Decider (its own reject block), classifier and drift monitor
+        (edge/drift.py: None without a calibrated sidecar "reference" or with [drift] enabled = false)."""
+        config = self.config
+        self.model = model
+        self.decider = Decider(model.labels, config.bins, model.reject, config.decision.confidence_threshold)
+        self.classifier = CropClassifier(model)
+        self.drift = None
+        if config.drift.enabled and model.reference is not None:
+            self.drift = DriftMonitor(model.labels, model.reference, config.drift.window, config.drift.threshold)
+        if self.review_copies is not None:
+            self.review_copies.model = model
+        if self.telemetry is not None:
+            self.telemetry.set_model(model)
+
+    def promote(self, path=None, sidecar=None):
+        """Make the model at `path` (default: the --shadow candidate) the live one between two frames, without a
+        restart, after the checks of edge/promotion.py; returns it, or raises ModelError (one line: the live model
+        sorts on). From any thread but a signal handler (see request()); logged as events and on stderr."""
+        return self.switch.promote(path, sidecar)
+
+    def rollback(self):
+        """Return to the model the last promotion replaced, between two frames; ModelError when there is none."""
+        return self.switch.rollback()
+
+    def request(self, action):
+        """"promote" (the shadow's candidate) or "rollback" from a signal handler: only sets a flag; the sorting
+        loop starts it in a thread of its own, so no frame waits on a model being loaded."""
+        self._requested = action
 
     def state(self):
         """(Modbus state code, model ok, alarm bits) now: what the heartbeat publishes, read from its own thread."""
@@ -138,6 +168,10 @@ class Sorter:
 
     def process(self, frame):
         """One frame through the pipeline: every new particle in it decided, its ejection commanded and published."""
+        with self.switch.lock:  # a promotion waits for the frame, never the frame for a promotion's loading
+            self._process(frame)
+
+    def _process(self, frame):
         start = self.clock.now()
         if frame.image is None:
             return self._skip(frame, "undecodable", frame.error)
@@ -240,6 +274,8 @@ class Sorter:
             "drift_alarms": self.drift_alarms,
             "blind_alarms": self.blind.alarms,
             "drift": self.drift.status() if self.drift is not None else None,
+            "promotions": self.switch.promotions,
+            "rollbacks": self.switch.rollbacks,
             "events_lost": self.events.lost,
             "review_lost": self.review_copies.lost if self.review_copies is not None else 0,
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
@@ -298,6 +334,9 @@ class Sorter:
                 if self.telemetry is not None:
                     self.telemetry.update(capture.depth, self.alarm.share, self.source_up, self.actuator.up,
                                           self.blind.problem is not None, self.trends.size_distribution())
+                if self._requested is not None:
+                    action, self._requested = self._requested, None
+                    self.switch.start(action)
                 frame = capture.get(timeout=0.25)
                 now = self.clock.now()
                 if frame is Capture.END:

@@ -52,10 +52,14 @@ class Telemetry:
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds, open files (Linux)
         self._summary = None  # () -> the summary's figures, once watched
         registry.register(_SummaryCounters(self))
-        Info(PREFIX + "model", "The model being run", registry=registry).info(
-            {"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)}
-        )
+        self.model = Info(PREFIX + "model", "The model being run (changes with a promotion or rollback)",
+                          registry=registry)
+        self.set_model(model)
         self.server = None
+
+    def set_model(self, model):
+        """The live model's path, sha256 and labels (edge/sorter.py calls it again when a promotion swaps it)."""
+        self.model.info({"path": model.path, "sha256": model.sha256, "labels": ",".join(model.labels)})
 
     def watch(self, summary):
         """Serve the counters of `summary()` (the runner's snapshot: summary.json's figures) at every scrape."""
@@ -122,6 +126,8 @@ SUMMARY_COUNTERS = (
     ("blind_alarms", "blind_alarms", "Blind alarms raised (frames arrive but none can be used)"),
     ("events_lost", "events_lost", "Event lines that could not be written"),
     ("review_lost", "review_lost", "Review copies that could not be saved"),
+    ("promotions", "model_promotions", "Live model swaps to a candidate (edge/promotion.py)"),
+    ("rollbacks", "model_rollbacks", "Live model swaps back to the model a promotion replaced"),
     ("frames_unmoved", "frames_unmoved", "Single items not decided again: the encoder belt had not moved"),
     ("encoder.read_errors", "encoder_read_errors", "Encoder count reads that failed"),
     ("encoder.fired", "encoder_ejections_fired", "Ejections fired at their encoder count"),
