@@ -199,6 +199,8 @@ class ActuatorConfig:
     host: str = _key('host = "127.0.0.1"  # modbus: the address the server listens on', _text, "127.0.0.1")
     unit_id: int = _key("unit_id = 1  # modbus", _integer(0, 247), 1)
     ring_size: int = _key("ring_size = 64  # modbus: decisions kept for the PLC", _integer(1, 1000), 64)
+    stop_grace_s: float = _key("stop_grace_s = 2  # modbus: state 3 (stopped) is served this long before the server "
+                               "closes", _number(low=0.0, high=60.0), 2.0)
     baudrate: int = _key("baudrate = 115200", _integer(1), 115200)
     pins: dict = _key("pins = { light = 17, heavy = 27 }", _pins, {})
     pulse_ms: float = _key("pulse_ms = 30", _number(above=0.0), 30.0)

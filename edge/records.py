@@ -16,15 +16,25 @@ from collections import deque
 _STDOUT_LOCK = threading.Lock()  # events and the jsonl actuator may both write to stdout, from two threads
 
 
+TEMP_SUFFIX = ".tmp"  # every temporary file the runner makes ends so, beside its target (remove_leftovers)
+PROBE = ".write-check"  # check_writable's probe files: PROBE + ".<random>" + TEMP_SUFFIX
+
+
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}."
+
+
 def atomic_write_bytes(path, data, sync=True):
     """Write `data` to `path` via a temporary file and os.replace: a kill mid-write leaves the old file or none.
 
+    SIGINT and SIGTERM cannot interrupt it (edge/stopping.py only sets a flag); after a SIGKILL or a power cut
+    between the steps, the temporary `.NAME.<random>.tmp` is removed at the next start (remove_leftovers).
     `sync=False` skips the fsync, for the review queue: its writes sit in the sorting loop and would otherwise wait
     on a slow SD card, and a review copy lost to a power cut costs nothing.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -35,6 +45,24 @@ def atomic_write_bytes(path, data, sync=True):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_leftovers(path, directory=False):
+    """Remove the temporary files a SIGKILL left beside `path` (atomic_write_bytes's for that file name and
+    check_writable's probes), or with `directory=True` every `.*.tmp` in that folder (the review queue's own
+    folder); run at start, before anything is written. Returns the names removed."""
+    folder = path if directory else (os.path.dirname(os.path.abspath(path)) or ".")
+    prefixes = (".",) if directory else (_temp_prefix(path), PROBE + ".")
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(TEMP_SUFFIX) and n.startswith(prefixes)]
+    except OSError:  # no folder yet: nothing left over
+        return []
+    for name in names:
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    return names
 
 
 def check_writable(path, directory=False):
@@ -51,13 +79,26 @@ def check_writable(path, directory=False):
             raise PermissionError(13, "Permission denied", path)
         return
     os.makedirs(folder, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    fd, probe = tempfile.mkstemp(prefix=PROBE + ".", suffix=TEMP_SUFFIX, dir=folder)
     os.close(fd)
     os.remove(probe)
 
 
 def atomic_write_json(path, data):
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def write_summary(path, summary):
+    """Write summary.json; if that fails (disk full, folder gone) the summary goes to stderr as one JSON line.
+    Returns True when written."""
+    try:
+        atomic_write_json(path, summary)
+        return True
+    except OSError as error:
+        print(f"runner: summary '{path}' could not be written ({error.strerror or error}); it follows as JSON.",
+              file=sys.stderr)
+        print(json.dumps(summary), file=sys.stderr, flush=True)
+        return False
 
 
 def iso_time(epoch_seconds):

@@ -14,9 +14,7 @@ event sink, clock, review queue, encoder) is passed in, so tests run the real pi
 camera or a pseudo-terminal for a serial port; edge/runner.py build_runner assembles it from a config.
 """
 
-import json
 import os
-import sys
 import types
 from collections import deque
 
@@ -30,7 +28,7 @@ from edge.drivers.modbus_server import (
     BLIND, BLIND_ALARM, DRIFT_ALARM, LEARNING, MODEL_ALARM, RECHECK_ALARM, RUNNING, SOURCE_ALARM, SOURCE_FAILING,
 )
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
-from edge.records import RecheckAlarm, atomic_write_json, iso_time, percentile
+from edge.records import RecheckAlarm, iso_time, percentile, write_summary
 from edge.schedule import BinSchedule, ValveSchedule
 from edge.segment import BeltSegments, FrameSize, SkipFrame, WholeFrame
 from edge.sources import Capture
@@ -361,23 +359,9 @@ class Sorter:
             capture.stop()
             if self.belt is not None:
                 self.belt.close()  # ejections still waiting are counted as missed: those items go to recheck
-            self.actuator.close()
             summary = self.summary(capture, exit_reason)
-            written = self._write_summary(summary)
+            written = write_summary(self.config.records.summary, summary)
             self.finished = True
             self.events.emit("stop", exit=exit_reason, summary=self.config.records.summary if written else None)
+            self.actuator.close()  # last: a Modbus server shows "stopped" for [actuator] stop_grace_s first
         return summary
-
-    def _write_summary(self, summary):
-        """Write summary.json; if that fails (disk full, folder gone) the summary goes to stderr as one JSON line."""
-        path = self.config.records.summary
-        try:
-            atomic_write_json(path, summary)
-            return True
-        except OSError as error:
-            print(
-                f"runner: summary '{path}' could not be written ({error.strerror or error}); it follows as JSON.",
-                file=sys.stderr,
-            )
-            print(json.dumps(summary), file=sys.stderr, flush=True)
-            return False

@@ -41,9 +41,18 @@ Bin code 0 is the recheck bin, then the other bins in name order (Config.bin_cod
 recheck ones too, so the PLC sees every sequence number. Slot registers are written before the last-sequence
 register, and a read copies the registers under the same lock the runner writes them with, so one read request
 never mixes two items. The server only answers polls: a PLC that stops polling changes nothing for sorting.
+
+A bad request is answered, never dumped: bytes that are not Modbus TCP close that connection, a wrong unit id is
+answered with exception 0x0B (gateway target failed to respond) and an unknown function code with 0x01 (illegal
+function); each gives one stderr line naming the client, once per client address and kind. pymodbus's own error
+lines are cut to their first line: it appends its last 20 frames (other clients' register contents) and tracebacks.
+At the end of a run the state register reads 3 (stopped) for `[actuator] stop_grace_s` (default 2 s) before the
+server closes, so a PLC polling every second sees the stop instead of a lost connection.
 """
 
 import asyncio
+import logging
+import sys
 import threading
 
 from edge.valves import lane_span
@@ -57,6 +66,9 @@ BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
 VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
 UNIT_MS, UNIT_COUNTS = 0, 1
 STARTING, RUNNING, SOURCE_FAILING, STOPPED, LEARNING, BLIND = 0, 1, 2, 3, 4, 5
+ILLEGAL_FUNCTION, GATEWAY_NO_RESPONSE = 0x01, 0x0B  # the Modbus exception codes of a bad request
+_LOGGED_MAX = 1000  # client addresses x kinds remembered for "once per client": a bound on a scanned port
+_peer = threading.local()  # the client whose bytes pymodbus is parsing now (pymodbus's own lines name it)
 
 
 def _ms(seconds):
@@ -75,7 +87,8 @@ class ModbusBoard:
     encoder counter's range, `[belt] position = "modbus"`) says its positions are encoder counts, else ms of
     `clock`."""
 
-    def __init__(self, host, port, unit_id, ring_size, bin_codes, labels, clock, valves=None, modulus=None):
+    def __init__(self, host, port, unit_id, ring_size, bin_codes, labels, clock, valves=None, modulus=None,
+                 stop_grace_s=0.0):
         self.host = host
         self.port = port
         self.unit_id = unit_id
@@ -94,7 +107,9 @@ class ModbusBoard:
             self.registers[MAP_VERSION], self.registers[VALVE_RING_SIZE] = 2, ring_size
             self.registers[VALVE_COUNT] = valves.count
             self.registers[VALVE_UNIT] = UNIT_MS if modulus is None else UNIT_COUNTS
+        self.stop_grace_s = stop_grace_s
         self.listening = []
+        self._logged = set()  # (client host, kind) already logged
         self._lock = threading.Lock()
         self._loop = None
         self._server = None
@@ -107,9 +122,19 @@ class ModbusBoard:
             current_registers[offset:offset + count] = self.registers[address:address + count]
         return None
 
+    def refuse(self, peer, kind, what):
+        """One stderr line for a bad request from `peer` ("host:port"), the first of its `kind` from that host."""
+        key = (peer.rsplit(":", 1)[0], kind)
+        if key in self._logged or len(self._logged) >= _LOGGED_MAX:
+            return
+        self._logged.add(key)
+        print(f"runner: modbus client {peer} {what} (further {kind} from {key[0]} not logged)", file=sys.stderr,
+              flush=True)
+
     def open(self):
-        from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
+
+        _first_lines_only()
 
         self._loop = asyncio.new_event_loop()
         started, failure = threading.Event(), []
@@ -119,7 +144,7 @@ class ModbusBoard:
                 id=self.unit_id, action=self._serve_read,
                 simdata=[SimData(0, count=len(self.registers), values=0, datatype=DataType.REGISTERS, readonly=True)],
             )
-            self._server = ModbusTcpServer(device, address=(self.host, self.port))
+            self._server = _server(self, device)
             await self._server.serve_forever(background=True)
 
         def run():
@@ -192,15 +217,83 @@ class ModbusBoard:
             self._tick()
 
     def close(self):
+        """Serve state 3 (stopped) for `stop_grace_s` (the heartbeat stood still: the runner is not sorting), then
+        close the server."""
         if self._loop is None or self._loop.is_closed():
             return
-        self.heartbeat(STOPPED, False)
+        self.heartbeat(STOPPED, False, self.registers[ALARMS])
+        self.clock.wait(threading.Event(), self.stop_grace_s)
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
         self._loop.close()
         self.listening = []
+
+
+def _server(board, device):
+    """pymodbus's TCP server for `board` whose connections answer bad requests themselves, in one line each."""
+    from pymodbus.pdu import ExceptionResponse
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.server.requesthandler import ServerRequestHandler
+
+    class Connection(ServerRequestHandler):
+        def peer(self):
+            address = self.transport.get_extra_info("peername") if self.transport else None
+            return f"{address[0]}:{address[1]}" if address else "?"
+
+        def callback_data(self, data, addr=None):
+            if len(data) >= 7:  # the MBAP header: transaction, protocol 0, length of unit + PDU (2 .. 254)
+                protocol, length = int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big")
+                if protocol != 0 or not 2 <= length <= 254:  # no frame boundary to resynchronise on: hang up
+                    board.refuse(self.peer(), "non-Modbus bytes", "sent bytes that are not Modbus TCP: connection "
+                                 "closed")
+                    self.transport.close()
+                    return len(data)
+            _peer.name = self.peer()
+            try:
+                return super().callback_data(data, addr)
+            finally:
+                _peer.name = None
+
+        async def handle_request(self):
+            request = self.last_pdu
+            if request is not None and request.dev_id != board.unit_id:
+                board.refuse(self.peer(), "wrong unit ids", f"asked for unit {request.dev_id}, this server is unit "
+                             f"{board.unit_id}: answered exception 0x0B (check the PLC's unit id)")
+                return self._answer(request, GATEWAY_NO_RESPONSE)
+            if isinstance(request, ExceptionResponse):  # pymodbus decodes a function code >= 0x80 as one
+                board.refuse(self.peer(), "unknown function codes", f"sent function code {request.function_code}: "
+                             "answered exception 0x01 (this server answers function codes 3 and 4)")
+                return self._answer(request, ILLEGAL_FUNCTION)
+            return await super().handle_request()
+
+        def _answer(self, request, code):
+            self.server_send(ExceptionResponse(request.function_code & 0x7F, code, request.dev_id,
+                                               request.transaction_id), self.last_addr)
+
+    class Server(ModbusTcpServer):
+        def callback_new_connection(self):
+            return Connection(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+    return Server(device, address=(board.host, board.port))
+
+
+class _FirstLine(logging.Filter):
+    """pymodbus's error lines end with its last 20 frames (other clients' register contents) and often a
+    traceback: keep the first line, naming the client when it came from one."""
+
+    def filter(self, record):
+        message = record.getMessage().split("\n", 1)[0].split("; Traceback", 1)[0]
+        peer = getattr(_peer, "name", None)
+        record.msg, record.args = (f"{message} (modbus client {peer})" if peer else message), None
+        return True
+
+
+def _first_lines_only():
+    logger = logging.getLogger("pymodbus.logging")
+    if not any(isinstance(f, _FirstLine) for f in logger.filters):
+        logger.addFilter(_FirstLine())
 
 
 def port(config):
@@ -218,11 +311,11 @@ def check(config):
 def bin_driver(config, clock, labels):
     actuator = config.actuator
     return ModbusBoard(actuator.host, port(config), actuator.unit_id, actuator.ring_size, config.bin_codes(), labels,
-                       clock)
+                       clock, stop_grace_s=actuator.stop_grace_s)
 
 
 def valve_driver(config, clock, labels):
     actuator = config.actuator
     modulus = 1 << (16 * config.encoder.registers) if config.belt.position == "modbus" else None
     return ModbusBoard(actuator.host, port(config), actuator.unit_id, actuator.ring_size, config.bin_codes(), labels,
-                       clock, valves=config.valves, modulus=modulus)
+                       clock, valves=config.valves, modulus=modulus, stop_grace_s=actuator.stop_grace_s)

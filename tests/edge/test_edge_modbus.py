@@ -64,7 +64,8 @@ def test_a_plc_reads_every_decision_of_a_folder_run_from_the_ring(tmp_path, tiny
     for row in rows:
         shutil.copy(row["file"], folder / f"{row['label']}_{os.path.basename(row['file'])}")
     port, unit = free_port(), 3
-    config = write_config(actuator={"type": "modbus", "port": port, "unit_id": unit, "ring_size": 64})
+    config = write_config(actuator={"type": "modbus", "port": port, "unit_id": unit, "ring_size": 64,
+                                    "stop_grace_s": 0})  # 'stopped' is tested in test_edge_modbus_guard.py
     runner, events_path = make_runner(config, tiny_export["int8"])
     release = threading.Event()
     capture = Capture(HeldOpenFolder(str(folder), runner.clock, release), runner.clock, runner.events)
@@ -183,12 +184,13 @@ def test_a_plc_reads_the_valve_commands_of_a_belt_frame(tiny_export, write_confi
         fake_clock.advance(0.25)
         runner.actuator.heartbeat(1, True)
         header, slots = _read_valve_block(port)
+        read_at = fake_clock.now()  # closing waits stop_grace_s on this clock
     finally:
         runner.actuator.close()
     particles = {p["seq"]: p for p in map(json.loads, open(events_path)) if p["type"] == "particle"}
     ejected = [p for p in particles.values() if p["bin"] == "bin_a"]
     assert header[MAP_VERSION] == 2 and header[VALVE_RING_SIZE] == 4 and header[VALVE_COUNT] == 32
-    assert header[VALVE_UNIT] == 0 and _long(*header[VALVE_CLOCK:VALVE_CLOCK + 2]) == int(fake_clock.now() * 1000)
+    assert header[VALVE_UNIT] == 0 and _long(*header[VALVE_CLOCK:VALVE_CLOCK + 2]) == int(read_at * 1000)
     assert ejected and [s["seq"] for s in slots] == list(range(1, len(ejected) + 1))
     by_lanes = {(s["first"], s["count"]): s for s in slots}
     for particle in ejected:

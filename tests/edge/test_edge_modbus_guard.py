@@ -1,0 +1,119 @@
+"""No blind spots in Modbus (issue 27 point 4): 'stopped' is observable before the server closes, and a bad request
+(bytes that are not Modbus, an unknown function, a wrong unit id) is answered and logged as one line naming the
+client, with no traffic dump or traceback. A real pymodbus client and raw sockets over 127.0.0.1."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+
+from pymodbus.client import ModbusTcpClient
+
+from edge.drivers.modbus_server import STATE, STOPPED, ModbusBoard
+from edge.timing import Clock
+from test_edge_modbus import free_port
+
+SECRET = 0xBEEF  # a register value another client reads: it must never reach the log
+
+
+def _dumped(text):
+    """pymodbus's frame dump ("0x0 0x1 ..."), its markers or a traceback in `text`."""
+    return re.search(r"0x[0-9a-f]{1,2} 0x[0-9a-f]{1,2}", text) or ">>>>>" in text or "Traceback" in text
+
+
+def _answer(port, payload):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(payload)
+        try:
+            return raw.recv(256)
+        except (ConnectionResetError, socket.timeout):
+            return b""
+
+
+def test_bad_requests_are_answered_in_one_line_each_without_a_dump(capfd, caplog):
+    port = free_port()
+    board = ModbusBoard("127.0.0.1", port, 1, 4, ["recheck", "bin_a"], ["a"], Clock())
+    board.open()
+    try:
+        board.registers[50] = SECRET
+        client = ModbusTcpClient("127.0.0.1", port=port)
+        assert client.connect()
+        assert client.read_holding_registers(50, count=1, device_id=1).registers == [SECRET]  # traffic to dump
+        wrong = [client.read_holding_registers(0, count=8, device_id=7) for _ in range(3)]
+        # An unknown function code (0x99) in a valid frame, then bytes that are not Modbus TCP at all.
+        unknown = _answer(port, bytes.fromhex("0005 0000 0003 01 99 00"))
+        garbage = _answer(port, b"GET /metrics HTTP/1.1\r\nHost: plc\r\n\r\n" + b"\xff" * 40)
+        after = client.read_holding_registers(50, count=1, device_id=1).registers  # the server still answers
+        client.close()
+    finally:
+        board.close()
+    assert all(r.isError() and r.exception_code == 0x0B for r in wrong)  # gateway target failed to respond
+    assert unknown == bytes.fromhex("0005 0000 0003 01 99 01")  # exception 0x01, illegal function
+    assert garbage == b"" and after == [SECRET]  # that connection closed, the others unharmed
+    err = capfd.readouterr().err
+    logged = err + "\n".join(r.getMessage() for r in caplog.records)
+    lines = [line for line in logged.splitlines() if line.strip()]
+    assert not _dumped(logged) and f"{SECRET:x}" not in logged.lower() and str(SECRET) not in logged, logged
+    peer = re.compile(r"modbus client 127\.0\.0\.1:\d+ ")
+    assert len([line for line in lines if "unit 7" in line]) == 1  # three wrong requests, one line
+    assert len([line for line in lines if "function code 153" in line]) == 1
+    assert len([line for line in lines if "not Modbus TCP" in line]) == 1
+    assert len(lines) == 3 and all(peer.search(line) for line in lines), lines
+
+
+def test_pymodbus_error_lines_lose_the_frame_dump(capfd, caplog):
+    """pymodbus's own error lines (here a frame too short for function 3) are cut to one line naming the client."""
+    port = free_port()
+    board = ModbusBoard("127.0.0.1", port, 1, 4, ["recheck", "bin_a"], ["a"], Clock())
+    board.open()
+    try:
+        board.registers[50] = SECRET
+        client = ModbusTcpClient("127.0.0.1", port=port)
+        assert client.connect() and client.read_holding_registers(50, count=1, device_id=1).registers == [SECRET]
+        short = _answer(port, bytes.fromhex("0007 0000 0003 01 03 00"))
+        client.close()
+        from pymodbus.logging import Log
+
+        Log.error("a pymodbus error {}", "after traffic")  # pymodbus appends its last frames to every error
+    finally:
+        board.close()
+    assert short[7:8] == b"\x80"  # pymodbus's own exception answer
+    logged = capfd.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
+    assert not _dumped(logged), logged
+    assert re.search(r"Unable to decode frame .*\(modbus client 127\.0\.0\.1:\d+\)", logged)
+    assert "a pymodbus error after traffic" in logged
+
+
+def test_a_plc_reads_stopped_after_the_run_ends(tmp_path, tiny_export, write_config, make_runner):
+    """The run ends (summary written, stop event): the state register still answers 3 for stop_grace_s, then the
+    server closes."""
+    from edge.sources import Capture, FolderSource
+
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    for row in tiny_export["test_rows"][:2]:
+        shutil.copy(row["file"], folder / os.path.basename(row["file"]))
+    port = free_port()
+    runner, events_path = make_runner(write_config(actuator={"type": "modbus", "port": port, "stop_grace_s": 1.0}),
+                                      tiny_export["int8"])
+    sorting = threading.Thread(target=runner.run, args=(Capture(FolderSource(str(folder), runner.clock),
+                                                                runner.clock, runner.events),))
+    sorting.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(json.loads(line)["type"] == "stop" for line in open(events_path)):
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.01)
+        ended = time.monotonic()
+        client = ModbusTcpClient("127.0.0.1", port=port)
+        assert client.connect()
+        state = client.read_holding_registers(STATE, count=1, device_id=1).registers[0]
+        client.close()
+        assert time.monotonic() - ended < 1.0
+    finally:
+        sorting.join(30)
+    assert state == STOPPED and (tmp_path / "summary.json").exists()
+    assert not ModbusTcpClient("127.0.0.1", port=port).connect()  # closed after the grace
