@@ -249,7 +249,7 @@ def best_views(particles, positions):
         whole = [k for k, position in enumerate(positions)
                  if 1 <= _row(particle, position) - particle["h"] / 2 and _row(particle, position) + particle["h"] / 2
                  <= HEIGHT - 2]
-        particle["views"] = len(whole)
+        particle["views"], particle["whole"] = len(whole), whole
         particle["best"] = min(whole, key=lambda k: abs(_row(particle, positions[k]) - HEIGHT / 2)) if whole else None
 
 
@@ -356,15 +356,15 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
             frame = Frame(f"empty{index}", clock.now(), Image.fromarray(scenes.belt_frame(belt, rng)[..., ::-1].copy()))
             runner.process(frame)
             clock.advance(period)
-        crops, frame_s, match_s = {}, [], []
+        views, frame_s, match_s = {}, [], []  # views: (particle id, frame index) -> its truth crop there
         warm = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         runner.classifier.classify([warm])  # the interpreter's set-up stays out of the timings
         for index, position in enumerate(positions):
             bgr, truth = render(specimens, belt, rng, particles, position)
             rgb = bgr[..., ::-1].copy()
             for p in particles:
-                if p["best"] == index:
-                    crops[p["id"]] = truth_crop(rgb, truth, belt_rgb, p["id"], config.particles.pad)
+                if index in p["whole"]:
+                    views[p["id"], index] = truth_crop(rgb, truth, belt_rgb, p["id"], config.particles.pad)
             plc.count = _count(position)
             frame = Frame(str(index), clock.now(), Image.fromarray(rgb))
             frame.position = runner.belt.read()  # stamped at capture, as edge/sources.py Capture does
@@ -383,10 +383,13 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
             commands = [json.loads(line) for line in handle]
         counts = dict(runner.particles.counts)
         alone = CropClassifier(model)
-        ids = sorted(crops)
-        probabilities = np.concatenate([alone.classify([crops[i] for i in ids[k:k + 64]])
-                                        for k in range(0, len(ids), 64)]) if ids else np.zeros((0, 1))
+        keys = sorted(views)
+        view_p = dict(zip(keys, np.concatenate([alone.classify([views[k] for k in keys[j:j + 64]])
+                                                for j in range(0, len(keys), 64)]))) if keys else {}
+        ids = sorted(p["id"] for p in particles if p["best"] is not None)
+        probabilities = np.array([view_p[i, by_id[i]["best"]] for i in ids]).reshape(len(ids), -1)
         alone_bins = {i: runner.decider.decide(row).bin for i, row in zip(ids, probabilities)}
+        view_rules = view_rule_figures([by_id[i] for i in ids], view_p, model.labels, runner.decider, set(product))
     finally:
         plc.stop()
     report = score(particles, records, commands, owners, alone_bins, set(product), share, config, assumptions)
@@ -397,6 +400,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         frames=len(positions), runner_counts=counts,
         speed={**speed_figures(frame_s, len(particles), len(records), period),
                "truth_match_ms_mean": round(1000.0 * sum(match_s) / max(len(match_s), 1), 3)},
+        view_rules=view_rules,
         alone_accuracy=round(float(np.mean([by_id[i]["label"] == model.labels[int(np.argmax(row))]
                                             for i, row in zip(ids, probabilities)])), 4) if ids else None,
     )
@@ -404,6 +408,23 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         report["details"] = {"particles": [{k: v for k, v in p.items() if k != "mask"} for p in particles],
                              "records": records, "commands": commands}
     return report
+
+
+def view_rule_figures(particles, view_p, labels, decider, product):
+    """Which of a particle's whole views to decide it from (issue 29 point 1), on the classifier alone: the first
+    whole view (what the runner decides from: the earliest, leaving the valves the most time), the most central one,
+    or the mean of all their probabilities. 7-class accuracy, and grade/recovery of the product bin by area."""
+    rules = {"first": lambda p: view_p[p["id"], p["whole"][0]], "central": lambda p: view_p[p["id"], p["best"]],
+             "mean": lambda p: np.mean([view_p[p["id"], k] for k in p["whole"]], axis=0)}
+    figures = {}
+    for name, rule in rules.items():
+        rows = [rule(p) for p in particles]
+        ejected = {p["id"]: decider.decide(row).bin == "product" for p, row in zip(particles, rows)}
+        figures[name] = {"accuracy": round(float(np.mean([p["label"] == labels[int(np.argmax(row))]
+                                                          for p, row in zip(particles, rows)])), 4),
+                         **grade_recovery(particles, lambda p: ejected[p["id"]], product)}
+    figures["several_views"] = sum(len(p["whole"]) > 1 for p in particles)
+    return figures
 
 
 def speed_figures(frame_s, particles, decisions, period):

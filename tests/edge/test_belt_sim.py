@@ -40,3 +40,7 @@ def test_the_simulator_accounts_for_every_particle(tiny_export_dynamic, tiny_exp
     assert report["air"]["lane_ms"] >= 0 and report["air"]["feed_kg"] > 0
     assert set(report["sorting_loss_causes"]) == {"never_decided", "conflict", "air_missed", "classified_otherwise",
                                                   "gained"}
+    views = report["view_rules"]  # the decision's view rule measured three ways; "central" is the alone column's
+    assert views["central"]["accuracy"] == report["alone_accuracy"]
+    assert views["central"]["recovery"] == report["bins"]["classifier_alone"]["recovery"]
+    assert 0 < views["several_views"] <= total and all(0.0 <= views[r]["accuracy"] <= 1.0 for r in ("first", "mean"))
