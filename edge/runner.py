@@ -107,7 +107,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported .tflite model")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
-    parser.add_argument("--source", help="folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN or stream:URL")
+    parser.add_argument(
+        "--source",
+        help="folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN, stream:URL or genicam:[DEVICE][?...]",
+    )
     parser.add_argument("--config", help="TOML config (see edge/example_config.toml)")
     parser.add_argument("--events", help="JSON-lines event file (default: stdout)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")

@@ -11,7 +11,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from edge.deps import require
+from edge import genicam
+from edge.deps import MissingLibrary, require
 from edge.preprocess import IMAGE_EXTENSIONS, from_bgr, open_rgb
 
 
@@ -184,8 +185,17 @@ def redact(text):
 
 
 def parse_source(spec, source_config, clock):
-    """A source from a --source argument: folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN or stream:URL."""
+    """A source from a --source argument: folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN, stream:URL or
+    genicam:[DEVICE][?KEY=VALUE&...] (edge/genicam.py)."""
     kind, _, target = spec.partition(":")
+    if kind == "genicam":
+        try:
+            return genicam.make_source(target, clock, Frame, source_config.stall_timeout_s)
+        except MissingLibrary:  # a ValueError too, already one line naming the argument and the packages
+            raise
+        except ValueError as error:
+            raise SourceSpecError(f"--source {spec}: {error}: use genicam:[DEVICE][?lines_per_frame=N&Feature=value"
+                                  "&...] (edge/README.md).") from None
     if kind == "folder" and target:
         if not os.path.isdir(target):
             raise SourceSpecError(f"--source {spec}: folder '{target}' does not exist: pass an existing directory.")
@@ -208,8 +218,8 @@ def parse_source(spec, source_config, clock):
             return VideoSource(target, clock, loop=source_config.loop)
         return CameraSource(int(target) if target.isdigit() else target, clock, fps=source_config.fps)
     raise SourceSpecError(
-        f"--source {redact(spec)!r} is not understood: use folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN "
-        "or stream:URL (rtsp:// or http:// MJPEG)."
+        f"--source {redact(spec)!r} is not understood: use folder:DIR, video:FILE, camera:INDEX, camera:/dev/videoN, "
+        "stream:URL (rtsp:// or http:// MJPEG) or genicam:[DEVICE]."
     )
 
 
@@ -220,6 +230,8 @@ class Capture:
     behind, counted in `dropped`, so memory never grows and decisions stay on fresh frames. Offline sources
     (a folder or video read as fast as possible) wait instead, so every file is classified. A source that fails
     to open or stops delivering is reported and retried with doubling backoff for as long as the runner runs.
+    Each frame gets the encoder's count read just before it is grabbed, except from a source with a `stamp`
+    attribute (a line-scan camera, edge/genicam.py): that one is given `position` and stamps its frames itself.
     """
 
     END = object()
@@ -293,6 +305,9 @@ class Capture:
 
     def _run(self):
         backoff, opened, failing = self.retry_initial_s, False, False
+        stamping = hasattr(self.source, "stamp")  # a line-scan camera stamps each frame at its middle line itself
+        if stamping:
+            self.source.stamp = self.position
         next_read = self.clock.now()
         try:
             while not self._stop.is_set():
@@ -308,7 +323,7 @@ class Capture:
                     if self.clock.wait(self._stop, next_read - self.clock.now()):
                         break
                     next_read = max(next_read + 1.0 / self.fps, self.clock.now())
-                count = self.position() if self.position is not None else None
+                count = self.position() if self.position is not None and not stamping else None
                 try:
                     frame = self.source.read()
                 except Exception as error:
@@ -318,7 +333,7 @@ class Capture:
                     continue
                 if frame is None:
                     break
-                if self.position is not None:
+                if self.position is not None and not stamping:
                     frame.position = count
                 if failing:
                     self.events.emit("source_recovered", errors=self.source_errors)
