@@ -18,7 +18,8 @@ import sys
 import numpy as np
 
 from mineralnet import rundir
-from mineralnet.data import DataError, load_image
+from mineralnet.data import DataError, load_image, read_split
+from mineralnet.data.split import check_content
 from mineralnet.ensemble import ensemble_members
 from mineralnet.errors import cli
 from mineralnet.models import classifier_layer, classifier_name, feature_layer
@@ -131,6 +132,15 @@ def output_names(paths):
     return unique
 
 
+def check_split_images(run, images):
+    """DataError naming the class when an image given is a file of the run's split that no longer holds the content
+    split.csv recorded (swapped class folders, an edited photo): its folder would name the wrong class beside the
+    map. Images from elsewhere (new photos) are not checked; the split's other files are not read."""
+    given = {os.path.realpath(path) for path in images}
+    rows = read_split(run.split_file, run.train_config.data, check_files=False)
+    check_content([row for row in rows if os.path.realpath(row["file"]) in given], run.split_file)
+
+
 def gradcam_run(run, images, out_dir, model_path=None):
     """Write one `<name>_gradcam.png` (photo | overlay, predicted class in the title) per image of `run` (a
     rundir.Run or its path), named by output_names so that equal file names from different folders never overwrite
@@ -138,10 +148,11 @@ def gradcam_run(run, images, out_dir, model_path=None):
     from mineralnet.plots import plt, save_figure
 
     run = rundir.Run.of(run)
-    model = run.load_model(model_path)
     missing = [path for path in images if not os.path.isfile(path)]
     if missing:
         raise DataError(f"image file '{missing[0]}' does not exist: pass existing files to --images.")
+    check_split_images(run, images)
+    model = run.load_model(model_path)
     pixels = np.stack([load_image(path, run.image_size) for path in images])
     heatmaps, probabilities = gradcam_heatmaps(model, pixels)
     written = []

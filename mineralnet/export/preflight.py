@@ -6,6 +6,7 @@ import os
 
 from mineralnet import rundir
 from mineralnet.data import DataError, read_split
+from mineralnet.data.split import check_content
 from mineralnet.export.errors import ExportError
 
 
@@ -40,6 +41,10 @@ def load_run(run):
             f"{len(gone)} image(s) of split '{split_path}' no longer exist, e.g. '{gone[0]}': restore the dataset "
             f"at '{data_dir}' or set \"data\" in '{config_path}' to where it now lives."
         )
+    try:
+        check_content(rows, split_path)  # swapped class folders or edited photos: their labels would be wrong
+    except DataError as error:
+        raise ExportError(_first_line(error)) from None
     unknown = sorted({row["label"] for row in rows} - set(labels))
     if unknown:
         raise ExportError(f"split '{split_path}' has label(s) {', '.join(unknown)} missing from '{labels_path}'.")
