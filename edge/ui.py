@@ -97,6 +97,14 @@ def _trend_svg(minutes, width=600, height=80):
     return f'<svg id="trend" viewBox="0 0 {width} {height}" role="img" aria-label="{label}">{rate}{share}</svg>'
 
 
+def _grade_targets(reject):
+    """The grade targets the runner applies (edge/decision.py: that class's items below the threshold go to
+    recheck), for the page's header; "" when there are none."""
+    targets = (reject or {}).get("grade_targets") or {}
+    return "".join(f" · grade target <b>{html.escape(label)} ≥ {rule['target']:g}</b> (p below "
+                   f"{rule['threshold']:.3f} to recheck)" for label, rule in sorted(targets.items()))
+
+
 def _top3(item, separator=", "):
     return separator.join(f"{t['label']} {t['p']:.2f}" for t in item.get("top3", []))
 
@@ -205,7 +213,8 @@ class LineUI:
         drift = status["drift"] or {}
         page = _template("line.html").substitute(
             model=html.escape(status["model_name"]), sha256=html.escape(status["model_sha256"]),
-            labels=html.escape(", ".join(status["labels"])), state="running" if status["running"] else "stopped",
+            labels=html.escape(", ".join(status["labels"])), grade_targets=_grade_targets(status.get("reject")),
+            state="running" if status["running"] else "stopped",
             figures=figures, health=health, per_class=per_class, per_bin=per_bin,
             alarm_class="alarm" if status["alarm_active"] else "",
             drift_hidden="" if drift.get("alarm") else "hidden",
