@@ -185,7 +185,7 @@ class GenICamSource:
                 self.failed_buffers += 1
                 return None, status.value_nick
             width, height = buffer.get_image_width(), buffer.get_image_height()
-            return to_array(buffer.get_image_data(), width, height, self.pixel_format).copy(), "success"
+            return to_array(buffer.get_image_data(), width, height, self.pixel_format), "success"  # bytes: a copy
         finally:
             self._stream.push_buffer(buffer)
 

@@ -41,34 +41,54 @@ def _aravis_or_skip():
         pytest.skip(str(error))
 
 
+class FakeCamera:
+    """Aravis's simulated camera on 127.0.0.1 with a serial of our own, (re)started with `arv-fake-gv-camera-0.8`
+    options (e.g. `-r 900`: lose 900 of 1000 stream packets)."""
+
+    address = "127.0.0.1"
+
+    def __init__(self, aravis):
+        self.aravis = aravis
+        self.serial = f"MN{os.getpid() % 10**8}"
+        self.process = None
+
+    def start(self, *options):
+        self.stop()
+        self.process = subprocess.Popen([FAKE, "-i", self.address, "-s", self.serial, *options],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.process.poll() is None, f"{FAKE} did not start (another one on 127.0.0.1?): " + \
+                self.process.stderr.read()
+            try:
+                camera = self.aravis.Camera.new(self.address)
+                found = camera.get_device_serial_number()
+                del camera  # gives up control of the camera
+                break
+            except Exception:  # not listening yet
+                assert time.monotonic() < deadline, f"{FAKE} does not answer on {self.address}"
+                time.sleep(0.05)
+        assert found == self.serial, f"{self.address} answers as camera {found}, not ours: stop that {FAKE}"
+
+    def stop(self):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
 @pytest.fixture(scope="module")
 def fake_camera():
-    """The address of a simulated camera of our own on 127.0.0.1 (serial checked), for this module's tests."""
+    """Our simulated camera, for this module's tests; the lock keeps other test runs' cameras off its port."""
     aravis = _aravis_or_skip()
     with open(os.path.join(tempfile.gettempdir(), "mineralnet-arv-fake-gv-camera.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        serial = f"MN{os.getpid() % 10**8}"
-        process = subprocess.Popen([FAKE, "-i", "127.0.0.1", "-s", serial], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        camera = FakeCamera(aravis)
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                assert process.poll() is None, f"{FAKE} did not start (another one on 127.0.0.1?): " + \
-                    process.stderr.read()
-                try:
-                    camera = aravis.Camera.new("127.0.0.1")
-                    found = camera.get_device_serial_number()
-                    del camera  # gives up control of the camera
-                    assert found == serial, f"127.0.0.1 answers as camera {found}, not ours: stop that {FAKE}"
-                    break
-                except Exception as error:  # not listening yet
-                    if isinstance(error, AssertionError) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            yield "127.0.0.1"
+            camera.start()
+            yield camera
         finally:
-            process.terminate()
-            process.wait(10)
+            camera.stop()
 
 
 def _ramp_offset(grey):
@@ -81,27 +101,33 @@ def _ramp_offset(grey):
 
 
 def test_area_scan_frames_are_the_cameras_pictures(fake_camera):
-    source = parse_source(f"genicam:{fake_camera}?Width=64&Height=48&AcquisitionFrameRate=100", SourceConfig(),
+    source = parse_source(f"genicam:{fake_camera.address}?Width=64&Height=48&AcquisitionFrameRate=100", SourceConfig(),
                           Clock())
     assert source.live
-    offsets = []
+    offsets, numbers = [], []
     for _ in range(2):  # closing gives the camera back: it opens again at once
         source.open()
         try:
-            frames = [source.read() for _ in range(3)]
+            frames = []
+            while len([frame for frame in frames if frame.error is None]) < 3 and len(frames) < 12:
+                frames.append(source.read())
         finally:
             source.close()
         for frame in frames:
+            numbers.append(int(frame.frame_id))
+            if frame.error is not None:  # packets lost on a loaded machine: the frame is marked, never half-drawn
+                assert frame.image is None and frame.error.startswith("Aravis buffer "), frame.error
+                continue
             rgb = np.asarray(frame.image)
-            assert frame.image.size == (64, 48) and frame.error is None
+            assert frame.image.size == (64, 48)
             assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()  # Mono8 as grey RGB
             offsets.append(_ramp_offset(rgb[..., 0]))
         times = [frame.capture_time for frame in frames]
         assert times == sorted(times)
-    assert [frame.frame_id for frame in frames] == ["4", "5", "6"]  # numbering goes on across reopenings
+    assert len(offsets) == 6 and numbers == list(range(1, len(numbers) + 1))  # numbering goes on across reopenings
     assert all((later - earlier) % 255 >= 1 for earlier, later in zip(offsets, offsets[1:]))  # newer frames
 
-    wrong = parse_source(f"genicam:{fake_camera}?Widht=64", SourceConfig(), Clock())
+    wrong = parse_source(f"genicam:{fake_camera.address}?Widht=64", SourceConfig(), Clock())
     with pytest.raises(genicam.GenICamError, match="feature Widht=64 cannot be set"):
         wrong.open()
     wrong.close()
@@ -109,7 +135,7 @@ def test_area_scan_frames_are_the_cameras_pictures(fake_camera):
 
 def test_line_scan_lines_are_stitched_newest_first_and_stamped_at_the_middle_line(fake_camera, tmp_path):
     # 2 lines a buffer (the fake camera's Height), 8 lines a frame, each frame repeating the last 2 of the one before
-    spec = f"genicam:{fake_camera}?Width=16&Height=2&AcquisitionFrameRate=200&lines_per_frame=8&overlap_lines=2"
+    spec = f"genicam:{fake_camera.address}?Width=16&Height=2&AcquisitionFrameRate=200&lines_per_frame=8&overlap_lines=2"
     clock = Clock()
     source = parse_source(spec, SourceConfig(), clock)
     reads = []
@@ -119,25 +145,46 @@ def test_line_scan_lines_are_stitched_newest_first_and_stamped_at_the_middle_lin
         return 10 * len(reads)
 
     events = EventSink(LineWriter(str(tmp_path / "events.jsonl")), clock)
-    capture = Capture(source, clock, events, queue_size=8, position=encoder).start()
+    capture = Capture(source, clock, events, queue_size=64, position=encoder).start()  # live, but none dropped
     try:
         frames = [capture.get(timeout=30) for _ in range(3)]
     finally:
         capture.stop()
     assert capture.source_errors == 0
-    lines = []
+    assert capture.dropped == 0
     for frame in frames:
+        if frame.error is not None:  # packets lost on a loaded machine: the frame is marked, never half-drawn
+            assert frame.image is None and frame.error.endswith("lines lost (Aravis buffers failed)"), frame.error
+            continue
         grey = np.asarray(frame.image)[..., 0]
-        assert frame.image.size == (16, 8) and frame.error is None
-        for pair in range(4):  # a buffer's two lines are two rows of its ramp, turned over: the newest on top
-            lines.append(_ramp_offset(grey[[2 * pair + 1, 2 * pair]]))
-    buffer_ids = [lines[4 * f: 4 * f + 4][::-1] for f in range(3)]  # per frame, oldest buffer first
-    assert all((b - a) % 255 >= 1 for ids in buffer_ids for a, b in zip(ids, ids[1:]))
+        assert frame.image.size == (16, 8)
+        # a buffer's two lines are two rows of its ramp, turned over: the newest on top, older buffers below
+        buffers = [_ramp_offset(grey[[2 * pair + 1, 2 * pair]]) for pair in range(4)][::-1]
+        assert all((later - earlier) % 255 >= 1 for earlier, later in zip(buffers, buffers[1:]))
     for before, after in zip(frames, frames[1:]):  # the overlap: the newest 2 lines come again, at the bottom
-        np.testing.assert_array_equal(np.asarray(after.image)[-2:], np.asarray(before.image)[:2])
+        if before.error is None and after.error is None:
+            np.testing.assert_array_equal(np.asarray(after.image)[-2:], np.asarray(before.image)[:2])
+    assert sum(frame.error is None for frame in frames) >= 1
     # frame k holds lines 6k .. 6k+7; its middle line 6k+4 came in buffer 3k+3, read at count 10 x (3k+3)
     assert [frame.position for frame in frames] == [30, 60, 90]
     assert [frame.frame_id for frame in frames] == ["1", "2", "3"]
+
+
+def test_frames_with_lost_packets_are_marked_not_half_drawn(fake_camera):
+    fake_camera.start("-r", "900")  # 900 of 1000 stream packets lost, each frame ~12 packets: none arrives whole
+    try:
+        source = parse_source(f"genicam:{fake_camera.address}?Width=256&Height=64&AcquisitionFrameRate=50",
+                              SourceConfig(stall_timeout_s=5), Clock())
+        source.open()
+        try:
+            frames = [source.read() for _ in range(3)]
+        finally:
+            source.close()
+    finally:
+        fake_camera.start()
+    assert [(frame.frame_id, frame.image) for frame in frames] == [("1", None), ("2", None), ("3", None)]
+    assert all(frame.error.startswith("Aravis buffer missing-packets") for frame in frames), frames
+    assert source.failed_buffers == 3
 
 
 def test_stitcher_counts_lost_lines_and_carries_the_middle_stamp():
@@ -183,7 +230,7 @@ def _count_items(path):
 
 def test_the_runner_sorts_the_fake_cameras_frames(fake_camera, tmp_path, tiny_export, write_config):
     events_path = tmp_path / "events.jsonl"
-    spec = f"genicam:{fake_camera}?Width=96&Height=96&AcquisitionFrameRate=20"
+    spec = f"genicam:{fake_camera.address}?Width=96&Height=96&AcquisitionFrameRate=20"
     process = subprocess.Popen(
         [sys.executable, RUNNER, "--model", tiny_export["float32"], "--source", spec, "--config", write_config(),
          "--events", str(events_path), "--threads", "1"],
@@ -205,7 +252,9 @@ def test_the_runner_sorts_the_fake_cameras_frames(fake_camera, tmp_path, tiny_ex
     items = [e for e in events if e["type"] == "item"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["exit"] == "SIGINT" and summary["items"] == len(items) >= 5
-    assert summary["source_errors"] == summary["frames_skipped"] == 0
+    assert summary["source_errors"] == 0
+    skipped = [e for e in events if e["type"] == "skipped"]  # only frames whose packets a loaded machine lost
+    assert len(skipped) == summary["frames_skipped"] and all(e["error"].startswith("Aravis buffer ") for e in skipped)
     numbers = [int(e["frame"]) for e in items]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)  # live: dropped frames may skip ids
     assert {e["class"] for e in items} <= set(tiny_export["labels"])
