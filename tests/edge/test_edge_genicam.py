@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -27,6 +28,7 @@ from edge.sources import Capture, SourceSpecError, parse_source
 from edge.timing import Clock
 
 from helpers import REPO
+from test_edge_encoder import _belt, plc  # noqa: F401  (plc: the encoder PLC fixture, a pymodbus server)
 
 FAKE = "arv-fake-gv-camera-0.8"
 RUNNER = os.path.join(REPO, "edge", "runner.py")
@@ -281,3 +283,33 @@ def test_a_missing_typelib_names_its_debian_package():
     pytest.importorskip("gi", reason="PyGObject is not installed: pip install 'PyGObject<3.51'")
     with pytest.raises(MissingLibrary, match=r"^a test needs NoSuchLibrary 9.9 .*: apt-get install gir1.2-nosuch "):
         require_gi("NoSuchLibrary", "9.9", "gir1.2-nosuch", "a test")
+
+
+def test_an_encoder_belt_sorts_line_scan_frames_by_the_counts_they_carry(
+    fake_camera, tmp_path, tiny_export, write_config, make_runner, plc
+):
+    """The whole loop with the PLC's encoder (a real pymodbus server, one count more at each read): the runner gives
+    the line-scan source its encoder, each frame carries a count read as its lines came, the valves fire by it."""
+    encoder = plc()
+    encoder.step = 1
+    config = write_config(decision={"confidence_threshold": 0.3}, **_belt(port=encoder.port, counts_per_mm=0.05,
+                                                                          fire_window_mm=1000.0, poll_ms=0.5))
+    runner, events_path = make_runner(config, tiny_export["float32"])
+    spec = f"genicam:{fake_camera.address}?Width=64&Height=8&AcquisitionFrameRate=100&lines_per_frame=64"
+    source = parse_source(spec, runner.config.source, runner.clock)
+    capture = Capture(source, runner.clock, runner.events, queue_size=64)
+    result = {}
+    sorting = threading.Thread(target=lambda: result.update(summary=runner.run(capture)))
+    sorting.start()
+    deadline = time.monotonic() + 60
+    while runner.tally.items < 4 and sorting.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runner.stop("test over")
+    sorting.join(60)
+    summary = result["summary"]
+    events = [json.loads(line) for line in open(events_path)]
+    items = [e for e in events if e["type"] == "item"]
+    assert summary["items"] == len(items) >= 4 and summary["source_errors"] == 0
+    positions = [e["position"] for e in items]
+    assert all(isinstance(p, int) for p in positions) and positions == sorted(set(positions)), positions
+    assert summary["encoder"]["read_errors"] == 0
