@@ -106,6 +106,13 @@ class LineStitcher:
         self._stamps = []  # per line: (time, count, ok)
         self._held = 0
 
+    def wants_stamp(self, count):
+        """Whether the next `count` lines hold a frame's middle line: only then is the encoder read (one Modbus read
+        a frame, as for an area camera, not one a buffer, which at thousands of lines a second would throttle)."""
+        middle = self.lines_per_frame // 2
+        first = max(0, -(-(self._held - middle) // self.step))  # the first frame whose middle is not yet in
+        return first * self.step + middle < self._held + count
+
     def add(self, lines, time, count, ok=True):
         """Add a buffer's lines (oldest first); returns [(frame array, time, count, lines lost)] now complete."""
         self._lines.append(lines)
@@ -208,8 +215,9 @@ class GenICamSource:
 class LineScanSource(GenICamSource):
     """A line-scan GenICam camera: buffers of a few lines stitched (LineStitcher) into frames.
 
-    Capture (edge/sources.py) gives it `stamp`, the encoder's read, when the belt is encoder-tracked: each buffer is
-    stamped as it arrives, and a frame carries its middle line's count, instead of the count before the read.
+    Capture (edge/sources.py) gives it `stamp`, the encoder's read, when the belt is encoder-tracked: the buffer that
+    holds a frame's middle line is stamped as it arrives, and the frame carries that count, not the count before
+    the read.
     """
 
     def __init__(self, device, features, clock, frame, lines_per_frame, overlap=0, timeout_s=10.0, buffers=None):
@@ -226,7 +234,8 @@ class LineScanSource(GenICamSource):
     def read(self):
         while not self._done:
             array, _ = self._pop()
-            time, count = self.clock.now(), self.stamp() if self.stamp is not None else None
+            stamped = self.stamp is not None and self._stitcher.wants_stamp(self.height)
+            time, count = self.clock.now(), self.stamp() if stamped else None
             ok = array is not None
             if not ok:  # the lines keep their place, so the frame's geometry holds; the frame is marked lost
                 array = np.zeros((self.height, self.width) + ((3,) if self.pixel_format not in _MONO_BITS else ()),

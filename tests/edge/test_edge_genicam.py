@@ -167,8 +167,8 @@ def test_line_scan_lines_are_stitched_newest_first_and_stamped_at_the_middle_lin
         if before.error is None and after.error is None:
             np.testing.assert_array_equal(np.asarray(after.image)[-2:], np.asarray(before.image)[:2])
     assert sum(frame.error is None for frame in frames) >= 1
-    # frame k holds lines 6k .. 6k+7; its middle line 6k+4 came in buffer 3k+3, read at count 10 x (3k+3)
-    assert [frame.position for frame in frames] == [30, 60, 90]
+    # frame k holds lines 6k .. 6k+7: the encoder is read once a frame, as its middle line 6k+4 comes
+    assert [frame.position for frame in frames] == [10, 20, 30]
     assert [frame.frame_id for frame in frames] == ["1", "2", "3"]
 
 
@@ -192,11 +192,15 @@ def test_frames_with_lost_packets_are_marked_not_half_drawn(fake_camera):
 def test_stitcher_counts_lost_lines_and_carries_the_middle_stamp():
     stitcher = genicam.LineStitcher(lines_per_frame=5, overlap=1)
     numbered = lambda first: np.arange(first, first + 3)[:, None] * np.ones((1, 2), int)  # noqa: E731 3 lines
+    # the encoder is wanted only for buffers holding a frame's middle line: lines 2 (0..4), 6 (4..8), 10 (8..12)...
+    assert stitcher.wants_stamp(3)
     assert stitcher.add(numbered(0), 0.0, 100) == []
+    assert not stitcher.wants_stamp(3)
     done = stitcher.add(numbered(3), 1.0, 130, ok=False)
     assert len(done) == 1
     frame, time_, count, lost = done[0]
     assert frame[:, 0].tolist() == [4, 3, 2, 1, 0] and (time_, count, lost) == (0.0, 100, 2)  # middle: line 2
+    assert stitcher.wants_stamp(3) and not stitcher.wants_stamp(0)
     frame, time_, count, lost = stitcher.add(numbered(6), 2.0, 160)[0]
     assert frame[:, 0].tolist() == [8, 7, 6, 5, 4] and (time_, count, lost) == (2.0, 160, 2)
 
