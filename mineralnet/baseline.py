@@ -115,10 +115,13 @@ def weak_model_lead(baseline_accuracy):
     return min(MARGIN_POINTS / 100, (1.0 - baseline_accuracy) / 2)
 
 
-def weak_model_warnings(report, subset="test"):
+def weak_model_warnings(report, subset="test", in_use=((), None)):
     """One sentence per reason not to trust the model (or its figures) on this subset: classes with fewer than
     MIN_CLASS_IMAGES images, classes never predicted, no lead over the majority class or over the features
-    baseline by weak_model_lead. `report` is an evaluation report with `baseline` and `never_predicted`."""
+    baseline by weak_model_lead. `report` is an evaluation report with `baseline` and `never_predicted`;
+    `in_use` (model names, weights) of the run, so that the advice never names what it already uses."""
+    from mineralnet.training.advice import weak_model_advice
+
     warnings = []
     small = [(label, row["support"]) for label, row in report["per_class"].items()
              if row["support"] < MIN_CLASS_IMAGES]
@@ -142,6 +145,5 @@ def weak_model_warnings(report, subset="test"):
         warnings.append(
             f"the model (accuracy {accuracy:.4f}) does not beat the colour + texture features baseline "
             f"({features['accuracy']:.4f}) by {100 * lead:.3g} points: it has learned little beyond colour and "
-            "grain. Start from pretrained weights (--weights imagenet --freeze-epochs 5, or --weights PATH with a "
-            "local backbone .weights.h5) or train a model small enough for the data (--model simple_cnn).")
+            f"grain. {weak_model_advice(*in_use)}")
     return warnings

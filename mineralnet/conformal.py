@@ -54,6 +54,7 @@ from mineralnet.export.verify import make_interpreter, predict
 from mineralnet.utils import read_json, sha256_file, write_json
 
 SCORE = "1 - p_true"
+DEFAULT_ALPHA = 0.05  # --alpha's default: train.py warns at split time when calib has too few rows for it
 LOW_SORTED_SHARE = 0.5  # below this the runner sends most items to recheck: say so rather than let it go unseen
 
 
@@ -386,7 +387,8 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="training run directory (config.json, labels.json, split.csv)")
     parser.add_argument("--model", required=True, help="exported .tflite model to calibrate")
     parser.add_argument("--sidecar", help="its sidecar JSON (default: the model path with .json)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="allowed miss rate of the prediction set")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"allowed miss rate of the prediction set (default {DEFAULT_ALPHA})")
     parser.add_argument(
         "--per-class", action="store_true",
         help="one threshold per class (Mondrian conformal): every class, rare ones too, covered at 1 - alpha; like "

@@ -10,12 +10,16 @@ probabilities, so evaluation (with its baselines), Grad-CAM (the mean of the mem
 files) and the edge runner take it as one model; inference costs the members' sum.
 
 The runs must share their labels, split and image size: an ensemble of models that saw different test photos in
-training would report a test accuracy that is not one.
+training would report a test accuracy that is not one. Averaging is no sure gain either (three seeds of one weak
+recipe collapsed onto the majority class, 56 % against members' 56-72 %): the ensemble is scored beside each member
+on the val rows first, and refused, unless --force, when it is below its best member.
 """
 
 import argparse
 import os
 import sys
+
+import numpy as np
 
 from mineralnet import rundir
 from mineralnet.data.split import split_rows
@@ -72,18 +76,60 @@ def ensemble_members(model):
     return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
 
-def ensemble_runs(paths, out, tta=False, baseline=True):
-    """Write run directory `out` holding the ensemble of the runs at `paths`, evaluate it on the test subset and
-    return the report."""
+def compare_with_members(member_probabilities, truth):
+    """{"ensemble": accuracy of the mean of the members' probabilities, "members": each member's accuracy} on one
+    subset: the ensemble's model outputs exactly that mean (build_ensemble), so it is scored without running it."""
+    truth = np.asarray(truth)
+    members = [float(np.mean(np.argmax(p, axis=1) == truth)) for p in member_probabilities]
+    average = np.mean(member_probabilities, axis=0)
+    return {"images": int(len(truth)), "ensemble": float(np.mean(average.argmax(axis=1) == truth)),
+            "members": members}
+
+
+def check_against_members(runs, models, force=False):
+    """The ensemble beside its members on the val rows (the subset that selects models; test stays for the
+    final measure), one line each; EnsembleError unless `force` when it is worse than its best member: averaging
+    that lowers accuracy (e.g. members collapsing onto the majority class) must not pass on as an improvement.
+    Returns the comparison (None without val rows)."""
+    from mineralnet.evaluate import predict_rows
+
+    run = runs[0]
+    rows = run.rows("val")
+    if not rows:
+        print(f"warning: split '{run.split_file}' has no val rows: the ensemble is not compared with its members.",
+              file=sys.stderr)
+        return None
+    truth = [run.labels.index(row["label"]) for row in rows]
+    compared = compare_with_members([predict_rows(m, rows, run.labels, run.image_size) for m in models], truth)
+    for member, accuracy in zip(runs, compared["members"]):
+        print(f"val: member {member.path} accuracy {accuracy:.4f}")
+    print(f"val: ensemble accuracy {compared['ensemble']:.4f} on {compared['images']} images")
+    best = int(np.argmax(compared["members"]))
+    if compared["ensemble"] < compared["members"][best]:
+        problem = (f"the ensemble's val accuracy {compared['ensemble']:.4f} is below its best member's "
+                   f"({compared['members'][best]:.4f}, '{runs[best].path}') on the {compared['images']} val images")
+        if not force:
+            raise EnsembleError(f"{problem}: use that run alone or train better members; --force writes the ensemble "
+                                "anyway.")
+        print(f"warning: {problem} (written because of --force).", file=sys.stderr)
+    return compared
+
+
+def ensemble_runs(paths, out, tta=False, baseline=True, force=False):
+    """Write run directory `out` holding the ensemble of the runs at `paths` (refused, unless `force`, when it is
+    worse than its best member on val: check_against_members), evaluate it on the test subset and return the
+    report, which carries the val comparison as `ensemble_val`."""
     from mineralnet.evaluate import evaluate_run
-    from mineralnet.utils import atomic_path
+    from mineralnet.utils import atomic_path, write_json
 
     runs = [rundir.Run(path) for path in paths]
     check_members(runs)
     target = rundir.Run(out, required=None)
     if os.path.exists(target.model_file) or os.path.exists(target.config_file):
         raise EnsembleError(f"'{target.path}' already holds a run: pass a new --out.")
-    model = build_ensemble([run.load_model() for run in runs])
+    models = [run.load_model() for run in runs]
+    compared = check_against_members(runs, models, force)
+    model = build_ensemble(models)
     target.write_labels(runs[0].labels)
     target.write_split(runs[0].rows())
     with atomic_path(target.model_file) as tmp:
@@ -91,9 +137,14 @@ def ensemble_runs(paths, out, tta=False, baseline=True):
     # Written last: a folder without config.json is not a finished run (rundir.FINISHED).
     target.write_config({"model": ENSEMBLE, "members": [run.path for run in runs],
                          "member_models": [run.train_config.model for run in runs],
-                         "data": runs[0].train_config.data, "image_size": runs[0].image_size})
+                         "member_weights": [run.train_config.weights for run in runs],
+                         "data": runs[0].train_config.data, "image_size": runs[0].image_size,
+                         "val_comparison": compared})
     print(f"ensemble of {len(runs)} runs -> {target.model_file}")
-    return evaluate_run(target, tta=tta, baseline=baseline)
+    report = evaluate_run(target, tta=tta, baseline=baseline)
+    report["ensemble_val"] = compared
+    write_json(os.path.join(target.eval_dir(), rundir.REPORT), report)
+    return report
 
 
 @cli
@@ -104,8 +155,10 @@ def main(argv=None):
     parser.add_argument("--tta", action="store_true", help="also report test-time augmentation")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the colour + texture features baseline in the evaluation")
+    parser.add_argument("--force", action="store_true",
+                        help="write the ensemble even when its val accuracy is below its best member's")
     args = parser.parse_args(argv)
-    ensemble_runs(args.runs, args.out, args.tta, args.baseline)
+    ensemble_runs(args.runs, args.out, args.tta, args.baseline, args.force)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,15 @@ def belt_figures(model, rows, labels, image_size, y_pred, belt=None):
     return figures
 
 
+def in_use(run):
+    """(model names, starting weights) of `run`, for advice that must not name them again: an ensemble's members'
+    models, and their weights when all members share them (None: not recorded, or mixed)."""
+    config = run.config if isinstance(run.config, dict) else {}
+    models = config.get("member_models") or [config.get("model")]
+    weights = config.get("member_weights") or [config.get("weights")]
+    return tuple(models), weights[0] if len(set(weights)) == 1 else None
+
+
 def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=None, tta=False, baseline=True,
                  belt=False):
     """Evaluate `run` (a rundir.Run or its path) and write the report files; returns the report dict. `baseline`
@@ -97,7 +106,7 @@ def evaluate_run(run, subset="test", model_path=None, out_dir=None, data_dir=Non
         "chance": {"accuracy": 1 / len(run.labels)},
         "features": features_baseline(train_rows, rows, run.labels) if baseline else None,
     }
-    report["warnings"] = weak_model_warnings(report, subset)
+    report["warnings"] = weak_model_warnings(report, subset, in_use(run))
     report["grade_recovery"] = grade_recovery(probabilities, y_true, run.labels)
     if tta:
         tta_pred = predict_rows(model, rows, run.labels, run.image_size, views=TTA_VIEWS).argmax(axis=1)

@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from mineralnet.errors import cli
-from mineralnet.training.config import add_arguments, load_config_file, markdown_table, resolve_config
+from mineralnet.training.config import DEFAULT_OUT, add_arguments, load_config_file, markdown_table, resolve_config
+from mineralnet.training.filesystem import check_writable
 
 
 def train_parser():
@@ -22,8 +23,10 @@ def train_parser():
 def train_main(argv=None):
     args = vars(train_parser().parse_args(argv))
     config_file, resume = args.pop("config"), args.pop("resume")
+    file_values = load_config_file(config_file) if config_file else {}
     if not resume:  # a value that makes no sense stops here, before TensorFlow loads (seconds)
-        resolve_config(load_config_file(config_file) if config_file else {}, args)
+        resolve_config(file_values, args)
+    check_writable(args.get("out") or file_values.get("out") or DEFAULT_OUT)  # so does a read-only --out
     from mineralnet.training import run_from_args
 
     print(f"run directory: {run_from_args(args, config_file, resume)}")

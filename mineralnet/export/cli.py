@@ -49,6 +49,9 @@ def build_parser():
     parser.add_argument("--batch", choices=BATCHES, default="1",
                         help="the input's batch dimension: 1 (default) or dynamic, for the edge runner's [particles] "
                         "mode, which then classifies all crops of a frame in one call (see edge/README.md)")
+    parser.add_argument("--allow-weak", action="store_true",
+                        help="export a model that does not beat always answering the most frequent training class on "
+                        "the test images (refused by default, exit 2); its warnings go into report.md either way")
     parser.add_argument("--out", default=None, help="output directory (default: RUN/export)")
     return parser
 
@@ -72,7 +75,7 @@ def main(argv=None):
     try:
         qat = QatOptions(args.qat_epochs, args.qat_lr, args.prune_sparsity)
         report = export_run(args.run, args.formats, args.calibration_samples, args.out, qat, args.max_accuracy_drop,
-                            args.batch, args.all_or_nothing)
+                            args.batch, args.all_or_nothing, args.allow_weak)
     except KeyboardInterrupt:
         print("error: interrupted; the output folder holds the previous export (or the new one if it was "
               "already published), never a mix.", file=sys.stderr)
@@ -80,6 +83,8 @@ def main(argv=None):
     finally:
         log.removeHandler(handler)
     print(markdown_table(report))
+    for warning in report["warnings"]:  # the evaluation's, on the same test rows: also at the top of report.md
+        print(f"warning: {warning}", file=sys.stderr)
     for fmt, gate in report["gate"]["quantized"].items():
         print(f"gate: {describe(fmt, gate)}")
     for fmt, reason in report["failed"].items():

@@ -30,6 +30,7 @@ from mineralnet.export.preflight import load_model, load_run
 from mineralnet.export.publish import STAGING_PREFIX, check_output, publish, staging_dir
 from mineralnet.export.sidecar import make_sidecar
 from mineralnet.export.verify import check_batch, classification_metrics, verify
+from mineralnet.export.weak import weak_model_check
 from mineralnet.models.registry import registered_info
 from mineralnet.rundir import EXPORT_LABELS, REPORT, REPORT_MARKDOWN, Run, sidecar_name, tflite_name
 from mineralnet.utils import sha256_file, write_json
@@ -58,12 +59,14 @@ class ExportPlan:
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points, for the QUANTIZED formats
     batch: object = 1  # the input's batch dimension: 1, or None (free: the edge runner's crops in one call)
     all_or_nothing: bool = False  # a failed format fails the export (nothing written) instead of being left out
+    weak: dict = None  # the evaluation's warnings on the test rows (mineralnet.export.weak.weak_model_check)
 
 
 def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-                   max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False):
+                   max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False, allow_weak=False):
     """Check every input (fast failures first) and take the Keras reference predictions on the test subset of
-    `run` (a mineralnet.rundir.Run or its path)."""
+    `run` (a mineralnet.rundir.Run or its path); a model that does not beat the majority baseline stops here
+    unless `allow_weak` (mineralnet.export.weak)."""
     formats = parse_formats(formats)
     batch = parse_batch(batch)
     if not 0 <= float(max_accuracy_drop) <= 100:
@@ -88,6 +91,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
         "size_bytes": os.path.getsize(run.model_file),
         **classification_metrics(y_true, reference.argmax(1)),
     }
+    weak = weak_model_check(run, y_true, reference.argmax(1), allow_weak)
     calibration = None
     if set(formats) & set(FULL_INTEGER):
         chosen = representative_rows(run.rows(), int(calibration_samples))
@@ -98,7 +102,7 @@ def prepare_export(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES
             )
         calibration = load_images(chosen, run.image_size)
     return ExportPlan(run, formats, out_dir, model, source_sha256, test_images, y_true, reference, keras_metrics,
-                      calibration, qat, float(max_accuracy_drop), batch, bool(all_or_nothing))
+                      calibration, qat, float(max_accuracy_drop), batch, bool(all_or_nothing), weak)
 
 
 def _write_bytes(path, data):
@@ -234,7 +238,8 @@ def complete_export(plan):
 
         report = build_report(plan.run, plan.out_dir, created, plan.source_sha256, plan.keras_metrics, results,
                               0 if plan.calibration_images is None else len(plan.calibration_images),
-                              MIN_FLOAT32_AGREEMENT, plan.max_accuracy_drop, models.rewrites, gates, failed)
+                              MIN_FLOAT32_AGREEMENT, plan.max_accuracy_drop, models.rewrites, gates, failed,
+                              plan.weak)
         if child:  # the twin check, the QAT fine-tune and pruning, as the tf_keras process reported them
             report.update(child.result)
             if PRUNED_FORMAT in gzip_sizes and PRUNED_FORMAT in results:
@@ -253,13 +258,14 @@ def complete_export(plan):
 
 
 def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, out_dir=None, qat=None,
-               max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False):
+               max_accuracy_drop=MAX_ACCURACY_DROP, batch=1, all_or_nothing=False, allow_weak=False):
     """Export `run` (a mineralnet.rundir.Run or its path) to verified TFLite models in `out_dir` (default
     RUN/export), published as a whole (mineralnet.export.publish); returns the report.
     `qat` (QatOptions) sets the fine-tuning of int8_qat and whether a pruned float32 model is made too.
 
     Raises ExportError (nothing written) on bad input, a conversion needing Flex ops, or a float32 model that
-    agrees with Keras on fewer than 99.5 % of the test images. A quantized format whose loss against float32 is
+    agrees with Keras on fewer than 99.5 % of the test images, or a model that does not beat the majority baseline
+    on them unless `allow_weak` (the evaluation's warnings go into the report either way). A quantized format whose loss against float32 is
     above `max_accuracy_drop` points and credible by McNemar's exact test (mineralnet.export.gate), or that fails
     its conversion or batch check, is not written and is named in report["failed"] (format -> reason); with
     `all_or_nothing` it raises its ExportError (AccuracyGateError for the gate) instead and nothing is written.
@@ -267,4 +273,4 @@ def export_run(run, formats=FORMATS, calibration_samples=CALIBRATION_SAMPLES, ou
     images the probabilities single calls give.
     """
     return complete_export(prepare_export(run, formats, calibration_samples, out_dir, qat, max_accuracy_drop,
-                                          batch, all_or_nothing))
+                                          batch, all_or_nothing, allow_weak))

@@ -13,12 +13,13 @@ _COLUMNS = (
 
 
 def build_report(run, out_dir, created, source_sha256, keras_metrics, results, calibration_images, min_agreement,
-                 max_accuracy_drop=None, rewrites=None, gates=None, failed=None):
+                 max_accuracy_drop=None, rewrites=None, gates=None, failed=None, weak=None):
     """`results` maps format -> the dict of `verify.verify` plus `file`, `operators` and `xnnpack` (delegate
     partitions and the ops left outside, mineralnet.export.delegation), for the formats written; `rewrites` the
     layers the export rewrote (mineralnet.export.rewrite), per variant; `gates` each quantized format's
     comparison with float32 (mineralnet.export.gate.compare_with_float32), written or not; `failed` the formats
-    not written, each with the reason."""
+    not written, each with the reason; `weak` the evaluation's warnings on the test rows
+    (mineralnet.export.weak.weak_model_check)."""
     return {
         "run": run.path,
         "out_dir": os.path.abspath(out_dir),
@@ -38,6 +39,8 @@ def build_report(run, out_dir, created, source_sha256, keras_metrics, results, c
             "quantized": gates or {},
         },
         "failed": failed or {},
+        "warnings": (weak or {}).get("warnings", []),
+        "allowed_weak": (weak or {}).get("allowed_weak", False),
         "rewrites": rewrites or {},
         "keras": keras_metrics,
         "formats": results,
@@ -114,10 +117,21 @@ def _gate_lines(report):
     return "".join(lines)
 
 
+def _warning_lines(report):
+    """The evaluation's warnings on the test rows, as a section at the top (nothing when there are none)."""
+    warnings = report.get("warnings") or []
+    if not warnings:
+        return ""
+    head = ("**Exported with --allow-weak: this model does not beat always answering the most frequent training "
+            "class.**\n\n" if report.get("allowed_weak") else "")
+    return "## Warnings\n\n" + head + "".join(f"- {warning}\n" for warning in warnings) + "\n"
+
+
 def markdown_report(report):
     gate = report["gate"]
     return (
         f"# Export report\n\n"
+        f"{_warning_lines(report)}"
         f"- run: `{report['run']}` (model.keras sha256 `{report['source_model_sha256'][:12]}…`)\n"
         f"- created: {report['created']}\n"
         f"- measured on the {report['test_images']} test images of split.csv; int8 calibrated on "

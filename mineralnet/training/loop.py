@@ -12,13 +12,14 @@ import keras
 from mineralnet import rundir
 from mineralnet.data import DataError, make_demo_dataset, make_split, read_split, scan_dataset
 from mineralnet.data.pipeline import DecodedImages, class_weights, make_dataset, steps_per_epoch
-from mineralnet.data.split import SUBSETS, duplicate_report, parse_ratios
+from mineralnet.data.split import HASH, SUBSETS, duplicate_report, parse_ratios
 from mineralnet.models import build_model, model_info, register_all
-from mineralnet.training.advice import resolve_auto
+from mineralnet.training.advice import calib_advice, resolve_auto, weak_model_advice
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import DEFAULT_OUT, ConfigError, resolve_config, resume_changes
 from mineralnet.training.distribute import make_strategy, split_cpu
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
+from mineralnet.training.filesystem import check_writable, disk_full_as_one_line
 from mineralnet.training.progress import progress_callbacks
 from mineralnet.utils import read_json
 
@@ -42,9 +43,16 @@ def _prepare_data(config):
         dropped = [r["path"] for r in rows if r["path"] not in usable]
         rows = [r for r in rows if r["path"] in usable]
         report["split_rows_dropped"] = dropped
+        digests = {s.path: s.sha256 for s in samples}
+        for row in rows:  # an older split.csv without hashes: this run binds its labels to the files as scanned
+            row[HASH] = digests[row["path"]]
     else:
         rows = make_split(samples, parse_ratios(config.split_ratios), config.seed)
     report["per_subset"] = {s: sum(r["subset"] == s for r in rows) for s in SUBSETS}
+    if not split_file:
+        advice = calib_advice(samples, config.split_ratios, config.seed, report["per_subset"]["calib"])
+        if advice:
+            print(f"warning: {advice}", file=sys.stderr)
     for subset in ("train", "val"):
         if not report["per_subset"][subset]:
             raise DataError(f"the split of '{data_dir}' has no {subset} images: use other --split-ratios or more data.")
@@ -137,6 +145,7 @@ def train(config, resume=False):
     """Train (or resume) the run described by `config` (a TrainConfig); returns the run directory."""
     run = rundir.Run(config.out, required=None)  # written here, read by every later tool
     run_path = run.path
+    check_writable(run_path)  # a read-only --out stops here, before any work
     _check_run_dir(run, resume)
     if config.deterministic:
         _enable_determinism(config.seed)
@@ -197,13 +206,32 @@ def train(config, resume=False):
         print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
               f"{config.model} from {start_weights}")
-        _fit(config, run, model, state, strategy, (train_data, val_data),
-             steps_per_epoch(len(train_files), batch), weights)
+        with disk_full_as_one_line(run):
+            _fit(config, run, model, state, strategy, (train_data, val_data),
+                 steps_per_epoch(len(train_files), batch), weights)
+    _announce_no_lead(run, config, classes, train_labels, val_labels)
     if config.evaluate:
         from mineralnet.evaluate import evaluate_run
 
         evaluate_run(run, subset="test", tta=config.tta)
     return run_path
+
+
+def _announce_no_lead(run, config, classes, train_labels, val_labels):
+    """One warning at the end of training when no epoch's val accuracy beat the majority share (the share of val
+    images of the most frequent training class): model.keras is then the first such epoch's, a model that learned
+    nothing usable, which would otherwise pass on to evaluation and export without a word."""
+    state = read_state(run)
+    if not state or not val_labels:
+        return
+    counts = [train_labels.count(c) for c in range(len(classes))]
+    majority = counts.index(max(counts))  # ties: label order, as mineralnet.baseline.majority_baseline
+    share = val_labels.count(majority) / len(val_labels)
+    if state["best_val_accuracy"] <= share + 1e-9:
+        print(f"warning: model.keras is from epoch {state['best_epoch']}, and no epoch's val accuracy beat the "
+              f"majority share: best {state['best_val_accuracy']:.4f}, while {share:.4f} of the {len(val_labels)} "
+              f"val images are '{classes[majority]}', the most frequent training class. The model has learned "
+              f"nothing usable. {weak_model_advice((config.model,), config.weights)}", file=sys.stderr, flush=True)
 
 
 def stages(config):
