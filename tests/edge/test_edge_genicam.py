@@ -38,7 +38,7 @@ def _aravis_or_skip():
     if shutil.which(FAKE) is None:
         pytest.skip(f"{FAKE} is not installed: apt-get install aravis-tools {genicam.APT_PACKAGE}")
     try:
-        return genicam.aravis("the GenICam tests")
+        return genicam.aravis("tests/edge/test_edge_genicam.py")
     except MissingLibrary as error:
         pytest.skip(str(error))
 
