@@ -25,6 +25,7 @@ from mineralnet import rundir
 from mineralnet.data.split import split_rows
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.models.head import PREDICTIONS
+from mineralnet.training.filesystem import check_writable
 
 ENSEMBLE = "ensemble"  # the Keras name of the combined model and the `model` of its run config
 
@@ -158,6 +159,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true",
                         help="write the ensemble even when its val accuracy is below its best member's")
     args = parser.parse_args(argv)
+    check_writable(args.out)  # a read-only --out: one line before the members load
     ensemble_runs(args.runs, args.out, args.tta, args.baseline, args.force)
 
 

@@ -24,6 +24,7 @@ from mineralnet.data import SUBSETS, DataError
 from mineralnet.errors import cli
 from mineralnet.metrics import (classification_report, grade_recovery, grade_recovery_markdown, never_predicted,
                                 report_markdown)
+from mineralnet.training.filesystem import check_writable
 from mineralnet.utils import atomic_write_text, write_json
 
 
@@ -172,6 +173,8 @@ def main(argv=None):
                         help="also report the accuracy on belt crops: each photo's specimen cut out and laid on this "
                              "picture of the empty belt (default: a synthetic dark belt), cropped as the sorter does")
     args = parser.parse_args(argv)
+    if args.out:
+        check_writable(args.out)  # a read-only --out: one line before the model loads
     evaluate_run(args.run, args.subset, args.model, args.out, args.data, args.tta, args.baseline, args.belt)
 
 

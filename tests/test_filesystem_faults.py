@@ -67,6 +67,20 @@ def test_an_out_below_a_file_is_refused_before_any_work(tmp_path, demo_data):
     assert done.stdout == "" and sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("mineralnet.evaluate", ["--run", "RUN"]), ("mineralnet.export.cli", ["--run", "RUN"]),
+    ("mineralnet.ensemble", ["RUN", "RUN"]),
+])
+def test_the_other_tools_refuse_an_unwritable_out_before_any_work(tmp_path, capsys, module, argv):
+    import importlib
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert importlib.import_module(module).main([*argv, "--out", str(blocker / "out")]) == EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out") and "is a file" in lines[0]
+
+
 def test_an_out_on_a_read_only_file_system_is_refused_in_one_line(tmp_path):
     with read_only_mount(tmp_path / "ro") as folder:
         with pytest.raises(FileSystemError, match=r"--out '.*/ro/run' cannot be written \(Read-only file system"):

@@ -6,6 +6,7 @@ arguments are parsed, so --help and argument errors answer at once.
 
 import argparse
 import logging
+import os
 import sys
 
 from mineralnet.errors import cli
@@ -13,6 +14,8 @@ from mineralnet.export.options import (
     ALL_FORMATS, BATCHES, EXIT_SOME_FORMATS_FAILED, FORMATS, MAX_ACCURACY_DROP, QatOptions,
 )
 from mineralnet.export.representative import CALIBRATION_SAMPLES
+from mineralnet.rundir import EXPORT_DIR
+from mineralnet.training.filesystem import check_writable
 
 
 def build_parser():
@@ -62,6 +65,7 @@ def main(argv=None):
     that passed written, one or more failed ones named and left out; 2 an ExportError, nothing written (printed as
     one line by @cli: bad input, float32 unfaithful, or any failure with --all-or-nothing); 130 interrupted."""
     args = build_parser().parse_args(argv)
+    check_writable(args.out or os.path.join(args.run, EXPORT_DIR))  # a read-only --out: one line, before any work
     from mineralnet.export.pipeline import export_run  # TensorFlow starts here (quietly: convert.py imports it first)
     from mineralnet.export.gate import describe
     from mineralnet.export.report import markdown_table
