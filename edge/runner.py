@@ -5,8 +5,8 @@
     python edge/runner.py --init-config belt.toml --model model_int8.tflite   # a config for this model's labels
 
 Each frame is classified, given a bin (or the recheck bin when the model is unsure, the decision is late or the
-ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM.
-See edge/README.md.
+ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM,
+whenever it comes (edge/stopping.py: during start-up too; exit status 0). See edge/README.md.
 """
 
 import argparse
@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import sys
 import time
 
@@ -30,10 +29,13 @@ from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.preprocess import quantize  # noqa: E402
-from edge.records import EventSink, LineWriter, atomic_write_bytes, check_writable, percentile  # noqa: E402
+from edge.records import (  # noqa: E402
+    EventSink, LineWriter, atomic_write_bytes, check_writable, percentile, remove_leftovers,
+)
 from edge.review import ReviewQueue  # noqa: E402
 from edge.sorter import Sorter  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
+from edge.stopping import StopSignals, Stopped  # noqa: E402
 from edge.timing import Clock  # noqa: E402
 
 
@@ -156,6 +158,7 @@ def init_config(path, model):
     lines += [f"{json.dumps(label)} = \"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}\"" for label in model.labels]
     text = _CLASSES_TABLE.sub(lambda _: "\n".join(lines) + "\n", template, count=1)
     parse_config(text, path).check_labels(model.labels)  # what is written must be what the runner accepts
+    remove_leftovers(path)
     try:
         atomic_write_bytes(path, text.encode())
     except OSError as error:
@@ -163,7 +166,8 @@ def init_config(path, model):
 
 
 def check_outputs(args, config):
-    """Every file the runner will write, tried now: a bad path stops it with one line instead of a later loss."""
+    """Every file the runner will write, tried now: a bad path stops it with one line instead of a later loss.
+    Temporary files a SIGKILL left beside them are removed (edge/records.py remove_leftovers)."""
     outputs = [("records.summary", config.records.summary, False)]
     if config.review.dir:
         outputs.append(("review.dir", config.review.dir, True))
@@ -173,23 +177,38 @@ def check_outputs(args, config):
             check_writable(path, directory)
         except OSError as error:
             raise config.error(key, f"'{path}' cannot be written ({error.strerror})") from None
+        remove_leftovers(path, directory)
     if args.events and args.events != "-":
         try:
             check_writable(args.events)
+            remove_leftovers(args.events)
         except OSError as error:
             raise ConfigError(
                 f"--events '{args.events}' cannot be written ({error.strerror}): pass a writable file path."
             ) from None
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, stops=None):
+    """`stops`: SIGINT/SIGTERM handlers the caller installed and keeps until the process ends (the script: a signal
+    after the summary must not kill it either); without, they are installed here and restored on return."""
+    owned = stops is None
+    stops = stops or StopSignals().install()  # first: a stop during start-up ends with a summary, never a kill
+    try:
+        return _start_and_sort(parse_args(argv), stops)
+    finally:
+        if owned:
+            stops.restore()
+
+
+def _start_and_sort(args, stops):
     clock = Clock()
+    config = model = belt = None
     try:
         if args.init_config:
             init_config(args.init_config, Model(args.model, args.sidecar, args.threads))
             print(f"runner: wrote '{args.init_config}' for the labels of '{args.model}'.", file=sys.stderr)
             return 0
+        stops.step("reading the config")
         config = load_config(args.config)
         if args.benchmark:  # folders loop to reach N items; stdout is kept for the table
             config = dataclasses.replace(
@@ -203,29 +222,43 @@ def main(argv=None):
         for name, row, _, _ in served.asked(args):
             for module, package in row.libraries:
                 require(module, package, f"--{name}-port")
+        stops.step("loading the model")
         model = Model(args.model, args.sidecar, args.threads)
         config.check_labels(model.labels)
+        stops.step("opening the source and outputs")
         source = parse_source(args.source, config.source, clock)
         if config.belt.position == "modbus":
             require("pymodbus", "pymodbus", '[belt] position = "modbus"')
         check_outputs(args, config)
         review = open_review(config)
         events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
-        belt = None
         if config.belt.position == "modbus":  # an unreachable encoder stops the runner before anything is sorted
+            stops.step("connecting to the encoder")
             belt = EncoderBelt(config.encoder, config.belt, clock, events)
             belt.open()
+        stops.step("building the sorter")
     except (ConfigError, ModelError, SourceSpecError, MissingLibrary, EncoderError) as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the events file went away between the check and the open
         print(f"runner: --events '{args.events}' cannot be opened ({error.strerror}).", file=sys.stderr)
         return 2
+    except Stopped:
+        if belt is not None:
+            belt.close()
+        if config is None:  # a signal before the config was read: no summary path yet
+            print(f"runner: stopped by {stops.reason} before reading the config; no summary.", file=sys.stderr)
+            return 0
+        _, written = stops.summary(config, model)
+        print(f"runner: stopped by {stops.reason} while {stops.during}, before sorting; summary "
+              f"{repr(config.records.summary) if written else 'on stderr'}.", file=sys.stderr)
+        return 0
     capture = Capture(
         source, clock, events, config.source.queue_size, config.source.fps,
         config.source.retry_initial_s, config.source.retry_max_s,
     )
     runner = build_runner(config, model, clock, events, review, belt)
+    stops.attach(runner)  # a signal now stops the sorter: the current frame finished, the full summary written
     serving = []  # edge/served.py: each in its own thread
     for name, row, host, port in served.asked(args):
         publisher = row.start(runner, args)
@@ -238,8 +271,6 @@ def main(argv=None):
                 started.close()
             return 2
         serving.append(publisher)
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda signum, _frame: runner.stop(signal.Signals(signum).name))
     if args.benchmark:  # the first invoke() sets up kernels; keep it out of the figures
         blank = np.zeros((model.input_size, model.input_size, 3), np.uint8)
         model.classify(quantize(blank, model.input_dtype, model.input_scale, model.input_zero_point))
@@ -264,4 +295,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    STOPS = StopSignals().install()
+    STATUS = main(stops=STOPS)
+    STOPS.hold()
+    sys.exit(STATUS)
