@@ -73,7 +73,7 @@ class ModelSwitch:
         sorter = self.sorter
         shadow = sorter.shadow
         if path is None:
-            if shadow is None or shadow.finished:
+            if shadow is None or not shadow.accepting:
                 raise self._refused("promote", None, ModelError(
                     "no candidate to promote: start the runner with --shadow CANDIDATE.tflite, or name the model file"))
             path, sidecar = shadow.model.path, shadow.model.sidecar_path
@@ -81,14 +81,17 @@ class ModelSwitch:
             candidate = load_candidate(path, sorter.model, sorter.config, sidecar, self.threads)
         except ModelError as error:
             raise self._refused("promote", path, error) from None
+        ends_shadow = shadow is not None and os.path.abspath(shadow.model.path) == os.path.abspath(candidate.path)
         with self.lock:
             replaced = sorter.model
             self.previous.append(replaced)
             sorter._use_model(candidate)
             self.promotions += 1
+            if ends_shadow:  # the candidate decides now: comparing it with itself would say nothing
+                shadow.retire()
         self._log("model_promoted", "promoted", replaced, candidate)
-        if shadow is not None and os.path.abspath(shadow.model.path) == os.path.abspath(candidate.path):
-            shadow.close("promoted")  # the candidate decides now: comparing it with itself would say nothing
+        if ends_shadow:
+            shadow.close("promoted")  # drains what it was offered (outside the lock: the belt never waits)
         return candidate
 
     def rollback(self):
@@ -126,3 +129,15 @@ class ModelSwitch:
                                 replaced_sha256=old.sha256, reject=self.sorter.decider.describe())
         print(f"runner: {verb} model '{new.path}' sha256 {new.sha256[:12]}... (was '{old.path}' sha256 "
               f"{old.sha256[:12]}...)", file=sys.stderr, flush=True)
+
+
+PROMOTE_SIGNAL, ROLLBACK_SIGNAL = "SIGUSR1", "SIGUSR2"
+
+
+def install_model_signals(sorter):
+    """SIGUSR1 promotes the --shadow candidate, SIGUSR2 rolls back (`kill -USR1 PID`): the handler only asks
+    (Sorter.request); the sorting loop does it in a thread of its own."""
+    import signal
+
+    signal.signal(getattr(signal, PROMOTE_SIGNAL), lambda _signum, _frame: sorter.request("promote"))
+    signal.signal(getattr(signal, ROLLBACK_SIGNAL), lambda _signum, _frame: sorter.request("rollback"))

@@ -29,10 +29,12 @@ from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
 from edge.preprocess import quantize  # noqa: E402
+from edge.promotion import install_model_signals  # noqa: E402
 from edge.records import (  # noqa: E402
     EventSink, LineWriter, atomic_write_bytes, check_writable, percentile, remove_leftovers,
 )
 from edge.review import ReviewQueue  # noqa: E402
+from edge.shadow import add_shadow_options, open_shadow  # noqa: E402
 from edge.sorter import Sorter  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
 from edge.stopping import StopSignals, Stopped  # noqa: E402
@@ -118,6 +120,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, help="interpreter threads (default: the interpreter's choice)")
     parser.add_argument("--benchmark", type=int, metavar="N", help="sort N items, print a latency table and stop")
     served.add_options(parser)
+    add_shadow_options(parser)
     parser.add_argument(
         "--init-config", metavar="FILE.toml", help="write a commented config listing --model's labels, then stop"
     )
@@ -232,6 +235,7 @@ def _start_and_sort(args, stops):
         check_outputs(args, config)
         review = open_review(config)
         events = EventSink(LineWriter(args.events or (os.devnull if args.benchmark else "-")), clock)
+        candidate = open_shadow(args, config, model, events)  # --shadow: checked like a promotion, or None
         if config.belt.position == "modbus":  # an unreachable encoder stops the runner before anything is sorted
             stops.step("connecting to the encoder")
             belt = EncoderBelt(config.encoder, config.belt, clock, events)
@@ -258,6 +262,10 @@ def _start_and_sort(args, stops):
         config.source.retry_initial_s, config.source.retry_max_s,
     )
     runner = build_runner(config, model, clock, events, review, belt)
+    runner.switch.threads = args.threads  # a promoted model gets the live one's interpreter threads
+    if candidate is not None:
+        runner.attach_shadow(candidate)
+    install_model_signals(runner)  # SIGUSR1 promotes the candidate, SIGUSR2 rolls back (edge/promotion.py)
     stops.attach(runner)  # a signal now stops the sorter: the current frame finished, the full summary written
     serving = []  # edge/served.py: each in its own thread
     for name, row, host, port in served.asked(args):

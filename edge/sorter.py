@@ -140,6 +140,11 @@ class Sorter:
         self.publishers.insert(0, telemetry)
         telemetry.watch(self.snapshot)
 
+    def attach_shadow(self, shadow):
+        """Run a candidate beside the live model (edge/shadow.py): it is offered every frame's crops and decisions."""
+        self.shadow = shadow
+        shadow.live_model = lambda: self.model
+
     def stop(self, reason):
         """Finish after the current frame (signal-safe: only sets a flag)."""
         self._stop_reason = reason
@@ -212,6 +217,8 @@ class Sorter:
         decisions = {p.index: self.decider.decide(row) for p, row in zip(fresh, probabilities)}
         for row in probabilities:
             self._watch_drift(row)
+        if self.shadow is not None:  # a put into a bounded queue: never waits on the candidate
+            self.shadow.offer(frame.frame_id, [(seqs[p.index], p.crop, decisions[p.index]) for p in fresh])
         outcome = self.scheduler.schedule(frame, fresh, decisions, seqs, plans)
         self.view.show(self.segmenter.image, segmentation.particles, outcome)
         for particle in fresh:
@@ -279,6 +286,7 @@ class Sorter:
             "latency_ms": {"p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95)},
             **({"encoder": self.belt.counts()} if self.belt is not None else {}),
             **({"particles": self.particles.summary()} if self.particles is not None else {}),
+            **({"shadow": self.shadow.report()} if self.shadow is not None else {}),
         }
 
     def snapshot(self):
@@ -318,6 +326,7 @@ class Sorter:
         self.events.emit(
             "start", config=self.config.path, model=self.model.path, model_sha256=self.model.sha256,
             labels=self.model.labels, reject=self.decider.describe(), listening=self.listening,
+            shadow=self.shadow.model.path if self.shadow is not None else None,
             bin_codes=self.config.bin_codes(),
         )
         if self.belt is not None:
@@ -326,6 +335,8 @@ class Sorter:
         self.capture = capture
         capture.start()
         heartbeat.start()
+        if self.shadow is not None:
+            self.shadow.start()
         try:
             while self._stop_reason is None and (max_items is None or self.tally.items < max_items):
                 self.trends.roll()
@@ -359,6 +370,8 @@ class Sorter:
             capture.stop()
             if self.belt is not None:
                 self.belt.close()  # ejections still waiting are counted as missed: those items go to recheck
+            if self.shadow is not None:
+                self.shadow.close()  # what it was offered is compared first: the summary carries its report
             summary = self.summary(capture, exit_reason)
             written = write_summary(self.config.records.summary, summary)
             self.finished = True

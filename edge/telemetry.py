@@ -158,3 +158,39 @@ class _SummaryCounters:
         if per_frame is not None:
             yield GaugeMetricFamily(PREFIX + "particles_per_frame", "Mean particles decided per belt frame",
                                     value=per_frame)
+        if summary.get("shadow") is not None:
+            yield from shadow_metrics(summary["shadow"])
+
+
+def shadow_metrics(report):
+    """The --shadow candidate's figures (edge/shadow.py Shadow.report()) as metric families, read at scrape time."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    items = CounterMetricFamily(PREFIX + "shadow_items", "Items offered to the shadow candidate, by outcome "
+                                "(compared, dropped: candidate behind, not_sampled: --shadow-every, errors)",
+                                labels=["outcome"])
+    for outcome in ("compared", "dropped", "not_sampled", "errors"):
+        items.add_metric([outcome], report[outcome])
+    yield items
+    for key, text in (("agreement", "Share of compared items the candidate sends to the live model's bin"),
+                      ("class_agreement", "Share of compared items with the live model's most probable class")):
+        if report[key] is not None:
+            yield GaugeMetricFamily(PREFIX + f"shadow_{key}", text, value=report[key])
+    share = GaugeMetricFamily(PREFIX + "shadow_recheck_share", "Share of the compared items each model sends to "
+                              "recheck (model: live, shadow)", labels=["model"])
+    for model, value in report["recheck_share"].items():
+        if value is not None:
+            share.add_metric([model], value)
+    yield share
+    confusion = CounterMetricFamily(PREFIX + "shadow_confusion", "Compared items by the live model's class and the "
+                                    "candidate's class", labels=["live", "shadow"])
+    for live, row in report["confusion"].items():
+        for shadow, count in row.items():
+            confusion.add_metric([live, shadow], count)
+    yield confusion
+    latency = GaugeMetricFamily(PREFIX + "shadow_latency_seconds", "The candidate's preprocess + inference time "
+                                "per item, by quantile (p50, p95, p99; recent items)", labels=["quantile"])
+    for quantile, ms in report["latency_ms"].items():
+        if ms is not None:
+            latency.add_metric([quantile], ms / 1000.0)
+    yield latency

@@ -9,11 +9,15 @@
     GET  /review        the review queue, one button per class (and number keys) to give the true class
     POST /api/label     {"stem", "label"} with header X-Token: writes STEM.label.json beside the item
     POST /review/label  the same from the page's plain HTML form (fields token, pick = "STEM|label")
+    POST /model/promote the --shadow candidate becomes the live model (Sorter.promote), /model/rollback goes back
+                        (Sorter.rollback): token in the form's field or X-Token; JSON answer with X-Token, else
+                        back to the page; 409 with the one-line reason when refused
 
 The server runs in a daemon thread with its own event loop, so the sorting loop is untouched: nothing is computed
 per frame for the page; each request takes one snapshot. It listens on 127.0.0.1 unless `--ui-host` says
 otherwise (the page shows the model and the line's throughput). Pages and the JSON are read-only for everyone;
-labelling needs the token given with `--ui-token` (or MINERALNET_UI_TOKEN): without one labelling is off.
+labelling and swapping the model need the token given with `--ui-token` (or MINERALNET_UI_TOKEN): without one
+both are off.
 """
 
 import hmac
@@ -28,6 +32,8 @@ import urllib.parse
 from collections import deque
 
 from edge.review import DISCARD, LABEL_SUFFIX, UNKNOWN
+from edge.ui_shadow import confusion, shadow_rows
+from edge.ui_table import rows
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui_static")
 TOKEN_HEADER = "X-Token"
@@ -48,35 +54,6 @@ class LabelRefused(Exception):
 def _template(name):
     with open(os.path.join(STATIC, name)) as handle:
         return string.Template(handle.read())
-
-
-def fmt(value, kind=""):
-    """A figure as the page shows it; ui.js's fmt() formats the same kinds the same way when it refreshes."""
-    if value is None:
-        return "-"
-    if kind == "pct":
-        return f"{value * 100:.1f} %"
-    if kind in ("ms", "rate"):
-        return f"{value:.2f}" if kind == "ms" else f"{value:.1f}"
-    if kind == "updown":
-        return "up" if value else "DOWN"
-    if kind == "alarm":
-        return "ALARM" if value else "ok"
-    if kind == "sizes":
-        return " / ".join(f"{value[q]:.1f}" for q in ("p20", "p50", "p80"))
-    return str(value)
-
-
-def _cell(status, key, kind=""):
-    value = status
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    value = 0 if value is None and key.startswith(("per_", "items")) else value
-    return f'<td data-key="{html.escape(key)}" data-fmt="{kind}">{html.escape(fmt(value, kind))}</td>'
-
-
-def _rows(status, rows):
-    return "\n".join(f"<tr><th>{html.escape(name)}</th>{_cell(status, key, kind)}</tr>" for name, key, kind in rows)
 
 
 def _trend_svg(minutes, width=600, height=80):
@@ -127,6 +104,7 @@ class LineUI:
             Route("/review/{stem}.jpg", self.thumbnail),
             Route("/api/label", self.api_label, methods=["POST"]),
             Route("/review/label", self.form_label, methods=["POST"]),
+            Route("/model/{action}", self.model_action, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ])
         self.server = self._thread = None
@@ -195,21 +173,21 @@ class LineUI:
         from starlette.responses import HTMLResponse
 
         status = self.status()
-        figures = _rows(status, [
+        figures = rows(status, [
             ("items", "items", ""), ("items/s", "items_per_s", "rate"), ("recheck", "recheck", ""),
             ("recheck share (alarm window)", "recheck_share", "pct"), ("recheck alarm", "alarm_active", "alarm"),
             ("alarms so far", "alarms", ""), ("latency p50 (ms)", "latency_ms.p50", "ms"),
             ("latency p95 (ms)", "latency_ms.p95", "ms"), ("frames skipped", "frames_skipped", ""),
             ("frames dropped", "frames_dropped", ""), ("size P20 / P50 / P80 (mm, last minute)", "size_mm", "sizes"),
         ])
-        health = _rows(status, [
+        health = rows(status, [
             ("source", "source_up", "updown"), ("source errors", "source_errors", ""),
             ("queue depth", "queue_depth", ""), ("actuator", "actuator_up", "updown"),
             ("actuator errors", "actuator_errors", ""), ("model", "model_ok", "updown"),
             ("events lost", "events_lost", ""), ("review lost", "review_lost", ""),
         ])
-        per_class = _rows(status, [(label, f"per_class.{label}", "") for label in status["labels"]])
-        per_bin = _rows(status, [(name, f"per_bin.{name}", "") for name in status["bins"]])
+        per_class = rows(status, [(label, f"per_class.{label}", "") for label in status["labels"]])
+        per_bin = rows(status, [(name, f"per_bin.{name}", "") for name in status["bins"]])
         drift = status["drift"] or {}
         page = _template("line.html").substitute(
             model=html.escape(status["model_name"]), sha256=html.escape(status["model_sha256"]),
@@ -220,6 +198,7 @@ class LineUI:
             drift_hidden="" if drift.get("alarm") else "hidden",
             drift_message=html.escape(str(drift.get("message", ""))), trend=_trend_svg(status["trends"]),
             blind_hidden="" if status["blind"] else "hidden", blind_message=html.escape(status["blind"] or ""),
+            shadow=shadow_rows(status.get("shadow")), confusion=confusion(status.get("shadow")),
             recent="\n".join(
                 f'<li><img src="/review/{html.escape(i["stem"])}.jpg" alt="{html.escape(i["stem"])}" width="96" '
                 f'height="96"><span>{html.escape(i["saved"])}</span><span>{html.escape(_top3(i, chr(10)))}</span></li>'
@@ -281,14 +260,18 @@ class LineUI:
 
     # --- labelling ---------------------------------------------------------------------------------------------
 
-    def label(self, stem, label, token):
-        """Check the token, the item and the label, then write STEM.label.json; LabelRefused says why not."""
+    def _authorise(self, token, what):
+        """LabelRefused (403) unless `token` is the runner's --ui-token; `what` names what is off without one."""
         if self.token is None:
-            raise LabelRefused(403, "labelling is off: start the runner with --ui-token TOKEN (or "
-                                    f"{TOKEN_ENV}) to allow it.")
+            raise LabelRefused(403, f"{what} is off: start the runner with --ui-token TOKEN (or {TOKEN_ENV}) to "
+                                    "allow it.")
         if not token or not hmac.compare_digest(token.encode(), self.token.encode()):
             raise LabelRefused(403, "wrong or missing token: give the runner's --ui-token in the page's token field "
                                     "(or ?token=) or the X-Token header.")
+
+    def label(self, stem, label, token):
+        """Check the token, the item and the label, then write STEM.label.json; LabelRefused says why not."""
+        self._authorise(token, "labelling")
         review = self.runner.review
         if review is None:
             raise LabelRefused(404, "no review queue: set [review] dir in the config.")
@@ -336,6 +319,30 @@ class LineUI:
         except LabelRefused as refused:
             return PlainTextResponse(str(refused), status_code=refused.status)
         return RedirectResponse("/review?" + urllib.parse.urlencode({"token": token}), status_code=303)
+
+    async def model_action(self, request):
+        """Promote the shadow's candidate or roll back (edge/promotion.py), in a worker thread: loading a model and
+        waiting for the frame being sorted never holds up the page's other requests."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
+
+        from edge.model import ModelError
+
+        action = request.path_params["action"]
+        if action not in ("promote", "rollback"):
+            return PlainTextResponse("no such action: POST /model/promote or /model/rollback.", status_code=404)
+        header = request.headers.get(TOKEN_HEADER)
+        fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        try:
+            self._authorise(header or fields.get("token", [""])[0], "swapping the model")
+            model = await run_in_threadpool(self.runner.promote if action == "promote" else self.runner.rollback)
+        except LabelRefused as refused:
+            return PlainTextResponse(str(refused), status_code=refused.status)
+        except ModelError as error:
+            return PlainTextResponse(f"{action} refused: {error}", status_code=409)
+        if header is not None:
+            return JSONResponse({"action": action, "model": model.path, "sha256": model.sha256})
+        return RedirectResponse("/", status_code=303)
 
     # --- server ------------------------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 // buttons post the plain form.
 "use strict";
 
-function fmt(value, kind) {  // as edge/ui.py's fmt()
+function fmt(value, kind) {  // as edge/ui_table.py's fmt()
+  if (kind === "n") return String(value || 0);
   if (value === null || value === undefined) return "-";
   if (kind === "pct") return (value * 100).toFixed(1) + " %";
   if (kind === "ms") return value.toFixed(2);

@@ -3,14 +3,18 @@
 float32 file of the same run is the candidate (same labels, other probabilities)."""
 
 import json
+import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 
+from edge.decision import Decider
 from edge.model import Model, ModelError
 from edge.preprocess import open_rgb
-from edge.sources import Frame
+from edge.shadow import Shadow
+from edge.sources import Capture, FolderSource, Frame
 
 from conftest import read_events
 
@@ -91,3 +95,226 @@ def test_a_candidate_with_other_classes_is_refused_and_live_sorts_on(
     events = read_events(events_path)
     assert [e["type"] for e in events] == ["item", "model_refused", "item"]
     assert capsys.readouterr().err.strip() == f"runner: promote refused: {message}"
+
+
+def _folder(tmp_path, tiny_export, count):
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    for n, row in enumerate(tiny_export["test_rows"][:count]):
+        shutil.copy(row["file"], folder / f"{n:03d}.png")
+    return str(folder)
+
+
+def _half_sure(tmp_path, model_path, folder):
+    """The model with a calibrated cutoff at the median top probability of the folder's pictures: about half of
+    them go to recheck, so it disagrees with the live model on some items and agrees on others."""
+    model = Model(model_path)
+    top = sorted(float(model.classify(model.input_tensor(open_rgb(os.path.join(folder, name)))).max())
+                 for name in os.listdir(folder))
+    with open(model.sidecar_path) as handle:
+        sidecar = json.load(handle)
+    cutoff = (top[len(top) // 2 - 1] + top[len(top) // 2]) / 2
+    sidecar["reject"] = {"method": "split_conformal", "alpha": 0.1, "qhat": 1.0 - cutoff, "n": 13,
+                         "score": "1 - p_true"}
+    path = tmp_path / "half_sure.tflite"
+    shutil.copy(model_path, path)
+    (tmp_path / "half_sure.json").write_text(json.dumps(sidecar))
+    return str(path)
+
+
+def test_the_shadows_agreement_equals_a_direct_comparison(tmp_path, tiny_export, write_config, make_runner):
+    runner, events_path = make_runner(write_config(), tiny_export["int8"])
+    folder = _folder(tmp_path, tiny_export, 12)  # fewer frames than the queue holds: none can be dropped
+    candidate = Model(_half_sure(tmp_path, tiny_export["float32"], folder))
+    report_path = str(tmp_path / "shadow.json")
+    shadow = Shadow(candidate, runner.config, runner.events, report_path=report_path)
+    runner.attach_shadow(shadow)
+    summary = runner.run(Capture(FolderSource(folder, runner.clock), runner.clock, runner.events))
+
+    live_model, config = Model(tiny_export["int8"]), runner.config
+    deciders = [Decider(m.labels, config.bins, m.reject, config.decision.confidence_threshold)
+                for m in (live_model, candidate)]
+    pairs = []
+    for name in sorted(os.listdir(folder)):
+        image = open_rgb(os.path.join(folder, name))
+        pairs.append([d.decide(m.classify(m.input_tensor(image))) for d, m in zip(deciders, (live_model, candidate))])
+    report = summary["shadow"]
+    assert 0 < report["agreement"] < 1  # both kinds of item are there
+    assert (report["offered"], report["compared"], report["dropped"], report["not_sampled"]) == (12, 12, 0, 0)
+    assert report["agreement"] == pytest.approx(sum(a.bin == b.bin for a, b in pairs) / 12)
+    assert report["class_agreement"] == pytest.approx(sum(a.label == b.label for a, b in pairs) / 12)
+    expected = {}
+    for a, b in pairs:
+        expected.setdefault(a.label, {}).setdefault(b.label, 0)
+        expected[a.label][b.label] += 1
+    assert report["confusion"] == expected
+    assert report["recheck_share"] == pytest.approx({
+        "live": sum(a.bin == "recheck" for a, _ in pairs) / 12, "shadow": sum(b.bin == "recheck" for _, b in pairs) / 12})
+    assert all(report["latency_ms"][q] > 0 for q in ("p50", "p95", "p99")) and report["state"] == "stopped"
+
+    events = read_events(events_path)
+    items = {e["seq"]: e for e in events if e["type"] == "item"}
+    beside = [e for e in events if e["type"] == "shadow"]
+    assert sorted(e["seq"] for e in beside) == sorted(items) and len(items) == 12
+    for entry, (live, mine) in zip(sorted(beside, key=lambda e: e["seq"]), pairs):
+        assert entry["live"] == {"class": items[entry["seq"]]["class"], "bin": live.bin}
+        assert (entry["shadow"]["class"], entry["shadow"]["bin"], entry["agree"]) == (mine.label, mine.bin,
+                                                                                     mine.bin == live.bin)
+    with open(report_path) as handle:
+        assert json.load(handle) == report  # the report file is the summary's, written at the end
+    markdown = (tmp_path / "shadow.md").read_text()
+    assert f"| compared | 12 |" in markdown and "| live \\ candidate |" in markdown
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_a_slow_shadow_drops_frames_and_never_holds_up_a_live_decision(
+        tmp_path, tiny_export, write_config, make_runner, fake_clock):
+    """The worker is not started (frames sorted without run()): a candidate as slow as can be. The queue holds 2
+    frames; every other frame is dropped and counted, and every live decision is made and published."""
+    runner, events_path = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
+    shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events, every=1, queue_frames=2,
+                    report_path=str(tmp_path / "shadow.json"))
+    runner.attach_shadow(shadow)
+    frames = _frames(tiny_export, 8, fake_clock)
+    for frame in frames:
+        runner.process(frame)
+    assert shadow._queue.qsize() == 2 and (shadow.offered, shadow.dropped, shadow.compared) == (8, 6, 0)
+    assert [e["frame"] for e in read_events(events_path) if e["type"] == "item"] == [f.frame_id for f in frames]
+
+    promoted = runner.promote()  # no path: the shadow's candidate; the shadow ends, having compared its queue
+    assert promoted.path == tiny_export["float32"] and promoted is not shadow.model  # its own interpreter
+    report = shadow.report()
+    assert (report["state"], report["compared"], report["dropped"]) == ("promoted", 2, 6)
+    assert json.loads((tmp_path / "shadow.json").read_text())["state"] == "promoted"
+    runner.process(frames[0])
+    runner.actuator.close()
+    assert shadow.offered == 8  # a promoted shadow is offered nothing more
+    with pytest.raises(ModelError, match="no candidate to promote"):
+        runner.promote()
+
+
+def test_every_nth_frame_only(tmp_path, tiny_export, write_config, make_runner, fake_clock):
+    runner, _ = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
+    shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events, every=3)
+    runner.attach_shadow(shadow)
+    for frame in _frames(tiny_export, 7, fake_clock):
+        runner.process(frame)
+    shadow.close()
+    runner.actuator.close()
+    assert (shadow.offered, shadow.compared, shadow.not_sampled, shadow.dropped) == (7, 3, 4, 0)  # frames 1, 4, 7
+
+
+def test_prometheus_and_the_page_show_the_shadow_and_the_page_swaps_with_the_token(
+        tmp_path, tiny_export, write_config, make_runner, fake_clock):
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge.telemetry import Telemetry
+    from edge.ui import LineUI
+
+    runner, events_path = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
+    shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events)
+    runner.attach_shadow(shadow)
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
+    metrics = telemetry.serve("127.0.0.1", 0).split(" ", 1)[1]
+    ui = LineUI(runner, "s3cret")
+    base = ui.serve("127.0.0.1", 0).split(" ", 1)[1]
+
+    def request(path, data=None, headers=None):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, data, headers or {}), timeout=30) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    try:
+        for frame in _frames(tiny_export, 5, fake_clock):
+            runner.process(frame)
+        shadow.start()
+        shadow.wait_idle()
+        report = shadow.report()
+        assert report["compared"] == 5
+        with urllib.request.urlopen(metrics, timeout=10) as answer:
+            families = {f.name: f for f in text_string_to_metric_families(answer.read().decode())}
+        items = {s.labels["outcome"]: s.value for s in families["mineralnet_runner_shadow_items"].samples}
+        assert items == {"compared": 5, "dropped": 0, "not_sampled": 0, "errors": 0}
+        assert families["mineralnet_runner_shadow_agreement"].samples[0].value == report["agreement"]
+        confusion = {(s.labels["live"], s.labels["shadow"]): s.value
+                     for s in families["mineralnet_runner_shadow_confusion"].samples}
+        assert confusion == {(a, b): n for a, row in report["confusion"].items() for b, n in row.items()}
+        latency = {s.labels["quantile"]: s.value for s in families["mineralnet_runner_shadow_latency_seconds"].samples}
+        assert latency == pytest.approx({q: ms / 1000 for q, ms in report["latency_ms"].items()})
+
+        code, status = request("api/status")
+        assert code == 200 and json.loads(status)["shadow"] == report
+        code, page = request("")
+        assert code == 200 and 'data-key="shadow.agreement"' in page and 'id="confusion"' in page
+        assert 'action="/model/promote"' in page
+
+        assert request("model/promote", b"", {"X-Token": "wrong"})[0] == 403
+        assert runner.model.path == tiny_export["int8"]
+        code, answer = request("model/promote", b"", {"X-Token": "s3cret"})
+        assert code == 200 and json.loads(answer)["model"] == tiny_export["float32"] == runner.model.path
+        with urllib.request.urlopen(metrics, timeout=10) as answer:
+            text = answer.read().decode()
+        assert runner.model.sha256 in text  # mineralnet_runner_model_info follows the swap
+        code, page = request("model/rollback", urllib.parse.urlencode({"token": "s3cret"}).encode())
+        assert code == 200 and "<html" in page and runner.model.path == tiny_export["int8"]  # the form: back to /
+        code, answer = request("model/rollback", b"", {"X-Token": "s3cret"})
+        assert code == 409 and answer == ("rollback refused: nothing to roll back to: no model has been promoted "
+                                          "since the runner started")
+    finally:
+        ui.close()
+        telemetry.close()
+        runner.actuator.close()
+    kinds = [e["type"] for e in read_events(events_path) if e["type"].startswith("model_")]
+    assert kinds == ["model_promoted", "model_rolled_back", "model_refused"]
+
+
+def test_the_cli_promotes_on_sigusr1_and_rolls_back_on_sigusr2_and_refuses_other_classes(
+        tmp_path, tiny_export, write_config):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    runner = [sys.executable, os.path.join(REPO, "edge", "runner.py"), "--model", tiny_export["int8"],
+              "--source", f"folder:{_folder(tmp_path, tiny_export, 4)}", "--config",
+              write_config(source={"loop": True}), "--threads", "1"]
+    refused = subprocess.run(runner + ["--shadow", _other_classes(tmp_path, tiny_export)], capture_output=True,
+                             text=True, timeout=60)
+    said = [line for line in refused.stderr.splitlines() if not line.startswith("INFO: ")]  # LiteRT's own
+    assert refused.returncode == 2 and len(said) == 1 and said[0].startswith("runner: candidate model ")
+    assert "pyrite_new" in said[0] and not (tmp_path / "summary.json").exists()
+
+    process = subprocess.Popen(runner + ["--shadow", tiny_export["float32"]], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in process.stdout:  # events on stdout: promote after the first item, roll back after the swap
+            seen.append(json.loads(line))
+            if seen[-1]["type"] == "item" and len(seen) < 4:
+                process.send_signal(signal.SIGUSR1)
+            if seen[-1]["type"] == "model_promoted":
+                process.send_signal(signal.SIGUSR2)
+            if seen[-1]["type"] == "model_rolled_back":
+                process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    kinds = [e["type"] for e in seen if e["type"].startswith("model_")]
+    assert kinds == ["model_promoted", "model_rolled_back"]
+    assert re.search(r"^runner: promoted model '.*model_float32.tflite' sha256 ", stderr, re.MULTILINE)
+    assert re.search(r"^runner: rolled back to model '.*model_int8.tflite' sha256 ", stderr, re.MULTILINE)
+    items = [e for e in seen if e["type"] == "item"]
+    assert [e["seq"] for e in items] == list(range(1, len(items) + 1))  # no frame lost across the swaps
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["promotions"], summary["rollbacks"], summary["items"]) == (1, 1, len(items))
+    assert summary["shadow"]["state"] == "promoted" and summary["model"] == tiny_export["int8"]
+    assert json.loads((tmp_path / "summary.shadow.json").read_text()) == summary["shadow"]
