@@ -6,12 +6,14 @@ one line with the pip command), any extra flags, and `start(runner, args)`, whic
 sorter.py) and returns an object with `serve(host, port)` (binds now, raising OSError for a taken port; returns the
 address for the start line) and `close()`.
 
-To add one (OPC UA next): its file beside this one, a row below, and a test that reads it over 127.0.0.1 like
-tests/edge/test_edge_metrics.py.
+To add one: its file beside this one, a row below, and a test that reads it over 127.0.0.1 like
+tests/edge/test_edge_metrics.py (or tests/edge/test_edge_opcua.py).
 """
 
 import os
 from dataclasses import dataclass, field
+
+from edge import opcua_access
 
 
 def _metrics(runner, args):
@@ -34,6 +36,16 @@ def _ui_token(parser):
                              "none: read-only)")
 
 
+def _opcua(runner, args):
+    from edge.opcua import VisionServer
+
+    password = args.opcua_password or os.environ.get(opcua_access.PASSWORD_ENV) or None
+    server = VisionServer(runner, opcua_access.Access(args.opcua_user, password, args.opcua_trust), args.opcua_cert,
+                          args.opcua_key)
+    runner.publishers.append(server)
+    return server
+
+
 @dataclass(frozen=True)
 class Served:
     what: str  # the flag's help
@@ -46,6 +58,8 @@ SERVED = {
     "metrics": Served("Prometheus metrics", (("prometheus_client", "prometheus-client"),), _metrics),
     "ui": Served("the operator's line page", (("starlette", "starlette"), ("uvicorn", "uvicorn")), _line_page,
                  _ui_token),
+    "opcua": Served("the OPC UA Machine Vision server (OPC 40100-1; edge/opcua.py)", (("asyncua", "asyncua"),),
+                    _opcua, opcua_access.add_options),
 }
 
 

@@ -1,6 +1,7 @@
 """Test helpers shared across test folders (a module of its own name: every folder's conftest.py is `conftest`)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -102,6 +103,15 @@ def gated_folder(directory, clock, gate):
             return super().read()
 
     return GatedFolder(directory, clock)
+
+
+def belt_folder(tmp_path, tiny_export, count):
+    """A folder of the tiny export's first `count` test pictures, each named LABEL_FILE: a source for a run."""
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    for row in tiny_export["test_rows"][:count]:
+        shutil.copy(row["file"], folder / f"{row['label']}_{os.path.basename(row['file'])}")
+    return str(folder)
 
 
 class HeldBackRun:

@@ -1,0 +1,214 @@
+"""The OPC UA Machine Vision server (issue 27 point 1): a real asyncua client over 127.0.0.1 against a real run.
+
+Every decision arrives as exactly one ResultReady event equal to the events log; the VisionStateMachine follows the
+runner (Preoperational before the run, ContinuousExecution while sorting, Halted after); anonymous clients read
+but cannot write or call; the user with its password prepares a recipe, swaps the model to it and stops the run; alarms are conditions.
+"""
+
+import asyncio
+import json
+
+import pytest
+
+asyncua = pytest.importorskip("asyncua")
+from asyncua import Client, ua  # noqa: E402
+
+from edge.opcua import MV_URI, URI, VisionServer  # noqa: E402
+from edge.opcua_access import Access  # noqa: E402
+
+from helpers import HeldBackRun, belt_folder  # noqa: E402
+
+PASSWORD = "belt-42"
+
+
+def _items(events_path):
+    with open(events_path) as handle:
+        lines = [json.loads(line) for line in handle]
+    return [{k: v for k, v in line.items() if k not in ("type", "time")} for line in lines if line["type"] == "item"]
+
+
+class Collected:
+    """asyncua subscription handler: events and data changes in arrival order."""
+
+    def __init__(self):
+        self.events, self.changes = [], []
+
+    def event_notification(self, event):
+        self.events.append(event)
+
+    def datachange_notification(self, node, value, data):
+        self.changes.append(value.Text if isinstance(value, ua.LocalizedText) else value)
+
+
+class Vision:
+    """The client's view: the VisionSystem's nodes by the specification's browse names."""
+
+    def __init__(self, client):
+        self.client = client
+
+    async def find(self):
+        self.mv = await self.client.get_namespace_index(MV_URI)
+        self.idx = await self.client.get_namespace_index(URI)
+        mv = self.mv
+        self.system = await self.client.nodes.objects.get_child(f"{self.idx}:VisionSystem")
+        self.machine = await self.system.get_child(f"{mv}:VisionStateMachine")
+        self.automatic = await self.machine.get_child(f"{mv}:AutomaticModeStateMachine")
+        self.recipes = await self.system.get_child(f"{mv}:RecipeManagement")
+        self.result_type = await self.client.get_node(ua.NodeId(1024, mv)).get_child(
+            f"{self.idx}:SortResultReadyEventType")
+        return self
+
+    async def state(self):
+        top = (await (await self.machine.get_child("0:CurrentState")).read_value()).Text
+        sub = (await (await self.automatic.get_child("0:CurrentState")).read_value()).Text
+        return top, sub
+
+    async def until(self, wanted, seconds=5.0):
+        for _ in range(int(seconds / 0.05)):
+            if await self.state() == wanted:
+                return wanted
+            await asyncio.sleep(0.05)
+        return await self.state()
+
+
+async def _until(condition, seconds=10.0):
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
+def test_every_decision_is_one_result_ready_event_the_state_follows_the_runner_and_anonymous_only_reads(
+        tmp_path, tiny_export, write_config, make_runner):
+    folder = belt_folder(tmp_path, tiny_export, 6)
+    runner, events_path = make_runner(write_config(), tiny_export["int8"])
+    server = VisionServer(runner, Access("operator", PASSWORD), grace_s=0.0)
+    runner.publishers.append(server)
+    address = server.serve("127.0.0.1", 0)
+    assert address.startswith("opcua opc.tcp://127.0.0.1:")
+    url = address.split(" ", 1)[1]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        async with Client(url) as client:  # anonymous
+            vision = await Vision(client).find()
+            seen = Collected()
+            subscription = await client.create_subscription(20, seen)
+            await subscription.subscribe_events(vision.system, vision.result_type)
+            await subscription.subscribe_data_change(await vision.machine.get_child("0:CurrentState"))
+            assert await vision.state() == ("Preoperational", None)
+            with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                await (await vision.recipes.get_child(f"{vision.idx}:LastProblem")).write_value("x")
+            with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                await vision.automatic.call_method(f"{vision.mv}:Stop", ua.Variant(0, ua.VariantType.Int32),
+                                                   ua.LocalizedText("anonymous"))
+            held = await loop.run_in_executor(None, HeldBackRun, runner, folder, 4)  # mid-run: last frame held
+            during = await vision.until(("Operational", "ContinuousExecution"))
+            summary = await loop.run_in_executor(None, held.finish)
+            after = await vision.until(("Halted", None))
+            await _until(lambda: len(seen.events) >= summary["items"])
+            await asyncio.sleep(0.3)  # a duplicate would arrive now
+            return during, after, summary, seen
+
+    try:
+        during, after, summary, seen = asyncio.run(scenario())
+    finally:
+        server.close()
+    assert during == ("Operational", "ContinuousExecution")
+    assert after == ("Halted", None)
+    assert summary["exit"] == "end of source" and summary["items"] == 6
+    logged = _items(events_path)
+    assert [json.loads(event.Record) for event in seen.events] == logged  # each once, in order, equal to the log
+    for event, item in zip(seen.events, logged):
+        assert (event.Seq, event.Class, event.Bin, event.Reason) == (item["seq"], item["class"], item["bin"],
+                                                                      item["reason"])
+        assert event.Confidence == pytest.approx(item["top3"][0]["p"])
+        assert event.ResultId.Id.endswith(f"/{item['seq']}") and event.ResultState == (item["reason"] == "confident")
+        assert event.InternalRecipeId.Id == runner.model.sha256
+    assert seen.changes[0] == "Preoperational" and "Operational" in seen.changes and seen.changes[-1] == "Halted"
+    assert server.sent == 6 and server.dropped == 0
+
+
+def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refused_alarms_are_conditions(
+        tmp_path, tiny_export, write_config, make_runner):
+    folder = belt_folder(tmp_path, tiny_export, 3)
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a model")
+    # every decision late (a short, fast belt): all to recheck, so the recheck alarm (window 2) trips
+    config = write_config(belt={"speed_mm_s": 1000.0, "camera_to_ejector_mm": 0.001, "valve_lead_ms": 0.0},
+                          alarm={"window": 2, "max_recheck_share": 0.5})
+    runner, events_path = make_runner(config, tiny_export["int8"])
+    server = VisionServer(runner, Access("operator", PASSWORD), grace_s=0.0)
+    runner.publishers.append(server)
+    url = server.serve("127.0.0.1", 0).split(" ", 1)[1]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wrong = Client(url)
+        wrong.set_user("operator")
+        wrong.set_password("guess")
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+            await wrong.connect()
+        client = Client(url)
+        client.set_user("operator")
+        client.set_password(PASSWORD)
+        async with client:
+            vision = await Vision(client).find()
+            seen = Collected()
+            subscription = await client.create_subscription(20, seen)
+            await subscription.subscribe_events(vision.system, ua.NodeId(ua.ObjectIds.AlarmConditionType))
+            await subscription.subscribe_events(vision.system, vision.result_type)
+
+            async def prepare(path):
+                return await vision.recipes.call_method(
+                    f"{vision.mv}:PrepareRecipe", ua.RecipeIdExternalDataType(Id=path),
+                    ua.RecipeIdInternalDataType(Id=""))
+
+            good = await prepare(tiny_export["float32"])
+            bad = await prepare(str(broken))
+            problem = await (await vision.recipes.get_child(f"{vision.idx}:LastProblem")).read_value()
+            unprepared = await vision.automatic.call_method(f"{vision.mv}:StartContinuous", *_start_arguments(
+                str(broken)))
+            with pytest.raises(ua.UaStatusCodeError, match="BadNothingToDo"):  # a stream is sorted, not single jobs
+                await vision.automatic.call_method(f"{vision.mv}:StartSingleJob", *_start_arguments(""))
+            from edge.sources import Capture, FolderSource
+
+            capture = Capture(FolderSource(folder, runner.clock, loop=True), runner.clock, runner.events)
+            sorting = loop.run_in_executor(None, runner.run, capture)
+            await _until(lambda: runner.tally.items >= 4)
+            swap = await vision.automatic.call_method(f"{vision.mv}:StartContinuous", *_start_arguments(
+                tiny_export["float32"]))
+            swapped_at = runner.tally.items
+            await _until(lambda: runner.tally.items >= swapped_at + 3)
+            stop = await vision.automatic.call_method(f"{vision.mv}:Stop", ua.Variant(7, ua.VariantType.Int32),
+                                                      ua.LocalizedText("shift end"))
+            summary = await asyncio.wait_for(sorting, 30)
+            await _until(lambda: len([e for e in seen.events if hasattr(e, "Seq")]) >= summary["items"])
+            live = await (await vision.recipes.get_child(f"{vision.idx}:LiveModel")).read_value()
+            return good, bad, problem, unprepared, swap, stop, summary, seen, live
+
+    try:
+        good, bad, problem, unprepared, swap, stop, summary, seen, live = asyncio.run(scenario())
+    finally:
+        server.close()
+    float32_sha = runner.model.sha256
+    assert good[0].Id == float32_sha and good[1:] == [True, 0]
+    assert bad[1:] == [True, 1] and "broken.tflite" in problem
+    assert unprepared[1] == 4  # a recipe not prepared is not swapped in
+    assert swap[1] == 0 and runner.model.path == tiny_export["float32"] == live and summary["model_sha256"] == float32_sha
+    assert stop == 0 and summary["exit"] == "opcua Stop: shift end"
+    results = [e for e in seen.events if hasattr(e, "Seq")]
+    assert [e.Seq for e in results] == list(range(1, summary["items"] + 1))
+    assert results[0].InternalRecipeId.Id != float32_sha and results[-1].InternalRecipeId.Id == float32_sha
+    alarm = [e for e in seen.events if getattr(e, "ConditionName", None) == "RecheckAlarm"][0]
+    assert alarm.ActiveState.Text == "Active" and alarm.Retain is True and summary["alarms"] >= 1
+    with open(events_path) as handle:
+        lines = [json.loads(line) for line in handle]
+    audit = [line["event"] for line in lines if line["type"] == "opcua"]
+    assert audit == ["prepare_recipe", "prepare_recipe", "start_continuous", "start_continuous", "stop", "closed"]
+    assert [line["type"] for line in lines if line["type"].startswith("model_")] == ["model_promoted"]
+
+
+def _start_arguments(model_path):
+    return (ua.MeasIdDataType(Id="m1"), ua.PartIdDataType(Id="p1"), ua.RecipeIdExternalDataType(Id=model_path),
+            ua.ProductIdDataType(Id="ore"), ua.Variant([], ua.VariantType.ExtensionObject))
