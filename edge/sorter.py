@@ -217,14 +217,14 @@ class Sorter:
         decisions = {p.index: self.decider.decide(row) for p, row in zip(fresh, probabilities)}
         for row in probabilities:
             self._watch_drift(row)
-        if self.shadow is not None:  # a put into a bounded queue: never waits on the candidate
-            self.shadow.offer(frame.frame_id, [(seqs[p.index], p.crop, decisions[p.index]) for p in fresh])
         outcome = self.scheduler.schedule(frame, fresh, decisions, seqs, plans)
         self.view.show(self.segmenter.image, segmentation.particles, outcome)
         for particle in fresh:
             bin_name, reason = outcome[particle.index]
             self._publish(start, frame, seqs[particle.index], particle, decisions[particle.index], bin_name, reason,
                           latency)
+        if self.shadow is not None:  # after the live decisions: a put into a bounded queue that never waits
+            self.shadow.offer(frame.frame_id, [(seqs[p.index], p.crop, decisions[p.index]) for p in fresh])
 
     def _publish(self, start, frame, seq, particle, decision, bin_name, reason, latency):
         """Count one decision and hand it to every publisher."""

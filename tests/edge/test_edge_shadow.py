@@ -16,7 +16,10 @@ from edge.preprocess import open_rgb
 from edge.shadow import Shadow
 from edge.sources import Capture, FolderSource, Frame
 
-from conftest import read_events
+
+def read_events(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
 
 
 def _frames(tiny_export, count, clock):
