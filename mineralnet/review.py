@@ -51,7 +51,7 @@ from mineralnet import rundir
 from mineralnet.data import write_split
 from mineralnet.data.images import IMAGE_EXTENSIONS
 from mineralnet.data.scan import Sample, check_image, list_classes
-from mineralnet.data.split import near_duplicates
+from mineralnet.data.split import HASH, near_duplicates
 from mineralnet.errors import MineralnetError, cli
 from mineralnet.utils import atomic_write_text, fsync_dir, sha256_file
 
@@ -292,7 +292,8 @@ def import_queue(queue, data, run=None, out=None, device=None):
                                       f"({type(error).__name__}: {error}): restore it from the review queue or delete "
                                       "it.") from None
             if likeness[path] is None:
-                train.append({"path": path, "label": label, "subset": "train"})
+                train.append({"path": path, "label": label, "subset": "train",  # bound to its content, as
+                              HASH: sha256_file(os.path.join(data, path))})  # every row (mineralnet.data.split)
             else:
                 near.append({"stem": m.get("stem", path), "label": label, "like": likeness[path], "file": path})
         write_split(old_rows + train, out)

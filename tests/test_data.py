@@ -135,7 +135,7 @@ def test_split_csv_round_trip_and_missing_files(tmp_path):
     assert {r["subset"] for r in rows} == set(SUBSETS)
     write_split(rows, str(tmp_path / "split.csv"))
     back = read_split(str(tmp_path / "split.csv"), str(root))
-    assert [{k: r[k] for k in ("path", "label", "subset")} for r in back] == rows
+    assert [{k: r[k] for k in ("path", "label", "subset", "sha256")} for r in back] == rows  # with each hash
     assert all(os.path.isfile(r["file"]) for r in back)
     with pytest.raises(DataError, match="do not exist.*--data"):
         read_split(str(tmp_path / "split.csv"), str(tmp_path / "moved"))

@@ -14,6 +14,11 @@ from mineralnet.review import LABEL_SUFFIX, MANIFEST, main, mcnemar_p
 from mineralnet.utils import sha256_file, write_json
 
 
+def _train_row(data, path):
+    """The split.csv line the import adds for a new image: train, its class folder, its content hash."""
+    return f"{path},{path.split('/')[0]},train,{sha256_file(os.path.join(data, path))}"
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small demo dataset (3 classes) and a run folder with its labels.json and split.csv (no model)."""
@@ -94,7 +99,7 @@ def test_import_adds_exactly_the_labelled_images_and_keeps_the_split(world, caps
     new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
     assert new_split.startswith(old_split)  # every old row, test rows included, byte for byte in its old subset
     new_rows = new_split[len(old_split):].splitlines()
-    assert new_rows == [f"{path},{path.split('/')[0]},train" for path in added]
+    assert new_rows == [_train_row(data, path) for path in added]
     # A second import of the same queue finds everything already there: nothing new, no second split over the first.
     assert main(["import", "--queue", world["queue"], "--data", data]) == 0
     assert _images(data) == sorted(before + added) and len(open(os.path.join(data, MANIFEST)).readlines()) == 3
@@ -133,7 +138,7 @@ def test_a_near_duplicate_of_a_held_out_image_stays_out_of_train_and_the_dataset
     assert f"looks like val image {val['path']} (labelled {val['label']}); not imported" in err
     new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
     assert new_split.startswith(old_split)
-    assert sorted(new_split[len(old_split):].splitlines()) == [f"{p},{p.split('/')[0]},train" for p in added]
+    assert sorted(new_split[len(old_split):].splitlines()) == [_train_row(data, p) for p in added]
     assert sorted(json.loads(line)["file"] for line in open(os.path.join(data, MANIFEST))) == added
 
 
@@ -177,7 +182,7 @@ def test_an_import_that_crashes_midway_is_completed_by_the_next_without_copying_
     old_split = open(os.path.join(world["run"], rundir.SPLIT)).read()
     new_split = open(os.path.join(os.path.dirname(world["run"]), "run_plus_review_split.csv")).read()
     assert new_split.startswith(old_split)
-    assert sorted(new_split[len(old_split):].splitlines()) == [f"{p},{p.split('/')[0]},train" for p in added]
+    assert sorted(new_split[len(old_split):].splitlines()) == [_train_row(data, p) for p in added]
     # Imported once more: nothing new, nothing recorded twice.
     assert main(["import", "--queue", world["queue"], "--data", data]) == 0
     assert _images(data) == sorted(before + added) and len(open(manifest_path).readlines()) == 3
