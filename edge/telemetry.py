@@ -132,12 +132,17 @@ SUMMARY_COUNTERS = (
     ("encoder.read_errors", "encoder_read_errors", "Encoder count reads that failed"),
     ("encoder.fired", "encoder_ejections_fired", "Ejections fired at their encoder count"),
     ("encoder.missed", "encoder_ejections_missed", "Ejections not fired (count unreadable, passed, or stopped)"),
+    ("particles.frames", "belt_frames", "Belt frames segmented once the empty belt was learned"),
+    ("particles.conflict", "valve_conflicts", "Particles to eject whose pulse would have hit one to keep ([valves] "
+     "conflict)"),
+    ("particles.hit", "kept_particles_hit", "Particles to keep that an earlier frame's pulse hit anyway"),
 )
 
 
 class _SummaryCounters:
     """A collector read at scrape time from the runner's summary (no work per item; equal to summary.json after
-    the run): the counters above where the summary has them, and the mean particles decided per frame."""
+    the run): the counters above where the summary has them, the particles decided per frame (mean, max) and the
+    particles' area by bin (tests/edge/test_edge_modbus_metrics.py: every counter of the summary is a metric)."""
 
     def __init__(self, telemetry):
         self.telemetry = telemetry
@@ -158,6 +163,13 @@ class _SummaryCounters:
         if per_frame is not None:
             yield GaugeMetricFamily(PREFIX + "particles_per_frame", "Mean particles decided per belt frame",
                                     value=per_frame)
+            yield GaugeMetricFamily(PREFIX + "particles_per_frame_max", "Most particles decided in one belt frame",
+                                    value=summary["particles"]["per_frame"]["max"])
+            area = CounterMetricFamily(PREFIX + "particle_area_mm2_by_bin", "Decided particles' area (mm2) by bin",
+                                       labels=["bin"])
+            for bin_name, mm2 in summary["particles"]["area_mm2_per_bin"].items():
+                area.add_metric([bin_name], mm2)
+            yield area
         if summary.get("shadow") is not None:
             yield from shadow_metrics(summary["shadow"])
 
