@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 
+import pytest
 from pymodbus.client import ModbusTcpClient
 
 from edge.drivers.modbus_server import STATE, STOPPED, ModbusBoard
@@ -33,23 +34,29 @@ def _answer(port, payload):
             return b""
 
 
-def test_bad_requests_are_answered_in_one_line_each_without_a_dump(capfd, caplog):
+@pytest.fixture
+def served():
+    """An open board (unit 1) and a PLC client that has read SECRET from it: traffic a dump would show."""
     port = free_port()
     board = ModbusBoard("127.0.0.1", port, 1, 4, ["recheck", "bin_a"], ["a"], Clock())
     board.open()
     try:
         board.registers[50] = SECRET
         client = ModbusTcpClient("127.0.0.1", port=port)
-        assert client.connect()
-        assert client.read_holding_registers(50, count=1, device_id=1).registers == [SECRET]  # traffic to dump
-        wrong = [client.read_holding_registers(0, count=8, device_id=7) for _ in range(3)]
-        # An unknown function code (0x99) in a valid frame, then bytes that are not Modbus TCP at all.
-        unknown = _answer(port, bytes.fromhex("0005 0000 0003 01 99 00"))
-        garbage = _answer(port, b"GET /metrics HTTP/1.1\r\nHost: plc\r\n\r\n" + b"\xff" * 40)
-        after = client.read_holding_registers(50, count=1, device_id=1).registers  # the server still answers
+        assert client.connect() and client.read_holding_registers(50, count=1, device_id=1).registers == [SECRET]
+        yield port, client
         client.close()
     finally:
         board.close()
+
+
+def test_bad_requests_are_answered_in_one_line_each_without_a_dump(served, capfd, caplog):
+    port, client = served
+    wrong = [client.read_holding_registers(0, count=8, device_id=7) for _ in range(3)]
+    # An unknown function code (0x99) in a valid frame, then bytes that are not Modbus TCP at all.
+    unknown = _answer(port, bytes.fromhex("0005 0000 0003 01 99 00"))
+    garbage = _answer(port, b"GET /metrics HTTP/1.1\r\nHost: plc\r\n\r\n" + b"\xff" * 40)
+    after = client.read_holding_registers(50, count=1, device_id=1).registers  # the server still answers
     assert all(r.isError() and r.exception_code == 0x0B for r in wrong)  # gateway target failed to respond
     assert unknown == bytes.fromhex("0005 0000 0003 01 99 01")  # exception 0x01, illegal function
     assert garbage == b"" and after == [SECRET]  # that connection closed, the others unharmed
@@ -64,22 +71,13 @@ def test_bad_requests_are_answered_in_one_line_each_without_a_dump(capfd, caplog
     assert len(lines) == 3 and all(peer.search(line) for line in lines), lines
 
 
-def test_pymodbus_error_lines_lose_the_frame_dump(capfd, caplog):
+def test_pymodbus_error_lines_lose_the_frame_dump(served, capfd, caplog):
     """pymodbus's own error lines (here a frame too short for function 3) are cut to one line naming the client."""
-    port = free_port()
-    board = ModbusBoard("127.0.0.1", port, 1, 4, ["recheck", "bin_a"], ["a"], Clock())
-    board.open()
-    try:
-        board.registers[50] = SECRET
-        client = ModbusTcpClient("127.0.0.1", port=port)
-        assert client.connect() and client.read_holding_registers(50, count=1, device_id=1).registers == [SECRET]
-        short = _answer(port, bytes.fromhex("0007 0000 0003 01 03 00"))
-        client.close()
-        from pymodbus.logging import Log
+    from pymodbus.logging import Log
 
-        Log.error("a pymodbus error {}", "after traffic")  # pymodbus appends its last frames to every error
-    finally:
-        board.close()
+    port, _ = served
+    short = _answer(port, bytes.fromhex("0007 0000 0003 01 03 00"))
+    Log.error("a pymodbus error {}", "after traffic")  # pymodbus appends its last frames to every error
     assert short[7:8] == b"\x80"  # pymodbus's own exception answer
     logged = capfd.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
     assert not _dumped(logged), logged
