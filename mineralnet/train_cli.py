@@ -27,6 +27,9 @@ def train_main(argv=None):
     if not resume:  # a value that makes no sense stops here, before TensorFlow loads (seconds)
         resolve_config(file_values, args)
     check_writable(args.get("out") or file_values.get("out") or DEFAULT_OUT)  # so does a read-only --out
+    from mineralnet.training.workers import use_jax_backend
+
+    use_jax_backend(args["strategy"] or "auto")  # a multi-worker job trains on Keras' JAX backend, set before it loads
     from mineralnet.training import run_from_args
 
     print(f"run directory: {run_from_args(args, config_file, resume)}")

@@ -4,7 +4,9 @@ fine-tuning), resumable checkpoints and the final evaluation, all into one run d
 import contextlib
 import functools
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 import keras
@@ -17,7 +19,8 @@ from mineralnet.models import build_model, model_info, register_all
 from mineralnet.training.advice import calib_advice, resolve_auto, weak_model_advice
 from mineralnet.training.checkpoint import RunCheckpoint, read_state
 from mineralnet.training.config import DEFAULT_OUT, ConfigError, resolve_config, resume_changes
-from mineralnet.training.distribute import make_strategy, split_cpu
+from mineralnet.training.distribute import (ValidationLossOfPadding, even_batches, make_strategy, split_cpu,
+                                            weights_digest)
 from mineralnet.training.ema import ema_callbacks, restore_raw_weights
 from mineralnet.training.filesystem import check_writable, disk_full_as_one_line
 from mineralnet.training.progress import progress_callbacks
@@ -97,10 +100,11 @@ def _schedule(config, steps_per_epoch, epochs):
     )
 
 
-def _compile(model, config, steps_per_epoch, epochs, optimizer=None):
+def _compile(model, config, steps_per_epoch, epochs, optimizer=None, weighted=False):
     """Compile for one phase of `epochs` epochs. `optimizer`: a restored one (resume) whose iterations and moments
     are kept; it gets the schedule of this config, so a run extended by --epochs decays over the new total and
-    a changed --lr or --warmup-epochs takes effect, instead of the checkpoint's old schedule running on."""
+    a changed --lr or --warmup-epochs takes effect, instead of the checkpoint's old schedule running on.
+    `weighted`: accuracy honours sample weights (a multi-worker run's padded validation batches weigh 0)."""
     schedule = _schedule(config, steps_per_epoch, epochs)
     if optimizer is None:
         ema = config.ema
@@ -110,7 +114,7 @@ def _compile(model, config, steps_per_epoch, epochs, optimizer=None):
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
+        metrics=None if weighted else ["accuracy"], weighted_metrics=["accuracy"] if weighted else None,
     )
 
 
@@ -150,10 +154,18 @@ def train(config, resume=False):
     if config.deterministic:
         _enable_determinism(config.seed)
     split_cpu(config.cpu_devices)
-    strategy = make_strategy(config.strategy)  # multi-worker needs this before any other TensorFlow op
+    strategy = make_strategy(config.strategy)
+    # Only the chief (worker 0 of a multi-worker job) writes the run directory; the other workers read it (to
+    # resume) and write their identical files into a scratch folder, removed at the end.
+    chief, workers = getattr(strategy, "chief", True), getattr(strategy, "job", None)
+    out = run if chief else rundir.Run(tempfile.mkdtemp(prefix="mineralnet-worker-"), required=None)
+    local = strategy.local_batches if workers else lambda dataset, batch: dataset  # each worker's part of a batch
+    if workers and config.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must split evenly over the "
+                          f"{strategy.num_replicas_in_sync} replicas: pass a multiple of it.")
     data = config.data
     if config.demo and not data:
-        data = make_demo_dataset(run.demo_data_dir, image_size=max(96, config.image_size))
+        data = make_demo_dataset(out.demo_data_dir, image_size=max(96, config.image_size))
     config = config.replace(out=run_path, data=os.path.abspath(data),
                             init_from=config.init_from and os.path.abspath(config.init_from))
     if resume:
@@ -171,6 +183,8 @@ def train(config, resume=False):
         with strategy.scope():
             if state:
                 register_all()  # the Keras classes (ECA, ...) the checkpoint holds
+                if workers:  # the layers' first values, overwritten by the checkpoint's, must agree across workers
+                    keras.utils.set_random_seed(config.seed)
                 model = keras.models.load_model(run.checkpoint_file(state["checkpoint"]))
             else:
                 keras.utils.set_random_seed(config.seed)
@@ -178,23 +192,30 @@ def train(config, resume=False):
                 if config.init_from:
                     init_weights(model, config, classes)
         if not resume:
-            run.write_split(rows)
-            run.write_labels(classes)
-            run.write_data_report(report)
+            out.write_split(rows)
+            out.write_labels(classes)
+            out.write_data_report(report)
             for skipped in report["skipped"]:
                 print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-        run.write_config(config)  # on resume: what the run now really uses
+        out.write_config(config)  # on resume: what the run now really uses
 
         train_files, train_labels = _arrays(rows, classes, config.data, "train")
         val_files, val_labels = _arrays(rows, classes, config.data, "val")
         decoded = functools.lru_cache(lambda train_size: DecodedImages(train_files, train_size))  # one per size
 
         def train_data(train_size, first, last):
-            return make_dataset(train_files, train_labels, num_classes, train_size, batch, True, config.augment,
-                                config.seed, mixup=config.mixup, cutmix=config.cutmix, epochs=(first, last),
-                                images=decoded(train_size))
+            dataset = make_dataset(train_files, train_labels, num_classes, train_size, batch, True, config.augment,
+                                   config.seed, mixup=config.mixup, cutmix=config.cutmix, epochs=(first, last),
+                                   images=decoded(train_size), drop_remainder=bool(workers))
+            return local(dataset, batch)
 
-        val_data = make_dataset(val_files, val_labels, num_classes, size, batch)
+        if workers:  # every training step and validation batch split evenly over the workers
+            val_data, val_padding = even_batches(
+                lambda files, labels: make_dataset(files, labels, num_classes, size, batch), val_files, val_labels,
+                batch)
+            val_data = local(val_data, batch)
+        else:
+            val_data, val_padding = make_dataset(val_files, val_labels, num_classes, size, batch), 1.0
         weights = class_weights(train_labels, num_classes) if config.class_weights else None
         if config.init_from:
             start_weights = f"the weights of {config.init_from}"
@@ -203,12 +224,20 @@ def train(config, resume=False):
                              "than with ImageNet weights)")
         else:
             start_weights = f"backbone weights {config.weights}"
-        print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s); "
+        print(f"{type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} replica(s)"
+              f"{f' (worker {workers.process_id} of {workers.count})' if workers else ''}; "
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
               f"{config.model} from {start_weights}")
-        with disk_full_as_one_line(run):
-            _fit(config, run, model, state, strategy, (train_data, val_data),
-                 steps_per_epoch(len(train_files), batch), weights)
+        steps = steps_per_epoch(len(train_files), batch, drop_remainder=bool(workers))
+        with disk_full_as_one_line(out):
+            _fit(config, out, model, state, strategy, (train_data, val_data), steps, weights, val_padding)
+        if workers:
+            print(f"worker {workers.process_id} of {workers.count}: weights sha256 {weights_digest(model)}",
+                  flush=True)
+            strategy.finish()
+            if not chief:
+                shutil.rmtree(out.path, ignore_errors=True)
+                return run_path
     _announce_no_lead(run, config, classes, train_labels, val_labels)
     if config.evaluate:
         from mineralnet.evaluate import evaluate_run
@@ -279,10 +308,11 @@ def init_weights(model, config, classes):
     model.set_weights(source.get_weights())
 
 
-def _fit(config, run, model, state, strategy, datasets, steps, weights):
+def _fit(config, run, model, state, strategy, datasets, steps, weights, val_padding=1.0):
     """Run the frozen and full phases (and within them the progressive-resizing stages) that are not finished yet.
     `state`: the checkpoint state the model was restored from (None for a new run); `datasets`: ((image size,
-    first epoch, end epoch) -> training dataset, validation dataset); `steps`: training batches per epoch."""
+    first epoch, end epoch) -> training dataset, validation dataset); `steps`: training batches per epoch;
+    `val_padding`: padded / real validation images (distribute.even_batches)."""
     train_data, val_data = datasets
     size = config.image_size
     start = state["epoch"] if state else 0
@@ -297,13 +327,13 @@ def _fit(config, run, model, state, strategy, datasets, steps, weights):
             # A checkpoint from inside this phase carries its optimizer (iterations, moments, EMA); a new phase
             # starts a fresh one.
             restored = model.optimizer if state and first < start else None
-            _compile(model, config, steps, last - first, optimizer=restored)
+            _compile(model, config, steps, last - first, optimizer=restored, weighted=val_padding != 1.0)
         for stage_first, stage_end, train_size in stages(config):
             begin, end = max(start, first, stage_first), min(last, stage_end)
             if begin >= end:
                 continue
             callback = RunCheckpoint(run, phase, total, state, image_size=size, train_size=train_size)
-            extra = ema_callbacks(model)
+            extra = ema_callbacks(model) + [ValidationLossOfPadding(val_padding)]
             lines = progress_callbacks(total, steps)
             model.fit(train_data(train_size, begin, end), validation_data=val_data, epochs=end, initial_epoch=begin,
                       steps_per_epoch=steps, class_weight=weights, callbacks=extra + [callback] + lines,
