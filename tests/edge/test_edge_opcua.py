@@ -2,7 +2,8 @@
 
 Every decision arrives as exactly one ResultReady event equal to the events log; the VisionStateMachine follows the
 runner (Preoperational before the run, ContinuousExecution while sorting, Halted after); anonymous clients read
-but cannot write or call; the user with its password prepares a recipe, swaps the model to it and stops the run; alarms are conditions.
+but cannot write or call; the user with its password prepares a recipe, swaps the model to it and stops the run;
+alarms are conditions; over the encrypted endpoint a trusted client certificate may call methods, another may not.
 """
 
 import asyncio
@@ -212,3 +213,42 @@ def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refuse
 def _start_arguments(model_path):
     return (ua.MeasIdDataType(Id="m1"), ua.PartIdDataType(Id="p1"), ua.RecipeIdExternalDataType(Id=model_path),
             ua.ProductIdDataType(Id="ore"), ua.Variant([], ua.VariantType.ExtensionObject))
+
+
+def test_a_trusted_client_certificate_may_call_methods_over_the_encrypted_endpoint_another_only_reads(
+        tmp_path, tiny_export, write_config, make_runner):
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    async def certificates():
+        for name, use in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("trusted", ExtendedKeyUsageOID.CLIENT_AUTH),
+                          ("stranger", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            await setup_self_signed_certificate(tmp_path / f"{name}.pem", tmp_path / f"{name}.der", f"urn:{name}",
+                                                "localhost", [use], {"commonName": name})
+
+    asyncio.run(certificates())
+    runner, _ = make_runner(write_config(), tiny_export["int8"])
+    server = VisionServer(runner, Access("operator", None, [str(tmp_path / "trusted.der")]),
+                          str(tmp_path / "server.der"), str(tmp_path / "server.pem"), grace_s=0.0)
+    url = server.serve("127.0.0.1", 0).split(" ", 1)[1]
+
+    async def prepare_as(name):
+        client = Client(url)
+        await client.set_security(SecurityPolicyBasic256Sha256, str(tmp_path / f"{name}.der"),
+                                  str(tmp_path / f"{name}.pem"), server_certificate=str(tmp_path / "server.der"),
+                                  mode=ua.MessageSecurityMode.SignAndEncrypt)
+        async with client:
+            vision = await Vision(client).find()
+            try:
+                return await vision.recipes.call_method(f"{vision.mv}:PrepareRecipe", ua.RecipeIdExternalDataType(
+                    Id=tiny_export["int8"]), ua.RecipeIdInternalDataType(Id=""))
+            except ua.UaStatusCodeError as refused:
+                return type(refused).__name__
+
+    try:
+        stranger, trusted = asyncio.run(prepare_as("stranger")), asyncio.run(prepare_as("trusted"))
+    finally:
+        server.close()
+    assert stranger == "BadUserAccessDenied"
+    assert trusted[0].Id == runner.model.sha256 and trusted[1:] == [True, 0]
