@@ -69,7 +69,9 @@ def check_writable(path, directory=False):
     """Raise OSError now if `path` (a file, or with `directory=True` a folder) could not be written later.
 
     Run at start for every output, so that a read-only or mistyped path stops the runner with one line instead of
-    a traceback, or a summary lost after hours of sorting. A probe file is created and removed beside the target.
+    a traceback, or a summary lost after hours of sorting. A probe file is created and removed beside the target;
+    then the temporary files a SIGKILL left for this output are removed (remove_leftovers): every output passes
+    here at start, so none is forgotten.
     """
     folder = path if directory else (os.path.dirname(os.path.abspath(path)) or ".")
     if not directory and os.path.isdir(path):
@@ -82,6 +84,7 @@ def check_writable(path, directory=False):
     fd, probe = tempfile.mkstemp(prefix=PROBE + ".", suffix=TEMP_SUFFIX, dir=folder)
     os.close(fd)
     os.remove(probe)
+    remove_leftovers(path, directory)
 
 
 def atomic_write_json(path, data):

@@ -170,7 +170,7 @@ def init_config(path, model):
 
 def check_outputs(args, config):
     """Every file the runner will write, tried now: a bad path stops it with one line instead of a later loss.
-    Temporary files a SIGKILL left beside them are removed (edge/records.py remove_leftovers)."""
+    Temporary files a SIGKILL left beside them are removed there too (edge/records.py check_writable)."""
     outputs = [("records.summary", config.records.summary, False)]
     if config.review.dir:
         outputs.append(("review.dir", config.review.dir, True))
@@ -180,11 +180,9 @@ def check_outputs(args, config):
             check_writable(path, directory)
         except OSError as error:
             raise config.error(key, f"'{path}' cannot be written ({error.strerror})") from None
-        remove_leftovers(path, directory)
     if args.events and args.events != "-":
         try:
             check_writable(args.events)
-            remove_leftovers(args.events)
         except OSError as error:
             raise ConfigError(
                 f"--events '{args.events}' cannot be written ({error.strerror}): pass a writable file path."
