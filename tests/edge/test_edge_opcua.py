@@ -196,7 +196,8 @@ def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refuse
     assert good[0].Id == float32_sha and good[1:] == [True, 0]
     assert bad[1:] == [True, 1] and "broken.tflite" in problem
     assert unprepared[1] == 4  # a recipe not prepared is not swapped in
-    assert swap[1] == 0 and runner.model.path == tiny_export["float32"] == live and summary["model_sha256"] == float32_sha
+    assert swap[1] == 0 and runner.model.path == tiny_export["float32"] == live
+    assert summary["model_sha256"] == float32_sha
     assert stop == 0 and summary["exit"] == "opcua Stop: shift end"
     results = [e for e in seen.events if hasattr(e, "Seq")]
     assert [e.Seq for e in results] == list(range(1, summary["items"] + 1))
