@@ -86,8 +86,8 @@ def test_pymodbus_error_lines_lose_the_frame_dump(served, capfd, caplog):
 
 
 def test_a_plc_reads_stopped_after_the_run_ends(tmp_path, tiny_export, write_config, make_runner):
-    """The run ends (summary written, stop event): the state register still answers 3 for stop_grace_s, then the
-    server closes."""
+    """The run ends (summary written, stop event): the state register still answers 3 for stop_grace_s (default
+    2 s), then the server closes."""
     from edge.sources import Capture, FolderSource
 
     folder = tmp_path / "belt"
@@ -95,7 +95,7 @@ def test_a_plc_reads_stopped_after_the_run_ends(tmp_path, tiny_export, write_con
     for row in tiny_export["test_rows"][:2]:
         shutil.copy(row["file"], folder / os.path.basename(row["file"]))
     port = free_port()
-    runner, events_path = make_runner(write_config(actuator={"type": "modbus", "port": port, "stop_grace_s": 1.0}),
+    runner, events_path = make_runner(write_config(actuator={"type": "modbus", "port": port}),  # the default 2 s
                                       tiny_export["int8"])
     sorting = threading.Thread(target=runner.run, args=(Capture(FolderSource(str(folder), runner.clock),
                                                                 runner.clock, runner.events),))
@@ -105,12 +105,10 @@ def test_a_plc_reads_stopped_after_the_run_ends(tmp_path, tiny_export, write_con
         while not any(json.loads(line)["type"] == "stop" for line in open(events_path)):
             assert time.monotonic() < deadline, "the run never ended"
             time.sleep(0.01)
-        ended = time.monotonic()
         client = ModbusTcpClient("127.0.0.1", port=port)
         assert client.connect()
         state = client.read_holding_registers(STATE, count=1, device_id=1).registers[0]
         client.close()
-        assert time.monotonic() - ended < 1.0
     finally:
         sorting.join(30)
     assert state == STOPPED and (tmp_path / "summary.json").exists()
