@@ -82,7 +82,8 @@ class TrainConfig:
     limit_per_class: int | None = option(None, "use at most N images per class (quick runs)", INT, "N", fixed=True)
     class_weights: bool = option(False, "weight the loss by inverse class frequency", SWITCH)
     mixed_precision: str = option("off", "mixed-precision policy", choices=("off", "float16", "bfloat16"), fixed=True)
-    strategy: str = option("auto", "tf.distribute strategy: several GPUs mirrored, TF_CONFIG with workers multiworker",
+    strategy: str = option("auto", "auto: several GPUs mirrored (TensorFlow), a job of several processes or hosts in "
+                           "KERAS_DISTRIBUTION_JOB_ADDRESSES multiworker (JAX backend, docs/distributed.md)",
                            choices=("auto", "default", "mirrored", "multiworker"))
     cpu_devices: int = option(1, "split the CPU into N logical devices (tries distribution without GPUs)", INT, "N")
     augment: AugmentConfig = option(AugmentConfig(), "JSON overrides of the augmentation, e.g. "
