@@ -17,10 +17,15 @@ import re
 import sys
 import time
 
-import numpy as np
-
 if not __package__:  # run as a script (python edge/runner.py): make the `edge` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from edge.stopping import StopSignals, Stopped  # noqa: E402
+
+if __name__ == "__main__":  # the script: SIGINT/SIGTERM only set a flag from here on, through the ~1 s of imports
+    STOPS = StopSignals().install()
+
+import numpy as np  # noqa: E402
 
 from edge import drivers, served  # noqa: E402
 from edge.actuate import SupervisedActuator  # noqa: E402
@@ -37,7 +42,6 @@ from edge.review import ReviewQueue  # noqa: E402
 from edge.shadow import add_shadow_options, open_shadow  # noqa: E402
 from edge.sorter import Sorter  # noqa: E402
 from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa: E402
-from edge.stopping import StopSignals, Stopped  # noqa: E402
 from edge.timing import Clock  # noqa: E402
 
 
@@ -248,8 +252,13 @@ def _start_and_sort(args, stops):
     except Stopped:
         if belt is not None:
             belt.close()
-        if config is None:  # a signal before the config was read: no summary path yet
-            print(f"runner: stopped by {stops.reason} before reading the config; no summary.", file=sys.stderr)
+        if config is None and args.config:  # a signal during the imports: the config still says where the summary goes
+            try:
+                config = load_config(args.config)
+            except ConfigError:
+                pass
+        if config is None:
+            print(f"runner: stopped by {stops.reason} before the config was read; no summary.", file=sys.stderr)
             return 0
         _, written = stops.summary(config, model)
         print(f"runner: stopped by {stops.reason} while {stops.during}, before sorting; summary "
@@ -301,7 +310,6 @@ def _start_and_sort(args, stops):
 
 
 if __name__ == "__main__":
-    STOPS = StopSignals().install()
     STATUS = main(stops=STOPS)
     STOPS.hold()
     sys.exit(STATUS)

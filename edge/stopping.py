@@ -1,9 +1,10 @@
 """SIGINT and SIGTERM from the first moment of edge/runner.py main(): a stop is never a kill.
 
 Python's defaults end the process wherever it stands: SIGTERM (systemd's stop) with status 143 and no summary, SIGINT
-with a KeyboardInterrupt raised inside whatever runs, a file write included. Here both only set a flag. During
-start-up the flag is read between the steps (reading the config, loading the model, opening the source and
-outputs, connecting to the encoder): the runner then writes a short summary.json naming the step and exits 0. Once
+with a KeyboardInterrupt raised inside whatever runs, a file write included. Here both only set a flag, from before
+the runner script's heavy imports (about 1 s of numpy, OpenCV, LiteRT). During start-up the flag is read between
+the steps (importing, reading the config, loading the model, opening the source and outputs, connecting to the
+encoder): the runner then writes a short summary.json naming the step and exits 0. Once
 the sorter exists the flag is its stop(): it finishes the current frame and writes the full summary, exit 0 too.
 Since no handler raises, no write is ever cut short and no temporary file is left behind (a SIGKILL's, which nothing
 can catch, are removed at the next start: edge/records.py remove_leftovers).
@@ -26,7 +27,7 @@ class StopSignals:
 
     def __init__(self):
         self.reason = None  # "SIGINT" or "SIGTERM" once received
-        self.during = "start-up"  # the start-up step under way
+        self.during = "importing"  # the start-up step under way
         self.started_wall, self.started = time.time(), time.monotonic()
         self._sorter = None
         self._previous = {}
