@@ -32,6 +32,7 @@ from edge.records import atomic_write_bytes, atomic_write_json, check_writable, 
 REPORT_INTERVAL_S = 30.0
 QUEUE_FRAMES = 16  # frames waiting for the candidate before new ones are dropped
 _WINDOW = 10_000  # latency samples kept (memory stays flat over weeks)
+NICE = 19  # the worker thread's nice value (Linux): lowest priority, never more than the live thread's
 
 
 def default_report_path(summary_path):
@@ -91,6 +92,10 @@ class Shadow:
             self.dropped += len(items)
 
     def _work(self):
+        try:  # Linux: a thread's own nice value; the candidate yields the CPU to the live model and the belt
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             job = self._queue.get()
             if job is None:
