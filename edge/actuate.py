@@ -96,9 +96,11 @@ class SupervisedActuator:
         return list(getattr(self._actuator, "listening", []))
 
     def close(self):
+        """At the end of the run: a driver's `finish()` where it has one (the Modbus server shows "stopped" for a
+        grace period first), else its close()."""
         with self._lock:
             if self._actuator is not None:
-                self._actuator.close()
+                getattr(self._actuator, "finish", self._actuator.close)()
                 self._actuator = None
 
 

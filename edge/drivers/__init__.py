@@ -6,8 +6,8 @@ constructors `(config, clock, labels) -> driver`: `bin_driver` for single items 
 `send(bin, due, frame_id)` and `close()`, `due` being the clock time the bin's valve must open) and `valve_driver`
 for the valve bar of [particles] (`send(command, due, frame_id)`, the command an edge/valves.py Command), either
 None where the hardware cannot do it. A driver may also publish (`record(item, capture_time, position)`,
-`heartbeat(state, model_ok)`) and listen (`listening`): the Modbus server does; `outputs(config)` lists the files
-it writes, so that a bad path stops the runner at start. `plc_fires`: the PLC fires the
+`heartbeat(state, model_ok)`), listen (`listening`) and end a run more slowly than a fault closes it (`finish()`):
+the Modbus server does; `outputs(config)` lists the files it writes, so that a bad path stops the runner at start. `plc_fires`: the PLC fires the
 valves itself from the published decisions, so nothing is scheduled on the host for single items.
 
 To add an actuator: a file here with those names, a row below, and a test beside tests/edge/test_edge_actuators.py.

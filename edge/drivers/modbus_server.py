@@ -216,13 +216,19 @@ class ModbusBoard:
             self.registers[ALARMS] = alarms
             self._tick()
 
-    def close(self):
-        """Serve state 3 (stopped) for `stop_grace_s` (the heartbeat stood still: the runner is not sorting), then
-        close the server."""
+    def finish(self):
+        """The run has ended: serve state 3 (stopped) for `stop_grace_s` (the heartbeat standing still), then close.
+        Only here: a close after a fault (edge/actuate.py) must not hold the sorting loop for the grace."""
         if self._loop is None or self._loop.is_closed():
             return
         self.heartbeat(STOPPED, False, self.registers[ALARMS])
         self.clock.wait(threading.Event(), self.stop_grace_s)
+        self.close()
+
+    def close(self):
+        if self._loop is None or self._loop.is_closed():
+            return
+        self.heartbeat(STOPPED, False, self.registers[ALARMS])
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
