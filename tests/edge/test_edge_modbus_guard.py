@@ -113,3 +113,23 @@ def test_a_plc_reads_stopped_after_the_run_ends(tmp_path, tiny_export, write_con
         sorting.join(30)
     assert state == STOPPED and (tmp_path / "summary.json").exists()
     assert not ModbusTcpClient("127.0.0.1", port=port).connect()  # closed after the grace
+
+
+def test_the_grace_is_for_the_end_of_a_run_not_for_a_fault(tmp_path, fake_clock):
+    """A record the board cannot publish closes it at once (the sorting loop goes on); only the run's end waits
+    stop_grace_s (on the runner's clock, here driven by the test)."""
+    from edge.actuate import SupervisedActuator
+    from edge.records import EventSink, LineWriter
+
+    def board():
+        return ModbusBoard("127.0.0.1", free_port(), 1, 4, ["recheck", "bin_a"], ["a"], fake_clock, stop_grace_s=30.0)
+
+    actuator = SupervisedActuator(board, fake_clock, EventSink(LineWriter(str(tmp_path / "e.jsonl")), fake_clock))
+    start = fake_clock.now()
+    assert actuator.open()
+    actuator.record({"seq": 1, "bin": "no such bin", "top3": [], "class": None}, start)  # KeyError: a fault
+    assert actuator.errors == 1 and not actuator.up and fake_clock.now() == start
+    fake_clock.advance(1.0)  # past the retry backoff
+    assert actuator.open()
+    actuator.close()
+    assert fake_clock.now() == start + 1.0 + 30.0
