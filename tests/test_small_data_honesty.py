@@ -62,8 +62,8 @@ def test_advice_never_names_the_model_or_weights_in_use():
 
 
 def test_the_small_data_line_names_only_the_settings_the_run_lacks():
-    recipe = {"weights": "none", "data": "photos", "model": "simple_cnn", "image_size": 64, "epochs": 30, "warmup_epochs": 2,
-              "label_smoothing": 0.1}
+    recipe = {"weights": "none", "data": "photos", "model": "simple_cnn", "image_size": 64, "epochs": 30,
+              "warmup_epochs": 2, "label_smoothing": 0.1}
     assert resolve_auto(resolve_config(overrides=recipe), 100, 4)[1] is None
     _, line = resolve_auto(resolve_config(overrides={**recipe, "image_size": 32}), 100, 4)
     assert "favour --image-size 64 (" in line and "--model simple_cnn" not in line

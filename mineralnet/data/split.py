@@ -252,7 +252,7 @@ def check_content(rows, split_path):
         classes = ", ".join(f"'{label}' ({len(paths)} of {sum(r['label'] == label for r in recorded)} files, e.g. "
                             f"{paths[0]})" for label, paths in sorted(changed.items()))
         raise DataError(
-            f"files of class{'es' if len(changed) > 1 else ''} {classes} no longer hold the content split '{split_path}' recorded: class folders were "
-            "swapped or files edited since training, so their labels would be wrong. Restore the folders as they "
-            "were, or train a new run on the data as it is now."
+            f"files of class{'es' if len(changed) > 1 else ''} {classes} no longer hold the content split "
+            f"'{split_path}' recorded: class folders were swapped or files edited since training, so their labels "
+            "would be wrong. Restore the folders as they were, or train a new run on the data as it is now."
         )
