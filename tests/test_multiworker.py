@@ -110,6 +110,15 @@ def test_two_workers_train_as_one_process_and_a_killed_job_resumes(tmp_path, dem
     assert not list((tmp_path / "again-scratch1").iterdir())
     assert sorted(os.listdir(run)) == sorted(os.listdir(tmp_path / "one"))
     assert sorted(os.listdir(os.path.join(run, "checkpoint"))) == [f"epoch-{EPOCHS}.keras", "state.json"]
+    # What comes after training reads the chief's run directory as any other (here on the TensorFlow backend).
+    from mineralnet.evaluate import evaluate_run
+    from mineralnet.gradcam import gradcam_run
+
+    report = evaluate_run(run, subset="test", baseline=False)
+    assert 0 <= report["accuracy"] <= 1 and os.path.exists(os.path.join(run, "eval"))
+    test_file = os.path.join(demo_data, *next(r for r in csv.DictReader(open(os.path.join(run, "split.csv")))
+                                             if r["subset"] == "test")["path"].split("/"))
+    assert [os.path.exists(p) for p in gradcam_run(run, [test_file], str(tmp_path / "cam"))] == [True]
 
 
 def answer(out, env_changes, args=("--demo",), timeout=60):

@@ -229,6 +229,9 @@ def train(config, resume=False):
               f"{len(train_files)} training, {len(val_files)} validation images of {num_classes} classes; "
               f"{config.model} from {start_weights}")
         steps = steps_per_epoch(len(train_files), batch, drop_remainder=bool(workers))
+        if not steps:  # a multi-worker run trains on full global batches only
+            raise ConfigError(f"{len(train_files)} training images make no full --batch-size {batch} batch for the "
+                              "workers: pass a smaller --batch-size.")
         with disk_full_as_one_line(out):
             _fit(config, out, model, state, strategy, (train_data, val_data), steps, weights, val_padding)
         if workers:
