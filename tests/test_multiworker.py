@@ -121,13 +121,12 @@ def test_two_workers_train_as_one_process_and_a_killed_job_resumes(tmp_path, dem
     assert [os.path.exists(p) for p in gradcam_run(run, [test_file], str(tmp_path / "cam"))] == [True]
 
 
-def answer(out, env_changes, args=("--demo",), timeout=60):
+def answer(out, env_changes):
+    """train.py --demo with a job in the environment: answered before TensorFlow loads (the job is checked first)."""
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CONFIG")}
     env.update(env_changes)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "train.py", *args, "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    return done, time.monotonic() - started
+    return subprocess.run([sys.executable, "train.py", "--demo", "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=60)
 
 
 @pytest.mark.slow
@@ -138,22 +137,31 @@ def test_a_wrong_job_answers_in_one_line_within_its_time_limit(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", free))
         holder.listen()
-        done, _ = answer(out, {job: f"127.0.0.1:{free},127.0.0.1:{other}", index_of: "0"})
+        done = answer(out, {job: f"127.0.0.1:{free},127.0.0.1:{other}", index_of: "0"})
     assert done.returncode == 2 and f"port {free} on 127.0.0.1" in done.stderr and "in use" in done.stderr
     # 192.0.2.1 (TEST-NET-1) is no address of this host.
-    done, _ = answer(out, {job: f"192.0.2.1:{free},127.0.0.1:{other}", index_of: "0"})
+    done = answer(out, {job: f"192.0.2.1:{free},127.0.0.1:{other}", index_of: "0"})
     assert done.returncode == 2 and "names 192.0.2.1 for worker 0" in done.stderr and "no such address" in done.stderr
-    done, _ = answer(out, {job: f"127.0.0.1:{free}", index_of: "1"})
+    done = answer(out, {job: f"127.0.0.1:{free}", index_of: "1"})
     assert done.returncode == 2 and "KERAS_DISTRIBUTION_PROCESS_ID='1'" in done.stderr
-    done, _ = answer(out, {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'})
+    done = answer(out, {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'})
     assert done.returncode == 2 and "TF_CONFIG" in done.stderr and job in done.stderr
-    # A worker whose coordinator never comes, and a coordinator whose other worker never comes: each gives up after
-    # MINERALNET_WORKER_TIMEOUT seconds (3 here) with one line, exit status 2.
+    # A worker whose coordinator never comes, and a coordinator whose other worker never comes (two jobs, side by
+    # side): each gives up after MINERALNET_WORKER_TIMEOUT seconds (3 here) with one line, exit status 2.
+    cases = []
     for index, expected in ((1, "could not reach the coordinator"), (0, "not all 2 workers")):
-        done, seconds = answer(out, {job: f"127.0.0.1:{free},127.0.0.1:{other}", index_of: str(index),
-                                     "MINERALNET_WORKER_TIMEOUT": "3"}, args=["--demo", "--weights", "none"])
-        assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
-        assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == \
-            [line for line in done.stderr.splitlines() if expected in line]
-        assert seconds < 45  # TensorFlow's import and the 3 s
+        first, second = free_ports(2)
+        env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CONFIG")}
+        env.update({job: f"127.0.0.1:{first},127.0.0.1:{second}", index_of: str(index),
+                    "MINERALNET_WORKER_TIMEOUT": "3"})
+        cases.append((subprocess.Popen([sys.executable, "train.py", "--demo", "--weights", "none", "--out", str(out)],
+                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                      expected))
+    started = time.monotonic()
+    for process, expected in cases:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 2 and expected in stderr, stderr[-2000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0]
+    assert time.monotonic() - started < 45  # TensorFlow's import and the 3 s
     assert not (tmp_path / "run").exists()
