@@ -199,7 +199,8 @@ class VisionServer:
         watch = asyncio.create_task(self._watch())
         try:
             await self._pump()
-            await self._set_state(vision_state(self.runner, self._stopping))
+            await self._set_state(vision_state(self.runner, self._stopping))  # the last state and alarms, now
+            await self._set_alarms(self.runner.state()[2])
             await asyncio.sleep(self.grace_s)
         finally:
             watch.cancel()
@@ -304,12 +305,15 @@ class VisionServer:
                 await self._set_state(state)
                 shown = state
             await self._set_alarms(self.runner.state()[2])
-            model = self.runner.model
-            if model is not self._shown_model:  # a promotion (StartContinuous, the page, a signal)
-                self._shown_model = model
-                await self.live_model.write_value(model.path)
-                await self.live_sha.write_value(model.sha256)
+            await self._show_model()  # a promotion from the page or a signal shows within POLL_S
             await asyncio.sleep(POLL_S)
+
+    async def _show_model(self):
+        model = self.runner.model
+        if model is not self._shown_model:
+            self._shown_model = model
+            await self.live_model.write_value(model.path)
+            await self.live_sha.write_value(model.sha256)
 
     async def _set_state(self, state):
         from asyncua import ua
@@ -412,6 +416,7 @@ class VisionServer:
                 await asyncio.get_running_loop().run_in_executor(None, self.runner.promote, path)
             except ModelError as refused:
                 error, problem = SWAP_FAILED, str(refused)
+            await self._show_model()
         await self.last_problem.write_value(problem or "")
         self.runner.events.emit("opcua", event="start_continuous", recipe=path or None, error=error, problem=problem)
         return [ua.Variant(ua.JobIdDataType(Id=self.job)), ua.Variant(error, ua.VariantType.Int32)]

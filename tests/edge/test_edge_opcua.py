@@ -1,9 +1,10 @@
 """The OPC UA Machine Vision server (issue 27 point 1): a real asyncua client over 127.0.0.1 against a real run.
 
 Every decision arrives as exactly one ResultReady event equal to the events log; the VisionStateMachine follows the
-runner (Preoperational before the run, ContinuousExecution while sorting, Halted after); anonymous clients read
-but cannot write or call; the user with its password prepares a recipe, swaps the model to it and stops the run;
-alarms are conditions; over the encrypted endpoint a trusted client certificate may call methods, another may not.
+runner (Preoperational before the run, ContinuousExecution while sorting, Error while the source stalls, Halted
+after); anonymous clients read but cannot write or call; the user with its password prepares a recipe, swaps the
+model to it and stops the run; alarms are conditions; over the encrypted endpoint a trusted client certificate may
+call methods, another may not.
 """
 
 import asyncio
@@ -82,7 +83,8 @@ async def _until(condition, seconds=10.0):
 def test_every_decision_is_one_result_ready_event_the_state_follows_the_runner_and_anonymous_only_reads(
         tmp_path, tiny_export, write_config, make_runner):
     folder = belt_folder(tmp_path, tiny_export, 6)
-    runner, events_path = make_runner(write_config(), tiny_export["int8"])
+    # the held-back last frame stalls the source after 1.5 s: the state machine shows Error, the SourceAlarm trips
+    runner, events_path = make_runner(write_config(source={"stall_timeout_s": 1.5}), tiny_export["int8"])
     server = VisionServer(runner, Access("operator", PASSWORD), grace_s=0.0)
     runner.publishers.append(server)
     address = server.serve("127.0.0.1", 0)
@@ -105,17 +107,21 @@ def test_every_decision_is_one_result_ready_event_the_state_follows_the_runner_a
                                                    ua.LocalizedText("anonymous"))
             held = await loop.run_in_executor(None, HeldBackRun, runner, folder, 4)  # mid-run: last frame held
             during = await vision.until(("Operational", "ContinuousExecution"))
+            stalled = await vision.until(("Error", None))
+            source_alarm = await (await vision.system.get_child(
+                [f"{vision.idx}:Alarms", f"{vision.idx}:SourceAlarm", "0:ActiveState"])).read_value()
             summary = await loop.run_in_executor(None, held.finish)
             after = await vision.until(("Halted", None))
             await _until(lambda: len(seen.events) >= summary["items"])
             await asyncio.sleep(0.3)  # a duplicate would arrive now
-            return during, after, summary, seen
+            return during, stalled, source_alarm.Text, after, summary, seen
 
     try:
-        during, after, summary, seen = asyncio.run(scenario())
+        during, stalled, source_alarm, after, summary, seen = asyncio.run(scenario())
     finally:
         server.close()
     assert during == ("Operational", "ContinuousExecution")
+    assert stalled == ("Error", None) and source_alarm == "Active"
     assert after == ("Halted", None)
     assert summary["exit"] == "end of source" and summary["items"] == 6
     logged = _items(events_path)
@@ -126,11 +132,43 @@ def test_every_decision_is_one_result_ready_event_the_state_follows_the_runner_a
         assert event.Confidence == pytest.approx(item["top3"][0]["p"])
         assert event.ResultId.Id.endswith(f"/{item['seq']}") and event.ResultState == (item["reason"] == "confident")
         assert event.InternalRecipeId.Id == runner.model.sha256
-    assert seen.changes[0] == "Preoperational" and "Operational" in seen.changes and seen.changes[-1] == "Halted"
+    assert seen.changes[0] == "Preoperational" and seen.changes[-1] == "Halted"
+    assert seen.changes.index("Operational") < seen.changes.index("Error")
     assert server.sent == 6 and server.dropped == 0
 
 
-def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refused_alarms_are_conditions(
+def _certificates(tmp_path, names):
+    """Self-signed application certificates NAME.der with keys NAME.pem, made by asyncua's own helper."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    async def make():
+        for name in names:
+            use = ExtendedKeyUsageOID.SERVER_AUTH if name == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+            await setup_self_signed_certificate(tmp_path / f"{name}.pem", tmp_path / f"{name}.der", f"urn:{name}",
+                                                "localhost", [use], {"commonName": name})
+
+    asyncio.run(make())
+
+
+async def _prepare_encrypted(url, tmp_path, name, model_path):
+    """PrepareRecipe over the Basic256Sha256 SignAndEncrypt endpoint as the client with certificate NAME."""
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    client = Client(url)
+    await client.set_security(SecurityPolicyBasic256Sha256, str(tmp_path / f"{name}.der"),
+                              str(tmp_path / f"{name}.pem"), server_certificate=str(tmp_path / "server.der"),
+                              mode=ua.MessageSecurityMode.SignAndEncrypt)
+    async with client:
+        vision = await Vision(client).find()
+        try:
+            return await vision.recipes.call_method(f"{vision.mv}:PrepareRecipe", ua.RecipeIdExternalDataType(
+                Id=model_path), ua.RecipeIdInternalDataType(Id=""))
+        except ua.UaStatusCodeError as refused:
+            return type(refused).__name__
+
+
+def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_model_stop_ends_the_run_alarms(
         tmp_path, tiny_export, write_config, make_runner):
     folder = belt_folder(tmp_path, tiny_export, 3)
     broken = tmp_path / "broken.tflite"
@@ -139,12 +177,16 @@ def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refuse
     config = write_config(belt={"speed_mm_s": 1000.0, "camera_to_ejector_mm": 0.001, "valve_lead_ms": 0.0},
                           alarm={"window": 2, "max_recheck_share": 0.5})
     runner, events_path = make_runner(config, tiny_export["int8"])
-    server = VisionServer(runner, Access("operator", PASSWORD), grace_s=0.0)
+    _certificates(tmp_path, ("server", "trusted", "stranger"))
+    server = VisionServer(runner, Access("operator", PASSWORD, [str(tmp_path / "trusted.der")]),
+                          str(tmp_path / "server.der"), str(tmp_path / "server.pem"), grace_s=0.0)
     runner.publishers.append(server)
     url = server.serve("127.0.0.1", 0).split(" ", 1)[1]
 
     async def scenario():
         loop = asyncio.get_running_loop()
+        by_certificate = [await _prepare_encrypted(url, tmp_path, name, tiny_export["int8"])
+                          for name in ("stranger", "trusted")]
         wrong = Client(url)
         wrong.set_user("operator")
         wrong.set_password("guess")
@@ -185,13 +227,16 @@ def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refuse
                                                       ua.LocalizedText("shift end"))
             summary = await asyncio.wait_for(sorting, 30)
             await _until(lambda: len([e for e in seen.events if hasattr(e, "Seq")]) >= summary["items"])
+            await _until(lambda: any(getattr(e, "ConditionName", None) == "RecheckAlarm" for e in seen.events))
             live = await (await vision.recipes.get_child(f"{vision.idx}:LiveModel")).read_value()
-            return good, bad, problem, unprepared, swap, stop, summary, seen, live
+            return by_certificate, good, bad, problem, unprepared, swap, stop, summary, seen, live
 
     try:
-        good, bad, problem, unprepared, swap, stop, summary, seen, live = asyncio.run(scenario())
+        by_certificate, good, bad, problem, unprepared, swap, stop, summary, seen, live = asyncio.run(scenario())
     finally:
         server.close()
+    assert by_certificate[0] == "BadUserAccessDenied"  # an untrusted certificate only reads
+    assert by_certificate[1][0].Id != runner.model.sha256 and by_certificate[1][1:] == [True, 0]  # the int8 recipe
     float32_sha = runner.model.sha256
     assert good[0].Id == float32_sha and good[1:] == [True, 0]
     assert bad[1:] == [True, 1] and "broken.tflite" in problem
@@ -207,7 +252,7 @@ def test_the_user_prepares_a_recipe_and_stops_the_run_wrong_passwords_are_refuse
     with open(events_path) as handle:
         lines = [json.loads(line) for line in handle]
     audit = [line["event"] for line in lines if line["type"] == "opcua"]
-    assert audit == ["prepare_recipe", "prepare_recipe", "start_continuous", "start_continuous", "stop", "closed"]
+    assert audit == ["prepare_recipe"] * 3 + ["start_continuous", "start_continuous", "stop", "closed"]
     assert [line["type"] for line in lines if line["type"].startswith("model_")] == ["model_promoted"]
 
 
@@ -216,40 +261,16 @@ def _start_arguments(model_path):
             ua.ProductIdDataType(Id="ore"), ua.Variant([], ua.VariantType.ExtensionObject))
 
 
-def test_a_trusted_client_certificate_may_call_methods_over_the_encrypted_endpoint_another_only_reads(
-        tmp_path, tiny_export, write_config, make_runner):
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-    from cryptography.x509.oid import ExtendedKeyUsageOID
+@pytest.mark.parametrize("content", [None, ""])
+def test_a_password_file_that_cannot_be_used_stops_the_runner_in_one_line(tmp_path, capsys, content):
+    from edge.runner import parse_args
 
-    async def certificates():
-        for name, use in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("trusted", ExtendedKeyUsageOID.CLIENT_AUTH),
-                          ("stranger", ExtendedKeyUsageOID.CLIENT_AUTH)):
-            await setup_self_signed_certificate(tmp_path / f"{name}.pem", tmp_path / f"{name}.der", f"urn:{name}",
-                                                "localhost", [use], {"commonName": name})
-
-    asyncio.run(certificates())
-    runner, _ = make_runner(write_config(), tiny_export["int8"])
-    server = VisionServer(runner, Access("operator", None, [str(tmp_path / "trusted.der")]),
-                          str(tmp_path / "server.der"), str(tmp_path / "server.pem"), grace_s=0.0)
-    url = server.serve("127.0.0.1", 0).split(" ", 1)[1]
-
-    async def prepare_as(name):
-        client = Client(url)
-        await client.set_security(SecurityPolicyBasic256Sha256, str(tmp_path / f"{name}.der"),
-                                  str(tmp_path / f"{name}.pem"), server_certificate=str(tmp_path / "server.der"),
-                                  mode=ua.MessageSecurityMode.SignAndEncrypt)
-        async with client:
-            vision = await Vision(client).find()
-            try:
-                return await vision.recipes.call_method(f"{vision.mv}:PrepareRecipe", ua.RecipeIdExternalDataType(
-                    Id=tiny_export["int8"]), ua.RecipeIdInternalDataType(Id=""))
-            except ua.UaStatusCodeError as refused:
-                return type(refused).__name__
-
-    try:
-        stranger, trusted = asyncio.run(prepare_as("stranger")), asyncio.run(prepare_as("trusted"))
-    finally:
-        server.close()
-    assert stranger == "BadUserAccessDenied"
-    assert trusted[0].Id == runner.model.sha256 and trusted[1:] == [True, 0]
+    path = tmp_path / "password"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--model", "m.tflite", "--source", "folder:x", "--config", "c.toml", "--opcua-port", "0",
+                    "--opcua-password-file", str(path)])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert stopped.value.code == 2 and "--opcua-password-file" in error and str(path) in error
+    assert ("pass a file holding the password" if content is None else "write the password on it") in error
