@@ -65,11 +65,20 @@ class ModelSwitch:
     def __init__(self, sorter):
         self.sorter = sorter
         self.lock = threading.Lock()
+        self._one_at_a_time = threading.Lock()  # a second request waits for the first, then sees its outcome
         self.threads = None  # interpreter threads for a promoted model (the runner sets its --threads)
         self.previous = []  # models promotion replaced, newest last
         self.promotions = self.rollbacks = 0
 
     def promote(self, path=None, sidecar=None):
+        with self._one_at_a_time:
+            return self._promote(path, sidecar)
+
+    def rollback(self):
+        with self._one_at_a_time:
+            return self._rollback()
+
+    def _promote(self, path, sidecar):
         sorter = self.sorter
         shadow = sorter.shadow
         if path is None:
@@ -94,7 +103,7 @@ class ModelSwitch:
             shadow.close("promoted")  # drains what it was offered (outside the lock: the belt never waits)
         return candidate
 
-    def rollback(self):
+    def _rollback(self):
         sorter = self.sorter
         with self.lock:
             if not self.previous:

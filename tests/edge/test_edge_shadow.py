@@ -196,6 +196,37 @@ def test_a_slow_shadow_drops_frames_and_never_holds_up_a_live_decision(
         runner.promote()
 
 
+def test_two_promotions_at_once_promote_once(tmp_path, tiny_export, write_config, make_runner, fake_clock):
+    """The button pressed twice, or a signal beside it: the second waits for the first, then finds no candidate."""
+    import threading
+    import time
+
+    runner, events_path = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
+    runner.attach_shadow(Shadow(Model(tiny_export["float32"]), runner.config, runner.events))
+    outcomes, start = [], threading.Barrier(2)
+
+    def press():
+        start.wait()
+        try:
+            outcomes.append(runner.promote().path)
+        except ModelError as error:
+            outcomes.append(str(error))
+
+    pressing = [threading.Thread(target=press) for _ in range(2)]
+    with runner.switch.lock:  # a frame being sorted: both presses load and check while it lasts
+        for thread in pressing:
+            thread.start()
+        time.sleep(1.0)
+    for thread in pressing:
+        thread.join(60)
+    runner.actuator.close()
+    promoted = [o for o in outcomes if o == tiny_export["float32"]]
+    refused = [o for o in outcomes if o.startswith("no candidate to promote")]
+    assert len(promoted) == len(refused) == 1
+    assert [e["type"] for e in read_events(events_path)] == ["model_promoted", "model_refused"]
+    assert runner.switch.promotions == 1 and [m.path for m in runner.switch.previous] == [tiny_export["int8"]]
+
+
 def test_every_nth_frame_only(tmp_path, tiny_export, write_config, make_runner, fake_clock):
     runner, _ = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
     shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events, every=3)
@@ -301,7 +332,7 @@ def test_the_cli_promotes_on_sigusr1_and_rolls_back_on_sigusr2_and_refuses_other
         seen = []
         for line in process.stdout:  # events on stdout: promote after the first item, roll back after the swap
             seen.append(json.loads(line))
-            if seen[-1]["type"] == "item" and len(seen) < 4:
+            if seen[-1]["type"] == "item" and seen[-1]["seq"] == 1:
                 process.send_signal(signal.SIGUSR1)
             if seen[-1]["type"] == "model_promoted":
                 process.send_signal(signal.SIGUSR2)
