@@ -352,3 +352,26 @@ def test_the_cli_promotes_on_sigusr1_and_rolls_back_on_sigusr2_and_refuses_other
     assert (summary["promotions"], summary["rollbacks"], summary["items"]) == (1, 1, len(items))
     assert summary["shadow"]["state"] == "promoted" and summary["model"] == tiny_export["int8"]
     assert json.loads((tmp_path / "summary.shadow.json").read_text()) == summary["shadow"]
+
+
+def test_on_a_belt_every_particle_of_a_frame_is_compared(tmp_path, tiny_export, write_config, make_runner,
+                                                         fake_clock):
+    from PIL import Image
+
+    from test_edge_belt import BELT, _discs, _particle_config
+
+    runner, events_path = make_runner(_particle_config(write_config, tiny_export), tiny_export["int8"],
+                                      clock=fake_clock)
+    shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events)
+    runner.attach_shadow(shadow)
+    runner.process(Frame("empty", fake_clock.now(), Image.fromarray(BELT)))  # the belt learned: nothing offered
+    runner.process(Frame("A", fake_clock.now(), _discs([(200, 180, 12.0), (320, 120, 16.0), (450, 240, 10.0)])))
+    shadow.close()
+    runner.actuator.close()
+    events = read_events(events_path)
+    particles = {e["seq"]: e for e in events if e["type"] == "particle"}
+    beside = {e["seq"]: e for e in events if e["type"] == "shadow"}
+    assert len(particles) == 3 and sorted(beside) == sorted(particles)
+    assert all(beside[seq]["live"] == {"class": particles[seq]["class"], "bin": particles[seq]["decided"]}
+               for seq in particles)
+    assert (shadow.offered, shadow.compared, shadow.report()["compared"]) == (3, 3, 3)
