@@ -42,13 +42,23 @@ VARIANTS = (
     ("float32", "float32", "exact"), ("float16", "float16", "exact"), ("dynamic", "dynamic", "dynamic"),
     ("int8 (GELU sigmoid)", "int8", "sigmoid"), ("int8 (GELU tanh)", "int8", "tanh"),
     ("int8 (GELU sigmoid, stem float: exported)", "int8", "sigmoid"),
+    ("int8 (stem, ADDs float)", "int8", "sigmoid"),
+    ("int8 (stem, ADDs, classifier float)", "int8", "sigmoid"),
 )
-STEM_FLOAT = {"int8 (GELU sigmoid, stem float: exported)"}  # int8 keeping the registry's stem float, as exported
+# int8 keeping the registry's stem float, as exported
+STEM_FLOAT = {"int8 (GELU sigmoid, stem float: exported)", "int8 (stem, ADDs float)",
+              "int8 (stem, ADDs, classifier float)"}
+# what benchmarks/int8_fidelity.py measured besides: operator types and layers kept float
+FLOAT_OPS = {"int8 (stem, ADDs float)": ("ADD",), "int8 (stem, ADDs, classifier float)": ("ADD",)}
+CLASSIFIER_FLOAT = {"int8 (stem, ADDs, classifier float)"}
 
 
 def convert_variant(model, label, fmt, rewrites, size, calibration):
-    float_layers = (model_info("eca_convnext_tiny").stem,) if label in STEM_FLOAT else ()
-    return convert(variant_model(model, rewrites), fmt, size, calibration, float_layers=float_layers)
+    info = model_info("eca_convnext_tiny")
+    float_layers = ((info.stem,) if label in STEM_FLOAT else ()) + (
+        (info.classifier,) if label in CLASSIFIER_FLOAT else ())
+    return convert(variant_model(model, rewrites), fmt, size, calibration, float_layers=float_layers,
+                   float_ops=FLOAT_OPS.get(label, ()))
 
 
 def variant_model(model, rewrites):
@@ -103,7 +113,13 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=30, help="timed invocations per variant and thread count")
     parser.add_argument("--rounds", type=int, default=3, help="the runs are spread over this many rounds")
     parser.add_argument("--run", default=None, help="a trained eca_convnext_tiny run: test accuracy per variant")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated variant labels to time (default all; 'float32 before' always)")
     args = parser.parse_args(argv)
+    global VARIANTS
+    if args.only:
+        wanted = {"float32 before", *(label.strip() for label in args.only.split(","))}
+        VARIANTS = tuple(v for v in VARIANTS if v[0] in wanted)
 
     keras.utils.set_random_seed(0)
     size = args.image_size

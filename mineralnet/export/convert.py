@@ -59,9 +59,12 @@ def make_converter(model, fmt, image_size, calibration_images=None, batch=1):
     return converter
 
 
-def convert(model, fmt, image_size, calibration_images=None, batch=1, float_layers=()):
+def convert(model, fmt, image_size, calibration_images=None, batch=1, float_layers=(), float_ops=(),
+            per_channel=True):
     """The .tflite bytes of `model` in format `fmt`; int8 needs `calibration_images` ((N, S, S, 3) uint8).
-    `float_layers`: names of layers whose ops int8 keeps in float (the model's stem, see _selective_int8).
+    `float_layers`: names of layers whose ops int8 keeps in float (the model's stem, see _selective_int8);
+    `float_ops`: TFLite operator names (ADD, ...) int8 keeps in float besides SOFTMAX; `per_channel` False gives
+    per-tensor weight scales (both measured in benchmarks/int8_fidelity.py).
 
     int8 is full-integer (TFLITE_BUILTINS_INT8) with uint8 input (scale 1, zero point 0: raw pixels) and uint8
     output (the softmax, scale 1/256). int8_qat converts the same way; `model` then holds the weights of the
@@ -71,7 +74,7 @@ def convert(model, fmt, image_size, calibration_images=None, batch=1, float_laye
     converter = make_converter(model, fmt, image_size, calibration_images, batch)
     try:
         if fmt in FULL_INTEGER:
-            model_bytes = _selective_int8(converter, float_layers)
+            model_bytes = _selective_int8(converter, float_layers, float_ops, per_channel)
         else:
             model_bytes = converter.convert()
     except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what
@@ -84,31 +87,39 @@ def convert(model, fmt, image_size, calibration_images=None, batch=1, float_laye
     return model_bytes
 
 
-def _selective_int8(converter, float_layers=()):
+def _selective_int8(converter, float_layers=(), float_ops=(), per_channel=True, output_type=None):
     """Full-integer conversion that leaves the ops named with FLOAT_MARKER (LayerNorm statistics, written so by
     mineralnet.export.rewrite) and SOFTMAX in float, and quantises everything else as `converter.convert()`
     would. XNNPACK runs those ops in float only: quantised, each would split the delegate.
 
-    The ops of `float_layers` (tensor names containing a layer's name) stay float too. The export keeps the
-    model's stem float: on the 64-px MINET-7 run of benchmarks/RESULTS.md, a float ConvNeXt stem lowered the
-    mean |int8 - float32| probability error on the run's non-test rows from 0.0121 to 0.0099 at about 0.3 % of
-    the MACs, and XNNPACK still runs the whole graph as one partition (it converts between int8 and float).
+    The ops of `float_layers` (tensor names containing a layer's name) and of the operator types `float_ops` stay
+    float too; `output_type` tf.float32 leaves the output probabilities float (default uint8, the device contract).
+    The export keeps the model's stem float: on the 64-px MINET-7 run of benchmarks/RESULTS.md, a float ConvNeXt
+    stem lowered the mean |int8 - float32| probability error on the run's non-test rows from 0.0121 to 0.0099 at
+    about 0.3 % of the MACs, and XNNPACK still runs the whole graph as one partition (it converts between int8
+    and float).
 
     This is the converter's selective quantization: calibrate only, then quantize the calibrated model with a
     denylist of nodes, as tf.lite.experimental.QuantizationDebugger does. `mlir_quantize` is private TensorFlow
     API; tests/export/test_rewrite.py pins what this relies on (uint8 in/out, marked ops float)."""
-    from tensorflow.lite.python import convert as tflite_convert  # private: see the docstring
-
     converter._experimental_calibrate_only = True
-    calibrated = converter.convert()
+    return quantize_calibrated(converter, converter.convert(), float_layers, float_ops, per_channel, output_type)
+
+
+def quantize_calibrated(converter, calibrated, float_layers=(), float_ops=(), per_channel=True, output_type=None):
+    """The int8 bytes of `calibrated` (`converter`'s calibrate-only output), quantised as _selective_int8 says.
+    Separate so benchmarks/int8_fidelity.py calibrates once and quantises many ways."""
+    from tensorflow.lite.python import convert as tflite_convert  # private: see _selective_int8
+
     keep_float = sorted(name for name in tensor_names(calibrated)
                         if FLOAT_MARKER in name or any(layer in name for layer in float_layers))
     return tflite_convert.mlir_quantize(
         calibrated,
-        disable_per_channel=converter._experimental_disable_per_channel,
+        disable_per_channel=converter._experimental_disable_per_channel or not per_channel,
         input_data_type=tf.uint8,
-        output_data_type=tf.uint8,
+        output_data_type=output_type or tf.uint8,
         denylisted_nodes=keep_float,
-        denylisted_ops=["SOFTMAX"],
-        disable_per_channel_for_dense_layers=converter._experimental_disable_per_channel_quantization_for_dense_layers,
+        denylisted_ops=["SOFTMAX", *float_ops],
+        disable_per_channel_for_dense_layers=(
+            converter._experimental_disable_per_channel_quantization_for_dense_layers or not per_channel),
     )
