@@ -114,11 +114,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="the runs are spread over this many rounds")
     parser.add_argument("--run", default=None, help="a trained eca_convnext_tiny run: test accuracy per variant")
     parser.add_argument("--only", default=None,
-                        help="comma-separated variant labels to time (default all; 'float32 before' always)")
+                        help="semicolon-separated variant labels to time (default all; 'float32 before' always)")
     args = parser.parse_args(argv)
     global VARIANTS
     if args.only:
-        wanted = {"float32 before", *(label.strip() for label in args.only.split(","))}
+        wanted = {"float32 before", *(label.strip() for label in args.only.split(";"))}
         VARIANTS = tuple(v for v in VARIANTS if v[0] in wanted)
 
     keras.utils.set_random_seed(0)
