@@ -57,6 +57,8 @@ VARIANTS = {
     "add-classifier-float": {"float_ops": ("ADD",), "classifier": True},
     "add-gelu-classifier-float": {"float_ops": ("ADD", "MUL", "LOGISTIC"), "classifier": True},
     "add-depthwise-classifier-float": {"float_ops": ("ADD", "DEPTHWISE_CONV_2D"), "classifier": True},
+    "add-mul-float": {"float_ops": ("ADD", "MUL")},
+    "add-float-gelu-tanh": {"float_ops": ("ADD",), "gelu": "tanh"},
     "add-classifier-float-augmented": {"float_ops": ("ADD",), "classifier": True, "augment": True},
 }
 
