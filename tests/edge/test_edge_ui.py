@@ -15,18 +15,10 @@ from edge.review import LABEL_SUFFIX, ReviewQueue
 from edge.sources import Capture, FolderSource
 from edge.ui import LineUI
 
-from helpers import HeldBackRun
+from helpers import HeldBackRun, belt_folder
 
 TOKEN = "s3cret-token"
 COUNTED = ("items", "per_class", "per_bin", "per_reason", "recheck", "late", "failed", "frames_skipped", "alarms")
-
-
-def _folder(tmp_path, tiny_export, count):
-    folder = tmp_path / "belt"
-    folder.mkdir()
-    for row in tiny_export["test_rows"][:count]:
-        shutil.copy(row["file"], folder / f"{row['label']}_{os.path.basename(row['file'])}")
-    return str(folder)
 
 
 def _request(url, data=None, headers=None):
@@ -63,7 +55,7 @@ def _label_files(directory):
 
 
 def test_status_and_the_page_without_script_equal_the_summary(tmp_path, tiny_export, write_config, make_runner):
-    folder = _folder(tmp_path, tiny_export, 6)
+    folder = belt_folder(tmp_path, tiny_export, 6)
     runner, _ = make_runner(write_config(), tiny_export["int8"])
     ui, base = _serve(runner)
     sorting = HeldBackRun(runner, folder, 5)  # mid-run: the last frame is held back
@@ -119,7 +111,7 @@ def test_drift_banner_shows_the_monitors_message(tmp_path, tiny_export, write_co
 
 def test_labels_need_the_token_and_an_allowed_label(tmp_path, tiny_export, write_config, make_runner,
                                                     uncertain_model):
-    folder = _folder(tmp_path, tiny_export, 5)
+    folder = belt_folder(tmp_path, tiny_export, 5)
     runner, _ = make_runner(write_config(), uncertain_model)
     runner.run(Capture(FolderSource(folder, runner.clock), runner.clock, runner.events))  # 5 uncertain items
     review_dir = runner.review.directory
@@ -210,7 +202,7 @@ def test_ui_flags_through_the_cli(tmp_path, tiny_export, write_config, capsys, m
     monkeypatch.delenv("MINERALNET_UI_TOKEN")
     assert parse_args(["--model", "m", "--init-config", "c.toml"]).ui_token is None
 
-    folder = _folder(tmp_path, tiny_export, 2)
+    folder = belt_folder(tmp_path, tiny_export, 2)
     argv = ["--model", tiny_export["int8"], "--source", f"folder:{folder}", "--config", write_config(),
             "--events", str(tmp_path / "events.jsonl")]
     assert main(argv + ["--ui-port", "0", "--ui-token", TOKEN]) == 0
@@ -253,7 +245,7 @@ def test_the_page_in_a_real_browser(tmp_path, tiny_export, write_config, make_ru
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _browser()
-    folder = _folder(tmp_path, tiny_export, 6)
+    folder = belt_folder(tmp_path, tiny_export, 6)
     runner, _ = make_runner(write_config(), uncertain_model)
     ui, base = _serve(runner, TOKEN)
     sorting = HeldBackRun(runner, folder, 5)
