@@ -127,8 +127,8 @@ def prepare_split(args, settings):
     rows = make_split(samples, SPLIT_RATIOS, SEED)
     path = os.path.join(args.runs, rundir.SPLIT)
     if os.path.exists(path):
-        existing = [{k: r[k] for k in ("path", "label", "subset")} for r in read_split(path)]
-        if existing != rows:
+        same = ("path", "label", "subset")  # the hash is checked when the rows are read
+        if [{k: r[k] for k in same} for r in read_split(path)] != [{k: r[k] for k in same} for r in rows]:
             raise BenchmarkError(f"'{path}' holds another split (other data or image limit): pass another --runs.")
     else:
         write_split(rows, path)

@@ -2,7 +2,7 @@
 
     RUN/config.json        resolved training config           RUN/model.keras      best model (val accuracy)
     RUN/labels.json        class names in label order         RUN/checkpoint/      epoch-N.keras, state.json
-    RUN/split.csv          path,label,subset,sha256           RUN/history.csv      one row per epoch
+    RUN/split.csv          path,label,sha256,subset           RUN/history.csv      one row per epoch
     RUN/data_report.json   images used, files skipped         RUN/curves.png       accuracy and loss curves
     RUN/eval/              report.json, report.md, confusion_matrix.png, grade_recovery.png (test subset;
                            eval_<subset>/ for others)

@@ -16,7 +16,7 @@ from mineralnet.utils import sha256_file, write_json
 
 def _train_row(data, path):
     """The split.csv line the import adds for a new image: train, its class folder, its content hash."""
-    return f"{path},{path.split('/')[0]},train,{sha256_file(os.path.join(data, path))}"
+    return f"{path},{path.split('/')[0]},{sha256_file(os.path.join(data, path))},train"
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def _one_error_line(capsys):
 
 def test_split_csv_records_each_files_sha256(tiny_export):
     rows = _rows(os.path.join(tiny_export["run"], rundir.SPLIT))
-    assert list(rows[0]) == ["path", "label", "subset", HASH]
+    assert list(rows[0]) == ["path", "label", HASH, "subset"]
     for row in rows:
         with open(os.path.join(tiny_export["data"], *row["path"].split("/")), "rb") as handle:
             assert row[HASH] == hashlib.sha256(handle.read()).hexdigest(), row["path"]

@@ -1,5 +1,5 @@
 """Deterministic, stratified, duplicate-aware train/val/calib/test split, stored as split.csv
-(path,label,subset,sha256).
+(path,label,sha256,subset: the subset last, so a line ending in ",test" is a test row, as before).
 
 The four subsets have one job each: `train` fits the weights, `val` picks the best epoch (and any other model
 selection), `calib` is held out for the conformal reject threshold, `test` measures the final model. A threshold
@@ -193,7 +193,7 @@ def write_split(rows, path):
     """split.csv of `rows`: their path, label, subset and content hash (other keys, such as read_split's `file`, are
     left out; a row without a hash gets an empty one, which read_split does not check)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["path", "label", "subset", HASH], lineterminator="\n",
+    writer = csv.DictWriter(buffer, fieldnames=["path", "label", HASH, "subset"], lineterminator="\n",
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
