@@ -277,3 +277,19 @@ def write_decode_cases(directory):
     Image.fromarray(noise).save(bad["corrupt"], icc_profile=b"not an ICC profile at all" * 8)
     Image.fromarray(noise).save(bad["mismatched"], icc_profile=icc_profile("GRAY"))
     return good, bad
+
+
+def scraped_run(runner, folder, read):
+    """Sort `folder` with `runner` while Prometheus (edge/telemetry.py) serves on 127.0.0.1; returns (summary,
+    read(address) after the run)."""
+    from edge.sources import Capture, FolderSource
+    from edge.telemetry import Telemetry
+
+    telemetry = Telemetry(runner.model)
+    runner.attach_telemetry(telemetry)
+    address = telemetry.serve("127.0.0.1", 0)
+    try:
+        summary = runner.run(Capture(FolderSource(str(folder), runner.clock), runner.clock, runner.events))
+        return summary, read(address)
+    finally:
+        telemetry.close()

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.telemetry import Telemetry
 
-from helpers import HeldBackRun
+from helpers import HeldBackRun, scraped_run
 
 
 def _scrape(address):
@@ -62,7 +62,6 @@ def test_every_counter_of_the_summary_and_the_process_memory_are_metrics(tmp_pat
                                                                           make_runner):
     """No blind spot: frames dropped, source and actuator errors, alarms, lost events... are scraped equal to
     summary.json after the run, with the process's resident memory (issue 27 point 4)."""
-    from edge.sources import Capture, FolderSource
     from edge.telemetry import SUMMARY_COUNTERS
 
     folder = tmp_path / "belt"
@@ -71,14 +70,7 @@ def test_every_counter_of_the_summary_and_the_process_memory_are_metrics(tmp_pat
         shutil.copy(row["file"], folder / os.path.basename(row["file"]))
     (folder / "zz_broken.jpg").write_bytes(b"not a picture")
     runner, _ = make_runner(write_config(), tiny_export["int8"])
-    telemetry = Telemetry(runner.model)
-    runner.attach_telemetry(telemetry)
-    address = telemetry.serve("127.0.0.1", 0)
-    try:
-        summary = runner.run(Capture(FolderSource(str(folder), runner.clock), runner.clock, runner.events))
-        after = _scrape(address)
-    finally:
-        telemetry.close()
+    summary, after = scraped_run(runner, folder, _scrape)
     present = [(key, name) for key, name, _ in SUMMARY_COUNTERS if "." not in key and key in summary]
     assert len(present) >= 8
     for key, name in present:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.sources import Capture, FolderSource
 from edge.tally import OUTCOMES
-from edge.telemetry import SUMMARY_COUNTERS, Telemetry
+from edge.telemetry import SUMMARY_COUNTERS
 from test_edge_encoder import ADDRESS, EncoderPLC
+from helpers import scraped_run
 from test_edge_modbus import free_port
 
 # Leaves of summary.json that are not counters, each carried otherwise: durations and latencies (the histograms),
@@ -107,14 +107,7 @@ def test_every_counter_of_a_run_with_an_encoder_is_scraped(tmp_path, tiny_export
             **sections,
         )
         runner, _ = make_runner(config, str(model))
-        telemetry = Telemetry(runner.model)
-        runner.attach_telemetry(telemetry)
-        address = telemetry.serve("127.0.0.1", 0)
-        try:
-            summary = runner.run(Capture(FolderSource(str(folder), runner.clock), runner.clock, runner.events))
-            samples = _samples(address)
-        finally:
-            telemetry.close()
+        summary, samples = scraped_run(runner, folder, _samples)
     finally:
         plc.stop()
     if kind == "belt":
