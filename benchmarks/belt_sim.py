@@ -119,6 +119,7 @@ count = {lanes}
 lane_mm = {lane_mm}
 bin = "product"
 conflict = "{conflict}"
+hit_share = {hit_share}
 """
 
 
@@ -284,7 +285,7 @@ def truth_crop(rgb, truth, belt_rgb, number, pad):
     return crop
 
 
-def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict):
+def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict, hit_share=0.0):
     classes = {label: "product" for label in model.labels if label in product}
     if not classes:
         raise SystemExit(f"belt_sim: none of the product classes {sorted(product)} is a label of the model "
@@ -295,6 +296,7 @@ def make_config(model, product, port, folder, confidence, speed, ejector_mm, bac
         speed=speed, ejector_mm=ejector_mm, port=port, address=ADDRESS, counts_per_mm=COUNTS_PER_MM,
         commands=os.path.join(folder, "valves.jsonl"), summary=os.path.join(folder, "summary.json"),
         mm_per_px=MM_PER_PX, background=background, lanes=lanes, lane_mm=12.5, conflict=conflict,
+        hit_share=hit_share,
     )
     config = parse_config(text, "belt_sim")
     config.check_labels(model.labels)
@@ -307,8 +309,8 @@ def _count(position_px):
 
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
-             confidence=0.6, threads=2, seed=0, background=5, conflict="trim", assumptions=ASSUMPTIONS,
-             details=False):
+             confidence=0.6, threads=2, seed=0, background=5, conflict="trim", hit_share=0.0,
+             assumptions=ASSUMPTIONS, details=False):
     """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
     with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
     rng = np.random.default_rng(seed)
@@ -325,7 +327,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
     folder = tempfile.mkdtemp(prefix="belt_sim_")
     try:
         config = make_config(model, set(product), plc.port, folder, confidence, speed_mm_s, ejector_mm, background,
-                             conflict)
+                             conflict, hit_share)
         clock = DrivenClock()
         events_path = os.path.join(folder, "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
@@ -643,6 +645,8 @@ def main(argv=None):
     parser.add_argument("--confidence", type=float, default=0.6, help="[decision] confidence_threshold")
     parser.add_argument("--conflict", choices=("trim", "skip", "fire"), default="trim",
                         help="[valves] conflict: a pulse that would hit a particle to keep is trimmed, skipped or fired")
+    parser.add_argument("--hit-share", type=float, default=0.0, help="[valves] hit_share: fire an untrimmable pulse "
+                        "when the particles to keep it hits are at most this share of the area it ejects")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")
@@ -660,7 +664,7 @@ def main(argv=None):
         row = simulate(args.model, specimens, count, args.feed_frames, args.touching,
                        tuple(float(s) for s in args.sizes.split(",")), args.step_mm, args.speed, args.ejector_mm,
                        args.share, tuple(args.product.split(",")), args.product_share, args.confidence, args.threads,
-                       args.seed + count, conflict=args.conflict)
+                       args.seed + count, conflict=args.conflict, hit_share=args.hit_share)
         row["wall_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(json.dumps(row, default=_plain), flush=True)

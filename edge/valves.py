@@ -15,8 +15,10 @@ overlapping time) is, with "trim" (the default), narrowed until it hits none: fi
 (kept when the lanes left span at least `[valves] cover` of the particle's width), else by shortening the pulse to
 miss the other particle's passage (kept when the pulse still spans the central `cover` of the particle's length);
 when neither holds the pulse is not fired, as with "skip" (purity first): the particle to eject rides on with reason
-`conflict`. With "fire" (recovery first) the whole pulse is fired and the other particle is counted `hit`. Each ejected particle
-gets its own command; two commands may share a lane at overlapping times (a valve driver keeps the valve open until
+`conflict` - unless the particles it would hit are at most `[valves] hit_share` of the area it throws into the bin
+(0 by default: never), when it is fired and they are counted `hit` (the grade a touching pair may cost). With "fire"
+(recovery first) the whole pulse is fired and the other particle is counted `hit`. Each ejected particle gets its
+own command; two commands may share a lane at overlapping times (a valve driver keeps the valve open until
 the last pulse ends). Arbitration spans frames (edge/schedule.py ValveSchedule): a pulse is checked against the
 particles kept in earlier frames too, and a particle kept now under a pulse an earlier frame already sent (air
 cannot be recalled) is counted `hit`.
@@ -36,6 +38,7 @@ class Plan:
     x_mm: float  # its centre across the belt
     x0_mm: float  # its extent across the belt
     x1_mm: float
+    area_mm2: float = 0.0  # what a pulse that hits it carries into the bin (conflict's `hit_share`)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class ValveBar:
         return Plan(
             particle.lanes, self._at(start, open_mm), self._at(start, open_mm + h * self.mm_per_px + 2 * margin),
             self._at(start, centre_mm), particle.centroid[0] * self.mm_per_px, x * self.mm_per_px,
-            (x + w) * self.mm_per_px,
+            (x + w) * self.mm_per_px, particle.area_mm2 or 0.0,
         )
 
     def overlap(self, a, b):
@@ -99,17 +102,26 @@ class ValveBar:
                 conflicts.append(pid)  # off the valve bar: cannot be ejected
                 continue
             struck = {k: other for k, other in keep.items() if self.overlap(plan, other)}
-            if struck and self.valves.conflict == "fire":
+            trimmed = None
+            if struck and self.valves.conflict == "trim":
+                trimmed = self.trim(plan, struck.values())
+            if struck and trimmed is None and not self.worth_hitting(plan, struck.values()):
+                conflicts.append(pid)
+                continue
+            if struck and trimmed is None:
                 hits.update(struck)
-            elif struck:
-                plan = self.trim(plan, struck.values()) if self.valves.conflict == "trim" else None
-                if plan is None:
-                    conflicts.append(pid)
-                    continue
-            fired.append((pid, plan))
+            fired.append((pid, trimmed or plan))
         commands = [Command(plan.lanes, plan.open_at, plan.close_at, (pid,))
                     for pid, plan in sorted(fired, key=lambda item: self.delta(item[1].open_at, fired[0][1].open_at))]
         return commands, conflicts, sorted(hits)
+
+    def worth_hitting(self, plan, struck):
+        """Whether to fire an untrimmable pulse anyway: always with "fire"; otherwise when the particles to keep that
+        it hits are at most `hit_share` of all the area it throws into the bin (the grade a touching pair may cost)."""
+        if self.valves.conflict == "fire":
+            return True
+        hit = sum(other.area_mm2 for other in struck)
+        return self.valves.hit_share > 0 and hit <= self.valves.hit_share * (hit + plan.area_mm2)
 
     def trim(self, plan, struck):
         """`plan` narrowed to miss every Plan in `struck`, or None when what is left would not eject the particle.

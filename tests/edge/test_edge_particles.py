@@ -402,7 +402,7 @@ def _particle(bbox, lanes, centroid=None):
 
     x, y, w, h = bbox
     centroid = centroid or (x + w / 2, y + h / 2)
-    return Particle(0, centroid, bbox, w * h, 0.0, 0.0, lanes, False, None)
+    return Particle(0, centroid, bbox, w * h, w * h * MM_PER_PX ** 2, 0.0, lanes, False, None)
 
 
 def _bar(config_text=BASE_CONFIG + PARTICLES + VALVES, encoder=None):
@@ -484,6 +484,25 @@ def test_trimmed_pulses_miss_the_particles_kept():
     half = _bar(BASE_CONFIG + PARTICLES + VALVES + "cover = 0.7\n")
     assert half.arbitrate({7: wide}, {6: left, 2: beside})[:2] == ([], [7])  # 2/3 of its width < 0.7
     assert bar.arbitrate({7: wide}, {6: left, 2: beside})[0][0].lanes == (10,)
+
+
+def test_hit_share_fires_an_untrimmable_pulse_when_the_neighbour_is_small():
+    """`[valves] hit_share`: a pulse that cannot be trimmed is fired when the particles to keep it hits are at most
+    that share of the area it ejects, and they are counted `hit`; a larger neighbour still vetoes it (fails on 9070975:
+    no hit_share, every untrimmable pulse skipped)."""
+    def plan(bar, box, lanes):
+        return bar.plan(_particle(box, lanes), 0.0)
+
+    share = _bar(BASE_CONFIG + PARTICLES + VALVES + "hit_share = 0.3\n")
+    eject = plan(share, (400, 540, 40, 60), (10, 11))  # 20 x 30 mm: 600 mm2
+    small = plan(share, (410, 560, 20, 20), (10, 11))  # inside its lanes and passage: no trim leaves it out
+    large = plan(share, (400, 550, 40, 50), (10, 11))
+    assert small.area_mm2 == 100.0 and eject.area_mm2 == 600.0
+    assert share.trim(eject, [small]) is None
+    commands, conflicts, hits = share.arbitrate({1: eject}, {2: small})  # 100 / 700 = 0.14 <= 0.3
+    assert [c.particles for c in commands] == [(1,)] and commands[0].lanes == (10, 11) and hits == [2]
+    assert share.arbitrate({1: eject}, {3: large})[1:] == ([1], [])  # 500 / 1100 = 0.45 > 0.3: skipped
+    assert _bar().arbitrate({1: eject}, {2: small})[1:] == ([1], [])  # default 0: purity first
 
 
 @requires_minet
