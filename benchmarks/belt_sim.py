@@ -112,7 +112,7 @@ summary = "{summary}"
 mm_per_px = {mm_per_px}
 min_mm = 8
 max_mm = 80
-threshold = 15
+threshold = {threshold}
 background_frames = {background}
 [valves]
 count = {lanes}
@@ -285,7 +285,8 @@ def truth_crop(rgb, truth, belt_rgb, number, pad):
     return crop
 
 
-def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict, hit_share=0.0):
+def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict, hit_share=0.0,
+                threshold="auto"):
     classes = {label: "product" for label in model.labels if label in product}
     if not classes:
         raise SystemExit(f"belt_sim: none of the product classes {sorted(product)} is a label of the model "
@@ -296,7 +297,7 @@ def make_config(model, product, port, folder, confidence, speed, ejector_mm, bac
         speed=speed, ejector_mm=ejector_mm, port=port, address=ADDRESS, counts_per_mm=COUNTS_PER_MM,
         commands=os.path.join(folder, "valves.jsonl"), summary=os.path.join(folder, "summary.json"),
         mm_per_px=MM_PER_PX, background=background, lanes=lanes, lane_mm=12.5, conflict=conflict,
-        hit_share=hit_share,
+        hit_share=hit_share, threshold=json.dumps(threshold),
     )
     config = parse_config(text, "belt_sim")
     config.check_labels(model.labels)
@@ -310,7 +311,7 @@ def _count(position_px):
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
              confidence=0.6, threads=2, seed=0, background=5, conflict="trim", hit_share=0.0,
-             assumptions=ASSUMPTIONS, details=False):
+             threshold="auto", assumptions=ASSUMPTIONS, details=False):
     """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
     with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
     rng = np.random.default_rng(seed)
@@ -327,7 +328,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
     folder = tempfile.mkdtemp(prefix="belt_sim_")
     try:
         config = make_config(model, set(product), plc.port, folder, confidence, speed_mm_s, ejector_mm, background,
-                             conflict, hit_share)
+                             conflict, hit_share, threshold)
         clock = DrivenClock()
         events_path = os.path.join(folder, "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
@@ -647,6 +648,8 @@ def main(argv=None):
                         help="[valves] conflict: a pulse that would hit a particle to keep is trimmed, skipped or fired")
     parser.add_argument("--hit-share", type=float, default=0.0, help="[valves] hit_share: fire an untrimmable pulse "
                         "when the particles to keep it hits are at most this share of the area it ejects")
+    parser.add_argument("--threshold", default="auto", help='[particles] threshold: a number, or "auto" (5 sigma of '
+                        "the belt's noise)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")
@@ -664,7 +667,8 @@ def main(argv=None):
         row = simulate(args.model, specimens, count, args.feed_frames, args.touching,
                        tuple(float(s) for s in args.sizes.split(",")), args.step_mm, args.speed, args.ejector_mm,
                        args.share, tuple(args.product.split(",")), args.product_share, args.confidence, args.threads,
-                       args.seed + count, conflict=args.conflict, hit_share=args.hit_share)
+                       args.seed + count, conflict=args.conflict, hit_share=args.hit_share,
+                       threshold=int(args.threshold) if args.threshold.isdigit() else args.threshold)
         row["wall_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(json.dumps(row, default=_plain), flush=True)

@@ -82,6 +82,15 @@ def _choice(*options):
     return check
 
 
+def _threshold(value):
+    if value == "auto":
+        return value
+    try:
+        return _integer(1, 254)(value)
+    except _Invalid:
+        raise _Invalid('must be a whole number between 1 and 254 or "auto"') from None
+
+
 def _driver(value):
     """One of edge/drivers' DRIVERS, read when checked: a driver added to the table is a valid type at once."""
     return _choice(*drivers.DRIVERS)(value)
@@ -244,8 +253,8 @@ class ParticlesConfig:
     min_mm: float = _key("min_mm = 8  # smaller blobs (equal-area circle diameter) are dropped", _number(above=0.0),
                          8.0)
     max_mm: float = _key("max_mm = 80  # larger blobs are dropped", _number(above=0.0), 80.0)
-    threshold: int = _key("threshold = 30  # colour difference from the belt (0-255) of a particle pixel",
-                          _integer(1, 254), 30)
+    threshold: object = _key('threshold = 30  # colour difference from the belt (0-255) of a particle pixel, or '
+                             '"auto": 5 x the belt\'s noise measured at start', _threshold, 30)
     background_frames: int = _key("background_frames = 10  # empty-belt frames learned at start", _integer(1), 10)
     background_rate: float = _key("background_rate = 0.02  # belt learning rate per frame where no particle is",
                                   _number(low=0.0, high=1.0), 0.02)
@@ -428,6 +437,9 @@ def _check_together(config):
         _check_encoder(config)
     if config.particles is not None and config.particles.max_mm <= config.particles.min_mm:
         raise config.error("particles.max_mm", f"is not above particles.min_mm ({config.particles.min_mm:g})")
+    if config.particles is not None and config.particles.threshold == "auto" and config.particles.background_frames < 2:
+        raise config.error("particles.threshold", 'is "auto", which measures the belt\'s noise between empty-belt '
+                           "frames: set particles.background_frames to 2 or more, or give a number")
     if config.valves is not None and config.valves.bin not in config.bin_names() - {config.bins.recheck}:
         raise config.error("valves.bin", f"names no bin of [bins] the bar can eject into (bins: "
                            f"{', '.join(sorted(config.bin_names() - {config.bins.recheck}))})")

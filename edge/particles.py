@@ -2,7 +2,9 @@
 
 The belt is a known, roughly uniform background. A background model (per-pixel median of empty-belt frames) is
 subtracted from each frame; a pixel whose colour differs from the belt's by more than `threshold` (largest
-difference of the three channels, 0-255) is a particle pixel. Morphology removes sensor noise and closes small
+difference of the three channels, 0-255) is a particle pixel; `threshold = "auto"` sets it from the belt's noise
+measured between the empty-belt frames (5 sigma, at least 6), as low as the camera allows, for dark ore on a
+dark belt. Morphology removes sensor noise and closes small
 gaps; each outer contour, filled, is one blob (holes, e.g. a specimen's dark spots that match the belt, belong to
 it). A blob that is not convex enough (touching particles leave a neck) is split by distance transform +
 watershed. Blobs whose size (diameter of the circle of the same area, in mm: `mm_per_px`) is below `min_mm` or
@@ -28,6 +30,9 @@ import cv2
 import numpy as np
 
 from edge.preprocess import crop_square
+
+AUTO_SIGMAS, AUTO_FLOOR = 5.0, 6  # threshold = "auto": 5 sigma of the belt's noise leaves ~1 pixel a frame to opening
+
 
 @dataclass(frozen=True)
 class Particle:
@@ -68,7 +73,27 @@ class BackgroundModel:
             )
         self.mean = np.median(np.stack(frames), axis=0).astype(np.float32)
         self.rate = float(rate)
+        self.noise = self._noise(frames)
         self._refresh()
+
+    @staticmethod
+    def _noise(frames):
+        """The belt's noise, grey levels (a robust standard deviation): from the differences between consecutive
+        empty frames (sensor noise, flicker, a textured belt that moves), which no median of them hides. None from a
+        single frame."""
+        if len(frames) < 2:
+            return None
+        diffs = np.stack([cv2.absdiff(a, b)[::2, ::2] for a, b in zip(frames, frames[1:])]).ravel()
+        diffs = diffs[diffs <= np.percentile(diffs, 99.0)]  # a stray particle or hot pixel is not noise
+        # Gaussian noise of sigma s: a difference of two frames has mean |d| = 2 s / sqrt(pi); the 1 % cut lowers it
+        # by 2.7 % (the mean, not the median: integer grey levels make a median too coarse).
+        return float(diffs.mean() * math.sqrt(math.pi) / 2.0 / 0.973)
+
+    def auto_threshold(self):
+        """`[particles] threshold = "auto"`: AUTO_SIGMAS x the noise, at least AUTO_FLOOR (None from one frame)."""
+        if self.noise is None:
+            return None
+        return int(min(254, max(AUTO_FLOOR, round(AUTO_SIGMAS * self.noise))))
 
     def _refresh(self):
         self.image = cv2.convertScaleAbs(self.mean)
@@ -117,6 +142,7 @@ class Segmenter:
         self.cfg = particles
         self.valves = valves
         self.background = background
+        self.threshold = background.auto_threshold() if particles.threshold == "auto" else particles.threshold
         self.mm_per_px = particles.mm_per_px
         px = 1.0 / particles.mm_per_px
         self.min_area_px = math.pi / 4 * (particles.min_mm * px) ** 2
@@ -138,7 +164,7 @@ class Segmenter:
             raise ValueError(
                 f"frame of shape {frame.shape} does not match the empty-belt frames ({self.background.image.shape})"
             )
-        _, mask = cv2.threshold(self.background.difference(frame), self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        _, mask = cv2.threshold(self.background.difference(frame), self.threshold, 255, cv2.THRESH_BINARY)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

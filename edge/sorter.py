@@ -166,8 +166,10 @@ class Sorter:
         bar = ValveBar(config.belt, particles, config.valves, shape[0], per_mm, modulus)
         self.tracker = BeltTracker(bar, shape[0], particles.track_mm)
         self.scheduler = ValveSchedule(config, self.actuator, self.clock, bar, self.particles.counts, self.belt)
+        segmenter = self.segmenter.segmenter
         self.events.emit("belt_learned", frames=particles.background_frames, frame=frame.frame_id,
-                         size=[shape[1], shape[0]])
+                         size=[shape[1], shape[0]], threshold=segmenter.threshold,
+                         noise=None if segmenter.background.noise is None else round(segmenter.background.noise, 2))
 
     def process(self, frame):
         """One frame through the pipeline: every new particle in it decided, its ejection commanded and published."""

@@ -242,6 +242,28 @@ def test_background_learns_slowly_only_where_no_particle_is():
     assert np.allclose(mean[60, 40], 60)  # under the particle: not learnt
 
 
+def test_auto_threshold_follows_the_belts_noise_and_finds_a_dark_particle():
+    """`threshold = "auto"`: 5 sigma of the noise measured between the empty-belt frames. The tests' belt (sensor
+    noise sigma 2) gets 10, which finds a particle 12 grey levels darker than the belt that 15 misses; a noisier
+    camera gets a higher one (fails on 9070975: "auto" refused)."""
+    rng = np.random.default_rng(0)
+    belt = make_belt()
+    empty = [belt_frame(belt, rng) for _ in range(5)]
+    auto = PARTICLES.replace("threshold = 15", 'threshold = "auto"')
+    seg, _ = segmenter(auto, empty)
+    assert seg.background.noise == pytest.approx(2.0, rel=0.1) and seg.threshold == 10
+    frame = belt_frame(belt, rng)
+    disc = np.zeros(frame.shape[:2], np.uint8)
+    cv2.circle(disc, (400, 300), 30, 255, -1)  # 30 mm across
+    frame[disc > 0] = np.clip(belt[disc > 0] - 12, 0, 255).astype(np.uint8)
+    assert len(seg.segment(frame, learn=False).particles) == 1
+    assert segmenter(frames=empty)[0].segment(frame, learn=False).particles == []  # threshold 15
+    noisy = [np.clip(belt + rng.normal(0, 6.0, belt.shape), 0, 255).astype(np.uint8) for _ in range(3)]
+    assert segmenter(auto, noisy)[0].threshold == 30  # 5 x 6
+    with pytest.raises(ConfigError, match="background_frames to 2 or more"):
+        parse_config(BASE_CONFIG + auto + "background_frames = 1\n" + VALVES)
+
+
 def test_config_sections():
     assert parse_config(BASE_CONFIG).particles is None  # absent: one item per frame, as before
     config = parse_config(BASE_CONFIG + PARTICLES + VALVES)
