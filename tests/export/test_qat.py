@@ -3,6 +3,7 @@ QAT epoch, conversion, the verification gate, pruning, and Keras 3 still in char
 
 import importlib.util
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ from mineralnet.export.qat.process import ChildOutput, QatOptions, check_options
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.utils import read_json
 
-from helpers import run_python
+from helpers import REPO, run_python
 
 # Not pytest.importorskip: importing tfmot sets TF_USE_LEGACY_KERAS=1 in the importing process, the very leak
 # test_keras3_still_in_charge_after_qat rules out. find_spec looks without importing.
@@ -29,8 +30,27 @@ SPARSITY = 0.5
 
 
 @pytest.fixture(scope="module")
-def qat_exported(tiny_run, link_run, run_cli, tmp_path_factory):
-    """(out_dir, stdout, report) of one export with int8, int8_qat (1 epoch) and pruning at 50 %."""
+def free_batch_export(tiny_run, link_run, tmp_path_factory):
+    """(run, process, log) of `export.py --batch dynamic` with the tf_keras process's formats, started in a process
+    of its own so it runs beside qat_exported's export: each is mostly one thread at a time (the tf_keras process,
+    the converter), so on two cores the pair takes little more than one (the suite's largest item)."""
+    run = link_run(tiny_run, tmp_path_factory.mktemp("qat_free_batch") / "run")
+    log = os.path.join(os.path.dirname(run), "export.log")
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "export.py", "--run", run, "--formats", "float32,int8_qat", "--qat-epochs", "1",
+             "--prune-sparsity", "0.5", "--batch", "dynamic", "--calibration-samples", "8", "--max-accuracy-drop",
+             "100"], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    yield run, process, log
+    if process.poll() is None:  # a selection that skipped its test: do not leave the export behind
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def qat_exported(free_batch_export, tiny_run, link_run, run_cli, tmp_path_factory):
+    """(out_dir, stdout, report) of one export with int8, int8_qat (1 epoch) and pruning at 50 %, in this process
+    while free_batch_export's runs beside it."""
     run = link_run(tiny_run, tmp_path_factory.mktemp("qat") / "run")
     code, stdout, stderr = run_cli(["--run", run, "--formats", "float32,int8,int8_qat", "--qat-epochs", "1",
                                     "--prune-sparsity", str(SPARSITY), "--calibration-samples", "8"])
@@ -154,13 +174,12 @@ def test_the_pruned_model_is_converted_like_float32_so_it_is_one_xnnpack_partiti
     assert delegation(pruned) == report["formats"]["float32_pruned"]["xnnpack"] == {"partitions": 1, "outside": {}}
 
 
-def test_int8_qat_and_the_pruned_model_take_a_free_batch_too(tiny_run, link_run, run_cli, tmp_path):
+def test_int8_qat_and_the_pruned_model_take_a_free_batch_too(free_batch_export, qat_exported):
     """`--batch dynamic` with the tf_keras process's formats: converted in the exporter like the others, so each
-    file's batch is free and a batch of test images gives what single calls give (check_batch, in the report)."""
-    run = link_run(tiny_run, tmp_path / "run")
-    code, _, stderr = run_cli(["--run", run, "--formats", "float32,int8_qat", "--qat-epochs", "1", "--prune-sparsity",
-                               "0.5", "--batch", "dynamic", "--calibration-samples", "8", "--max-accuracy-drop", "100"])
-    assert code == 0, stderr
+    file's batch is free and a batch of test images gives what single calls give (check_batch, in the report).
+    (qat_exported only so that its export runs while this one does.)"""
+    run, process, log = free_batch_export
+    assert process.wait(600) == 0, open(log).read()[-3000:]
     report = read_json(os.path.join(run, "export", "report.json"))
     for fmt in ("float32", "int8_qat", "float32_pruned"):
         interpreter = Interpreter(model_content=read_model(os.path.join(run, "export"), fmt))
