@@ -4,8 +4,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -128,14 +130,69 @@ def test_augmentation_draws_per_image_not_per_batch(tmp_path):
     assert max(shifts) <= 32 / 16 + 0.5  # a shift at evaluation's scale, not a zoom
 
 
+DETERMINISTIC_RUNS = ("a", "b")
+
+
+@pytest.fixture(scope="module")
+def deterministic_runs(demo_data, tmp_path_factory):
+    """{name: (train.py process, run directory)} of two identical --deterministic runs, started together and left
+    to train while test_killed_run_resumes_with_each_epoch_once runs: most of a ConvNeXt run is one thread at a
+    time (TensorFlow's import, tracing the steps), so on two cores the three take little more than the killed
+    run's two processes alone. Sharing the cores changes no number (what the determinism test shows)."""
+    folder = tmp_path_factory.mktemp("deterministic")
+    runs = {}
+    for name in DETERMINISTIC_RUNS:
+        out = folder / name
+        with open(folder / f"{name}.log", "w") as log:
+            runs[name] = (subprocess.Popen(
+                [sys.executable, "train.py", "--weights", "none", "--data", demo_data, "--out", str(out), "--model",
+                 "eca_convnext_tiny", "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--no-evaluate",
+                 "--deterministic", "--mixup", "0.2"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT), out)
+    yield runs
+    for process, _ in runs.values():
+        if process.poll() is None:  # a selection that skipped the determinism test: leave no run behind
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.slow
-def test_deterministic_runs_give_identical_history(tmp_path, demo_data):
+def test_killed_run_resumes_with_each_epoch_once(tmp_path, demo_data, deterministic_runs):
+    """(deterministic_runs only so that its two runs train beside this one.)"""
+    out = tmp_path / "run"
+    command = [sys.executable, "train.py", "--weights", "none", "--data", demo_data, "--out", str(out), "--model",
+               "eca_convnext_tiny", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-evaluate"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no clean shutdown: the files must already be consistent
+    process.wait()
+    state = json.loads(state_file.read_text())
+    assert state["epoch"] == 1, "the run must be killed during epoch 2 for this test to mean anything"
+    epoch_1 = history(out)[0]
+
+    done = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert rows[0] == epoch_1
+    register_all()  # mineralnet's Keras classes (ECA, ...) for keras.models.load_model
+
+    final = keras.models.load_model(out / "checkpoint" / "epoch-3.keras")
+    steps_per_epoch = -(-sum(1 for line in open(out / "split.csv") if line.endswith(",train\n")) // 16)
+    assert int(final.optimizer.iterations) == 3 * steps_per_epoch  # optimizer state carried across the kill
+    assert float(rows[-1]["learning_rate"]) > 0
+    assert sorted(os.listdir(out / "checkpoint")) == ["epoch-3.keras", "state.json"]  # no stale or temp files
+    keras.models.load_model(out / "model.keras")  # the best model is intact
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_identical_history(deterministic_runs):
     runs = []
-    for name in ("a", "b"):
-        out = str(tmp_path / name)
-        done = train_cli("--weights", "none", "--data", demo_data, "--out", out, "--model", "eca_convnext_tiny",
-                         "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--no-evaluate",
-                         "--deterministic", "--mixup", "0.2")
-        assert done.returncode == 0, done.stderr
+    for process, out in deterministic_runs.values():
+        assert process.wait(600) == 0, (out.parent / f"{out.name}.log").read_text()[-3000:]
         runs.append([{k: v for k, v in row.items() if k != "seconds"} for row in history(out)])  # wall time aside
     assert runs[0] == runs[1]
