@@ -4,15 +4,16 @@ Vision-system integrators expect the OPC UA Machine Vision companion specificati
 publishes, from the runner's own state and its stream of decisions (edge/publish.py):
 
 - Objects/VisionSystem, an instance of the specification's VisionSystemType, whose VisionStateMachine follows the
-  runner (polled every 0.1 s; read with `vision_state`):
+  runner (polled every 0.1 s, and written at once by a method that changes it; read with `vision_state`):
       Preoperational                   the server is up, the run has not started
       Operational / Initialized        learning the empty belt ([particles]): nothing is sorted yet
       Operational / ContinuousExecution   sorting
-      Operational / Ready              a Stop or Halt was called: the current frame is being finished
+      Operational / Ready              paused by Stop (Sorter.pause: frames read and counted skipped `paused`,
+                                       nothing decided, no new valve fires), or Halt's current frame finishing
+      Operational / SingleExecution    StartSingleJob from Ready: until the next frame with particles is decided
       Error                            the source is failing or stalled, the runner is blind, or the model faulted
-      Halted                           the run has ended (end of source, signal, Stop); kept for GRACE_S, then the
+      Halted                           the run has ended (end of source, signal, Halt); kept for GRACE_S, then the
                                        server closes with the runner
-  SingleExecution is never entered: the runner sorts a stream, not single jobs (StartSingleJob is not offered).
 - a ResultReady event per decision, emitted by the VisionSystem object (subscribe to its events), of the subtype
   SortResultReadyEventType (namespace urn:mineralnet:edge) carrying the specification's fields (ResultId
   "JOB/seq", JobId = the run's start time, ResultState 1 sorted by class, 0 to recheck, -1 inference error,
@@ -22,17 +23,9 @@ publishes, from the runner's own state and its stream of decisions (edge/publish
 - alarm conditions (AlarmConditionType objects under VisionSystem/Alarms, with an event at each change) for the
   runner's alarms, the same five bits as Modbus register 9: RecheckAlarm, DriftAlarm, BlindAlarm, SourceAlarm,
   ModelAlarm;
-- recipes: a recipe is a model file and its decision config (its sidecar's reject block applied with the running
-  config's [bins] and [decision]). RecipeManagement/PrepareRecipe(ExternalId.Id = the .tflite path, sidecar beside
-  it; ExternalId.Hash optional: its sha256) runs the checks edge/model.py makes at start and the config's label
-  check, and answers InternalIdOut.Id = the sha256, IsCompleted, Error (0 ok, 1 the model or sidecar fails its
-  checks, 2 it does not fit the running config or has other labels than the live model, 3 the hash differs);
-  the reason is in RecipeManagement/LastProblem and the events log (an `opcua` line). StartContinuous with a
-  prepared RecipeId other than the live model swaps it between frames (Sorter.promote, edge/promotion.py: the
-  same checks again, the old model kept for rollback); Error 4 when the recipe was not prepared, the swap is
-  refused or the run has ended. RecipeManagement/LiveModel and LiveModelSha256 name the model sorting. Stop
-  and Halt end the run after the current frame (the summary's exit names the method): the runner has no pause,
-  so a new run needs a restart (systemd restarts only on failure).
+- the methods (edge/opcua_methods.py): RecipeManagement/PrepareRecipe (a recipe is a model file and its decision
+  config), StartContinuous (resume, swapping in a prepared recipe), StartSingleJob, Stop (pause) and Halt (end the
+  run); RecipeManagement/LiveModel, LiveModelSha256 and LastProblem say what runs and what a call refused.
 
 Access (edge/opcua_access.py): anonymous sessions browse, read and subscribe; Write and method calls need the user
 and password or a trusted client certificate.
@@ -60,6 +53,7 @@ import types
 from edge.drivers.modbus_server import (
     BLIND, BLIND_ALARM, DRIFT_ALARM, LEARNING, MODEL_ALARM, RECHECK_ALARM, SOURCE_ALARM, SOURCE_FAILING,
 )
+from edge.opcua_methods import VisionMethods
 
 NODESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "opcua_nodeset",
                        "Opc.Ua.MachineVision.NodeSet2.xml.gz")
@@ -78,8 +72,6 @@ ALARMS = (  # (condition name, Modbus alarm bit, severity, message)
 )
 RESULT_FIELDS = (("Seq", "UInt64"), ("Class", "String"), ("Confidence", "Double"), ("Decision", "String"),
                  ("Bin", "String"), ("Reason", "String"), ("Record", "String"))
-PREPARE_ERRORS = {"model": 1, "config": 2, "hash": 3}
-SWAP_FAILED = 4
 
 
 def vision_state(runner, stopping=False):
@@ -93,6 +85,8 @@ def vision_state(runner, stopping=False):
         return "Error", None
     if stopping:
         return "Operational", "Ready"
+    if runner.paused is not None:
+        return "Operational", ("SingleExecution" if runner.single else "Ready")
     return "Operational", ("Initialized" if code == LEARNING else "ContinuousExecution")
 
 
@@ -120,7 +114,7 @@ def _fields_without_copies(event, select_clauses):
     return fields
 
 
-class VisionServer:
+class VisionServer(VisionMethods):
     """The publisher of the `opcua` row (edge/served.py): `publish(sorted)`, `serve(host, port)`, `close()`."""
 
     def __init__(self, runner, access, certificate=None, private_key=None, grace_s=GRACE_S):
@@ -129,7 +123,8 @@ class VisionServer:
         self.dropped = self.sent = 0
         self.job = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         self.prepared = {}  # model path -> sha256 of recipes that passed PrepareRecipe
-        self._stopping = False
+        self._stopping = False  # Halt was called: the current frame is being finished
+        self._shown_state = self._state_lock = None  # what the state machine shows; one writer at a time
         self._event_model = self._shown_model = None  # the model named by the last result event / LiveModel
         self._loop = self._queue = self._thread = self._done = None
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # its tracebacks and warnings; we say what matters
@@ -199,7 +194,7 @@ class VisionServer:
         watch = asyncio.create_task(self._watch())
         try:
             await self._pump()
-            await self._set_state(vision_state(self.runner, self._stopping))  # the last state and alarms, now
+            await self._show_state()  # the last state and alarms, now
             await self._set_alarms(self.runner.state()[2])
             await asyncio.sleep(self.grace_s)
         finally:
@@ -232,7 +227,8 @@ class VisionServer:
         await self._alarm_nodes(server, idx)
         await self._result_type(server, idx)
         await self._link_methods(server)
-        await self._set_state(vision_state(self.runner))
+        self._state_lock = asyncio.Lock()
+        await self._show_state()
         return server
 
     async def _find_nodes(self):
@@ -283,14 +279,6 @@ class VisionServer:
                  "InternalRecipeId": "ExtensionObject", "InternalConfigurationId": "ExtensionObject"}
         event.data_types.update({name: getattr(ua.VariantType, kind) for name, kind in kinds.items()})
 
-    async def _link_methods(self, server):
-        mv = self.mv
-        for parent, name, handler in ((self.recipes, "PrepareRecipe", self._prepare_recipe),
-                                      (self.automatic, "StartContinuous", self._start_continuous),
-                                      (self.automatic, "Stop", self._stop),
-                                      (self.machine, "Halt", self._halt)):
-            server.link_method(await parent.get_child(f"{mv}:{name}"), handler)
-
     @staticmethod
     async def _write_child(node, path, value):
         parts = [part if ":" in part else f"0:{part}" for part in path.split("/")]
@@ -298,12 +286,8 @@ class VisionServer:
 
     # --- state and alarms ----------------------------------------------------------------------------------------
     async def _watch(self):
-        shown = None
         while True:
-            state = vision_state(self.runner, self._stopping)
-            if state != shown:
-                await self._set_state(state)
-                shown = state
+            await self._show_state()
             await self._set_alarms(self.runner.state()[2])
             await self._show_model()  # a promotion from the page or a signal shows within POLL_S
             await asyncio.sleep(POLL_S)
@@ -314,6 +298,18 @@ class VisionServer:
             self._shown_model = model
             await self.live_model.write_value(model.path)
             await self.live_sha.write_value(model.sha256)
+
+    def vision_state(self):
+        return vision_state(self.runner, self._stopping)
+
+    async def _show_state(self):
+        """Show the runner's state if it changed: polled by the watch, and at once by a method that changes it, so
+        the caller reads the new state when the call returns (a single job may be over before the next poll)."""
+        async with self._state_lock:
+            state = self.vision_state()
+            if state != self._shown_state:
+                await self._set_state(state)
+                self._shown_state = state
 
     async def _set_state(self, state):
         from asyncua import ua
@@ -367,68 +363,3 @@ class VisionServer:
             await generator.trigger(message=f"{record['seq']}: {record.get('class')} -> {record['bin']}")
             self.sent += 1
             await asyncio.sleep(0)  # with a backlog, get() and trigger() never suspend: let publishes and reads run
-
-    # --- methods (named users only: edge/opcua_access.py) ------------------------------------------------------
-    async def _prepare_recipe(self, parent, external, internal):
-        from asyncua import ua
-
-        path = getattr(external.Value, "Id", None) or ""
-        wanted = getattr(external.Value, "Hash", None)
-        kind, detail = await asyncio.get_running_loop().run_in_executor(None, self._check_recipe, path, wanted)
-        await self.last_problem.write_value(detail if kind else "")
-        self.runner.events.emit("opcua", event="prepare_recipe", model=path, ok=not kind, problem=detail or None)
-        sha = self.prepared.get(path, "")
-        return [ua.Variant(ua.RecipeIdInternalDataType(Id=sha, Description=ua.LocalizedText(path))),
-                ua.Variant(True, ua.VariantType.Boolean),
-                ua.Variant(PREPARE_ERRORS.get(kind, 0), ua.VariantType.Int32)]
-
-    def _check_recipe(self, path, wanted_hash):
-        """(None, None) when the model at `path` could replace the live one (edge/promotion.py), else (kind, why)."""
-        from edge.model import Model, ModelError
-        from edge.promotion import candidate_problem
-
-        try:
-            model = Model(path)
-        except (ModelError, OSError) as error:
-            return "model", f"recipe '{path}': {error}"
-        if wanted_hash and bytes(wanted_hash) != bytes.fromhex(model.sha256):
-            return "hash", f"recipe '{path}' has sha256 {model.sha256}, not the recipe's Hash: pass the right file."
-        problem = candidate_problem(self.runner.model, model, self.runner.config)
-        if problem:
-            return "config", f"recipe '{path}' {problem}."
-        self.prepared[path] = model.sha256
-        return None, None
-
-    async def _start_continuous(self, parent, meas, part, recipe, product, parameters):
-        """Keep sorting; with a prepared recipe other than the live model, swap to it between frames first."""
-        from asyncua import ua
-
-        from edge.model import ModelError
-
-        path = getattr(recipe.Value, "Id", None) or ""
-        error, problem = 0, None
-        if self.runner.finished or self._stopping:
-            error, problem = SWAP_FAILED, "the run has ended: only a restart of the runner starts another"
-        elif path and self.prepared.get(path) is None and path != self.runner.model.path:
-            error, problem = SWAP_FAILED, f"recipe '{path}' was not prepared: call PrepareRecipe first"
-        elif path and path != self.runner.model.path:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.runner.promote, path)
-            except ModelError as refused:
-                error, problem = SWAP_FAILED, str(refused)
-            await self._show_model()
-        await self.last_problem.write_value(problem or "")
-        self.runner.events.emit("opcua", event="start_continuous", recipe=path or None, error=error, problem=problem)
-        return [ua.Variant(ua.JobIdDataType(Id=self.job)), ua.Variant(error, ua.VariantType.Int32)]
-
-    async def _stop(self, parent, cause, description, method="Stop"):
-        from asyncua import ua
-
-        text = getattr(description.Value, "Text", None) or ""
-        self._stopping = True
-        self.runner.stop(f"opcua {method}" + (f": {text}" if text else ""))
-        self.runner.events.emit("opcua", event=method.lower(), cause=cause.Value, description=text or None)
-        return [ua.Variant(0, ua.VariantType.Int32)]
-
-    async def _halt(self, parent, cause, description):
-        return await self._stop(parent, cause, description, "Halt")

@@ -25,7 +25,8 @@ from edge.promotion import ModelSwitch
 from edge.actuate import Heartbeat
 from edge.blind import BlindWatch
 from edge.drivers.modbus_server import (
-    BLIND, BLIND_ALARM, DRIFT_ALARM, LEARNING, MODEL_ALARM, RECHECK_ALARM, RUNNING, SOURCE_ALARM, SOURCE_FAILING,
+    BLIND, BLIND_ALARM, DRIFT_ALARM, LEARNING, MODEL_ALARM, PAUSED, RECHECK_ALARM, RUNNING, SOURCE_ALARM,
+    SOURCE_FAILING,
 )
 from edge.publish import DecisionRing, EventLog, RecheckWatch, ReviewCopies, Sorted, make_record
 from edge.records import RecheckAlarm, iso_time, percentile, write_summary
@@ -87,6 +88,9 @@ class Sorter:
         self.busy = [None, None]  # first item start, last item finish: the span --benchmark divides by
         self.started_wall, self.started = clock.wall(), clock.now()
         self._stop_reason = None
+        self.paused = None  # why sorting is paused (pause(): OPC UA Stop), None while it decides
+        self.single = False  # while paused: decide the next frame that has particles, then paused again
+        self._paused_at, self._paused_frames = None, 0
         self._sequence = 0
         self.model_ok = True  # False after an inference error, until the next success (Modbus "model ok")
         self.listening = []  # "modbus 127.0.0.1:5020", "metrics ...": logged at start
@@ -130,6 +134,8 @@ class Sorter:
                   | (SOURCE_ALARM if not self.source_up else 0) | (MODEL_ALARM if not self.model_ok else 0))
         if self.blind.problem is not None:
             return BLIND, self.model_ok, alarms
+        if self.paused is not None and not self.single and self.source_up:
+            return PAUSED, self.model_ok, alarms
         if self.segmenter.learning:
             return LEARNING, self.model_ok, alarms
         return (RUNNING if self.source_up else SOURCE_FAILING), self.model_ok, alarms
@@ -148,6 +154,42 @@ class Sorter:
     def stop(self, reason):
         """Finish after the current frame (signal-safe: only sets a flag)."""
         self._stop_reason = reason
+
+    def pause(self, reason):
+        """Decide nothing until resume(), the run going on (OPC UA Stop, edge/opcua.py): the source is still read, so
+        a camera never backs up, and each frame is counted skipped `paused`; no particle is decided and no new valve
+        fires, so the material rides to the belt's default end. From any thread; the frame being sorted finishes."""
+        self.single = False
+        if self.paused is None:
+            self._paused_at, self._paused_frames = self.clock.now(), 0
+            self.events.emit("paused", reason=reason)
+        self.paused = reason
+
+    def resume(self, reason):
+        """Decide again from the next frame (OPC UA StartContinuous); a `resumed` event counts the paused frames."""
+        self.single = False
+        if self.paused is not None:
+            self.paused = None
+            self.events.emit("resumed", reason=reason, frames_paused=self._paused_frames,
+                             paused_s=round(self.clock.now() - self._paused_at, 3))
+
+    def single_job(self):
+        """While paused: decide the next frame that has particles (single items: the next picture), then stay paused
+        (OPC UA StartSingleJob). False when not paused."""
+        if self.paused is None:
+            return False
+        self.single = True
+        return True
+
+    def _skip_paused(self):
+        """A frame read while paused: counted, never looked at; a pause is not blindness, so the blind alarm's clock
+        stands still (an alarm already raised stays)."""
+        self._paused_frames += 1
+        self.tally.skip("paused")
+        if self.telemetry is not None:
+            self.telemetry.skipped("paused")
+        if self.blind.problem is None:
+            self.blind.frame(True)
 
     def _skip(self, frame, reason, error):
         self.tally.skip(reason)
@@ -174,7 +216,13 @@ class Sorter:
     def process(self, frame):
         """One frame through the pipeline: every new particle in it decided, its ejection commanded and published."""
         with self.switch.lock:  # a promotion waits for the frame, never the frame for a promotion's loading
+            if self.paused is not None and not self.single:
+                return self._skip_paused()
+            decided = self._sequence
             self._process(frame)
+            if self.single and self._sequence > decided:  # the single job's frame: paused again
+                self.single = False
+                self.events.emit("single_job", frame=frame.frame_id, items=self._sequence - decided)
 
     def _process(self, frame):
         start = self.clock.now()

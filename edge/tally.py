@@ -18,7 +18,7 @@ class Tally:
         self.per_bin = Counter()
         self.per_reason = Counter()
         self.skipped = 0
-        self.skipped_by = Counter()  # reason -> frames: undecodable, frame_size, roi, belt
+        self.skipped_by = Counter()  # reason -> frames: undecodable, frame_size, roi, belt, paused
         self.latencies = deque(maxlen=window)  # total latency, seconds, for the summary
         self._interval = []  # total latencies since the last stats line
         self._interval_items = 0

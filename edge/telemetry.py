@@ -48,7 +48,8 @@ class Telemetry:
         self.by_outcome = Counter(PREFIX + "particles_by_outcome", "Segmented particles by outcome (decided, "
                                   "entering, leaving, tracked, too_small, too_large)", ["outcome"], registry=registry)
         self.frames_skipped = Counter(PREFIX + "frames_skipped_by_reason", "Frames skipped, by reason (undecodable, "
-                                      "frame_size, roi, belt)", ["reason"], registry=registry)
+                                      "frame_size, roi, belt, paused: read while an OPC UA Stop pauses sorting)",
+                                      ["reason"], registry=registry)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds, open files (Linux)
         self._summary = None  # () -> the summary's figures, once watched
         registry.register(_SummaryCounters(self))

@@ -9,7 +9,8 @@ is documented as a table in edge/README.md and fixed here:
              should fail safe
     1        runner state: 0 starting, 1 running, 2 source failing or stalled, 3 stopped, 4 learning the empty belt
              ([particles]: the first background_frames frames; nothing is sorted yet), 5 blind (frames arrive but
-             none can be used for [alarm] blind_s: wrong size, ROI outside them; or no particle for no_particles_s)
+             none can be used for [alarm] blind_s: wrong size, ROI outside them; or no particle for no_particles_s),
+             6 paused (OPC UA Stop: frames are read and counted, nothing is decided, no valve fires)
     2        model ok: 1 while the model classifies, 0 after an inference error (until the next success) or at stop
     3        ring size N
     4, 5     last sequence number (32 bits, high word first); 0 before the first item
@@ -65,7 +66,7 @@ RECHECK_ALARM, DRIFT_ALARM, BLIND_ALARM, SOURCE_ALARM, MODEL_ALARM = 1, 2, 4, 8,
 BIN_COUNTERS, MAX_BINS, RING, SLOT = 10, 16, 100, 8
 VALVE_RING_SIZE, VALVE_LAST_SEQ, VALVE_COUNT, VALVE_UNIT, VALVE_CLOCK, VALVE_RING = 8, 60, 62, 63, 64, 9000
 UNIT_MS, UNIT_COUNTS = 0, 1
-STARTING, RUNNING, SOURCE_FAILING, STOPPED, LEARNING, BLIND = 0, 1, 2, 3, 4, 5
+STARTING, RUNNING, SOURCE_FAILING, STOPPED, LEARNING, BLIND, PAUSED = 0, 1, 2, 3, 4, 5, 6
 ILLEGAL_FUNCTION, GATEWAY_NO_RESPONSE = 0x01, 0x0B  # the Modbus exception codes of a bad request
 _LOGGED_MAX = 1000  # client addresses x kinds remembered for "once per client": a bound on a scanned port
 _peer = threading.local()  # the client whose bytes pymodbus is parsing now (pymodbus's own lines name it)

@@ -3,11 +3,12 @@
 Every decision arrives as exactly one ResultReady event equal to the events log; the VisionStateMachine follows the
 runner (Preoperational before the run, ContinuousExecution while sorting, Error while the source stalls, Halted
 after); anonymous clients read but cannot write or call; the user with its password prepares a recipe, swaps the
-model to it and stops the run; alarms are conditions; over the encrypted endpoint a trusted client certificate may
+model to it and halts the run; alarms are conditions; over the encrypted endpoint a trusted client certificate may
 call methods, another may not.
 """
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -71,6 +72,23 @@ class Vision:
                 return wanted
             await asyncio.sleep(0.05)
         return await self.state()
+
+
+@contextlib.asynccontextmanager
+async def operator(url, seen, results=True, alarms=True):
+    """A session as the user with its password, subscribed into `seen` (Collected) to the VisionSystem's result
+    and/or alarm events; yields its Vision."""
+    client = Client(url)
+    client.set_user("operator")
+    client.set_password(PASSWORD)
+    async with client:
+        vision = await Vision(client).find()
+        subscription = await client.create_subscription(20, seen)
+        if alarms:
+            await subscription.subscribe_events(vision.system, ua.NodeId(ua.ObjectIds.AlarmConditionType))
+        if results:
+            await subscription.subscribe_events(vision.system, vision.result_type)
+        yield vision
 
 
 async def _until(condition, seconds=10.0):
@@ -168,7 +186,7 @@ async def _prepare_encrypted(url, tmp_path, name, model_path):
             return type(refused).__name__
 
 
-def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_model_stop_ends_the_run_alarms(
+def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_model_halt_ends_the_run_alarms(
         tmp_path, tiny_export, write_config, make_runner):
     folder = belt_folder(tmp_path, tiny_export, 3)
     broken = tmp_path / "broken.tflite"
@@ -192,15 +210,8 @@ def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_m
         wrong.set_password("guess")
         with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
             await wrong.connect()
-        client = Client(url)
-        client.set_user("operator")
-        client.set_password(PASSWORD)
-        async with client:
-            vision = await Vision(client).find()
-            seen = Collected()
-            subscription = await client.create_subscription(20, seen)
-            await subscription.subscribe_events(vision.system, ua.NodeId(ua.ObjectIds.AlarmConditionType))
-            await subscription.subscribe_events(vision.system, vision.result_type)
+        seen = Collected()
+        async with operator(url, seen) as vision:
 
             async def prepare(path):
                 return await vision.recipes.call_method(
@@ -212,7 +223,7 @@ def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_m
             problem = await (await vision.recipes.get_child(f"{vision.idx}:LastProblem")).read_value()
             unprepared = await vision.automatic.call_method(f"{vision.mv}:StartContinuous", *_start_arguments(
                 str(broken)))
-            with pytest.raises(ua.UaStatusCodeError, match="BadNothingToDo"):  # a stream is sorted, not single jobs
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):  # single jobs start from Ready only
                 await vision.automatic.call_method(f"{vision.mv}:StartSingleJob", *_start_arguments(""))
             from edge.sources import Capture, FolderSource
 
@@ -223,8 +234,8 @@ def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_m
                 tiny_export["float32"]))
             swapped_at = runner.tally.items
             await _until(lambda: runner.tally.items >= swapped_at + 3)
-            stop = await vision.automatic.call_method(f"{vision.mv}:Stop", ua.Variant(7, ua.VariantType.Int32),
-                                                      ua.LocalizedText("shift end"))
+            stop = await vision.machine.call_method(f"{vision.mv}:Halt", ua.Variant(7, ua.VariantType.Int32),
+                                                    ua.LocalizedText("shift end"))
             summary = await asyncio.wait_for(sorting, 30)
             await _until(lambda: len([e for e in seen.events if hasattr(e, "Seq")]) >= summary["items"])
             await _until(lambda: any(getattr(e, "ConditionName", None) == "RecheckAlarm" for e in seen.events))
@@ -243,7 +254,7 @@ def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_m
     assert unprepared[1] == 4  # a recipe not prepared is not swapped in
     assert swap[1] == 0 and runner.model.path == tiny_export["float32"] == live
     assert summary["model_sha256"] == float32_sha
-    assert stop == 0 and summary["exit"] == "opcua Stop: shift end"
+    assert stop == 0 and summary["exit"] == "opcua Halt: shift end"
     results = [e for e in seen.events if hasattr(e, "Seq")]
     assert [e.Seq for e in results] == list(range(1, summary["items"] + 1))
     assert results[0].InternalRecipeId.Id != float32_sha and results[-1].InternalRecipeId.Id == float32_sha
@@ -252,7 +263,8 @@ def test_methods_need_the_password_or_a_trusted_certificate_a_recipe_swaps_the_m
     with open(events_path) as handle:
         lines = [json.loads(line) for line in handle]
     audit = [line["event"] for line in lines if line["type"] == "opcua"]
-    assert audit == ["prepare_recipe"] * 3 + ["start_continuous", "start_continuous", "stop", "closed"]
+    assert audit == ["prepare_recipe"] * 3 + ["start_continuous", "start_single_job", "start_continuous", "halt",
+                                              "closed"]
     assert [line["type"] for line in lines if line["type"].startswith("model_")] == ["model_promoted"]
 
 
