@@ -149,9 +149,9 @@ def test_calibration_uses_training_rows_only_balanced_over_classes():
     assert chosen == representative_rows(rows, 8)  # seeded: the same rows every export
 
 
-def test_gate_fails_when_the_converted_model_differs_from_the_reference(tiny_run, tmp_path):
+def test_gate_fails_when_the_converted_model_differs_from_the_reference(cnn_run_dir, tmp_path):
     out_dir = tmp_path / "out"
-    plan = prepare_export(tiny_run, formats="float32", out_dir=out_dir)
+    plan = prepare_export(cnn_run_dir, formats="float32", out_dir=out_dir)
     head = plan.model.get_layer("predictions")
     head.set_weights([-w for w in head.get_weights()])  # after the Keras predictions: every top-1 now differs
     with pytest.raises(ExportError, match="agrees with Keras on only"):
@@ -160,7 +160,7 @@ def test_gate_fails_when_the_converted_model_differs_from_the_reference(tiny_run
     assert os.listdir(tmp_path) == []  # the staging directory is gone too
 
 
-def test_an_export_removes_the_staging_folder_a_killed_export_to_the_same_output_left(tiny_run, tmp_path):
+def test_an_export_removes_the_staging_folder_a_killed_export_to_the_same_output_left(cnn_run_dir, tmp_path):
     from mineralnet.rundir import Run
 
     out_dir = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_an_export_removes_the_staging_folder_a_killed_export_to_the_same_output
     for folder in (killed, other):
         (folder / "qat").mkdir(parents=True)
         (folder / "model_float32.tflite").write_bytes(b"half a model")
-    run = Run(tiny_run)
+    run = Run(cnn_run_dir)
     plan = prepare_export(run, formats="float32", out_dir=out_dir, max_accuracy_drop=100)
     assert plan.run is run  # the one Run the caller handed in, not a second one
     complete_export(plan)
@@ -235,7 +235,7 @@ def test_script_exits_non_zero_with_one_error_line(tmp_path, command):
     assert last.startswith(f"error: run directory '{tmp_path / 'nope'}' does not exist"), done.stderr
 
 
-def test_an_export_that_fails_between_two_publish_steps_leaves_the_old_export_whole(tiny_run, tmp_path,
+def test_an_export_that_fails_between_two_publish_steps_leaves_the_old_export_whole(cnn_run_dir, tmp_path,
                                                                                     monkeypatch):
     """The second filesystem step on the output folder (a rename, os.replace or the folder swap) fails: the folder
     holds the previous export exactly (or the new one), never a new model beside the old sidecar or an old
@@ -248,7 +248,7 @@ def test_an_export_that_fails_between_two_publish_steps_leaves_the_old_export_wh
            "model_int8.json": b"{}", "labels.txt": b"old\n", "report.json": b"{}", "report.md": b"old"}
     for name, data in old.items():
         (out_dir / name).write_bytes(data)
-    plan = prepare_export(tiny_run, formats="float32", out_dir=out_dir)
+    plan = prepare_export(cnn_run_dir, formats="float32", out_dir=out_dir)
     steps = []
 
     def failing(function):
