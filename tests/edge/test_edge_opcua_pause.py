@@ -4,9 +4,10 @@ point 1): a real asyncua client over 127.0.0.1 against a real run fed by a camer
 
 Stop -> Ready: every frame is still read and counted skipped `paused` (summary, Prometheus, the `resumed` event),
 nothing is decided, the Modbus state register says 6; StartSingleJob from Ready decides the next frame that has
-particles and returns to Ready; StartContinuous sorts again; Halt ends the run; each decision arrives once as a
-ResultReady event equal to the events log. Initialized while the empty belt is learned; BlindAlarm (no particle
-for [alarm] no_particles_s) and DriftAlarm (edge/drift.py's trigger) become active conditions.
+particles and returns to Ready; StartContinuous sorts again (with another recipe: swapped in first); Halt ends the
+run; each decision arrives once as a ResultReady event equal to the events log. Initialized while the empty belt is
+learned; BlindAlarm (no particle for [alarm] no_particles_s) and DriftAlarm (edge/drift.py's trigger) become active
+conditions.
 """
 
 import asyncio
@@ -212,7 +213,7 @@ def test_stop_pauses_a_single_job_decides_one_start_continuous_resumes_halt_ends
     assert audit == ["stop", "start_single_job", "start_continuous", "halt", "closed"]
 
 
-def test_initialized_while_the_belt_is_learned_a_single_job_waits_for_particles_and_blind_is_an_alarm(
+def test_initialized_while_learning_a_single_job_waits_for_particles_a_recipe_resumes_and_blind_is_an_alarm(
         tmp_path, tiny_export, write_config, make_runner):
     config = _particle_config(write_config, tiny_export, particles={"background_frames": 3},
                               alarm={"no_particles_s": 1.0}, source={"stall_timeout_s": 60.0})
@@ -244,7 +245,11 @@ def test_initialized_while_the_belt_is_learned_a_single_job_waits_for_particles_
             waiting = await vision.state(), runner.tally.items
             camera.shoot(1, _discs([(320, 180, 12.0)]))
             done = await vision.until(("Operational", "Ready")), runner.tally.items
-            await vision.automatic.call_method(f"{vision.mv}:StartContinuous", *_start_arguments(""))
+            await vision.recipes.call_method(f"{vision.mv}:PrepareRecipe", ua.RecipeIdExternalDataType(
+                Id=tiny_export["int8"]), ua.RecipeIdInternalDataType(Id=""))
+            swap = await vision.automatic.call_method(f"{vision.mv}:StartContinuous", *_start_arguments(
+                tiny_export["int8"]))  # resumed with another recipe: swapped in first
+            swapped = swap[1], await vision.state(), runner.model.path
             unblind = runner.blind.problem
             for _ in range(14):  # an empty belt for 1.4 s after the disc: no particle for no_particles_s
                 camera.shoot(1, empty)
@@ -255,19 +260,23 @@ def test_initialized_while_the_belt_is_learned_a_single_job_waits_for_particles_
             await _until(lambda: any(getattr(e, "ConditionName", None) == "BlindAlarm" for e in seen.events))
             camera.stopping.set()  # the camera is unplugged: the end of the source
             summary = await asyncio.wait_for(sorting, 30)
-            return learning, learned, waiting, done, unblind, blind, alarm.Text, summary, seen
+            return learning, learned, waiting, done, swapped, unblind, blind, alarm.Text, summary, seen
 
     try:
-        learning, learned, waiting, done, unblind, blind, alarm, summary, seen = _run(runner, scenario)
+        learning, learned, waiting, done, swapped, unblind, blind, alarm, summary, seen = _run(runner, scenario)
     finally:
         server.close()
     assert learning == ("Operational", "Initialized")
     assert learned == ("Operational", "ContinuousExecution")
     assert waiting == (("Operational", "SingleExecution"), 0)  # empty-belt frames are not the job's frame
     assert done == (("Operational", "Ready"), 1)
+    assert swapped == (0, ("Operational", "ContinuousExecution"), tiny_export["int8"])
     assert unblind is None  # 1.2 s paused with no particle did not trip the blind alarm
     assert blind == ("Error", None) and alarm == "Active" and summary["blind_alarms"] == 1
     event = [e for e in seen.events if getattr(e, "ConditionName", None) == "BlindAlarm"][0]
     assert event.ActiveState.Text == "Active" and event.Severity == 800
     assert summary["frames_skipped_by_reason"] == {"paused": 5} and summary["items"] == 1
-    assert summary["exit"] == "end of source"
+    assert summary["exit"] == "end of source" and summary["promotions"] == 1
+    lines = _lines(events_path)
+    assert [line["type"] for line in lines if line["type"] in ("paused", "model_promoted", "resumed")] == [
+        "paused", "model_promoted", "resumed"]
