@@ -8,8 +8,8 @@ do to the line, each call and its outcome an `opcua` line in the events.
   does not fit the running config or has other labels than the live model, 3 the hash differs); the reason is in
   RecipeManagement/LastProblem.
 - AutomaticModeStateMachine/Stop: Ready, a pause (Sorter.pause): frames are still read and counted skipped
-  `paused`, nothing is decided, no new valve fires. Any Operational state may be stopped (the empty belt being
-  learned too: its learning waits); Error 4 once the run has ended.
+  `paused`, nothing is decided, no new valve fires. Accepted in any state until the run ends (the empty belt being
+  learned too: its learning waits); Error 4 after a Halt or the end.
 - StartContinuous: ContinuousExecution (Sorter.resume), from Ready or while sorting; with a prepared RecipeId
   other than the live model it first swaps the model between frames (Sorter.promote: the same checks again, the
   old model kept for rollback). Error 4 (REFUSED) when the recipe was not prepared, the swap is refused or the
