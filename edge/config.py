@@ -83,12 +83,7 @@ def _choice(*options):
 
 
 def _threshold(value):
-    if value == "auto":
-        return value
-    try:
-        return _integer(1, 254)(value)
-    except _Invalid:
-        raise _Invalid('must be a whole number between 1 and 254 or "auto"') from None
+    return value if value == "auto" else _integer(1, 254)(value)  # the key's example names "auto"
 
 
 def _driver(value):
@@ -287,9 +282,8 @@ class ValvesConfig:
                          '(else skip), "skip" it, or "fire" anyway', _choice("trim", "skip", "fire"), "trim")
     cover: float = _key("cover = 0.5  # a trimmed pulse must still span this share of its particle's width (lanes) "
                         "or central length (time)", _number(above=0.0, high=1.0), 0.5)
-    hit_share: float = _key("hit_share = 0  # fire a pulse that cannot be trimmed anyway when the particles to keep it "
-                            "hits are at most this share of the area it ejects (0: never, purity first)",
-                            _number(low=0.0, high=1.0), 0.0)
+    hit_share: float = _key("hit_share = 0  # fire an untrimmable pulse anyway when what it hits to keep is at most this "
+                            "share of the area it ejects (0: never)", _number(low=0.0, high=1.0), 0.0)
 
 
 @dataclass(frozen=True)
