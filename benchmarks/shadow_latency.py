@@ -1,7 +1,8 @@
 """Does a shadow model delay live decisions? The edge runner sorts the same paced frames without and with
 `--shadow` on every frame, rounds interleaved (off, on, off, on, ...: the machine's load drifts alike for both),
 and prints the live decision latency p50/p95/p99 per mode (capture to decision, and the live model's own
-preprocess + inference), the process CPU time per item, and the shadow's compared / dropped counts.
+preprocess + inference), the CPU time per item (the runner and its children: the shadow's process, reaped when
+the shadow closes), and the shadow's compared / dropped counts.
 
     PYTHONPATH=. python benchmarks/shadow_latency.py --folder /work/shared/data/minet_512 \\
         --model runs/sim_cnn/export/model_int8.tflite --shadow runs/sim_cnn_belt/export/model_float32.tflite \\
@@ -9,7 +10,8 @@ preprocess + inference), the process CPU time per item, and the shadow's compare
 
 Frames are paced like a camera (`--fps`, below what the runner can do) so the latency is the runner's, not frames
 queueing. The live model runs with `--threads` (default 1), the shadow with 1 thread, as the runner's defaults.
-Both in this process (edge/runner.py build_runner, a jsonl actuator to /dev/null); no TensorFlow.
+The runner in this process (edge/runner.py build_runner, a jsonl actuator to /dev/null), the candidate in the
+shadow's child process (edge/shadow_worker.py); no TensorFlow.
 """
 
 import argparse
@@ -51,6 +53,12 @@ class Stages:
         self.model.append(item.latency.get("preprocess", 0.0) + item.latency.get("inference", 0.0))
 
 
+def _cpu_s():
+    """CPU seconds of this process and its ended children (the shadow's process, joined when run() ends)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def one_round(args, shadow_on, out):
     from edge.config import load_config
     from edge.model import Model
@@ -73,10 +81,9 @@ def one_round(args, shadow_on, out):
         runner.attach_shadow(Shadow(Model(args.shadow, threads=1), config, events, report_path=None))
     capture = Capture(FolderSource(args.folder, clock, loop=True), clock, events, config.source.queue_size,
                       config.source.fps)
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = _cpu_s()
     summary = runner.run(capture, max_items=args.frames + args.warmup)
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = (used.ru_utime + used.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+    cpu_s = _cpu_s() - cpu
     shadow = summary.get("shadow") or {}
     return {"total": stages.total[args.warmup:], "model": stages.model[args.warmup:], "items": summary["items"],
             "cpu_ms_per_item": cpu_s / summary["items"] * 1000.0, "compared": shadow.get("compared"),

@@ -172,7 +172,7 @@ def test_the_shadows_agreement_equals_a_direct_comparison(tmp_path, tiny_export,
 
 def test_a_slow_shadow_drops_frames_and_never_holds_up_a_live_decision(
         tmp_path, tiny_export, write_config, make_runner, fake_clock):
-    """The worker is not started (frames sorted without run()): a candidate as slow as can be. The queue holds 2
+    """The child is not started (frames sorted without run()): a candidate as slow as can be. The queue holds 2
     frames; every other frame is dropped and counted, and every live decision is made and published."""
     runner, events_path = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
     shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events, every=1, queue_frames=2,
@@ -181,7 +181,7 @@ def test_a_slow_shadow_drops_frames_and_never_holds_up_a_live_decision(
     frames = _frames(tiny_export, 8, fake_clock)
     for frame in frames:
         runner.process(frame)
-    assert shadow._queue.qsize() == 2 and (shadow.offered, shadow.dropped, shadow.compared) == (8, 6, 0)
+    assert shadow._jobs.qsize() == 2 and (shadow.offered, shadow.dropped, shadow.compared) == (8, 6, 0)
     assert [e["frame"] for e in read_events(events_path) if e["type"] == "item"] == [f.frame_id for f in frames]
 
     promoted = runner.promote()  # no path: the shadow's candidate; the shadow ends, having compared its queue
@@ -375,3 +375,115 @@ def test_on_a_belt_every_particle_of_a_frame_is_compared(tmp_path, tiny_export, 
     assert all(beside[seq]["live"] == {"class": particles[seq]["class"], "bin": particles[seq]["decided"]}
                for seq in particles)
     assert (shadow.offered, shadow.compared, shadow.report()["compared"]) == (3, 3, 3)
+
+
+def test_a_killed_candidate_process_is_reported_and_live_sorts_on(
+        tmp_path, tiny_export, write_config, make_runner, fake_clock, capsys):
+    """The candidate runs in a child process (edge/shadow_worker.py); killed mid-run, it is one stderr line, a
+    shadow_failed event, the state "failed" and failures 1; its items and every later one count as errors, and
+    every live decision is made and published."""
+    import signal
+    import time
+
+    runner, events_path = make_runner(write_config(), tiny_export["int8"], clock=fake_clock)
+    report_path = tmp_path / "shadow.json"
+    shadow = Shadow(Model(tiny_export["float32"]), runner.config, runner.events, report_path=str(report_path))
+    runner.attach_shadow(shadow)
+    frames = _frames(tiny_export, 8, fake_clock)
+    shadow.start()
+    for frame in frames[:3]:
+        runner.process(frame)
+    assert shadow.wait_idle() and shadow.compared == 3 and shadow.state == "running"
+    child = shadow.pid
+    os.kill(child, signal.SIGKILL)
+    for frame in frames[3:5]:  # offered while the runner has not yet seen the child die: lost with it
+        runner.process(frame)
+    deadline = time.monotonic() + 10
+    while shadow.state != "failed" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for frame in frames[5:]:  # offered to a failed shadow: counted as errors, never queued
+        runner.process(frame)
+    shadow.close()
+    runner.actuator.close()
+
+    report = shadow.report()
+    assert (report["state"], report["failures"], report["offered"], report["compared"], report["errors"],
+            report["dropped"]) == ("failed", 1, 8, 3, 5, 0)
+    events = read_events(events_path)
+    assert [e["frame"] for e in events if e["type"] == "item"] == [f.frame_id for f in frames]
+    assert len([e for e in events if e["type"] == "shadow"]) == 3
+    failed = [e for e in events if e["type"] == "shadow_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == f"its process exited with code -{signal.SIGKILL}"
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("runner: ")]
+    assert said == [f"runner: shadow candidate '{tiny_export['float32']}' failed (its process exited with code "
+                    f"-{signal.SIGKILL}); the live model sorts on, the candidate compares nothing more until the "
+                    "runner is restarted."]
+    assert json.loads(report_path.read_text()) == report
+    assert not _running(child) and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def _descendants(pid):
+    """The process ids below `pid` (Linux /proc)."""
+    children = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _running(pid):
+    """True while `pid` exists and is not a zombie (a container's init may never reap an orphan's)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_ends_the_runner_and_its_candidate_process_cleanly(tmp_path, tiny_export, write_config):
+    """SIGTERM to the runner while its candidate compares: exit 0, the shadow's report final ("stopped"), the child
+    ended through its queue (no failure), no process left behind and no temp file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "edge", "runner.py"), "--model", tiny_export["int8"], "--source",
+         f"folder:{_folder(tmp_path, tiny_export, 4)}", "--config", write_config(source={"loop": True, "fps": 20}),
+         "--threads", "1", "--shadow", tiny_export["float32"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, below = [], []
+        for line in process.stdout:
+            seen.append(json.loads(line))
+            if seen[-1]["type"] == "shadow" and not below:
+                below = _descendants(process.pid)  # the child (and multiprocessing's resource tracker)
+                process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    child = next(e["pid"] for e in seen if e["type"] == "shadow_started")
+    assert child in below and "runner: shadow" not in stderr
+    deadline = time.monotonic() + 10
+    while [pid for pid in below if _running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in below if _running(pid)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = summary["shadow"]
+    assert (report["state"], report["failures"], report["errors"]) == ("stopped", 0, 0)
+    assert report["compared"] + report["dropped"] == report["offered"] == summary["items"]
+    assert json.loads((tmp_path / "summary.shadow.json").read_text()) == report
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
