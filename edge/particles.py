@@ -168,7 +168,6 @@ class Segmenter:
         _, mask = cv2.threshold(self.background.difference(frame), self.threshold, 255, cv2.THRESH_BINARY)
         opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
         mask = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, self._close)
-        pieces = cv2.connectedComponents(opened, connectivity=8)[1] if self.cfg.split else None
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         labels = np.zeros(mask.shape, np.int32)
         blobs, too_small = [], 0
@@ -185,7 +184,7 @@ class Segmenter:
             x, y, w, h = cv2.boundingRect(contour)
             blob = np.zeros((h, w), np.uint8)
             cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
-            parts = self._split(blob, contour, pieces[y:y + h, x:x + w]) if self.cfg.split else [blob]
+            parts = self._split(blob, contour, opened[y:y + h, x:x + w]) if self.cfg.split else [blob]
             # Every piece of a blob the frame's edge cuts is cut too: a piece whole in itself may be a fragment of a
             # particle the edge cuts, or its neighbour, seen whole only in the next (or previous) frame.
             cut = "upstream" if y == 0 else "downstream" if y + h == mask.shape[0] else None
@@ -214,33 +213,33 @@ class Segmenter:
             self.background.update(frame, filled, self._margin_px)
         return Segmentation(particles, too_small, too_large, filled)
 
-    def _split(self, blob, contour, pieces):
+    def _split(self, blob, contour, opened):
         """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
 
         The closing that bridges the gaps of a dark specimen in pieces also fills the neck between two touching
-        particles; so the seeds of a blob that is one solid piece before the closing (`pieces`: the opened mask's
-        components; at least SOLID_PIECE of the blob) come from that piece, its neck intact. A blob of several pieces
+        particles; so the seeds of a blob that is one solid piece before the closing (`opened`: the mask before it; a
+        piece of at least SOLID_PIECE of the blob) come from that piece, its neck intact. A blob of several pieces
         (one specimen's parts, bridged) or of a piece full of belt-coloured gaps (a dark specimen, whose notches are
         not necks) is read as closed, and whether to try at all is the closed blob's solidity: the piece's own
         notches would cut single specimens.
 
         The seeds are the maxima of the distance map that stand out: a maximum at least min_mm / 2 high is its own
         particle when it rises above the saddle joining it to a higher one by at least (1 - split_level) of its own
-        height, so a small
-        partner beside a large one gets its seed (the old global threshold, split_level x the blob's peak, gave it
+        height, so a small partner beside a large one gets its seed (the old global threshold, split_level x the blob's peak, gave it
         none), while a bump of one irregular particle, whose saddle is nearly as high as the bump, does not. The
         watershed then gives every blob pixel to the nearest seed across the distance map's ridges.
         """
-        inside, sizes = np.unique(pieces[blob > 0], return_counts=True)
-        large = (inside > 0) & (sizes >= self.min_area_px / 2)  # specks do not count as pieces
-        shape = blob
-        if large.sum() == 1 and sizes[large][0] >= SOLID_PIECE * cv2.countNonZero(blob):
-            piece = (pieces == inside[large][0]).astype(np.uint8) * 255
-            outline = max(cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
-            shape = cv2.drawContours(np.zeros_like(blob), [outline], -1, 255, cv2.FILLED)
         hull_area = cv2.contourArea(cv2.convexHull(contour))
         if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
             return [blob]
+        _, pieces, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_and(opened, blob), connectivity=8)
+        sizes = stats[1:, cv2.CC_STAT_AREA]
+        large = np.flatnonzero(sizes >= self.min_area_px / 2) + 1  # specks do not count as pieces
+        shape = blob
+        if len(large) == 1 and sizes[large[0] - 1] >= SOLID_PIECE * cv2.countNonZero(blob):
+            piece = (pieces == large[0]).astype(np.uint8) * 255
+            outline = max(cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
+            shape = cv2.drawContours(np.zeros_like(blob), [outline], -1, 255, cv2.FILLED)
         dist = cv2.distanceTransform(shape, cv2.DIST_L2, 5)
         seeds = _prominent_seeds(dist, 1.0 - self.cfg.split_level, self._seed_px)
         if len(seeds) < 2:
