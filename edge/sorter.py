@@ -363,8 +363,17 @@ class Sorter:
             "alarm_limit": self.config.alarm.max_recheck_share, "source_up": self.source_up,
             "queue_depth": capture.depth, "actuator_up": self.actuator.up, "model_ok": self.model_ok,
             "blind": self.blind.problem, "trends": self.trends.last_hour(),
-            "size_mm": self.trends.size_distribution(),
+            "size_mm": self.trends.size_distribution(), "mode": self.mode(),
         }
+
+    def mode(self):
+        """What the sorter is doing besides running, for the line page: learning the belt, paused (and why), a
+        single job; None while it sorts."""
+        if self.single:
+            return "single job"
+        if self.paused is not None:
+            return f"paused: {self.paused}"
+        return "learning the belt" if self.segmenter.learning else None
 
     def run(self, capture, max_items=None):
         """Sort until the source ends, stop() is called or `max_items` items are done; write and return the summary."""

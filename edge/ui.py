@@ -33,7 +33,7 @@ from collections import deque
 
 from edge.review import DISCARD, LABEL_SUFFIX, UNKNOWN
 from edge.ui_shadow import confusion, shadow_rows
-from edge.ui_table import rows
+from edge.ui_table import fmt, rows
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui_static")
 TOKEN_HEADER = "X-Token"
@@ -193,6 +193,7 @@ class LineUI:
             model=html.escape(status["model_name"]), sha256=html.escape(status["model_sha256"]),
             labels=html.escape(", ".join(status["labels"])), grade_targets=_grade_targets(status.get("reject")),
             state="running" if status["running"] else "stopped",
+            mode=html.escape(fmt(status["mode"], "mode")),
             figures=figures, health=health, per_class=per_class, per_bin=per_bin,
             alarm_class="alarm" if status["alarm_active"] else "",
             drift_hidden="" if drift.get("alarm") else "hidden",

@@ -8,6 +8,8 @@ def fmt(value, kind=""):
     """A figure as the page shows it; ui.js's fmt() formats the same kinds the same way when it refreshes."""
     if kind == "n":  # a count: absent is none yet
         return str(value or 0)
+    if kind == "mode":  # what the sorter does besides running (Sorter.mode): nothing shown while it sorts
+        return f"({value})" if value else ""
     if value is None:
         return "-"
     if kind == "pct":

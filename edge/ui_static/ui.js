@@ -5,6 +5,7 @@
 
 function fmt(value, kind) {  // as edge/ui_table.py's fmt()
   if (kind === "n") return String(value || 0);
+  if (kind === "mode") return value ? "(" + value + ")" : "";
   if (value === null || value === undefined) return "-";
   if (kind === "pct") return (value * 100).toFixed(1) + " %";
   if (kind === "ms") return value.toFixed(2);

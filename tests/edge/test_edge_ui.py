@@ -109,6 +109,23 @@ def test_drift_banner_shows_the_monitors_message(tmp_path, tiny_export, write_co
     assert re.search(rb'id="drift" class="banner" >', loud) and b"mean confidence fell from 0.91 to 0.62" in loud
 
 
+def test_the_page_says_when_sorting_is_paused(tmp_path, tiny_export, write_config, make_runner):
+    """An OPC UA Stop pauses sorting (Sorter.pause): the page's header and /api/status say so, and why; a single job
+    too; nothing while it sorts (fails on 9070975: no `mode`)."""
+    runner, _ = make_runner(write_config(), tiny_export["int8"])
+    ui, base = _serve(runner)
+    try:
+        sorting = _status(base)
+        runner.pause("opcua Stop")
+        paused, (_, page) = _status(base), _request(base)
+        runner.single_job()
+        single = _status(base)
+    finally:
+        ui.close()
+    assert sorting["mode"] is None and paused["mode"] == "paused: opcua Stop" and single["mode"] == "single job"
+    assert re.search(rb'<span id="mode" data-key="mode" data-fmt="mode">\(paused: opcua Stop\)</span>', page)
+
+
 def test_labels_need_the_token_and_an_allowed_label(tmp_path, tiny_export, write_config, make_runner,
                                                     uncertain_model):
     folder = belt_folder(tmp_path, tiny_export, 5)
