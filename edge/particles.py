@@ -309,25 +309,30 @@ def _prominent_seeds(dist, share, least, levels=24):
     The map is cut at `levels` heights from its peak down; a region of one cut holds the regions of the cut above
     it. Where regions meet, those that already rose `share` of their height above this cut stand on their own: when
     two or more stand, each is a seed (a region that already gave seeds stands too); the others are bumps of their
-    neighbour and join it. Fewer than two seeds: one particle.
+    neighbour and join it. Fewer than two seeds: one particle. A region is kept as one pixel of it and its cut's
+    labels (its mask is drawn only if it becomes a seed): the cuts nest, so that pixel names it in the next cut.
     """
     peak = float(dist.max())
-    regions = []  # (mask, own peak, already gave seeds) of the previous cut
+    regions = []  # (a pixel (row, col), own peak, already gave seeds, labels of its cut, its label there)
     seeds = []
     for level in np.linspace(peak, 0.0, levels + 1)[1:]:
         count, labels = cv2.connectedComponents((dist > level).astype(np.uint8))
         inside = {}
         for region in regions:
-            inside.setdefault(int(labels[region[0]][0]), []).append(region)
-        regions = []
+            inside.setdefault(int(labels[region[0]]), []).append(region)
+        found = []
         for label in range(1, count):
-            parts = inside.get(label, [])
+            parts = inside.get(label)
+            if parts is None:  # a maximum that rises above this cut only
+                _, top, _, (col, row) = cv2.minMaxLoc(dist, (labels == label).astype(np.uint8))
+                found.append(((row, col), top, False, labels, label))
+                continue
             standing = [r for r in parts if r[2] or (r[1] >= least and r[1] - level >= share * r[1])]
-            mask = labels == label
             if len(standing) > 1:
-                seeds += [region_mask for region_mask, _, spent in standing if not spent]
-            top = max([r[1] for r in parts], default=float(dist[mask].max()))
-            regions.append((mask, top, len(standing) > 1 or any(r[2] for r in parts)))
+                seeds += [r[3] == r[4] for r in standing if not r[2]]
+            found.append((parts[0][0], max(r[1] for r in parts), len(standing) > 1 or any(r[2] for r in parts),
+                          labels, label))
+        regions = found
     return seeds
 
 
