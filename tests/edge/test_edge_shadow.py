@@ -455,6 +455,7 @@ def test_sigterm_ends_the_runner_and_its_candidate_process_cleanly(tmp_path, tin
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     from helpers import REPO
@@ -464,6 +465,8 @@ def test_sigterm_ends_the_runner_and_its_candidate_process_cleanly(tmp_path, tin
          f"folder:{_folder(tmp_path, tiny_export, 4)}", "--config", write_config(source={"loop": True, "fps": 20}),
          "--threads", "1", "--shadow", tiny_export["float32"]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(90, process.kill)  # a runner that never ends fails the test instead of hanging it
+    watchdog.start()
     try:
         seen, below = [], []
         for line in process.stdout:
@@ -473,6 +476,7 @@ def test_sigterm_ends_the_runner_and_its_candidate_process_cleanly(tmp_path, tin
                 process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:
+        watchdog.cancel()
         process.kill()
     assert process.returncode == 0, stderr
     child = next(e["pid"] for e in seen if e["type"] == "shadow_started")
