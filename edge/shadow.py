@@ -92,7 +92,9 @@ class Shadow:
 
     def start(self):
         """Start the child and the results thread (Sorter.run does, with the capture); frames offered before wait
-        in the queue. Returns at once; the child imports and loads the candidate (about a second) while they wait."""
+        in the queue. Returns at once; the child imports and loads the candidate (about a second) while they wait.
+        The child is spawned, so it runs the main script's top level again: a script that starts a shadow needs the
+        `if __name__ == "__main__":` guard (edge/runner.py and the benchmarks have it), else its child fails."""
         if self._process is not None:
             return
         if self.state == "waiting":
