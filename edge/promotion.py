@@ -82,6 +82,10 @@ class ModelSwitch:
         sorter = self.sorter
         shadow = sorter.shadow
         if path is None:
+            if shadow is not None and shadow.state == "failed":  # its interpreter may have crashed its process
+                raise self._refused("promote", shadow.model.path, ModelError(
+                    f"the shadow candidate '{shadow.model.path}' failed in its process (the shadow_failed event "
+                    "says why): run it as --shadow again and promote it once it compares"))
             if shadow is None or not shadow.accepting:
                 raise self._refused("promote", None, ModelError(
                     "no candidate to promote: start the runner with --shadow CANDIDATE.tflite, or name the model file"))

@@ -185,6 +185,8 @@ def shadow_metrics(report):
     for outcome in ("compared", "dropped", "not_sampled", "errors"):
         items.add_metric([outcome], report[outcome])
     yield items
+    yield CounterMetricFamily(PREFIX + "shadow_failures", "Times the candidate's process failed (it is not restarted: "
+                              "the shadow state is then 'failed')", value=report["failures"])
     for key, text in (("agreement", "Share of compared items the candidate sends to the live model's bin"),
                       ("class_agreement", "Share of compared items with the live model's most probable class")):
         if report[key] is not None:

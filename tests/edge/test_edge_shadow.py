@@ -276,6 +276,7 @@ def test_prometheus_and_the_page_show_the_shadow_and_the_page_swaps_with_the_tok
             families = {f.name: f for f in text_string_to_metric_families(answer.read().decode())}
         items = {s.labels["outcome"]: s.value for s in families["mineralnet_runner_shadow_items"].samples}
         assert items == {"compared": 5, "dropped": 0, "not_sampled": 0, "errors": 0}
+        assert families["mineralnet_runner_shadow_failures"].samples[0].value == report["failures"] == 0
         assert families["mineralnet_runner_shadow_agreement"].samples[0].value == report["agreement"]
         confusion = {(s.labels["live"], s.labels["shadow"]): s.value
                      for s in families["mineralnet_runner_shadow_confusion"].samples}
@@ -403,6 +404,8 @@ def test_a_killed_candidate_process_is_reported_and_live_sorts_on(
         time.sleep(0.02)
     for frame in frames[5:]:  # offered to a failed shadow: counted as errors, never queued
         runner.process(frame)
+    with pytest.raises(ModelError, match="failed in its process"):
+        runner.promote()  # what crashed its process is not swapped in live
     shadow.close()
     runner.actuator.close()
 
@@ -417,7 +420,9 @@ def test_a_killed_candidate_process_is_reported_and_live_sorts_on(
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("runner: ")]
     assert said == [f"runner: shadow candidate '{tiny_export['float32']}' failed (its process exited with code "
                     f"-{signal.SIGKILL}); the live model sorts on, the candidate compares nothing more until the "
-                    "runner is restarted."]
+                    "runner is restarted.", f"runner: promote refused: the shadow candidate '{tiny_export['float32']}' "
+                    "failed in its process (the shadow_failed event says why): run it as --shadow again and promote "
+                    "it once it compares"]
     assert json.loads(report_path.read_text()) == report
     assert not _running(child) and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
