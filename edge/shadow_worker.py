@@ -1,11 +1,11 @@
 """The shadow candidate's own process (edge/shadow.py starts it): it loads the candidate, classifies the crops it
 is sent and decides them with the candidate's own reject rule, nothing else.
 
-Why a process and not a thread of the runner: the candidate's Python work (resizing each crop, the decision) holds
-the runner's GIL, and on a small device a heavy candidate then delays the live thread even at nice 19 (a ~15x
-heavier candidate raised the live p99 from 8-10 ms to 15-37 ms on 2 cores; benchmarks/RESULTS.md). Here it has its
-own interpreter lock, and its nice (19, set before the interpreter's XNNPACK threads start, so they inherit it)
-applies to all of its threads. Comparing with the live decisions, counting and the records stay in the runner
+Why a process and not a thread of the runner: the candidate's Python work (resizing each crop, the decision) would
+hold the runner's GIL, and a candidate that crashes its interpreter would take the runner down. Here it has its
+own interpreter lock and its own fate, and its nice (19, set before the interpreter's XNNPACK threads start, so
+they inherit it) applies to all of its threads. (A thread's heavy candidate once raised the live p99 from 8-10 ms
+to 15-37 ms on 2 loaded cores, which a later alternating run did not reproduce: benchmarks/RESULTS.md.) Comparing with the live decisions, counting and the records stay in the runner
 (edge/shadow.py), so this file holds no second copy of the shadow's logic.
 
 It imports edge/ and the LiteRT interpreter only (never TensorFlow), ignores SIGINT and SIGTERM (the runner ends it
