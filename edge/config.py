@@ -282,8 +282,8 @@ class ValvesConfig:
                          '(else skip), "skip" it, or "fire" anyway', _choice("trim", "skip", "fire"), "trim")
     cover: float = _key("cover = 0.5  # a trimmed pulse must still span this share of its particle's width (lanes) "
                         "or central length (time)", _number(above=0.0, high=1.0), 0.5)
-    hit_share: float = _key("hit_share = 0  # fire an untrimmable pulse anyway when what it hits to keep is at most this "
-                            "share of the area it ejects (0: never)", _number(low=0.0, high=1.0), 0.0)
+    hit_share: float = _key("hit_share = 0  # fire an untrimmable pulse anyway when what it hits to keep is at most "
+                            "this share of the area it ejects (0: never)", _number(low=0.0, high=1.0), 0.0)
 
 
 @dataclass(frozen=True)

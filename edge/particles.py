@@ -4,11 +4,10 @@ The belt is a known, roughly uniform background. A background model (per-pixel m
 subtracted from each frame; a pixel whose colour differs from the belt's by more than `threshold` (largest
 difference of the three channels, 0-255) is a particle pixel; `threshold = "auto"` sets it from the belt's noise
 measured between the empty-belt frames (5 sigma, at least 6), as low as the camera allows, for dark ore on a
-dark belt. Morphology removes sensor noise and closes small
-gaps; each outer contour, filled, is one blob (holes, e.g. a specimen's dark spots that match the belt, belong to
-it). A blob that is not convex enough (touching particles leave a neck) is split by distance transform +
-watershed. Blobs whose size (diameter of the circle of the same area, in mm: `mm_per_px`) is below `min_mm` or
-above `max_mm` are dropped and counted, never classified.
+dark belt. Morphology removes sensor noise and closes small gaps; each outer contour, filled, is one blob (holes,
+e.g. a specimen's dark spots that match the belt, belong to it). A blob that is not convex enough (touching
+particles leave a neck) is split by distance transform + watershed. Blobs whose size (diameter of the circle of the
+same area, in mm: `mm_per_px`) is below `min_mm` or above `max_mm` are dropped and counted, never classified.
 
 The belt changes slowly (dust, wear, light): where no particle is (the particle mask dilated by a margin), the
 background moves towards the frame by `background_rate` per frame (an exponential mean; 0.02 forgets half of an
@@ -225,9 +224,10 @@ class Segmenter:
 
         The seeds are the maxima of the distance map that stand out: a maximum at least min_mm / 2 high is its own
         particle when it rises above the saddle joining it to a higher one by at least (1 - split_level) of its own
-        height, so a small partner beside a large one gets its seed (the old global threshold, split_level x the blob's peak, gave it
-        none), while a bump of one irregular particle, whose saddle is nearly as high as the bump, does not. The
-        watershed then gives every blob pixel to the nearest seed across the distance map's ridges.
+        height, so a small partner beside a large one gets its seed (the old global threshold, split_level x the
+        blob's peak, gave it none), while a bump of one irregular particle, whose saddle is nearly as high as the
+        bump, does not. The watershed then gives every blob pixel to the nearest seed across the distance map's
+        ridges.
         """
         hull_area = cv2.contourArea(cv2.convexHull(contour))
         if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:

@@ -296,7 +296,8 @@ def markdown(report):
         "| figure | value |", "|---|---|",
         f"| items offered | {report['offered']} |", f"| compared | {report['compared']} |",
         f"| dropped (candidate behind) | {report['dropped']} |", f"| not sampled | {report['not_sampled']} |",
-        f"| candidate errors | {report['errors']} |", f"| candidate process failures | {report['failures']} |", f"| agreement (same bin) | {_pct(report['agreement'])} |",
+        f"| candidate errors | {report['errors']} |", f"| candidate process failures | {report['failures']} |",
+        f"| agreement (same bin) | {_pct(report['agreement'])} |",
         f"| class agreement | {_pct(report['class_agreement'])} |",
         f"| recheck share live / candidate | {_pct(report['recheck_share']['live'])} / "
         f"{_pct(report['recheck_share']['shadow'])} |",

@@ -5,8 +5,9 @@ Why a process and not a thread of the runner: the candidate's Python work (resiz
 hold the runner's GIL, and a candidate that crashes its interpreter would take the runner down. Here it has its
 own interpreter lock and its own fate, and its nice (19, set before the interpreter's XNNPACK threads start, so
 they inherit it) applies to all of its threads. (A thread's heavy candidate once raised the live p99 from 8-10 ms
-to 15-37 ms on 2 loaded cores, which a later alternating run did not reproduce: benchmarks/RESULTS.md.) Comparing with the live decisions, counting and the records stay in the runner
-(edge/shadow.py), so this file holds no second copy of the shadow's logic.
+to 15-37 ms on 2 loaded cores, which a later alternating run did not reproduce: benchmarks/RESULTS.md.) Comparing
+with the live decisions, counting and the records stay in the runner (edge/shadow.py), so this file holds no
+second copy of the shadow's logic.
 
 It imports edge/ and the LiteRT interpreter only (never TensorFlow), ignores SIGINT and SIGTERM (the runner ends it
 through the job queue, after comparing what was queued, so a Ctrl-C or a service stop ends both cleanly) and leaves
