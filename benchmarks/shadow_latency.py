@@ -78,7 +78,8 @@ def one_round(args, shadow_on, out):
     stages = Stages()
     runner.publishers.append(stages)
     if shadow_on:
-        runner.attach_shadow(Shadow(Model(args.shadow, threads=1), config, events, report_path=None))
+        runner.attach_shadow(Shadow(Model(args.shadow, threads=1), config, events, every=args.every,
+                                    report_path=None))
     capture = Capture(FolderSource(args.folder, clock, loop=True), clock, events, config.source.queue_size,
                       config.source.fps)
     cpu = _cpu_s()
@@ -99,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--folder", required=True, help="pictures, read recursively and looped")
     parser.add_argument("--model", required=True, help="the live .tflite (sidecar beside it)")
     parser.add_argument("--shadow", required=True, help="the candidate .tflite (same labels)")
+    parser.add_argument("--every", type=int, default=1, help="offer the shadow every Nth frame (--shadow-every)")
     parser.add_argument("--frames", type=int, default=400, help="timed items per round (default 400)")
     parser.add_argument("--warmup", type=int, default=20, help="items per round left out of the figures")
     parser.add_argument("--fps", type=float, default=20.0, help="camera pace (default 20)")
@@ -130,7 +132,8 @@ def main(argv=None):
         cpu = sorted(r["cpu_ms_per_item"] for r in rounds)[len(rounds) // 2]
         shadow = (f"{sum(r['compared'] for r in rounds)} / {sum(r['dropped'] for r in rounds)}" if shadow_on
                   else "-")
-        print(f"| {'every frame' if shadow_on else 'off'} | {percentile(total, 50):.2f} / {percentile(total, 95):.2f}"
+        mode = ("every frame" if args.every == 1 else f"every {args.every} frames") if shadow_on else "off"
+        print(f"| {mode} | {percentile(total, 50):.2f} / {percentile(total, 95):.2f}"
               f" / {percentile(total, 99):.2f} | {percentile(model, 50):.2f} / {percentile(model, 99):.2f} | "
               f"{cpu:.2f} (median round) | {shadow} | {sum(r['frames_dropped'] for r in rounds)} |")
     per_round = " ".join(f"{percentile(r['total'], 99):.1f}" for pair in zip(results[False], results[True])
