@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from edge.cut import concavity_cut
 from edge.preprocess import crop_square
 
 SOLID_PIECE = 0.9  # a blob's seeds come from its piece before the closing when that piece is this much of it
@@ -183,7 +184,8 @@ class Segmenter:
             x, y, w, h = cv2.boundingRect(contour)
             blob = np.zeros((h, w), np.uint8)
             cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
-            parts = self._split(blob, contour, opened[y:y + h, x:x + w]) if self.cfg.split else [blob]
+            parts = self._split(blob, contour, opened[y:y + h, x:x + w], frame[y:y + h, x:x + w]) \
+                if self.cfg.split else [blob]
             # Every piece of a blob the frame's edge cuts is cut too: a piece whole in itself may be a fragment of a
             # particle the edge cuts, or its neighbour, seen whole only in the next (or previous) frame.
             cut = "upstream" if y == 0 else "downstream" if y + h == mask.shape[0] else None
@@ -212,7 +214,7 @@ class Segmenter:
             self.background.update(frame, filled, self._margin_px)
         return Segmentation(particles, too_small, too_large, filled)
 
-    def _split(self, blob, contour, opened):
+    def _split(self, blob, contour, opened, pixels):
         """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
 
         The closing that bridges the gaps of a dark specimen in pieces also fills the neck between two touching
@@ -228,6 +230,9 @@ class Segmenter:
         blob's peak, gave it none), while a bump of one irregular particle, whose saddle is nearly as high as the
         bump, does not. The watershed then gives every blob pixel to the nearest seed across the distance map's
         ridges.
+
+        Two particles pressed together along a flat face leave no neck and give one seed: such a blob is cut
+        between two concavities of its outline when the image shows two specimens there (edge/cut.py).
         """
         hull_area = cv2.contourArea(cv2.convexHull(contour))
         if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
@@ -243,7 +248,7 @@ class Segmenter:
         dist = cv2.distanceTransform(shape, cv2.DIST_L2, 5)
         seeds = _prominent_seeds(dist, 1.0 - self.cfg.split_level, self._seed_px)
         if len(seeds) < 2:
-            return [blob]
+            return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2) or [blob]
         markers = np.ones(blob.shape, np.int32)  # 1 = surely belt, 2.. = particles, 0 = to decide
         markers[blob > 0] = 0
         for number, seed in enumerate(seeds, start=2):
