@@ -31,8 +31,11 @@ from mineralnet._tf import import_tensorflow  # noqa: E402
 import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import tensorflow as tf  # noqa: E402
 
+from mineralnet.export.bias_correction import correct_biases  # noqa: E402
 from mineralnet.export.convert import make_converter, quantize_calibrated  # noqa: E402
+from mineralnet.export.equalize import equalize as equalize_layernorms, fold_layernorm_beta  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
+from mineralnet.export.ranges import percentile_ranges  # noqa: E402
 from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, representative_rows  # noqa: E402
 from mineralnet.export.rewrite import FLOAT_MARKER, INTEGER_GELU, rewrite_for_export  # noqa: E402
 from mineralnet.export.verify import make_interpreter, predict  # noqa: E402
@@ -43,7 +46,8 @@ from machine import commit, cpu_name  # noqa: E402
 
 # name -> options of int8_variant (gelu None keeps the exact GELU, a float op: it is then listed in float_ops)
 VARIANTS = {
-    "exported": {},  # the registry stem float, GELU sigmoid form,
+    "exported": {},  # the registry stem float, GELU sigmoid form, LayerNorm betas folded into the next layer
+    "betas-unfolded": {"fold": False},  # the export before the betas were folded (issue 25 point 2, second part)
     "gelu-tanh": {"gelu": "tanh"},
     "gelu-exact-float": {"gelu": None, "float_ops": ("GELU",)},
     "gelu-ops-float": {"float_ops": ("MUL", "LOGISTIC")},
@@ -60,6 +64,19 @@ VARIANTS = {
     "add-mul-float": {"float_ops": ("ADD", "MUL")},
     "add-float-gelu-tanh": {"float_ops": ("ADD",), "gelu": "tanh"},
     "add-classifier-float-augmented": {"float_ops": ("ADD",), "classifier": True, "augment": True},
+    # SmoothQuant equalization of LayerNorm -> pointwise/downsampling/classifier (mineralnet.export.equalize)
+    "equalize-0.5": {"equalize": 0.5},
+    "equalize-0.3": {"equalize": 0.3},
+    "equalize-0.7": {"equalize": 0.7},
+    "equalize-0.5-add-float": {"equalize": 0.5, "float_ops": ("ADD",)},
+    # empirical bias correction (mineralnet.export.bias_correction), layer by layer on N calibration images
+    "bias-64": {"bias_images": 64},
+    "bias-128": {"bias_images": 128},
+    "equalize-0.7-bias-64": {"equalize": 0.7, "bias_images": 64},
+    # percentile activation ranges (mineralnet.export.ranges) instead of min/max
+    "percentile-99.99": {"percentile": 99.99},
+    "percentile-99.999": {"percentile": 99.999},
+    "percentile-99.99-bias-64": {"percentile": 99.99, "bias_images": 64},
 }
 
 
@@ -68,21 +85,56 @@ def augmented(images):
     return np.concatenate([images, images[:, :, ::-1], images[:, ::-1], np.rot90(images, 1, axes=(1, 2))])
 
 
-CALIBRATED = {}  # (gelu, augment) -> (converter, calibrate-only bytes): calibration is the slow part
+# (model, gelu, augment, equalize, fold) -> (converter, calibrate-only bytes): calibration is the slow part
+CALIBRATED = {}
+EQUALIZED_FLOAT = {}  # alpha -> max |p(equalized clone) - p(clone)| on the held images (the rewrite is exact)
 
 
 def int8_variant(model, size, calibration, stem, gelu=INTEGER_GELU, float_ops=(), per_channel=True,
-                 augment=False, output_type=None, float_tensors=(), classifier=False):
-    """The int8 bytes of `model` converted as the export does, changed by the given options."""
-    if (gelu, augment) not in CALIBRATED:
+                 augment=False, output_type=None, float_tensors=(), classifier=False, equalize=None, check=None,
+                 bias_images=0, percentile=None, fold=True):
+    """The int8 bytes of `model` converted as the export does, changed by the given options. `equalize`: the
+    SmoothQuant alpha of mineralnet.export.equalize (None: no equalization); `check` (images) records the
+    equalized float clone's max probability difference to the plain clone in EQUALIZED_FLOAT. `bias_images`: the
+    number of calibration images mineralnet.export.bias_correction measures on (0: no bias correction);
+    `percentile`: activation ranges narrowed to that percentile of the calibration images' values
+    (mineralnet.export.ranges), None keeps the converter's min/max; `fold` False leaves the LayerNorm betas in
+    place (the export before it folded them, equalize.fold_layernorm_beta)."""
+    key = (id(model), gelu, augment, equalize, fold)
+    if key not in CALIBRATED:
         clone, _ = rewrite_for_export(model, gelu=gelu)
+        if fold:
+            fold_layernorm_beta(clone)
+        if equalize is not None:
+            before = clone.predict(check.astype(np.float32), verbose=0) if check is not None else None
+            equalize_layernorms(clone, calibration, alpha=equalize)
+            if before is not None:
+                EQUALIZED_FLOAT[equalize] = float(np.abs(clone.predict(check.astype(np.float32), verbose=0)
+                                                         - before).max())
         converter = make_converter(clone, "int8", size, augmented(calibration) if augment else calibration)
         converter._experimental_calibrate_only = True
-        CALIBRATED[gelu, augment] = converter, converter.convert()
-    converter, calibrated = CALIBRATED[gelu, augment]
+        CALIBRATED[key] = converter, converter.convert()
+    converter, calibrated = CALIBRATED[key]
     head = (registered_info(model).classifier,) if classifier else ()
-    return quantize_calibrated(converter, calibrated, tuple(stem) + tuple(float_tensors) + head, float_ops,
-                               per_channel, output_type)
+
+    def quantize(calibrated_bytes):
+        return quantize_calibrated(converter, calibrated_bytes, tuple(stem) + tuple(float_tensors) + head, float_ops,
+                                   per_channel, output_type)
+
+    if percentile is not None:
+        if (key, percentile) not in NARROWED:
+            NARROWED[key, percentile] = percentile_ranges(calibrated, calibration[:RANGE_IMAGES], percentile)
+        calibrated, _ = NARROWED[key, percentile]
+    model_bytes = quantize(calibrated)
+    if bias_images:
+        model_bytes, removed = correct_biases(model_bytes, calibrated, calibration[:bias_images])
+        BIAS_HISTORY[bias_images, equalize, float_ops] = list(removed.values())
+    return model_bytes
+
+
+RANGE_IMAGES = 256  # the calibration images the percentiles are taken over
+NARROWED = {}  # (calibration key, percentile) -> (calibrate-only bytes with narrowed ranges, tensors narrowed)
+BIAS_HISTORY = {}  # (images, equalize, float_ops) -> mean |shift| removed per layer, in graph order
 
 
 DEBUG_CALIBRATION = 128  # the debugger calibrates again: on the first 128 calibration images, to save minutes
@@ -206,7 +258,7 @@ def main(argv=None):
           "|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for name, options in variants.items():
         start = time.time()
-        model_bytes = int8_variant(model, size, calibration, stem, **options)
+        model_bytes = int8_variant(model, size, calibration, stem, check=images, **options)
         seconds = time.time() - start
         interpreter = make_interpreter(model_bytes, 2)
         probabilities = predict(interpreter, images)
@@ -219,6 +271,14 @@ def main(argv=None):
               f"{np.mean(predicted[is_test] == truth[is_test]):.2%} "
               f"| {ties} | {np.sum((predicted != top) & (margin < 0.05))} of {np.sum(predicted != top)} "
               f"| {describe(delegation(model_bytes))} | {seconds:.0f} |", flush=True)
+    for (count, alpha, ops), removed in BIAS_HISTORY.items():
+        print(f"\nBias correction on {count} images (equalize {alpha}, float ops {ops or 'none'}): {len(removed)} "
+              f"layers, mean |shift| removed {np.mean(removed):.2e} (largest {max(removed):.2e}).")
+    for (_, percentile), (_, narrowed) in NARROWED.items():
+        print(f"\nPercentile {percentile}: {narrowed} activation ranges narrowed.")
+    for alpha, difference in EQUALIZED_FLOAT.items():
+        print(f"\nEqualized float clone (alpha {alpha}) against the plain clone: max |Δp| {difference:.2e} on the "
+              "held images.")
     print(f"\n{time.time() - started:.0f} s; load average {'/'.join(f'{v:.1f}' for v in os.getloadavg())} at end.")
     return 0
 

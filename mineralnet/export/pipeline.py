@@ -25,6 +25,7 @@ from mineralnet.export.qat.process import (
     CONVERTED_AS, PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child,
 )
 from mineralnet.export.report import build_report, markdown_report
+from mineralnet.export.equalize import fold_layernorm_beta
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.preflight import load_model, load_run
 from mineralnet.export.publish import STAGING_PREFIX, check_output, publish, staging_dir
@@ -150,15 +151,27 @@ class _ExportModels:
         if variant not in self.clones:
             self.clones[variant], self.rewrites[variant] = rewrite_for_export(self.model, free_batch=self.free_batch,
                                                                               **options)
+            self._fold(fmt, self.clones[variant], self.rewrites[variant])
         return self.clones[variant]
+
+    @staticmethod
+    def _fold(fmt, clone, counts):
+        """Integer formats: LayerNorm betas folded into the next layer (equalize.py: a near-zero beta's int8 ADD
+        splits the XNNPACK delegate), counted with the rewrites."""
+        if fmt in FULL_INTEGER:
+            folded = fold_layernorm_beta(clone)
+            if folded:
+                counts["LayerNorm beta folded into the next layer"] = folded
 
     def fine_tuned(self, child, fmt, test_images):
         """The model of one of the tf_keras process's formats: its weights in a clone of the model, rewritten like
         the format it is converted as (ChildOutput.model)."""
         if fmt not in self.clones:
             variant, options = self.variant(CONVERTED_AS[fmt])
-            self.clones[fmt], self.rewrites[f"{fmt} (fine-tuned weights; {variant})"] = child.model(
+            name = f"{fmt} (fine-tuned weights; {variant})"
+            self.clones[fmt], self.rewrites[name] = child.model(
                 fmt, self.model, test_images, free_batch=self.free_batch, **options)
+            self._fold(CONVERTED_AS[fmt], self.clones[fmt], self.rewrites[name])
         return self.clones[fmt]
 
 

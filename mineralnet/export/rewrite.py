@@ -140,7 +140,7 @@ class ExportLayerNorm(keras.layers.Layer):
         outputs = tf.math.multiply(centred, inverse, name=f"{FLOAT_MARKER}_normalise")
         if self.gamma is not None:
             outputs = outputs * self.gamma
-        if self.beta is not None:
+        if self.beta is not None and self.center:  # center False: beta folded into the next layer (equalize.py)
             outputs = outputs + self.beta
         return outputs
 
