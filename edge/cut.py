@@ -11,7 +11,7 @@ single notched specimens whole (without them a third of the cuts fell on single 
 high because a banded malachite's bands differ by ~35-50 levels.
 
 Measured on the simulator's touching pairs (benchmarks/RESULTS.md, "Touching pairs without a neck"): pairs split
-72.3 % -> 79.3 % over 6 feeds (328 pairs), single particles fragmented 3 -> 2 of 669.
+72.3 % -> 80.2 % over 6 feeds (328 pairs), single particles fragmented 2 of 669 before and after.
 """
 
 import itertools
