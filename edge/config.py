@@ -245,8 +245,7 @@ class ParticlesConfig:
     """Many particles per frame (edge/particles.py); absent = one item per frame, as before."""
 
     mm_per_px: float = _key("mm_per_px = 0.5  # belt millimetres per camera pixel", _number(above=0.0))
-    min_mm: float = _key("min_mm = 8  # smaller blobs (equal-area circle diameter) are dropped", _number(above=0.0),
-                         8.0)
+    min_mm: float = _key("min_mm = 8  # smaller blobs (equal-area diameter) are dropped", _number(above=0.0), 8.0)
     max_mm: float = _key("max_mm = 80  # larger blobs are dropped", _number(above=0.0), 80.0)
     threshold: object = _key('threshold = 30  # colour difference from the belt (0-255) of a particle pixel, or '
                              '"auto": 5 x the belt\'s noise measured at start', _threshold, 30)
@@ -255,12 +254,13 @@ class ParticlesConfig:
                                   _number(low=0.0, high=1.0), 0.02)
     pad: float = _key("pad = 0.15  # belt margin of a crop, as a share of the particle's longer side",
                       _number(low=0.0, high=2.0), 0.15)
-    split: bool = _key("split = true  # cut touching particles apart (distance transform + watershed)", _boolean,
-                       True)
+    split: bool = _key("split = true  # cut touching particles apart (watershed, edge/cut.py)", _boolean, True)
     split_solidity: float = _key("split_solidity = 0.9  # blobs less convex than this are tried for a split",
                                  _number(above=0.0, high=1.0), 0.9)
     split_level: float = _key("split_level = 0.7  # watershed markers: distance map above this share of its peak",
                               _number(above=0.0, high=1.0), 0.7)
+    split_colour: float = _key("split_colour = 50  # a cut of a blob without a neck needs this colour step (0-255) "
+                               "across it; 0: no such cut", _number(low=0.0, high=442.0), 50.0)
     track_mm: float = _key("track_mm = 5  # a particle whose centre is this close to a decided one's outline, "
                            "moved on by the belt, is that one", _number(above=0.0), 5.0)
 

@@ -4,8 +4,8 @@ The watershed (edge/particles.py) splits touching particles at a neck of the dis
 together along a flat face leave no neck, but their outline still turns inwards where the contact line meets it:
 two convexity defects. A cut between two such points is kept only when it makes both parts at least as convex as
 the blob, each at least `PART_SOLIDITY` and at least the smallest particle's area, and when the image says there
-are two specimens: the mean colours within `NEAR_PX` of the cut on its two sides differ by at least `COLOUR_STEP`
-(Euclidean distance of the mean RGB, 0-255 levels; the same in any channel order) and the cut runs along an edge
+are two specimens: the mean colours within `NEAR_PX` of the cut on its two sides differ by at least `colour_step`
+(`[particles] split_colour`; Euclidean distance of the mean RGB, 0-255 levels; the same in any channel order) and the cut runs along an edge
 (mean gradient on it at least `EDGE_RATIO` x the blob's median gradient). The colour and edge tests are what keep
 single notched specimens whole (without them a third of the cuts fell on single particles); the colour step is set
 high because a banded malachite's bands differ by ~35-50 levels.
@@ -21,7 +21,6 @@ import numpy as np
 
 DEFECTS = 8  # the deepest concavities tried, in pairs (28 cuts at most)
 PART_SOLIDITY = 0.7
-COLOUR_STEP = 50.0
 EDGE_RATIO = 1.6
 NEAR_PX = 6
 
@@ -60,7 +59,7 @@ def _cuts(outline, far, min_area_px):
     return sorted(found, key=lambda cut: -cut[0])
 
 
-def concavity_cut(blob, pixels, min_area_px, depth_px):
+def concavity_cut(blob, pixels, min_area_px, depth_px, colour_step):
     """Two part masks (uint8, 255 inside, together the whole blob) of `blob` cut between two concavities, or None.
 
     `pixels`: the frame's pixels under the blob's box. Of the cuts that pass the module's tests, the one leaving the
@@ -92,7 +91,7 @@ def concavity_cut(blob, pixels, min_area_px, depth_px):
         near = cv2.line(np.zeros_like(blob), p, q, 255, 2 * NEAR_PX + 1) > 0
         sides = [colours[(side > 0) & near] for side in parts]
         if min(len(side) for side in sides) == 0 or \
-                np.linalg.norm(sides[0].mean(axis=0) - sides[1].mean(axis=0)) < COLOUR_STEP:
+                np.linalg.norm(sides[0].mean(axis=0) - sides[1].mean(axis=0)) < colour_step:
             continue
         if typical is None:
             grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32)

@@ -248,7 +248,9 @@ class Segmenter:
         dist = cv2.distanceTransform(shape, cv2.DIST_L2, 5)
         seeds = _prominent_seeds(dist, 1.0 - self.cfg.split_level, self._seed_px)
         if len(seeds) < 2:
-            return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2) or [blob]
+            if not self.cfg.split_colour:
+                return [blob]
+            return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
         markers = np.ones(blob.shape, np.int32)  # 1 = surely belt, 2.. = particles, 0 = to decide
         markers[blob > 0] = 0
         for number, seed in enumerate(seeds, start=2):

@@ -199,10 +199,13 @@ def test_touching_pairs_are_mostly_separated(specimens):
 def test_a_pair_pressed_along_a_flat_face_is_cut_where_the_colour_changes():
     """Two particles pressed together along a flat face leave no neck (the watershed finds one seed): the blob is
     cut between the two concavities where the contact meets the outline, because the colour changes along the cut.
-    The same outline in one colour (a single notched specimen) stays whole."""
+    The same outline in one colour (a single notched specimen) stays whole, and so does the pair with
+    `split_colour = 0` (the cut off, for a banded ore)."""
     belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
-    seg, _ = segmenter(frames=[belt])
-    for second, expected in (((60, 150, 60), [3500, 1200]), ((200, 180, 160), [4700])):
+    green, same = (60, 150, 60), (200, 180, 160)
+    cases = ((green, [3500, 1200], ""), (same, [4700], ""), (green, [4700], "split_colour = 0\n"))
+    for second, expected, extra in cases:
+        seg, _ = segmenter(PARTICLES + extra, frames=[belt])
         frame = belt.copy()
         cv2.rectangle(frame, (400, 300), (469, 349), (200, 180, 160), -1)  # 70 x 50 px
         cv2.rectangle(frame, (470, 313), (519, 336), second, -1)  # 50 x 24 px, against its right face
