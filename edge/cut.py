@@ -5,10 +5,11 @@ together along a flat face leave no neck, but their outline still turns inwards 
 two convexity defects. A cut between two such points is kept only when it makes both parts at least as convex as
 the blob, each at least `PART_SOLIDITY` and at least the smallest particle's area, and when the image says there
 are two specimens: the mean colours within `NEAR_PX` of the cut on its two sides differ by at least `colour_step`
-(`[particles] split_colour`; Euclidean distance of the mean RGB, 0-255 levels; the same in any channel order) and the cut runs along an edge
-(mean gradient on it at least `EDGE_RATIO` x the blob's median gradient). The colour and edge tests are what keep
-single notched specimens whole (without them a third of the cuts fell on single particles); the colour step is set
-high because a banded malachite's bands differ by ~35-50 levels.
+(`[particles] split_colour`: Euclidean distance of the mean RGB, 0-255 levels, the same in any channel order) and
+the cut runs along an edge (mean gradient on it at least `EDGE_RATIO` x the blob's median gradient). The colour and
+edge tests are what keep single notched specimens whole (without them a third of the cuts fell on single
+particles). The default step, 50, is high because at 35 a banded malachite of the tests' scenes was cut along a
+band.
 
 Measured on the simulator's touching pairs (benchmarks/RESULTS.md, "Touching pairs without a neck"): pairs split
 72.3 % -> 80.2 % over 6 feeds (328 pairs), single particles fragmented 2 of 669 before and after.
@@ -63,7 +64,7 @@ def concavity_cut(blob, pixels, min_area_px, depth_px, colour_step):
     """Two part masks (uint8, 255 inside, together the whole blob) of `blob` cut between two concavities, or None.
 
     `pixels`: the frame's pixels under the blob's box. Of the cuts that pass the module's tests, the one leaving the
-    less convex part most convex is kept; the cut line's own pixels go to the part on whose side they lie.
+    less convex part most convex is kept; the cut line's own pixels go to the first part.
     """
     outline = max(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
     if len(outline) < 8:
