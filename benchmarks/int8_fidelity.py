@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from mineralnet.export.bias_correction import correct_biases  # noqa: E402
 from mineralnet.export.convert import make_converter, quantize_calibrated  # noqa: E402
-from mineralnet.export.equalize import equalize as equalize_layernorms, fold_layernorm_beta  # noqa: E402
+from mineralnet.export.equalize import equalize as equalize_layernorms, fold_layernorm_affine  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.ranges import percentile_ranges  # noqa: E402
 from mineralnet.export.representative import CALIBRATION_SAMPLES, load_images, representative_rows  # noqa: E402
@@ -46,8 +46,8 @@ from machine import commit, cpu_name  # noqa: E402
 
 # name -> options of int8_variant (gelu None keeps the exact GELU, a float op: it is then listed in float_ops)
 VARIANTS = {
-    "exported": {},  # the registry stem float, GELU sigmoid form, LayerNorm betas folded into the next layer
-    "betas-unfolded": {"fold": False},  # the export before the betas were folded (issue 25 point 2, second part)
+    "exported": {},  # the registry stem float, GELU sigmoid form, LayerNorm affine folded into the next layer
+    "affine-unfolded": {"fold": False},  # the export before the affine was folded (issue 25 point 2, second part)
     "gelu-tanh": {"gelu": "tanh"},
     "gelu-exact-float": {"gelu": None, "float_ops": ("GELU",)},
     "gelu-ops-float": {"float_ops": ("MUL", "LOGISTIC")},
@@ -65,14 +65,15 @@ VARIANTS = {
     "add-float-gelu-tanh": {"float_ops": ("ADD",), "gelu": "tanh"},
     "add-classifier-float-augmented": {"float_ops": ("ADD",), "classifier": True, "augment": True},
     # SmoothQuant equalization of LayerNorm -> pointwise/downsampling/classifier (mineralnet.export.equalize)
-    "equalize-0.5": {"equalize": 0.5},
-    "equalize-0.3": {"equalize": 0.3},
-    "equalize-0.7": {"equalize": 0.7},
-    "equalize-0.5-add-float": {"equalize": 0.5, "float_ops": ("ADD",)},
+    # (on the unfolded clone: after the fold, gamma is 1 and there is nothing left to equalize)
+    "equalize-0.5": {"equalize": 0.5, "fold": False},
+    "equalize-0.3": {"equalize": 0.3, "fold": False},
+    "equalize-0.7": {"equalize": 0.7, "fold": False},
+    "equalize-0.5-add-float": {"equalize": 0.5, "float_ops": ("ADD",), "fold": False},
     # empirical bias correction (mineralnet.export.bias_correction), layer by layer on N calibration images
     "bias-64": {"bias_images": 64},
     "bias-128": {"bias_images": 128},
-    "equalize-0.7-bias-64": {"equalize": 0.7, "bias_images": 64},
+    "equalize-0.7-bias-64": {"equalize": 0.7, "bias_images": 64, "fold": False},
     # percentile activation ranges (mineralnet.export.ranges) instead of min/max
     "percentile-99.99": {"percentile": 99.99},
     "percentile-99.999": {"percentile": 99.999},
@@ -98,13 +99,13 @@ def int8_variant(model, size, calibration, stem, gelu=INTEGER_GELU, float_ops=()
     equalized float clone's max probability difference to the plain clone in EQUALIZED_FLOAT. `bias_images`: the
     number of calibration images mineralnet.export.bias_correction measures on (0: no bias correction);
     `percentile`: activation ranges narrowed to that percentile of the calibration images' values
-    (mineralnet.export.ranges), None keeps the converter's min/max; `fold` False leaves the LayerNorm betas in
-    place (the export before it folded them, equalize.fold_layernorm_beta)."""
+    (mineralnet.export.ranges), None keeps the converter's min/max; `fold` False leaves the LayerNorm gamma and
+    beta in place (the export before it folded them, equalize.fold_layernorm_affine)."""
     key = (id(model), gelu, augment, equalize, fold)
     if key not in CALIBRATED:
         clone, _ = rewrite_for_export(model, gelu=gelu)
         if fold:
-            fold_layernorm_beta(clone)
+            fold_layernorm_affine(clone)
         if equalize is not None:
             before = clone.predict(check.astype(np.float32), verbose=0) if check is not None else None
             equalize_layernorms(clone, calibration, alpha=equalize)

@@ -1,12 +1,15 @@
 """A LayerNorm's affine (gamma, beta) moved into the linear layer it feeds, two exact rewrites in float:
-`fold_layernorm_beta` (every integer export) and `equalize` (SmoothQuant, measured, not the default).
+`fold_layernorm_affine` (every integer export) and `equalize` (SmoothQuant, measured, not the default).
 
-Folding beta: x_hat * gamma + beta feeding y = x W + b is x_hat * gamma feeding y = x W + (beta W + b), so the
-LayerNorm loses its int8 ADD. XNNPACK refuses an int8 ADD whose inputs' scales differ by more than 2^10, which a
-beta near zero (a model early in training: measured on the 2-epoch test run, beta scale 2.6e-5 against 0.03)
-makes happen: each refused ADD splits the delegate (3 extra partitions at batch 1, where the converter itself
-folds beta into FULLY_CONNECTED but not into the downsampling CONV_2D; 21 with --batch dynamic, where the
-pointwise layers are 1x1 CONV_2D too).
+Folding: x_hat * gamma + beta feeding y = x W + b is x_hat feeding y = x (gamma W) + (beta W + b), so the int8
+file quantizes the normalized x_hat (every channel about the same range) and the LayerNorm has no int8 MUL or ADD
+left. The converter does this itself for a LayerNorm feeding a FULLY_CONNECTED (ConvNeXt's pointwise layers at
+batch 1), but not for one feeding a CONV_2D (the downsampling layers; with --batch dynamic the pointwise layers
+too, written as 1x1 convolutions), where the int8 MUL and ADD stayed: the ADD of a beta near zero (a model early in
+training: on the 2-epoch test run, beta scale 2.6e-5 against 0.03) is an int8 ADD whose inputs' scales differ by
+more than 2^10, which XNNPACK refuses, splitting the delegate (3 extra partitions at batch 1, 21 with --batch
+dynamic); and folding only beta (keeping the MUL) raised the mean int8 probability error on MINET-7 (0.0076 to
+0.0087, benchmarks/RESULTS.md).
 
 SmoothQuant-style equalization (Xiao et al. 2023; the LayerNorm -> linear case of Nagel et al. 2019's
 cross-layer equalization):
@@ -92,23 +95,28 @@ def activation_ranges(model, pairs, images, batch_size=32):
     return ranges
 
 
-def fold_layernorm_beta(model):
-    """Fold every LayerNorm -> linear pair's beta into the linear layer's bias, IN PLACE (a rewrite_for_export
-    clone, whose ExportLayerNorm then skips its ADD). A Conv2D takes it only with "valid" padding (a "same" one
-    would see beta where it pads zeros). Returns the number of pairs folded."""
+def fold_layernorm_affine(model):
+    """Fold every LayerNorm -> linear pair's gamma into the linear layer's kernel rows and its beta into the bias,
+    IN PLACE (a rewrite_for_export clone, whose ExportLayerNorm then skips its MUL and ADD). A Conv2D takes beta
+    only with "valid" padding (a "same" one would see beta where it pads zeros). Returns the pairs folded."""
     folded = 0
     for _, norm, linear in equalization_pairs(model):
         exact = type(linear) is not keras.layers.Conv2D or linear.padding == "valid"
-        if not isinstance(norm, ExportLayerNorm) or not norm.center or not linear.use_bias or not exact:
+        if not isinstance(norm, ExportLayerNorm) or not (norm.center and norm.scale) or not linear.use_bias \
+                or not exact:
             continue
+        gamma = keras.ops.convert_to_numpy(norm.gamma).astype(np.float64)
         beta = keras.ops.convert_to_numpy(norm.beta).astype(np.float64)
-        kernel = keras.ops.convert_to_numpy(linear.kernel).astype(np.float64)
         axis = _input_row_axis(linear)
-        shift = np.tensordot(beta, np.moveaxis(kernel, axis, 0), axes=(0, 0))  # (units,) or (kh, kw, filters)
+        rows = np.moveaxis(keras.ops.convert_to_numpy(linear.kernel).astype(np.float64), axis, 0)
+        shift = np.tensordot(beta, rows, axes=(0, 0))  # (units,) or (kh, kw, filters)
         shift = shift.reshape(-1, shift.shape[-1]).sum(0)  # a valid convolution: every tap sees beta
+        scaled = rows * gamma.reshape((-1,) + (1,) * (rows.ndim - 1))
+        linear.kernel.assign(np.moveaxis(scaled, 0, axis).astype(np.float32))
         linear.bias.assign((keras.ops.convert_to_numpy(linear.bias) + shift).astype(np.float32))
+        norm.gamma.assign(np.ones(gamma.shape, np.float32))
         norm.beta.assign(np.zeros(beta.shape, np.float32))
-        norm.center = False
+        norm.scale = norm.center = False
         folded += 1
     return folded
 

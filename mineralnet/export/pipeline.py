@@ -25,7 +25,7 @@ from mineralnet.export.qat.process import (
     CONVERTED_AS, PRUNED_FORMAT, QatOptions, check_options, require_convnext, run_child,
 )
 from mineralnet.export.report import build_report, markdown_report
-from mineralnet.export.equalize import fold_layernorm_beta
+from mineralnet.export.equalize import fold_layernorm_affine
 from mineralnet.export.rewrite import INTEGER_GELU, rewrite_for_export
 from mineralnet.export.preflight import load_model, load_run
 from mineralnet.export.publish import STAGING_PREFIX, check_output, publish, staging_dir
@@ -156,12 +156,12 @@ class _ExportModels:
 
     @staticmethod
     def _fold(fmt, clone, counts):
-        """Integer formats: LayerNorm betas folded into the next layer (equalize.py: a near-zero beta's int8 ADD
+        """Integer formats: LayerNorm gamma and beta folded into the next layer (equalize.py: a near-zero beta's int8 ADD
         splits the XNNPACK delegate), counted with the rewrites."""
         if fmt in FULL_INTEGER:
-            folded = fold_layernorm_beta(clone)
+            folded = fold_layernorm_affine(clone)
             if folded:
-                counts["LayerNorm beta folded into the next layer"] = folded
+                counts["LayerNorm affine folded into the next layer"] = folded
 
     def fine_tuned(self, child, fmt, test_images):
         """The model of one of the tf_keras process's formats: its weights in a clone of the model, rewritten like

@@ -138,9 +138,9 @@ class ExportLayerNorm(keras.layers.Layer):
         shifted = tf.math.add(variance, self.epsilon, name=f"{FLOAT_MARKER}_add_epsilon")
         inverse = tf.math.rsqrt(shifted, name=f"{FLOAT_MARKER}_rsqrt")
         outputs = tf.math.multiply(centred, inverse, name=f"{FLOAT_MARKER}_normalise")
-        if self.gamma is not None:
+        if self.gamma is not None and self.scale:  # scale/center False: folded into the next layer (equalize.py)
             outputs = outputs * self.gamma
-        if self.beta is not None and self.center:  # center False: beta folded into the next layer (equalize.py)
+        if self.beta is not None and self.center:
             outputs = outputs + self.beta
         return outputs
 

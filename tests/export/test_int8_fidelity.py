@@ -1,5 +1,5 @@
 """The int8 fidelity tools of issue 25 point 2 (benchmarks/int8_fidelity.py measures them on MINET-7): LayerNorm
-equalization is exact in float and balances the ranges, folding its beta keeps int8 one XNNPACK
+equalization is exact in float and balances the ranges, folding it keeps int8 one XNNPACK
 partition, bias correction removes the int8 file's mean shifts,
 percentile ranges only narrow. Small models, real conversions and interpreters."""
 
@@ -136,16 +136,16 @@ def _near_zero_betas(model, scale=1e-5):
 
 
 @pytest.mark.parametrize("batch", [1, None])
-def test_folded_betas_keep_int8_one_xnnpack_partition(batch):
-    """The export's int8 clone folds each LayerNorm's beta into the next layer (exactly, in float); without the
-    fold a near-zero beta's int8 ADD is refused by XNNPACK and splits the delegate (before the fix: 22 partitions
+def test_folded_layernorm_affine_keeps_int8_one_xnnpack_partition(batch):
+    """The export's int8 clone folds each LayerNorm's gamma and beta into the next layer (exactly, in float);
+    without the fold a near-zero beta's int8 ADD is refused by XNNPACK and splits the delegate (before: 22 partitions
     for int8 and int8_qat of the 2-epoch test run with --batch dynamic, 4 at batch 1)."""
     model = _near_zero_betas(_small_model(seed=8))
     images = _images(16, seed=9)
     plain, _ = rewrite_for_export(model, gelu="sigmoid", free_batch=batch is None)
     models = _ExportModels(model, free_batch=batch is None)
     folded = models.get("int8")
-    assert list(models.rewrites.values())[0]["LayerNorm beta folded into the next layer"] == 3
+    assert list(models.rewrites.values())[0]["LayerNorm affine folded into the next layer"] == 3
     x = images.astype(np.float32)
     assert np.abs(folded.predict(x, verbose=0) - plain.predict(x, verbose=0)).max() <= 1e-5
     before = delegation(convert(plain, "int8", SIZE, images, batch))

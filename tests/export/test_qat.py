@@ -187,7 +187,7 @@ def test_int8_qat_and_the_pruned_model_take_a_free_batch_too(free_batch_export, 
         batch = report["formats"][fmt]["batch"]
         assert batch["checked_images"] == 8 and batch["max_abs_prob_diff_vs_single"] <= (
             0 if fmt == "int8_qat" else 1e-5), (fmt, batch)
-        # one XNNPACK partition: before the LayerNorm betas were folded (equalize.fold_layernorm_beta), this
+        # one XNNPACK partition: before the LayerNorm affine was folded (equalize.fold_layernorm_affine), this
         # 2-epoch run's near-zero betas left 21 int8 ADDs outside the delegate of int8_qat (22 partitions)
         assert report["formats"][fmt]["xnnpack"]["partitions"] == 1, (fmt, report["formats"][fmt]["xnnpack"])
 
