@@ -12,8 +12,11 @@ Prints Markdown.
 "same weights at 224 px" of the issue). The variants (VARIANTS) are: the exported conversion; the GELU forms;
 per-tensor weight scales; augmented calibration views (flips and a rotation of every calibration image);
 operator types kept in float (the residual ADDs, depthwise convolutions, GELU's ops); float output probabilities
-(a diagnostic: the device contract is uint8); and the k tensors TensorFlow's QuantizationDebugger finds worst
-(relative RMS error of each quantized tensor against its float value, on the calibration images) kept in float.
+(a diagnostic: the device contract is uint8); the k tensors TensorFlow's QuantizationDebugger finds worst
+(relative RMS error of each quantized tensor against its float value, on the calibration images) kept in float;
+the export before it folded the LayerNorm affine into the next layer (affine-unfolded); SmoothQuant equalization
+of LayerNorm into the next layer (mineralnet.export.equalize, on the unfolded clone); empirical bias correction
+(mineralnet.export.bias_correction); percentile activation ranges (mineralnet.export.ranges).
 """
 
 import argparse
