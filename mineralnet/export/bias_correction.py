@@ -1,7 +1,7 @@
 """Empirical bias correction of an int8 conversion (Nagel et al. 2019, "Data-free quantization", section 4.2 with
 data): rounding a layer's weights and inputs to 8 bits shifts the mean of its outputs, channel by channel, and
 the shift adds up through the network. Measured on calibration images, the mean of (int8 output - float output)
-of every convolution and fully connected layer is subtracted from that layer's float bias in the int8 file.
+of every convolution and fully connected layer is subtracted from that layer's bias in the int8 file.
 
 The reference is the converter's calibrate-only model (the float model the int8 file was quantized from); the
 int8 file's int32 biases are edited in place (bias scale = input scale x weight scale, so the activation ranges and
