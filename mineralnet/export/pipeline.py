@@ -156,8 +156,8 @@ class _ExportModels:
 
     @staticmethod
     def _fold(fmt, clone, counts):
-        """Integer formats: LayerNorm gamma and beta folded into the next layer (equalize.py: a near-zero beta's int8 ADD
-        splits the XNNPACK delegate), counted with the rewrites."""
+        """Integer formats: LayerNorm gamma and beta folded into the next layer (equalize.py: a near-zero beta's
+        int8 ADD splits the XNNPACK delegate), counted with the rewrites."""
         if fmt in FULL_INTEGER:
             folded = fold_layernorm_affine(clone)
             if folded:
