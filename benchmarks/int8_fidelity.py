@@ -92,6 +92,9 @@ def augmented(images):
 # (model, gelu, augment, equalize, fold) -> (converter, calibrate-only bytes): calibration is the slow part
 CALIBRATED = {}
 EQUALIZED_FLOAT = {}  # alpha -> max |p(equalized clone) - p(clone)| on the held images (the rewrite is exact)
+RANGE_IMAGES = 256  # the calibration images the percentiles are taken over
+NARROWED = {}  # (calibration key, percentile) -> (calibrate-only bytes with narrowed ranges, tensors narrowed)
+BIAS_HISTORY = {}  # (images, equalize, float_ops) -> mean |shift| removed per layer, in graph order
 
 
 def int8_variant(model, size, calibration, stem, gelu=INTEGER_GELU, float_ops=(), per_channel=True,
@@ -120,25 +123,17 @@ def int8_variant(model, size, calibration, stem, gelu=INTEGER_GELU, float_ops=()
         CALIBRATED[key] = converter, converter.convert()
     converter, calibrated = CALIBRATED[key]
     head = (registered_info(model).classifier,) if classifier else ()
-
-    def quantize(calibrated_bytes):
-        return quantize_calibrated(converter, calibrated_bytes, tuple(stem) + tuple(float_tensors) + head, float_ops,
-                                   per_channel, output_type)
-
     if percentile is not None:
         if (key, percentile) not in NARROWED:
             NARROWED[key, percentile] = percentile_ranges(calibrated, calibration[:RANGE_IMAGES], percentile)
         calibrated, _ = NARROWED[key, percentile]
-    model_bytes = quantize(calibrated)
+    model_bytes = quantize_calibrated(converter, calibrated, tuple(stem) + tuple(float_tensors) + head, float_ops,
+                                      per_channel, output_type)
     if bias_images:
         model_bytes, removed = correct_biases(model_bytes, calibrated, calibration[:bias_images])
         BIAS_HISTORY[bias_images, equalize, float_ops] = list(removed.values())
     return model_bytes
 
-
-RANGE_IMAGES = 256  # the calibration images the percentiles are taken over
-NARROWED = {}  # (calibration key, percentile) -> (calibrate-only bytes with narrowed ranges, tensors narrowed)
-BIAS_HISTORY = {}  # (images, equalize, float_ops) -> mean |shift| removed per layer, in graph order
 
 
 DEBUG_CALIBRATION = 128  # the debugger calibrates again: on the first 128 calibration images, to save minutes

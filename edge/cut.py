@@ -26,8 +26,9 @@ EDGE_RATIO = 1.6
 NEAR_PX = 6
 
 
-def _solidity(points):
-    """Area of a closed polygon over the area of its convex hull (1 for a convex shape)."""
+def solidity(points):
+    """Area of a closed polygon (an outline) over the area of its convex hull (1 for a convex shape or an empty
+    hull)."""
     hull = cv2.contourArea(cv2.convexHull(points))
     return cv2.contourArea(points) / hull if hull > 0 else 1.0
 
@@ -56,7 +57,7 @@ def _cuts(outline, far, min_area_px):
         p, q = tuple(int(v) for v in outline[a, 0]), tuple(int(v) for v in outline[b, 0])
         if not _chord_inside(outline, p, q):
             continue
-        found.append((min(_solidity(first), _solidity(second)), first, p, q))
+        found.append((min(solidity(first), solidity(second)), first, p, q))
     return sorted(found, key=lambda cut: -cut[0])
 
 
@@ -80,7 +81,7 @@ def concavity_cut(blob, pixels, min_area_px, depth_px, colour_step):
     far = defects[np.argsort(-defects[:, 3])][:DEFECTS, 2]
     if len(far) < 2:
         return None
-    least = max(PART_SOLIDITY, _solidity(outline))
+    least = max(PART_SOLIDITY, solidity(outline))
     cuts = [cut for cut in _cuts(outline, far, min_area_px) if cut[0] >= least]
     if not cuts:
         return None

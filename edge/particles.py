@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from edge.cut import concavity_cut
+from edge.cut import concavity_cut, solidity
 from edge.preprocess import crop_square
 
 SOLID_PIECE = 0.9  # a blob's seeds come from its piece before the closing when that piece is this much of it
@@ -234,8 +234,7 @@ class Segmenter:
         Two particles pressed together along a flat face leave no neck and give one seed: such a blob is cut
         between two concavities of its outline when the image shows two specimens there (edge/cut.py).
         """
-        hull_area = cv2.contourArea(cv2.convexHull(contour))
-        if hull_area <= 0 or cv2.contourArea(contour) / hull_area >= self.cfg.split_solidity:
+        if solidity(contour) >= self.cfg.split_solidity:
             return [blob]
         _, pieces, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_and(opened, blob), connectivity=8)
         sizes = stats[1:, cv2.CC_STAT_AREA]
