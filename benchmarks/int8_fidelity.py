@@ -16,7 +16,8 @@ operator types kept in float (the residual ADDs, depthwise convolutions, GELU's 
 (relative RMS error of each quantized tensor against its float value, on the calibration images) kept in float;
 the export before it folded the LayerNorm affine into the next layer (affine-unfolded); SmoothQuant equalization
 of LayerNorm into the next layer (mineralnet.export.equalize, on the unfolded clone); empirical bias correction
-(mineralnet.export.bias_correction); percentile activation ranges (mineralnet.export.ranges).
+(mineralnet.export.bias_correction); percentile activation ranges (mineralnet.export.ranges); and, beside the
+full-integer variants, the export's `dynamic` format (int8 weights, each input row quantized at run time).
 """
 
 import argparse
@@ -35,7 +36,7 @@ import_tensorflow()  # its start-up lines hidden, as in the package's own tools
 import tensorflow as tf  # noqa: E402
 
 from mineralnet.export.bias_correction import correct_biases  # noqa: E402
-from mineralnet.export.convert import make_converter, quantize_calibrated  # noqa: E402
+from mineralnet.export.convert import convert, make_converter, quantize_calibrated  # noqa: E402
 from mineralnet.export.equalize import equalize as equalize_layernorms, fold_layernorm_affine  # noqa: E402
 from mineralnet.export.delegation import delegation, describe  # noqa: E402
 from mineralnet.export.ranges import percentile_ranges  # noqa: E402
@@ -81,6 +82,8 @@ VARIANTS = {
     "percentile-99.99": {"percentile": 99.99},
     "percentile-99.999": {"percentile": 99.999},
     "percentile-99.99-bias-64": {"percentile": 99.99, "bias_images": 64},
+    # not full-integer: the export's dynamic format (int8 weights; XNNPACK quantizes each input row at run time)
+    "dynamic": {"dynamic": True},
 }
 
 
@@ -99,14 +102,17 @@ BIAS_HISTORY = {}  # (images, equalize, float_ops) -> mean |shift| removed per l
 
 def int8_variant(model, size, calibration, stem, gelu=INTEGER_GELU, float_ops=(), per_channel=True,
                  augment=False, output_type=None, float_tensors=(), classifier=False, equalize=None, check=None,
-                 bias_images=0, percentile=None, fold=True):
+                 bias_images=0, percentile=None, fold=True, dynamic=False):
     """The int8 bytes of `model` converted as the export does, changed by the given options. `equalize`: the
     SmoothQuant alpha of mineralnet.export.equalize (None: no equalization); `check` (images) records the
     equalized float clone's max probability difference to the plain clone in EQUALIZED_FLOAT. `bias_images`: the
     number of calibration images mineralnet.export.bias_correction measures on (0: no bias correction);
     `percentile`: activation ranges narrowed to that percentile of the calibration images' values
     (mineralnet.export.ranges), None keeps the converter's min/max; `fold` False leaves the LayerNorm gamma and
-    beta in place (the export before it folded them, equalize.fold_layernorm_affine)."""
+    beta in place (the export before it folded them, equalize.fold_layernorm_affine). `dynamic`: the export's
+    dynamic format instead (the exact clone, no calibration; mineralnet.export.dynamic), the other options unused."""
+    if dynamic:
+        return convert(rewrite_for_export(model)[0], "dynamic", size)
     key = (id(model), gelu, augment, equalize, fold)
     if key not in CALIBRATED:
         clone, _ = rewrite_for_export(model, gelu=gelu)

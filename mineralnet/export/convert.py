@@ -6,6 +6,7 @@ import_tensorflow()  # first: its start-up lines stay hidden (importing mineraln
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mineralnet.export.dynamic import float_depthwise_filters  # noqa: E402
 from mineralnet.export.errors import ExportError  # noqa: E402
 from mineralnet.export.operators import check_no_flex, tensor_names  # noqa: E402
 from mineralnet.export.options import (  # noqa: E402, F401  (the format names, re-exported)
@@ -75,6 +76,8 @@ def convert(model, fmt, image_size, calibration_images=None, batch=1, float_laye
     try:
         if fmt in FULL_INTEGER:
             model_bytes = _selective_int8(converter, float_layers, float_ops, per_channel)
+        elif fmt == "dynamic":
+            model_bytes = float_depthwise_filters(converter.convert())[0]
         else:
             model_bytes = converter.convert()
     except Exception as error:  # ConverterError and friends carry pages of MLIR; the first line says what

@@ -131,8 +131,8 @@ def _check_accuracy_drop(plan, fmt, results, gate):
 
 
 class _ExportModels:
-    """The clones converted instead of plan.model (mineralnet.export.rewrite): the exact rewrite for float32 and
-    float16, without the depthwise split for dynamic, with GELU approximated for int8; each made once."""
+    """The clones converted instead of plan.model (mineralnet.export.rewrite): the exact rewrite for float32,
+    float16 and dynamic, GELU approximated for int8; each made once."""
 
     def __init__(self, model, free_batch=False):
         self.model, self.clones, self.rewrites, self.free_batch = model, {}, {}, free_batch
@@ -142,8 +142,6 @@ class _ExportModels:
         """(name, rewrite_for_export options) of the clone format `fmt` is converted from."""
         if fmt in FULL_INTEGER:
             return f"int8 (GELU: {INTEGER_GELU} form)", {"gelu": INTEGER_GELU}
-        if fmt == "dynamic":
-            return "dynamic (7x7 depthwise kept)", {"split_depthwise": False}
         return "exact", {}
 
     def get(self, fmt):

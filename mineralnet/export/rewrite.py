@@ -262,7 +262,7 @@ def _is_exact_gelu(layer):
     return type(layer) is keras.layers.Activation and getattr(layer.activation, "__name__", "") == "gelu"
 
 
-def _replacement(layer, gelu, split_depthwise, free_batch=False):
+def _replacement(layer, gelu, free_batch=False):
     """(new layer built to the old one's weight shapes, function old weights -> new weights), or None."""
     if free_batch and type(layer) is keras.layers.Dense and layer.built:
         new = ExportDense(layer.units, layer.activation, layer.use_bias, name=layer.name)
@@ -274,7 +274,7 @@ def _replacement(layer, gelu, split_depthwise, free_batch=False):
         new = ExportECA(layer.kernel.shape[0], name=layer.name)
         new.build(None)
         return new, list
-    if split_depthwise and _is_long_depthwise(layer):
+    if _is_long_depthwise(layer):
         new = SplitDepthwiseConv2D(layer.kernel_size, layer.padding, layer.use_bias, name=layer.name)
         new.build((None, None, None, layer.filters))
         # Conv2D with groups=C keeps its kernel as (kh, kw, 1, C); a depthwise kernel is (kh, kw, C, 1).
@@ -307,7 +307,7 @@ def _leaves(model):
     return out
 
 
-def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False, weights=None):
+def rewrite_for_export(model, gelu=None, free_batch=False, weights=None):
     """A clone of functional/Sequential `model` with the rewrites above (`gelu`: None keeps GELU exact, else a
     key of GELU_APPROXIMATIONS), its weights copied; `model` itself is untouched. Nested Sequential models
     (ConvNeXt's stem and downsampling blocks) are rewritten too. Returns (clone, {rewritten layer type: count});
@@ -315,10 +315,6 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False,
 
     `weights` ({leaf layer name: weights in `model`'s layout}, every weight-owning layer) replaces the weights
     of `model` in the clone: a fine-tune's result (int8_qat, the pruned model: mineralnet.export.qat).
-
-    split_depthwise=False is for the dynamic-range format: XNNPACK delegates no DEPTHWISE_CONV_2D with int8
-    weights and float activations (measured: each slab split the delegate), while it does take the original
-    grouped CONV_2D; that format keeps the slow 7x7 path rather than 16 partitions.
 
     free_batch=True adds the rewrites for a file whose batch dimension is free (module docstring)."""
     if gelu is not None and gelu not in GELU_APPROXIMATIONS:
@@ -329,7 +325,7 @@ def rewrite_for_export(model, gelu=None, split_depthwise=True, free_batch=False,
     converters = {}
 
     def clone(layer):
-        plan = _replacement(layer, gelu, split_depthwise, free_batch)
+        plan = _replacement(layer, gelu, free_batch)
         if plan is None:
             return layer.__class__.from_config(layer.get_config())
         converters[id(plan[0])] = plan[1]

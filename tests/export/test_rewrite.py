@@ -108,6 +108,27 @@ def test_int8_of_a_tiny_eca_convnext_is_one_xnnpack_partition():
     assert measured["partitions"] == 1 and set(measured["outside"]) <= ALLOWED_OUTSIDE, measured
 
 
+def test_dynamic_is_int8_matrix_products_in_one_xnnpack_partition_with_float_depthwise_filters():
+    """The dynamic format: every fully connected layer and every 1x1/downsampling convolution holds int8 weights
+    (XNNPACK's QD8 kernels quantize each input row at run time and multiply in int8), the 7x7 depthwise slabs hold
+    float filters, and the whole file is one partition. The old conversion kept the grouped 7x7 CONV_2D (float
+    speed, no DEPTHWISE_CONV_2D at all); int8 depthwise filters leave every slab outside the delegate."""
+    keras.utils.set_random_seed(0)
+    model = _randomise(build_model("eca_convnext_tiny", 4, (32, 32, 3)))
+    model_bytes = convert(rewrite_for_export(model)[0], "dynamic", 32)
+    assert delegation(model_bytes) == {"partitions": 1, "outside": {}}
+    interpreter = Interpreter(model_content=model_bytes,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    dtypes = {detail["index"]: np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}
+    filters = {}
+    for node in interpreter._get_ops_details():
+        if node["op_name"] in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
+            filters.setdefault(node["op_name"], []).append(dtypes[int(node["inputs"][1])])
+    assert filters["FULLY_CONNECTED"] == ["int8"] * 37  # 18 blocks x 2 pointwise layers + the classifier
+    assert filters["CONV_2D"].count("int8") == 4  # the stem and the 3 downsampling convolutions (ECA's are tiny)
+    assert filters["DEPTHWISE_CONV_2D"] and set(filters["DEPTHWISE_CONV_2D"]) == {"float32"}
+
+
 def test_delegation_counts_the_partitions_of_an_unrewritten_int8_file():
     """The converter's plain int8 ConvNeXt (no rewrites): GELU and LayerNorm's RSQRT split the delegate."""
     keras.utils.set_random_seed(0)
@@ -203,7 +224,7 @@ def test_cli_floor_out_of_range_is_exit_status_2_with_one_line(export_run_dir, r
 
 
 @pytest.mark.parametrize("name,fmt", [("eca_convnext_tiny", "float32"), ("eca_convnext_tiny", "int8"),
-                                      ("simple_cnn", "int8")])
+                                      ("eca_convnext_tiny", "dynamic"), ("simple_cnn", "int8")])
 def test_free_batch_export_is_one_xnnpack_partition_and_batches_like_single_calls(name, fmt):
     """`--batch dynamic`: without the free-batch rewrites the converter's shape arithmetic split a ConvNeXt into
     92 partitions (measured); with them, the batch stays free (-1), the graph one partition as at batch 1, and a
@@ -229,4 +250,4 @@ def test_free_batch_export_is_one_xnnpack_partition_and_batches_like_single_call
     measured = delegation(model_bytes)
     assert measured["partitions"] == 1 and set(measured["outside"]) <= ALLOWED_OUTSIDE, measured
     checked = check_batch(model_bytes, images, fmt)
-    assert checked["checked_images"] == 8 and checked["max_abs_prob_diff_vs_single"] <= (0 if fmt == "int8" else 1e-5)
+    assert checked["checked_images"] == 8 and checked["max_abs_prob_diff_vs_single"] <= (0 if fmt != "float32" else 1e-5)
