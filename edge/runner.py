@@ -1,8 +1,8 @@
 """Sort items on a conveyor: camera -> TFLite model -> bin decision -> ejector, without TensorFlow.
 
-    python edge/runner.py --model model_int8.tflite --source camera:0 --config belt.toml [--events events.jsonl]
-                          [--sidecar model_int8.json] [--threads 4] [--benchmark 1000]
-    python edge/runner.py --init-config belt.toml --model model_int8.tflite   # a config for this model's labels
+    python edge/runner.py --model model_dynamic.tflite --source camera:0 --config belt.toml [--events events.jsonl]
+                          [--sidecar model_dynamic.json] [--threads 4] [--benchmark 1000]
+    python edge/runner.py --init-config belt.toml --model model_dynamic.tflite   # a config for this model's labels
 
 Each frame is classified, given a bin (or the recheck bin when the model is unsure, the decision is late or the
 ejector fails) and recorded as one JSON line; a summary.json is written when the source ends or on SIGINT/SIGTERM,
