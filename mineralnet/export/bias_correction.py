@@ -16,6 +16,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from mineralnet.export.operators import builtin_code
+
 BIASED_CODES = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
                 schema.BuiltinOperator.DEPTHWISE_CONV_2D}
 
@@ -28,9 +30,7 @@ def _biased_layers(buffer):
     found = []
     for position in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(position)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        kind = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if kind not in BIASED_CODES or op.InputsLength() < 3 or op.Inputs(2) < 0:
+        if builtin_code(model.OperatorCodes(op.OpcodeIndex())) not in BIASED_CODES or op.InputsLength() < 3 or op.Inputs(2) < 0:
             continue
         bias = subgraph.Tensors(op.Inputs(2))
         data = model.Buffers(bias.Buffer()).DataAsNumpy()

@@ -17,18 +17,16 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from mineralnet.export.operators import builtin_code
+
 DEPTHWISE = schema.BuiltinOperator.DEPTHWISE_CONV_2D
-
-
-def _builtin_code(operator_code):
-    # Codes above 127 live in builtinCode only; older files keep small codes in deprecatedBuiltinCode.
-    return max(operator_code.builtinCode, operator_code.deprecatedBuiltinCode)
 
 
 def float_depthwise_filters(model_bytes):
     """(the .tflite bytes with every int8 DEPTHWISE_CONV_2D filter stored as its float32 values, filters changed)."""
+    reader = schema.Model.GetRootAs(model_bytes, 0)
+    codes = [builtin_code(reader.OperatorCodes(index)) for index in range(reader.OperatorCodesLength())]
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    codes = [_builtin_code(code) for code in model.operatorCodes]
     changed, done = 0, set()
     for subgraph in model.subgraphs:
         for operator in subgraph.operators:

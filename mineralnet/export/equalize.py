@@ -15,7 +15,7 @@ mean |int8 - float32| probability 0.0089 vs 0.0094) and for latency (benchmarks/
 SmoothQuant-style equalization (Xiao et al. 2023; the LayerNorm -> linear case of Nagel et al. 2019's
 cross-layer equalization):
 
-Why (the brief's hypothesis; measured, it holds only where the converter does not fold, see below): int8
+Why (the hypothesis; measured, it holds only where the converter does not fold, see below): int8
 quantizes the LayerNorm output (gamma * normalized + beta) with ONE scale for the whole tensor, so the
 few channels with a large |gamma| set the step for all, and the small channels keep only a few levels. Dividing
 gamma_c and beta_c by s_c and multiplying input row c of the next layer's kernel by s_c computes the same function

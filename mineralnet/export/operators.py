@@ -9,6 +9,12 @@ from mineralnet.export.errors import ExportError
 _BUILTIN_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
+def builtin_code(code):
+    """The BuiltinOperator of an OperatorCode (flatbuffer reader object): codes above 127 live in BuiltinCode;
+    older files keep small codes only in DeprecatedBuiltinCode."""
+    return max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+
+
 def list_operators(model_bytes):
     """Counter of operator name -> number of uses over all subgraphs; custom ops (Flex included) by their
     custom code, e.g. 'FlexMatrixDeterminant'."""
@@ -16,8 +22,7 @@ def list_operators(model_bytes):
     names = []
     for index in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(index)
-        # Codes above 127 live in BuiltinCode; older files keep small codes only in DeprecatedBuiltinCode.
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        builtin = builtin_code(code)
         if builtin == schema.BuiltinOperator.CUSTOM:
             names.append(code.CustomCode().decode())
         else:
