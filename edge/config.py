@@ -255,7 +255,7 @@ class ParticlesConfig:
     pad: float = _key("pad = 0.15  # belt margin of a crop, as a share of the particle's longer side",
                       _number(low=0.0, high=2.0), 0.15)
     split: bool = _key("split = true  # cut touching particles apart (watershed, edge/cut.py)", _boolean, True)
-    split_solidity: float = _key("split_solidity = 0.9  # blobs less convex than this are tried for a split",
+    split_solidity: float = _key("split_solidity = 0.9  # blobs less convex than this are tried for a watershed",
                                  _number(above=0.0, high=1.0), 0.9)
     split_level: float = _key("split_level = 0.7  # watershed markers: distance map above this share of its peak",
                               _number(above=0.0, high=1.0), 0.7)

@@ -231,11 +231,13 @@ class Segmenter:
         bump, does not. The watershed then gives every blob pixel to the nearest seed across the distance map's
         ridges.
 
-        Two particles pressed together along a flat face leave no neck and give one seed: such a blob is cut
-        between two concavities of its outline when the image shows two specimens there (edge/cut.py).
+        Two particles pressed together along a flat face leave no neck: one seed, or a blob too convex to be tried
+        (split_solidity; such pairs were 13 % of the simulator's merged pairs). Any such blob is cut between two
+        concavities of its outline when the image shows two specimens there (edge/cut.py), whose own colour and edge
+        tests keep single specimens whole.
         """
         if solidity(contour) >= self.cfg.split_solidity:
-            return [blob]
+            return self._cut(blob, pixels)  # no neck: only a cut between concavities can split it
         _, pieces, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_and(opened, blob), connectivity=8)
         sizes = stats[1:, cv2.CC_STAT_AREA]
         large = np.flatnonzero(sizes >= self.min_area_px / 2) + 1  # specks do not count as pieces
@@ -247,9 +249,7 @@ class Segmenter:
         dist = cv2.distanceTransform(shape, cv2.DIST_L2, 5)
         seeds = _prominent_seeds(dist, 1.0 - self.cfg.split_level, self._seed_px)
         if len(seeds) < 2:
-            if not self.cfg.split_colour:
-                return [blob]
-            return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
+            return self._cut(blob, pixels)
         markers = np.ones(blob.shape, np.int32)  # 1 = surely belt, 2.. = particles, 0 = to decide
         markers[blob > 0] = 0
         for number, seed in enumerate(seeds, start=2):
@@ -262,6 +262,12 @@ class Segmenter:
         cv2.watershed(255 - shade, padded)
         padded = padded[1:-1, 1:-1]
         return [((padded == k) & (blob > 0)).astype(np.uint8) * 255 for k in range(2, len(seeds) + 2)]
+
+    def _cut(self, blob, pixels):
+        """The blob cut between two concavities (edge/cut.py), or whole."""
+        if not self.cfg.split_colour:
+            return [blob]
+        return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
 
     def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
         moments = cv2.moments(part, binaryImage=True)
