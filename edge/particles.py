@@ -232,9 +232,9 @@ class Segmenter:
         ridges.
 
         Two particles pressed together along a flat face leave no neck: one seed, or a blob too convex to be tried
-        (split_solidity; such pairs were 13 % of the simulator's merged pairs). Any such blob is cut between two
-        concavities of its outline when the image shows two specimens there (edge/cut.py), whose own colour and edge
-        tests keep single specimens whole.
+        (split_solidity: a face nearly as long as the smaller partner). Any such blob is cut between two concavities
+        of its outline when the image shows two specimens there (edge/cut.py), whose own colour and edge tests keep
+        single specimens whole.
         """
         if solidity(contour) >= self.cfg.split_solidity:
             return self._cut(blob, pixels)  # no neck: only a cut between concavities can split it
