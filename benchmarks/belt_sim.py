@@ -114,6 +114,7 @@ min_mm = 8
 max_mm = 80
 threshold = {threshold}
 background_frames = {background}
+contact_model = {contact_model}
 [valves]
 count = {lanes}
 lane_mm = {lane_mm}
@@ -286,7 +287,7 @@ def truth_crop(rgb, truth, belt_rgb, number, pad):
 
 
 def make_config(model, product, port, folder, confidence, speed, ejector_mm, background, conflict, hit_share=0.0,
-                threshold="auto"):
+                threshold="auto", contact_model=""):
     classes = {label: "product" for label in model.labels if label in product}
     if not classes:
         raise SystemExit(f"belt_sim: none of the product classes {sorted(product)} is a label of the model "
@@ -297,7 +298,7 @@ def make_config(model, product, port, folder, confidence, speed, ejector_mm, bac
         speed=speed, ejector_mm=ejector_mm, port=port, address=ADDRESS, counts_per_mm=COUNTS_PER_MM,
         commands=os.path.join(folder, "valves.jsonl"), summary=os.path.join(folder, "summary.json"),
         mm_per_px=MM_PER_PX, background=background, lanes=lanes, lane_mm=12.5, conflict=conflict,
-        hit_share=hit_share, threshold=json.dumps(threshold),
+        hit_share=hit_share, threshold=json.dumps(threshold), contact_model=json.dumps(contact_model),
     )
     config = parse_config(text, "belt_sim")
     config.check_labels(model.labels)
@@ -311,7 +312,7 @@ def _count(position_px):
 def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, sizes_mm=(15.0, 45.0),
              step_mm=130.0, speed_mm_s=1000.0, ejector_mm=300.0, share=0.5, product=COPPER, product_share=0.3,
              confidence=0.6, threads=2, seed=0, background=5, conflict="trim", hit_share=0.0,
-             threshold="auto", assumptions=ASSUMPTIONS, details=False):
+             threshold="auto", contact_model="", assumptions=ASSUMPTIONS, details=False):
     """One run: lay out the feed, drive the runner frame by frame, score the bins. Returns the report (a dict);
     with `details`, also its "particles" (truth and outcome), "records" (particle events) and "commands"."""
     rng = np.random.default_rng(seed)
@@ -328,7 +329,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
     folder = tempfile.mkdtemp(prefix="belt_sim_")
     try:
         config = make_config(model, set(product), plc.port, folder, confidence, speed_mm_s, ejector_mm, background,
-                             conflict, hit_share, threshold)
+                             conflict, hit_share, threshold, contact_model)
         clock = DrivenClock()
         events_path = os.path.join(folder, "events.jsonl")
         events = EventSink(LineWriter(events_path), clock)
@@ -650,6 +651,8 @@ def main(argv=None):
                         "when the particles to keep it hits are at most this share of the area it ejects")
     parser.add_argument("--threshold", default="auto", help='[particles] threshold: a number, or "auto" (5 sigma of '
                         "the belt's noise)")
+    parser.add_argument("--contact-model", default="", help="[particles] contact_model: a contact-line network "
+                        "(benchmarks/contact_net.py writes one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reports here")
@@ -668,7 +671,8 @@ def main(argv=None):
                        tuple(float(s) for s in args.sizes.split(",")), args.step_mm, args.speed, args.ejector_mm,
                        args.share, tuple(args.product.split(",")), args.product_share, args.confidence, args.threads,
                        args.seed + count, conflict=args.conflict, hit_share=args.hit_share,
-                       threshold=int(args.threshold) if args.threshold.isdigit() else args.threshold)
+                       threshold=int(args.threshold) if args.threshold.isdigit() else args.threshold,
+                       contact_model=args.contact_model)
         row["wall_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(json.dumps(row, default=_plain), flush=True)

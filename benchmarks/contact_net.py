@@ -1,24 +1,21 @@
-"""A learned contact line for touching pairs (issue 29 point 2): how many of the simulator's pairs a small network,
-trained on the simulator's own frames, lets the segmenter split. A route measured, not shipped: edge/ does not use
-it (what shipping would need: benchmarks/RESULTS.md, "A learned contact line").
+"""A learned contact line for touching pairs (issue 29 point 2): train the network edge/contact.py runs, on the belt
+simulator's frames, and measure what it adds to the segmenter on the simulator's pairs (as touching_pairs.py
+measures the segmenter).
 
     PYTHONPATH=. python benchmarks/contact_net.py --split runs/sim_cnn/split.csv,runs/sim_cnn_belt/split.csv \
-        --out runs/contact_net [--epochs 12] [--thresholds 0.3,0.5]
+        --out runs/contact_net [--epochs 12]
 
 - Data: the blobs of the segmenter's mask (edge/particles.py, the same frames as benchmarks/touching_pairs.py) that
-  are whole in their frame, from 50 feeds of the photos every run *trained* on. Input: the blob's square crop at
-  96 x 96, RGB under the blob and the blob mask (4 channels); target: the blob's pixels within 2 px of another
-  particle's (the contact line; none in a single particle).
-- Model: a U-Net of 16-32-48-64 channels (0.23 M weights), Adam with cosine decay, Dice + cross-entropy.
-- Evaluation: touching_pairs.py's measure on the feeds of the photos no run trained on. The network is asked only
-  about blobs the segmenter leaves whole that hold at least two smallest particles: blob pixels under the threshold
-  form seeds (components of at least a quarter of the smallest particle's area), a watershed on their distance map
-  gives the parts.
-- Cost: the network converted to TFLite (float32 and dynamic-range int8) and timed with LiteRT on one thread.
+  are whole in their frame, from 50 feeds of the photos every run *trained* on. Input: edge/contact.py's
+  network_input (96 x 96); target: the blob's pixels within 2 px of another particle's (the contact line; none in a
+  single particle).
+- Model: a U-Net of 16-32-48-64 channels (0.23 M weights), Adam with cosine decay, Dice + cross-entropy; written as
+  `OUT/contact.tflite` (dynamic range: int8 weights, 1.9 ms a blob on one thread against 6.5 for float32).
+- Evaluation: touching_pairs.py's measure on the feeds of the photos no run trained on, without and with
+  `[particles] contact_model = "OUT/contact.tflite"`: the real edge path.
 
 Resumable: the data (`OUT/blobs.npz`) and the trained network (`OUT/contact.keras`) are kept and reused.
 """
-
 import argparse
 import os
 import sys
@@ -34,10 +31,10 @@ import touching_pairs  # noqa: E402
 from belt_sim import HEIGHT, WIDTH, scenes  # noqa: E402
 from benchmarks.machine import commit, cpu_name  # noqa: E402
 from edge.config import parse_config  # noqa: E402
+from edge.contact import PAD, ContactLine, network_input  # noqa: E402
 from edge.particles import BackgroundModel, Segmenter  # noqa: E402
 
 SIDE = 96
-PAD = 3
 MINET = scenes.MINET
 
 
@@ -50,17 +47,6 @@ def segmenter(empty):
     config = parse_config(scenes.BASE_CONFIG + "[particles]\nmm_per_px = 0.5\nmin_mm = 8\nmax_mm = 80\n"
                           "threshold = \"auto\"\n" + scenes.VALVES)
     return Segmenter(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
-
-
-def network_input(pixels, blob):
-    """((SIDE, SIDE, 4) float32, the square's side in px) of a blob (uint8 mask) and its pixels, both padded."""
-    height, width = blob.shape
-    side = max(height, width)
-    image, mask = np.zeros((side, side, 3), np.uint8), np.zeros((side, side), np.uint8)
-    image[:height, :width], mask[:height, :width] = pixels, blob
-    image = cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    mask = cv2.resize(mask, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    return np.concatenate([image * mask[..., None], mask[..., None]], -1), side
 
 
 def contact_target(labels, blob):
@@ -93,7 +79,7 @@ def blobs(specimens, seeds):
                     continue
                 x0, y0, x1, y1 = max(x - PAD, 0), max(y - PAD, 0), min(x + w + PAD, WIDTH), min(y + h + PAD, HEIGHT)
                 blob = (labels[y0:y1, x0:x1] == k).astype(np.uint8) * 255
-                inputs.append(network_input(frame[y0:y1, x0:x1], blob)[0])
+                inputs.append(network_input(frame[y0:y1, x0:x1], blob, SIDE)[0])
                 targets.append(contact_target(truth[y0:y1, x0:x1] * (blob > 0), blob))
         print(f"feed {seed}: {len(inputs)} blobs", file=sys.stderr, flush=True)
     return np.array(inputs, np.float16), np.array(targets, np.uint8)
@@ -137,45 +123,13 @@ def train(x, y, epochs, path):
     return model
 
 
-def contact_split(model, threshold):
-    """A Segmenter._split that asks `model` about the blobs the segmenter's own split leaves whole."""
-    own = Segmenter._split
-
-    def split(self, blob, contour, opened, pixels):
-        parts = own(self, blob, contour, opened, pixels)
-        if len(parts) > 1 or cv2.countNonZero(blob) < 2 * self.min_area_px:
-            return parts
-        split.asked += 1
-        padded = np.pad(blob, PAD)
-        x, side = network_input(np.pad(pixels, ((PAD, PAD), (PAD, PAD), (0, 0))), padded)
-        contact = np.asarray(model(x[None], training=False))[0, ..., 0]
-        height, width = padded.shape
-        contact = cv2.resize(contact, (side, side), interpolation=cv2.INTER_LINEAR)[:height, :width]
-        inner = ((padded > 0) & (contact < threshold)).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(inner, connectivity=4)
-        seeds = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= self.min_area_px / 4]
-        if len(seeds) < 2:
-            return parts
-        markers = np.ones(padded.shape, np.int32)
-        markers[padded > 0] = 0
-        for number, k in enumerate(seeds, start=2):
-            markers[labels == k] = number
-        dist = cv2.distanceTransform(inner, cv2.DIST_L2, 5)
-        shade = cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-        cv2.watershed(cv2.cvtColor(255 - shade, cv2.COLOR_GRAY2BGR), markers)
-        return [(((markers == n) & (padded > 0)).astype(np.uint8) * 255)[PAD:-PAD, PAD:-PAD]
-                for n in range(2, len(seeds) + 2)]
-
-    split.asked = 0  # blobs the network was asked about
-    return split
-
-
-def latency(model, repeats=50):
-    """{format: ms per blob} at batch 1, one thread, LiteRT."""
+def export(model, path):
+    """Write `model` as a .tflite for edge/contact.py (dynamic range, batch 1); {format: ms per blob} of float32 and
+    dynamic on one thread (LiteRT, best of 3 x 50 calls)."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    holder = tf.Module()
+    holder = tf.Module()  # Keras 3 variables are not tracked by the model as a tf.Module: hand them over
     holder.weights = [v.value for v in model.variables]
     function = tf.function(lambda x: model(x, training=False),
                            input_signature=[tf.TensorSpec((1, SIDE, SIDE, 4), tf.float32)]).get_concrete_function()
@@ -184,18 +138,21 @@ def latency(model, repeats=50):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
         if fmt == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        interpreter = Interpreter(model_content=converter.convert(), num_threads=1)
+        content = converter.convert()
+        interpreter = Interpreter(model_content=content, num_threads=1)
         interpreter.allocate_tensors()
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.set_tensor(index, np.zeros((1, SIDE, SIDE, 4), np.float32))
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.zeros((1, SIDE, SIDE, 4), np.float32))
         interpreter.invoke()
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            for _ in range(repeats):
+            for _ in range(50):
                 interpreter.invoke()
-            best = min(best, (time.perf_counter() - start) / repeats)
+            best = min(best, (time.perf_counter() - start) / 50)
         times[fmt] = round(best * 1000, 2)
+    with open(path + ".partial", "wb") as handle:
+        handle.write(content)
+    os.replace(path + ".partial", path)
     return times
 
 
@@ -206,7 +163,6 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the blobs and the network (reused when there)")
     parser.add_argument("--train-seeds", default="100-149", help="feeds to learn from, FIRST-LAST")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--thresholds", default="0.3,0.5", help="contact probability above which a pixel is line")
     parser.add_argument("--seeds", default="5-10;11-18;19-28", help="';'-separated feed ranges to evaluate on")
     args = parser.parse_args(argv)
     import keras
@@ -224,29 +180,31 @@ def main(argv=None):
     else:
         stored = np.load(data)
         model = train(stored["x"], stored["y"], args.epochs, path)
+    tflite = os.path.join(args.out, "contact.tflite")
+    times = export(model, tflite)
     specimens = specimens_of(csvs, ("test", "val", "calib"))
-    print(f"Commit {commit()}; {cpu_name()}; network {path} ({model.count_params()} weights)\n")
-    print("| feeds | threshold | pairs split | single particles fragmented | blobs asked per frame |\n"
+    asked = [0]
+    split = ContactLine.split
+
+    def counted(self, *args):
+        asked[0] += 1
+        return split(self, *args)
+
+    ContactLine.split = counted
+    print(f"Commit {commit()}; {cpu_name()}; {tflite} ({model.count_params()} weights); LiteRT, one thread, "
+          f"ms per blob: {times}\n")
+    print("| feeds | contact_model | pairs split | single particles fragmented | blobs asked per frame |\n"
           "|---|---|---:|---:|---:|")
     for feeds in args.seeds.split(";"):
         first, last = (int(v) for v in feeds.split("-"))
-        for threshold in ["segmenter alone"] + [float(t) for t in args.thresholds.split(",")]:
-            own, asked = Segmenter._split, "-"
-            if threshold != "segmenter alone":
-                Segmenter._split = contact_split(model, threshold)
-            totals, frames = np.zeros(4, int), 0
-            try:
-                for seed in range(first, last + 1):
-                    by_id, views, empty = touching_pairs.feed(specimens, seed)
-                    totals += touching_pairs.measure(by_id, views, empty, "")
-                    frames += len(views)
-            finally:
-                if threshold != "segmenter alone":
-                    asked = f"{Segmenter._split.asked / frames:.1f}"
-                Segmenter._split = own
-            print(f"| {feeds} | {threshold} | {totals[0]} / {totals[1]} ({totals[0] / totals[1]:.1%}) | "
-                  f"{totals[2]} / {totals[3]} ({totals[2] / totals[3]:.2%}) | {asked} |", flush=True)
-    print(f"\nLiteRT, one thread, batch 1, ms per blob: {latency(model)}")
+        for extra in ("", f'contact_model = "{tflite}"'):
+            totals, frames, asked[0] = np.zeros(4, int), 0, 0
+            for seed in range(first, last + 1):
+                by_id, views, empty = touching_pairs.feed(specimens, seed)
+                totals += touching_pairs.measure(by_id, views, empty, extra)
+                frames += len(views)
+            print(f"| {feeds} | {'set' if extra else 'none'} | {totals[0]} / {totals[1]} ({totals[0] / totals[1]:.1%})"
+                  f" | {totals[2]} / {totals[3]} ({totals[2] / totals[3]:.2%}) | {asked[0] / frames:.1f} |", flush=True)
     return 0
 
 

@@ -252,8 +252,7 @@ class ParticlesConfig:
     background_frames: int = _key("background_frames = 10  # empty-belt frames learned at start", _integer(1), 10)
     background_rate: float = _key("background_rate = 0.02  # belt learning rate per frame where no particle is",
                                   _number(low=0.0, high=1.0), 0.02)
-    pad: float = _key("pad = 0.15  # belt margin of a crop, as a share of the particle's longer side",
-                      _number(low=0.0, high=2.0), 0.15)
+    pad: float = _key("pad = 0.15  # crop margin, share of the particle's long side", _number(low=0.0, high=2.0), 0.15)
     split: bool = _key("split = true  # cut touching particles apart (watershed, edge/cut.py)", _boolean, True)
     split_solidity: float = _key("split_solidity = 0.9  # blobs less convex than this are tried for a watershed",
                                  _number(above=0.0, high=1.0), 0.9)
@@ -261,8 +260,8 @@ class ParticlesConfig:
                               _number(above=0.0, high=1.0), 0.7)
     split_colour: float = _key("split_colour = 50  # a cut of a blob without a neck needs this colour step (0-255) "
                                "across it; 0: no such cut", _number(low=0.0, high=442.0), 50.0)
-    track_mm: float = _key("track_mm = 5  # a particle whose centre is this close to a decided one's outline, "
-                           "moved on by the belt, is that one", _number(above=0.0), 5.0)
+    contact_model: str = _key('contact_model = ""  # network splitting touching particles: edge/contact.py', _text, "")
+    track_mm: float = _key("track_mm = 5  # tracking tolerance: edge/track.py", _number(above=0.0), 5.0)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from edge.contact import ContactLine
 from edge.cut import concavity_cut, solidity
 from edge.preprocess import crop_square
 
@@ -139,8 +140,10 @@ class Segmenter:
     Frames are 3-channel uint8 arrays of the empty-belt frames' size, in any channel order (the crops keep it).
     """
 
-    def __init__(self, particles, background, valves=None):
+    def __init__(self, particles, background, valves=None, contact=None):
         self.cfg = particles
+        # contact: the [particles] contact_model's ContactLine, loaded by the caller before the belt runs, or here
+        self.contact = contact or (ContactLine(particles.contact_model) if particles.contact_model else None)
         self.valves = valves
         self.background = background
         self.threshold = background.auto_threshold() if particles.threshold == "auto" else particles.threshold
@@ -215,6 +218,14 @@ class Segmenter:
         return Segmentation(particles, too_small, too_large, filled)
 
     def _split(self, blob, contour, opened, pixels):
+        """The blob's particles: by its outline and colours, else by the contact-line network where one is set
+        (edge/contact.py) and the blob holds at least two smallest particles."""
+        parts = self._outline_split(blob, contour, opened, pixels)
+        if len(parts) > 1 or self.contact is None or cv2.countNonZero(blob) < 2 * self.min_area_px:
+            return parts
+        return self.contact.split(blob, pixels, self.min_area_px / 4) or parts
+
+    def _outline_split(self, blob, contour, opened, pixels):
         """Touching particles leave a concave neck: a blob of low solidity is cut by distance transform + watershed.
 
         The closing that bridges the gaps of a dark specimen in pieces also fills the neck between two touching

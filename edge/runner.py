@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from edge import drivers, served  # noqa: E402
 from edge.actuate import SupervisedActuator  # noqa: E402
 from edge.config import ConfigError, load_config, parse_config  # noqa: E402
+from edge.contact import ContactLine  # noqa: E402
 from edge.deps import MissingLibrary, require  # noqa: E402
 from edge.encoder import EncoderBelt, EncoderError  # noqa: E402
 from edge.model import Model, ModelError  # noqa: E402
@@ -229,6 +230,8 @@ def _start_and_sort(args, stops):
                 require(module, package, f"--{name}-port")
         stops.step("loading the model")
         model = Model(args.model, args.sidecar, args.threads)
+        if config.particles is not None and config.particles.contact_model:
+            ContactLine(config.particles.contact_model)  # one that cannot be used stops the runner here (exit 2)
         config.check_labels(model.labels)
         stops.step("opening the source and outputs")
         source = parse_source(args.source, config.source, clock)

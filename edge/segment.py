@@ -13,6 +13,7 @@ ROI take pictures of any size (each is resized to the model's input anyway).
 import numpy as np
 from PIL import Image
 
+from edge.contact import ContactLine
 from edge.particles import BackgroundModel, Particle, Segmentation, Segmenter
 from edge.preprocess import crop_roi
 
@@ -83,6 +84,8 @@ class BeltSegments:
     def __init__(self, particles, valves, roi, size, on_learned):
         self.particles, self.valves, self.roi, self.size = particles, valves, roi, size
         self.on_learned = on_learned
+        # loaded once for every belt learned (edge/runner.py checks the file before the sorter is built)
+        self.contact = ContactLine(particles.contact_model) if particles.contact_model else None
         self.segmenter = None
         self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
         self._empty_frames = []
@@ -105,6 +108,6 @@ class BeltSegments:
             background = BackgroundModel(frames, self.particles.background_rate)
         except ValueError as error:
             raise SkipFrame("belt", f"{error}: the belt is learned again") from None
-        self.segmenter = Segmenter(self.particles, background, self.valves)
+        self.segmenter = Segmenter(self.particles, background, self.valves, self.contact)
         self.on_learned(frame, pixels.shape)
         return None

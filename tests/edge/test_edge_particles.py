@@ -235,6 +235,53 @@ def test_a_pair_too_convex_for_the_watershed_is_cut_where_the_colour_changes():
         assert len(areas) == len(expected) and np.allclose(areas, expected, rtol=0.1), (second, areas)
 
 
+@pytest.fixture(scope="module")
+def seam_network(tmp_path_factory):
+    """A contact-line network with set weights (edge/contact.py's contract: 96 x 96 x 4 in, one map out) that marks
+    the blob's pixels darker than 0.6 x 255: a dark seam. A belt-trained one is benchmarks/contact_net.py's."""
+    import keras
+    import tensorflow as tf
+
+    layer = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    inputs = keras.Input((96, 96, 4))
+    model = keras.Model(inputs, layer(inputs))
+    layer.set_weights([np.array([-50 / 3] * 3 + [30.0], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)])
+    holder = tf.Module()
+    holder.weights = [v.value for v in model.variables]
+    function = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((1, 96, 96, 4), tf.float32)])
+    path = tmp_path_factory.mktemp("contact") / "seam.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()],
+                                                                     holder).convert())
+    return str(path)
+
+
+def test_a_seam_without_neck_or_colour_step_is_split_by_the_contact_network(seam_network):
+    """Two particles of one colour pressed along their whole face make a rectangle: no concavity, no colour step.
+    The outline and colours keep it one particle; `contact_model` splits it at the dark seam the network marks, and
+    leaves the same rectangle without a seam whole."""
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    frame = belt.copy()
+    cv2.rectangle(frame, (400, 300), (543, 349), (200, 200, 200), -1)  # 144 x 50 px
+    seamless = frame.copy()
+    cv2.rectangle(frame, (470, 300), (473, 349), (110, 110, 110), -1)  # a 4 px seam: two 70 x 50 px particles
+    contact = f'contact_model = "{seam_network}"\n'
+    for extra, image, expected in (("", frame, [7200]), (contact, frame, [3600, 3600]), (contact, seamless, [7200])):
+        seg, _ = segmenter(PARTICLES + extra, frames=[belt])
+        areas = sorted((p.area_px for p in seg.segment(image, learn=False).particles), reverse=True)
+        assert len(areas) == len(expected) and np.allclose(areas, expected, rtol=0.05), (extra, areas)
+    assert seg.contact.asked == 1
+
+
+def test_a_network_that_is_not_a_contact_line_is_refused_in_one_line(tiny_export, tmp_path):
+    from edge.contact import ContactLine
+    from edge.model import ModelError
+
+    with pytest.raises(ModelError, match=r"takes \(1, 32, 32, 3\) .* not \(1, S, S, 4\)"):
+        ContactLine(tiny_export["float32"])
+    with pytest.raises(ModelError, match="not found: set \\[particles\\] contact_model"):
+        ContactLine(str(tmp_path / "none.tflite"))
+
+
 def test_size_range_drops_and_counts_noise_and_clumps():
     """Blobs of known discs: below min_mm and above max_mm are counted, not returned; sizes and areas in mm."""
     belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)

@@ -195,6 +195,15 @@ def _refusal(capsys, argv):
     return error
 
 
+def test_a_contact_model_that_cannot_be_used_stops_the_runner_before_sorting(tmp_path, tiny_export, write_config,
+                                                                              capsys):
+    missing = str(tmp_path / "contact.tflite")
+    config = write_config(particles={"mm_per_px": 0.5, "contact_model": missing},
+                          valves={"count": 32, "lane_mm": 20.0, "bin": "bin_a"})
+    error = _refusal(capsys, ["--model", tiny_export["float32"], "--source", f"folder:{tmp_path}", "--config", config])
+    assert f"contact model '{missing}' not found" in error and "[particles] contact_model" in error
+
+
 def test_model_and_sidecar_that_disagree_are_refused(tmp_path, tiny_export, write_config, capsys):
     config = write_config()
     base = ["--source", f"folder:{tmp_path}", "--config", config]
