@@ -126,19 +126,12 @@ def train(x, y, epochs, path):
 def export(model, path):
     """Write `model` as a .tflite for edge/contact.py (dynamic range, batch 1); {format: ms per blob} of float32 and
     dynamic on one thread (LiteRT, best of 3 x 50 calls)."""
-    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
+    from mineralnet.export.convert import convert_network
 
-    holder = tf.Module()  # Keras 3 variables are not tracked by the model as a tf.Module: hand them over
-    holder.weights = [v.value for v in model.variables]
-    function = tf.function(lambda x: model(x, training=False),
-                           input_signature=[tf.TensorSpec((1, SIDE, SIDE, 4), tf.float32)]).get_concrete_function()
     times = {}
     for fmt in ("float32", "dynamic"):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
-        if fmt == "dynamic":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        content = converter.convert()
+        content = convert_network(model, (1, SIDE, SIDE, 4), fmt)
         interpreter = Interpreter(model_content=content, num_threads=1)
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.zeros((1, SIDE, SIDE, 4), np.float32))

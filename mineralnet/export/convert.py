@@ -29,18 +29,37 @@ def _concrete_function(model, image_size, pin_input_range, batch=1):
     return tf.function(forward, input_signature=[spec]).get_concrete_function()
 
 
+def _weights_holder(model):
+    """The trackable object that hands `model`'s weights to the converter. It freezes only variables reachable from
+    the object it is given; Keras 3 variables are not tracked by the model as a tf.Module, so without this holder the
+    weights stay out of the file. (tf_keras variables, from the QAT child, are tf.Variables already.)"""
+    holder = tf.Module()
+    holder.weights = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
+    return holder
+
+
+def convert_network(model, input_shape, fmt="float32"):
+    """The .tflite bytes of a Keras network that is not one of the registry's image classifiers (edge/contact.py's
+    contact line, for one): one float32 input of `input_shape` (batch included), float32 or `dynamic` (int8
+    weights, float activations), TFLite builtin ops only."""
+    if fmt not in ("float32", "dynamic"):
+        raise ExportError(f"convert_network makes float32 or dynamic files, not '{fmt}'.")
+    function = tf.function(lambda x: model(x, training=False),
+                           input_signature=[tf.TensorSpec(input_shape, tf.float32)]).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], _weights_holder(model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if fmt == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
 def make_converter(model, fmt, image_size, calibration_images=None, batch=1):
     """The configured TFLiteConverter of `model` for format `fmt` (also what TensorFlow's QuantizationDebugger
     takes, see benchmarks/int8_debug.py)."""
     if fmt not in ALL_FORMATS:
         raise ExportError(f"unknown format '{fmt}': choose from {', '.join(ALL_FORMATS)}.")
-    # The converter freezes only variables reachable from the trackable object it is given; Keras 3 variables
-    # are not tracked by the model as a tf.Module, so without this holder the weights stay out of the file.
-    # (tf_keras variables, from the QAT child, are tf.Variables already.)
-    holder = tf.Module()
-    holder.weights = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
     function = _concrete_function(model, image_size, pin_input_range=fmt in FULL_INTEGER, batch=batch)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], _weights_holder(model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # never SELECT_TF_OPS (Flex)
     if fmt == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

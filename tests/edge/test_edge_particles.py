@@ -240,18 +240,15 @@ def seam_network(tmp_path_factory):
     """A contact-line network with set weights (edge/contact.py's contract: 96 x 96 x 4 in, one map out) that marks
     the blob's pixels darker than 0.6 x 255: a dark seam. A belt-trained one is benchmarks/contact_net.py's."""
     import keras
-    import tensorflow as tf
+
+    from mineralnet.export.convert import convert_network
 
     layer = keras.layers.Conv2D(1, 1, activation="sigmoid")
     inputs = keras.Input((96, 96, 4))
     model = keras.Model(inputs, layer(inputs))
     layer.set_weights([np.array([-50 / 3] * 3 + [30.0], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)])
-    holder = tf.Module()
-    holder.weights = [v.value for v in model.variables]
-    function = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((1, 96, 96, 4), tf.float32)])
     path = tmp_path_factory.mktemp("contact") / "seam.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()],
-                                                                     holder).convert())
+    path.write_bytes(convert_network(model, (1, 96, 96, 4)))
     return str(path)
 
 
