@@ -30,9 +30,7 @@ import belt_sim  # noqa: E402  (its imports set the repository's paths)
 import touching_pairs  # noqa: E402
 from belt_sim import HEIGHT, WIDTH, scenes  # noqa: E402
 from benchmarks.machine import commit, cpu_name  # noqa: E402
-from edge.config import parse_config  # noqa: E402
 from edge.contact import PAD, ContactLine, network_input  # noqa: E402
-from edge.particles import BackgroundModel, Segmenter  # noqa: E402
 
 SIDE = 96
 MINET = scenes.MINET
@@ -41,12 +39,6 @@ MINET = scenes.MINET
 def specimens_of(split_csvs, subsets):
     scenes.MINET = MINET  # unseen_specimens points it at a folder of its choice
     return belt_sim.unseen_specimens(split_csvs, None, subsets)
-
-
-def segmenter(empty):
-    config = parse_config(scenes.BASE_CONFIG + "[particles]\nmm_per_px = 0.5\nmin_mm = 8\nmax_mm = 80\n"
-                          "threshold = \"auto\"\n" + scenes.VALVES)
-    return Segmenter(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
 
 
 def contact_target(labels, blob):
@@ -68,7 +60,7 @@ def blobs(specimens, seeds):
     inputs, targets = [], []
     for seed in seeds:
         _, views, empty = touching_pairs.feed(specimens, seed)
-        finder = segmenter(empty)
+        finder = touching_pairs.make_segmenter(empty)
         for frame, truth in views:
             frame = np.asarray(frame)
             mask = finder.segment(frame, learn=False).mask

@@ -30,7 +30,8 @@ def _biased_layers(buffer):
     found = []
     for position in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(position)
-        if builtin_code(model.OperatorCodes(op.OpcodeIndex())) not in BIASED_CODES or op.InputsLength() < 3 or op.Inputs(2) < 0:
+        kind = builtin_code(model.OperatorCodes(op.OpcodeIndex()))
+        if kind not in BIASED_CODES or op.InputsLength() < 3 or op.Inputs(2) < 0:
             continue
         bias = subgraph.Tensors(op.Inputs(2))
         data = model.Buffers(bias.Buffer()).DataAsNumpy()
