@@ -402,6 +402,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         touching_share=round(sum(p["partner"] is not None for p in particles) / max(len(particles), 1), 3),
         whole_views={str(n): sum(p["views"] == n for p in particles) for n in sorted({p["views"] for p in particles})},
         frames=len(positions), runner_counts=counts,
+        contact_asked=None if runner.segmenter.contact is None else runner.segmenter.contact.asked,
         speed={**speed_figures(frame_s, len(particles), len(records), period),
                "truth_match_ms_mean": round(1000.0 * sum(match_s) / max(len(match_s), 1), 3)},
         view_rules=view_rules,

@@ -77,7 +77,9 @@ def blobs(specimens, seeds):
     return np.array(inputs, np.float16), np.array(targets, np.uint8)
 
 
-def build():
+def build(stem=1):
+    """The U-Net; `stem` 2: after its first convolution it works at half the resolution and its map is scaled back
+    up (bilinear), a quarter of the work."""
     import keras
     from keras import layers
 
@@ -86,16 +88,18 @@ def build():
         return layers.Conv2D(channels, 3, padding="same", activation="relu")(t)
 
     inputs = keras.Input((SIDE, SIDE, 4))
-    a = block(inputs, 16)
+    a = block(inputs, 16) if stem == 1 else layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    a = a if stem == 1 else block(layers.MaxPool2D()(a), 16)
     b = block(layers.MaxPool2D()(a), 32)
     c = block(layers.MaxPool2D()(b), 48)
     t = block(layers.MaxPool2D()(c), 64)
     for skip, channels in ((c, 48), (b, 32), (a, 16)):
         t = block(layers.Concatenate()([layers.UpSampling2D()(t), skip]), channels)
-    return keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(t))
+    t = layers.Conv2D(1, 1, activation="sigmoid")(t)
+    return keras.Model(inputs, t if stem == 1 else layers.UpSampling2D(stem, interpolation="bilinear")(t))
 
 
-def train(x, y, epochs, path):
+def train(x, y, epochs, path, stem=1):
     import keras
 
     def loss(target, p):
@@ -106,35 +110,41 @@ def train(x, y, epochs, path):
     x, y = x.astype(np.float32), y.astype(np.float32)[..., None]
     flip = np.random.default_rng(0).random(len(x)) < 0.5
     x[flip], y[flip] = x[flip, :, ::-1], y[flip, :, ::-1]
-    model = build()
+    model = build(stem)
+    learner = model  # stem 2 learns its half-resolution map (targets max-pooled): the upscaled one did not learn
+    if stem == 2:
+        learner = keras.Model(model.input, model.layers[-2].output)
+        y = y.reshape(len(y), SIDE // 2, 2, SIDE // 2, 2, 1).max(axis=(2, 4))
     steps = epochs * (len(x) // 32)
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)), loss)
-    model.fit(x, y, batch_size=32, epochs=epochs, validation_split=0.1, verbose=2)
+    learner.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)), loss)
+    learner.fit(x, y, batch_size=32, epochs=epochs, validation_split=0.1, verbose=2)
     model.save(path + ".partial.keras")
     os.replace(path + ".partial.keras", path)
     return model
 
 
-def export(model, path):
-    """Write `model` as a .tflite for edge/contact.py (dynamic range, batch 1); {format: ms per blob} of float32 and
-    dynamic on one thread (LiteRT, best of 3 x 50 calls)."""
+def export(model, path, calibration):
+    """Write `model` as a .tflite for edge/contact.py (int8, scaled on `calibration`: network inputs; batch 1);
+    {format: (ms per blob on 1 thread, on 2)} of float32, dynamic and int8 (LiteRT, best of 3 x 50 calls)."""
     from ai_edge_litert.interpreter import Interpreter
     from mineralnet.export.convert import convert_network
 
     times = {}
-    for fmt in ("float32", "dynamic"):
-        content = convert_network(model, (1, SIDE, SIDE, 4), fmt)
-        interpreter = Interpreter(model_content=content, num_threads=1)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.zeros((1, SIDE, SIDE, 4), np.float32))
-        interpreter.invoke()
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(50):
-                interpreter.invoke()
-            best = min(best, (time.perf_counter() - start) / 50)
-        times[fmt] = round(best * 1000, 2)
+    for fmt in ("float32", "dynamic", "int8"):
+        content = convert_network(model, (1, SIDE, SIDE, 4), fmt, calibration)
+        times[fmt] = []
+        for threads in (1, 2):
+            interpreter = Interpreter(model_content=content, num_threads=threads)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], calibration[:1].astype(np.float32))
+            interpreter.invoke()
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for _ in range(50):
+                    interpreter.invoke()
+                best = min(best, (time.perf_counter() - start) / 50)
+            times[fmt].append(round(best * 1000, 2))
     with open(path + ".partial", "wb") as handle:
         handle.write(content)
     os.replace(path + ".partial", path)
@@ -148,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the blobs and the network (reused when there)")
     parser.add_argument("--train-seeds", default="100-149", help="feeds to learn from, FIRST-LAST")
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--stem", type=int, choices=(1, 2), default=1, help="stride of the first convolution: 2 "
+                        "does a quarter of the work (see build)")
     parser.add_argument("--seeds", default="5-10;11-18;19-28", help="';'-separated feed ranges to evaluate on")
     args = parser.parse_args(argv)
     import keras
@@ -160,13 +172,13 @@ def main(argv=None):
         x, y = blobs(specimens_of(csvs, ("train",)), range(first, last + 1))
         np.savez_compressed(data + ".partial.npz", x=x, y=y)
         os.replace(data + ".partial.npz", data)
+    stored = np.load(data)
     if os.path.exists(path):
         model = keras.models.load_model(path, compile=False)
     else:
-        stored = np.load(data)
-        model = train(stored["x"], stored["y"], args.epochs, path)
+        model = train(stored["x"], stored["y"], args.epochs, path, args.stem)
     tflite = os.path.join(args.out, "contact.tflite")
-    times = export(model, tflite)
+    times = export(model, tflite, stored["x"][::80])
     specimens = specimens_of(csvs, ("test", "val", "calib"))
     asked = [0]
     split = ContactLine.split
@@ -176,8 +188,8 @@ def main(argv=None):
         return split(self, *args)
 
     ContactLine.split = counted
-    print(f"Commit {commit()}; {cpu_name()}; {tflite} ({model.count_params()} weights); LiteRT, one thread, "
-          f"ms per blob: {times}\n")
+    print(f"Commit {commit()}; {cpu_name()}; {tflite} ({model.count_params()} weights); LiteRT, ms per blob on "
+          f"(1, 2) threads: {times}\n")
     print("| feeds | contact_model | pairs split | single particles fragmented | blobs asked per frame |\n"
           "|---|---|---:|---:|---:|")
     for feeds in args.seeds.split(";"):

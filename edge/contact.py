@@ -43,7 +43,7 @@ class ContactLine:
     """A contact-line network (see the module); ModelError, one line naming the file and the fix, when it cannot be
     used."""
 
-    def __init__(self, path, threads=1):
+    def __init__(self, path, threads=None):
         fix = "set [particles] contact_model to a .tflite written by benchmarks/contact_net.py, or remove the key"
         if not os.path.isfile(path):
             raise ModelError(f"contact model '{path}' not found: {fix}.")

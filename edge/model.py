@@ -162,6 +162,7 @@ class Model:
 
     def __init__(self, model_path, sidecar_path=None, threads=None):
         self.path = model_path
+        self.threads = threads  # the interpreter's threads (None: its choice), for the contact line too
         self.sidecar_path = sidecar_path or default_sidecar_path(model_path)
         if not os.path.isfile(model_path):
             raise ModelError(f"model '{model_path}' not found: pass --model with an exported .tflite file.")

@@ -161,8 +161,14 @@ class Segmenter:
         self._margin_px = max(2, int(round(particles.min_mm * px / 2)))
         self._seed_px = particles.min_mm * px / 2  # a seed lower than the smallest particle's radius is a bump
 
-    def segment(self, frame, learn=True):
-        """The particles of one frame (uint8, the background's size); learns the belt where none is."""
+    def segment(self, frame, learn=True, decided=None):
+        """The particles of one frame (uint8, the background's size); learns the belt where none is.
+
+        `decided`: a test of a blob, its centre (x, y) and box (x, y, w, h) px, whether it is all material decided in
+        an earlier frame (edge/track.py BeltTracker.decided), or None. Such a blob is one particle, neither split nor
+        too large: whatever its parts, tracking will call them `tracked`, so splitting it again in each later view
+        (most of the splitting's cost on a moving belt) buys nothing. A blob the frame's edge cuts is split by its
+        outline (its pieces are counted) but never shown to the contact network: none is decided from this frame."""
         frame = np.asarray(frame)
         if frame.shape != self.background.image.shape:
             raise ValueError(
@@ -182,25 +188,26 @@ class Segmenter:
         filled = np.zeros_like(mask)
         for contour in blobs:
             cv2.drawContours(filled, [contour], -1, 255, cv2.FILLED)
-        regions = []  # (part mask, x, y, split, cut) per candidate particle
+        regions = []  # (part mask, x, y, split, cut, known) per candidate particle
         for contour in blobs:
             x, y, w, h = cv2.boundingRect(contour)
             blob = np.zeros((h, w), np.uint8)
             cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(-x, -y))
-            parts = self._split(blob, contour, opened[y:y + h, x:x + w], frame[y:y + h, x:x + w]) \
-                if self.cfg.split else [blob]
             # Every piece of a blob the frame's edge cuts is cut too: a piece whole in itself may be a fragment of a
             # particle the edge cuts, or its neighbour, seen whole only in the next (or previous) frame.
             cut = "upstream" if y == 0 else "downstream" if y + h == mask.shape[0] else None
+            known = cut is None and decided is not None and decided(_centre(blob, x, y), (x, y, w, h))
+            parts = self._split(blob, contour, opened[y:y + h, x:x + w], frame[y:y + h, x:x + w], cut is None) \
+                if self.cfg.split and not known else [blob]
             for part in parts:
-                regions.append((part, x, y, len(parts) > 1, cut))
+                regions.append((part, x, y, len(parts) > 1, cut, known))
         particles, too_large, kept = [], 0, []
-        for part, x, y, was_split, cut in regions:
+        for part, x, y, was_split, cut, known in regions:
             area = int(cv2.countNonZero(part))
             if area < self.min_area_px:
                 too_small += 1
                 continue
-            if area > self.max_area_px:
+            if area > self.max_area_px and not known:
                 too_large += 1
                 continue
             kept.append((part, x, y, was_split, area, cut))
@@ -217,11 +224,11 @@ class Segmenter:
             self.background.update(frame, filled, self._margin_px)
         return Segmentation(particles, too_small, too_large, filled)
 
-    def _split(self, blob, contour, opened, pixels):
-        """The blob's particles: by its outline and colours, else by the contact-line network where one is set
-        (edge/contact.py) and the blob holds at least two smallest particles."""
+    def _split(self, blob, contour, opened, pixels, whole):
+        """The blob's particles: by its outline and colours, else, when a contact network is set, the blob is
+        `whole` in the frame and holds at least two smallest particles, by the contact line (edge/contact.py)."""
         parts = self._outline_split(blob, contour, opened, pixels)
-        if len(parts) > 1 or self.contact is None or cv2.countNonZero(blob) < 2 * self.min_area_px:
+        if len(parts) > 1 or self.contact is None or not whole or cv2.countNonZero(blob) < 2 * self.min_area_px:
             return parts
         return self.contact.split(blob, pixels, self.min_area_px / 4) or parts
 
@@ -281,8 +288,7 @@ class Segmenter:
         return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
 
     def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
-        moments = cv2.moments(part, binaryImage=True)
-        cx, cy = x + moments["m10"] / moments["m00"], y + moments["m01"] / moments["m00"]
+        cx, cy = _centre(part, x, y)
         x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
         bbox = (x0, y0, x1 - x0, y1 - y0)
         w = bbox[2]
@@ -357,6 +363,12 @@ def _prominent_seeds(dist, share, least, levels=24):
                           labels, label))
         regions = found
     return seeds
+
+
+def _centre(mask, x, y):
+    """(x, y) px in the frame of the centre of `mask` (uint8, nonzero inside) placed at (x, y)."""
+    moments = cv2.moments(mask, binaryImage=True)
+    return x + moments["m10"] / moments["m00"], y + moments["m01"] / moments["m00"]
 
 
 def _box(part, x, y):

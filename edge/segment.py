@@ -66,7 +66,8 @@ class WholeFrame:
         self.roi, self.size = roi, size  # size: FrameSize
         self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
 
-    def segment(self, frame):
+    def segment(self, frame, decided=None):
+        """The frame's one particle (`decided`: unused, a single item is never split)."""
         image = frame.image
         if self.roi is not None or self.size.size is not None:
             image = self.size.check(image, self.roi)
@@ -81,11 +82,12 @@ class BeltSegments:
     """Many particles: learns the empty belt, then segments. `on_learned(frame, shape)` is called once the belt is
     learned, with the frame that completed it and the region's (height, width, 3)."""
 
-    def __init__(self, particles, valves, roi, size, on_learned):
+    def __init__(self, particles, valves, roi, size, on_learned, threads=None):
         self.particles, self.valves, self.roi, self.size = particles, valves, roi, size
         self.on_learned = on_learned
-        # loaded once for every belt learned (edge/runner.py checks the file before the sorter is built)
-        self.contact = ContactLine(particles.contact_model) if particles.contact_model else None
+        # loaded once for every belt learned (edge/runner.py checks the file before the sorter is built), with the
+        # classifier's interpreter threads: the two never run at once
+        self.contact = ContactLine(particles.contact_model, threads) if particles.contact_model else None
         self.segmenter = None
         self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
         self._empty_frames = []
@@ -94,12 +96,13 @@ class BeltSegments:
     def learning(self):
         return self.segmenter is None
 
-    def segment(self, frame):
-        """The frame's Segmentation, or None while it is one of the empty-belt frames being learned."""
+    def segment(self, frame, decided=None):
+        """The frame's Segmentation, or None while it is one of the empty-belt frames being learned. `decided`: see
+        edge/particles.py Segmenter.segment."""
         self.image = self.size.check(frame.image, self.roi)
         pixels = np.asarray(_region(self.image, self.roi))
         if self.segmenter is not None:
-            return self.segmenter.segment(pixels)
+            return self.segmenter.segment(pixels, decided=decided)
         self._empty_frames.append(pixels)
         if len(self._empty_frames) < self.particles.background_frames:
             return None

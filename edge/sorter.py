@@ -67,7 +67,8 @@ class Sorter:
         size = FrameSize(config.source.frame_size, config.source.rescale)
         if self.belt_frame:
             self.particles = ParticleTally(config.bins, model.labels)
-            self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, size, self._belt_learned)
+            self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, size, self._belt_learned,
+                                          model.threads)
             self.tracker = self.scheduler = None  # once the belt is learned: they need the frame's height
         else:
             self.particles = None
@@ -228,15 +229,17 @@ class Sorter:
         start = self.clock.now()
         if frame.image is None:
             return self._skip(frame, "undecodable", frame.error)
+        position = frame.capture_time if self.belt is None else frame.position
+        # what tracking will call earlier frames' particles is not worth a contact-line split
+        decided = self.tracker.decided(position) if self.belt_frame and self.tracker is not None else None
         try:
-            segmentation = self.segmenter.segment(frame)
+            segmentation = self.segmenter.segment(frame, decided)
         except SkipFrame as problem:
             return self._skip(frame, problem.reason, str(problem))
         self.blind.frame(True, len(segmentation.particles) if segmentation and self.belt_frame else None)
         if segmentation is None:  # an empty-belt frame being learned
             return
         segmented = self.clock.now()
-        position = frame.capture_time if self.belt is None else frame.position
         fresh, plans, outcomes = self.tracker.fresh(segmentation.particles, position)
         if self.particles is not None:  # every segmented particle's outcome, this frame's in one event
             outcomes.update(decided=len(fresh), too_small=segmentation.too_small, too_large=segmentation.too_large)

@@ -23,6 +23,7 @@ belt cannot tell: there a stopped belt must stop the camera too.
 from collections import Counter
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -57,7 +58,27 @@ class _Seen:
     plan: object  # its Plan
     centroid: tuple  # px in the frame it was decided in
     bbox: tuple
-    mask: np.ndarray
+    mask: np.ndarray  # bool, over its box; None (a hand-made Particle): its box stands for it
+    edge: tuple  # (xs, ys) in that frame of its mask's border pixels, the nearest to any point outside it
+
+    @classmethod
+    def of(cls, plan, particle):
+        mask, (x, y, _, _) = particle.mask, particle.bbox
+        if mask is None:
+            return cls(plan, particle.centroid, particle.bbox, None, None)
+        inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+        rows, cols = np.nonzero(mask & ~inner.astype(bool))
+        return cls(plan, particle.centroid, particle.bbox, mask, (cols + x + 0.5, rows + y + 0.5))
+
+    def within(self, x, y, reach):
+        """Whether the point (x, y) of its frame lies on its mask or within `reach` px of it."""
+        if self.mask is None:
+            return True
+        x0, y0, w, h = self.bbox
+        if 0 <= x - x0 < w and 0 <= y - y0 < h and self.mask[int(y - y0), int(x - x0)]:
+            return True
+        return bool(np.min((self.edge[0] - x) ** 2 + (self.edge[1] - y) ** 2) <= reach * reach)
 
 
 class BeltTracker:
@@ -100,33 +121,50 @@ class BeltTracker:
                 continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
-                if self._tracked(plan, particle.centroid):
+                if self._tracked(plan.centre_at, particle.centroid):
                     outcomes["tracked"] += 1
                     continue
                 plans[particle.index] = plan
             fresh.append(particle)
-        added = [_Seen(plans[p.index], p.centroid, p.bbox, p.mask) for p in fresh if p.index in plans]
+        added = [_Seen.of(plans[p.index], p) for p in fresh if p.index in plans]
         if added:  # remembered after the frame: its own particles are never compared with each other
             self._decided += added
             self._index()
         return fresh, plans, outcomes
 
-    def _tracked(self, plan, centroid):
-        """Whether a particle centred at `centroid` with `plan` lies on a remembered particle's mask moved to this
-        frame, within track_mm: its centre in that particle's frame is as far behind that particle's centre as it
-        reaches the bar later."""
+    def decided(self, position):
+        """A test of a blob of a frame captured at belt position `position`, its centre (x, y) and box (x, y, w, h)
+        px: whether it is all material decided in earlier frames. Its centre lies on a decided particle's mask moved
+        to this frame, as a `tracked` particle's does, and its box within the box of the decided particles it meets,
+        within track_mm, so no new particle can be merged into it unseen. Never true where the position is unknown.
+        The segmenter asks it before it pays for splitting a blob (edge/particles.py Segmenter.segment)."""
+        def test(centre, box):
+            centre_at = self.bar.centre_at(centre[1], position)
+            if not self._tracked(centre_at, centre):
+                return False
+            x, y, w, h = box
+            x0, y0, bw, bh = self._boxes.T
+            y0 = y0 - (self._then(centre_at) - centre[1])  # their boxes moved to this frame
+            reach = self._track_px
+            near = (x0 < x + w + reach) & (x - reach < x0 + bw) & (y0 < y + h + reach) & (y - reach < y0 + bh)
+            return bool(near.any() and x0[near].min() - reach <= x and x + w <= (x0 + bw)[near].max() + reach
+                        and y0[near].min() - reach <= y and y + h <= (y0 + bh)[near].max() + reach)
+
+        return (lambda centre, box: False) if position is None else test
+
+    def _then(self, centre_at):
+        """Per remembered particle, the row of its own frame on which a point of this frame that reaches the bar at
+        `centre_at` lay: as far behind that particle's centre as it reaches the bar later."""
+        bar = self.bar
+        return self._rows - bar.delta(centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
+
+    def _tracked(self, centre_at, centroid):
+        """Whether a particle centred at `centroid` that reaches the bar at `centre_at` lies on a remembered
+        particle's mask moved to this frame, within track_mm."""
         if not self._decided:
             return False
-        bar, reach = self.bar, self._track_px
-        behind = self.bar.delta(plan.centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
-        x, ys = centroid[0], self._rows - behind
+        reach = self._track_px
+        x, ys = centroid[0], self._then(centre_at)
         x0, y0, w, h = self._boxes.T
         near = (x0 - reach <= x) & (x <= x0 + w + reach) & (y0 - reach <= ys) & (ys <= y0 + h + reach)
-        for number in np.flatnonzero(near):
-            seen, y = self._decided[number], ys[number]
-            if seen.mask is None:  # no mask (a hand-made Particle): its box stands for it
-                return True
-            rows, cols = np.nonzero(seen.mask)
-            if np.min((cols + seen.bbox[0] + 0.5 - x) ** 2 + (rows + seen.bbox[1] + 0.5 - y) ** 2) <= reach * reach:
-                return True
-        return False
+        return any(self._decided[number].within(x, ys[number], reach) for number in np.flatnonzero(near))

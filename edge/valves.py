@@ -74,15 +74,18 @@ class ValveBar:
     def _at(self, start, mm):
         return self._shift(start, mm * self.per_mm)
 
+    def centre_at(self, row, start):
+        """The position at which a point on frame row `row` (px) of a frame captured at `start` reaches the bar."""
+        return self._at(start, self.distance_mm - (row - self.half_height) * self.mm_per_px)
+
     def plan(self, particle, start):
         x, y, w, h = particle.bbox
         margin = self.valves.pulse_margin_mm
         lead_mm = (y + h - self.half_height) * self.mm_per_px  # leading edge past the centre row
         open_mm = self.distance_mm - lead_mm - margin
-        centre_mm = self.distance_mm - (particle.centroid[1] - self.half_height) * self.mm_per_px
         return Plan(
             particle.lanes, self._at(start, open_mm), self._at(start, open_mm + h * self.mm_per_px + 2 * margin),
-            self._at(start, centre_mm), particle.centroid[0] * self.mm_per_px, x * self.mm_per_px,
+            self.centre_at(particle.centroid[1], start), particle.centroid[0] * self.mm_per_px, x * self.mm_per_px,
             (x + w) * self.mm_per_px, particle.area_mm2 or 0.0,
         )
 

@@ -38,18 +38,24 @@ def _weights_holder(model):
     return holder
 
 
-def convert_network(model, input_shape, fmt="float32"):
+def convert_network(model, input_shape, fmt="float32", calibration=None):
     """The .tflite bytes of a Keras network that is not one of the registry's image classifiers (edge/contact.py's
-    contact line, for one): one float32 input of `input_shape` (batch included), float32 or `dynamic` (int8
-    weights, float activations), TFLite builtin ops only."""
-    if fmt not in ("float32", "dynamic"):
-        raise ExportError(f"convert_network makes float32 or dynamic files, not '{fmt}'.")
+    contact line, for one): one float32 input of `input_shape` (batch included), TFLite builtin ops only; float32,
+    `dynamic` (int8 weights, float activations) or `int8` (int8 weights and activations, scaled on `calibration`:
+    inputs of that shape without the batch; the file's input and output stay float32)."""
+    if fmt not in ("float32", "dynamic", "int8"):
+        raise ExportError(f"convert_network makes float32, dynamic or int8 files, not '{fmt}'.")
     function = tf.function(lambda x: model(x, training=False),
                            input_signature=[tf.TensorSpec(input_shape, tf.float32)]).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], _weights_holder(model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if fmt == "dynamic":
+    if fmt != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ExportError("the int8 format needs calibration inputs.")
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: ([item[None].astype(np.float32)] for item in calibration)
     return converter.convert()
 
 

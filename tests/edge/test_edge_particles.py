@@ -269,6 +269,71 @@ def test_a_seam_without_neck_or_colour_step_is_split_by_the_contact_network(seam
     assert seg.contact.asked == 1
 
 
+def test_only_new_material_whole_in_the_frame_is_split_or_shown_to_the_contact_network(seam_network):
+    """Splitting is paid for only where a particle will be decided from the frame: a blob that is all material
+    decided in an earlier frame (tracking's `decided` test, asked with the blob's centre and box) is one particle,
+    unsplit; one cut by the frame's edge is split by its outline alone (fails on bc1a4e3: every blob was split and
+    shown to the network, in each of its views)."""
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    frame = belt.copy()
+    cv2.rectangle(frame, (400, 300), (543, 349), (200, 200, 200), -1)
+    cv2.rectangle(frame, (470, 300), (473, 349), (110, 110, 110), -1)  # the seam of the test above
+    edge = np.roll(frame, -300, axis=0)  # the same two particles on the frame's upstream edge (rows 0-49)
+    seg, _ = segmenter(PARTICLES + f'contact_model = "{seam_network}"\n', frames=[belt])
+    asked_about = []
+
+    def decided(centre, box):
+        asked_about.append((*centre, *box))
+        return True
+
+    assert len(seg.segment(frame, learn=False, decided=decided).particles) == 1
+    assert seg.contact.asked == 0 and np.allclose(asked_about, [(471.5, 324.5, 400, 300, 144, 50)])
+    assert [p.cut for p in seg.segment(edge, learn=False, decided=lambda *blob: False).particles] == ["upstream"]
+    assert seg.contact.asked == 0
+    assert len(seg.segment(frame, learn=False, decided=lambda *blob: False).particles) == 2
+    assert seg.contact.asked == 1
+    pair = belt.copy()  # two discs joined by a neck: the watershed splits them, unless they are known
+    cv2.circle(pair, (300, 500), 30, (200, 200, 200), -1)
+    cv2.circle(pair, (357, 500), 30, (200, 200, 200), -1)
+    assert len(seg.segment(pair, learn=False, decided=lambda *blob: False).particles) == 2
+    assert len(seg.segment(pair, learn=False, decided=lambda *blob: True).particles) == 1
+
+
+def test_the_runner_asks_the_contact_network_once_per_pair_on_a_moving_belt(seam_network, tiny_export, write_config,
+                                                                            make_runner, fake_clock):
+    """The seam pair of the test above in two frames, the belt 20 mm (40 px) on in the second: split and decided in
+    the first, and in the second one blob on decided particles, `tracked` without asking the network again (fails
+    on bc1a4e3: asked in both frames, two particles `tracked`)."""
+    from edge.sources import Frame
+
+    belt = np.full((360, 640, 3), 60, np.uint8)
+    path = write_config(particles={"mm_per_px": 0.5, "min_mm": 6.0, "threshold": 15, "background_frames": 1,
+                                   "contact_model": seam_network},
+                        valves={"count": 16, "lane_mm": 20.0, "bin": "mixed"})
+    runner, events_path = make_runner(path, tiny_export["float32"], clock=fake_clock)
+    runner.process(Frame("empty", fake_clock.now(), Image.fromarray(belt)))
+    for frame_id, top in (("A", 100), ("B", 140)):  # the belt: 10 mm/s, 2 s a frame
+        frame = belt.copy()
+        cv2.rectangle(frame, (200, top), (343, top + 49), (200, 200, 200), -1)
+        cv2.rectangle(frame, (270, top), (273, top + 49), (110, 110, 110), -1)
+        runner.process(Frame(frame_id, fake_clock.now(), Image.fromarray(frame)))
+        fake_clock.advance(2.0)
+    assert [e["frame"] for e in map(json.loads, open(events_path)) if e["type"] == "particle"] == ["A", "A"]
+    assert runner.segmenter.contact.asked == 1 and runner.particles.counts["tracked"] == 1
+
+
+def test_tracking_tells_which_points_of_a_frame_lie_on_decided_particles():
+    from edge.track import BeltTracker
+
+    tracker = BeltTracker(_bar(), HEIGHT, 10.0)
+    tracker.fresh([_particle((400, 200, 30, 40), (10, 11))], 10.0)
+    later = tracker.decided(10.1)  # 100 mm = 200 px further down the frame: the particle spans rows 400-440
+    assert later((416.5, 421.5), (400, 400, 30, 40)) and later((430.0, 400.0), (398, 398, 34, 44))
+    assert not later((416.5, 221.5), (400, 200, 30, 40)) and not later((470.0, 421.5), (460, 400, 20, 40))
+    assert not later((416.5, 421.5), (400, 400, 60, 40))  # a new particle beside it, merged into its blob
+    assert not tracker.decided(None)((416.5, 421.5), (400, 400, 30, 40))  # no belt position: nothing is known
+
+
 def test_a_network_that_is_not_a_contact_line_is_refused_in_one_line(tiny_export, tmp_path):
     from edge.contact import ContactLine
     from edge.model import ModelError
