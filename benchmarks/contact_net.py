@@ -3,14 +3,16 @@ simulator's frames, and measure what it adds to the segmenter on the simulator's
 measures the segmenter).
 
     PYTHONPATH=. python benchmarks/contact_net.py --split runs/sim_cnn/split.csv,runs/sim_cnn_belt/split.csv \
-        --out runs/contact_net [--epochs 12]
+        --out runs/contact_net [--epochs 12] [--stem 2]
 
 - Data: the blobs of the segmenter's mask (edge/particles.py, the same frames as benchmarks/touching_pairs.py) that
   are whole in their frame, from 50 feeds of the photos every run *trained* on. Input: edge/contact.py's
   network_input (96 x 96); target: the blob's pixels within 2 px of another particle's (the contact line; none in a
   single particle).
 - Model: a U-Net of 16-32-48-64 channels (0.23 M weights), Adam with cosine decay, Dice + cross-entropy; written as
-  `OUT/contact.tflite` (dynamic range: int8 weights, 1.9 ms a blob on one thread against 6.5 for float32).
+  `OUT/contact.tflite`, int8 with float input and output (1.06 ms a blob on 2 threads; dynamic range 1.33, float32
+  3.5). `--stem 2` works at half the resolution after the first convolution: 0.37 ms, more pairs split and more
+  single particles cut (benchmarks/RESULTS.md, "The contact line asked less").
 - Evaluation: touching_pairs.py's measure on the feeds of the photos no run trained on, without and with
   `[particles] contact_model = "OUT/contact.tflite"`: the real edge path.
 
