@@ -230,7 +230,7 @@ class Sorter:
         if frame.image is None:
             return self._skip(frame, "undecodable", frame.error)
         position = frame.capture_time if self.belt is None else frame.position
-        # what tracking will call earlier frames' particles is not worth a contact-line split
+        # a blob tracking knows is earlier frames' particles is not split again (edge/particles.py Segmenter.segment)
         decided = self.tracker.decided(position) if self.belt_frame and self.tracker is not None else None
         try:
             segmentation = self.segmenter.segment(frame, decided)

@@ -136,8 +136,10 @@ class BeltTracker:
         """A test of a blob of a frame captured at belt position `position`, its centre (x, y) and box (x, y, w, h)
         px: whether it is all material decided in earlier frames. Its centre lies on a decided particle's mask moved
         to this frame, as a `tracked` particle's does, and its box within the box of the decided particles it meets,
-        within track_mm, so no new particle can be merged into it unseen. Never true where the position is unknown.
-        The segmenter asks it before it pays for splitting a blob (edge/particles.py Segmenter.segment)."""
+        within track_mm: a new particle merged into its side would widen it (one inside that box would not be seen;
+        particles touching in a later view touched in their first whole one, unless one rolled). Never true where the
+        position is unknown. The segmenter asks it before it pays for splitting a blob (edge/particles.py
+        Segmenter.segment)."""
         def test(centre, box):
             centre_at = self.bar.centre_at(centre[1], position)
             if not self._tracked(centre_at, centre):
