@@ -77,6 +77,20 @@ def test_a_diagonal_neighbour_is_not_taken_for_a_particle_seen_before(tiny_expor
     assert runner.particles.counts["tracked"] == 1
 
 
+def test_a_particle_that_rolled_against_a_decided_one_is_still_decided(tiny_export, write_config, make_runner,
+                                                                        fake_clock, tmp_path):
+    """Frame B shows frame A's 20 mm disc again and, pressed against its side, a new 16 mm disc (one rolled there,
+    or entered beside it): their blob's centre lies on the decided disc, but the blob reaches beyond it, so it is
+    split and the new disc decided, not taken for decided material and left unsplit (edge/track.py decided)."""
+    config = _particle_config(write_config, tiny_export, belt={"speed_mm_s": 100.0})
+    runner, events, _ = _belt_runner(make_runner, config, tiny_export["float32"], fake_clock, tmp_path)
+    runner.process(Frame("A", fake_clock.now(), _discs([(300, 100, 20.0)])))
+    fake_clock.advance(0.5)  # 50 mm = 100 px down the frame
+    runner.process(Frame("B", fake_clock.now(), _discs([(300, 200, 20.0), (300 + 34, 200, 16.0)])))
+    assert [p["frame"] for p in _events(events, "particle")] == ["A", "B"]
+    assert runner.particles.counts["tracked"] == 1
+
+
 class _HeldPicture:
     """A camera frame whose pixels arrive only when `gate` is set: the sorting thread is held inside frame work
     (np.asarray of the picture), as a slow frame or learning the belt holds it."""
