@@ -52,8 +52,9 @@ def make_segmenter(empty, extra=""):
     return Segmenter(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
 
 
-def measure(by_id, views, empty, extra):
-    """(pairs split, pairs, singles fragmented, singles) over the feed's whole views."""
+def measure(by_id, views, empty, extra, per_particle=None):
+    """(pairs split, pairs, singles fragmented, singles) over the feed's whole views; `per_particle`, a dict, gets
+    each single's and pair's ("single" or "pair", id) its list of those outcomes, view by view."""
     segmenter = make_segmenter(empty, extra)
     split = pairs = fragmented = singles = 0
     for frame, truth in views:
@@ -67,12 +68,31 @@ def measure(by_id, views, empty, extra):
             if not whole(truth, number):
                 continue
             if partner is None:
+                outcome, kind = found[number] > 1, "single"
                 singles += 1
-                fragmented += found[number] > 1
+                fragmented += outcome
             elif number < partner and partner in present and whole(truth, partner):
+                outcome, kind = found[number] >= 1 and found[partner] >= 1, "pair"
                 pairs += 1
-                split += found[number] >= 1 and found[partner] >= 1
+                split += outcome
+            else:
+                continue
+            if per_particle is not None:
+                per_particle.setdefault((kind, number), []).append(outcome)
     return split, pairs, fragmented, singles
+
+
+def view_rules(per_particle):
+    """(rows (rule, pairs split, singles fragmented), pairs, singles) over the particles seen whole at least twice
+    (`per_particle`: measure's, keyed (kind, ...)), had each been decided from its first whole view, split only where
+    its first two views split, or split where either of them does."""
+    seen = {key: views for key, views in per_particle.items() if len(views) >= 2}
+    rows = []
+    for rule, test in (("first whole view", lambda v: v[0]), ("split only if the first two views split", all),
+                       ("split if either of the first two splits", any)):
+        counts = {kind: sum(test(v[:2]) for k, v in seen.items() if k[0] == kind) for kind in ("pair", "single")}
+        rows.append((rule, counts["pair"], counts["single"]))
+    return rows, sum(k[0] == "pair" for k in seen), sum(k[0] == "single" for k in seen)
 
 
 def main(argv=None):
@@ -80,17 +100,28 @@ def main(argv=None):
     parser.add_argument("--split", required=True, help="comma-separated split.csv files (the unseen photos)")
     parser.add_argument("--seeds", default="5,6,7,8,9,10")
     parser.add_argument("--config", default="", help="extra [particles] lines, ';'-separated")
+    parser.add_argument("--views", action="store_true", help="also per particle: what deciding from its first whole "
+                        "view, or from its first two, would give (view_rules)")
     args = parser.parse_args(argv)
     specimens = belt_sim.unseen_specimens(args.split.split(","), None)
     print(f"Commit {commit()}; {cpu_name()}; [particles] extra: {args.config or 'none'}\n")
     print("| seed | pairs split | single particles fragmented |\n|---|---:|---:|")
-    totals = np.zeros(4, int)
+    totals, per_particle = np.zeros(4, int), {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        row = measure(*feed(specimens, seed), args.config.replace(";", "\n"))
+        seen = {}
+        row = measure(*feed(specimens, seed), args.config.replace(";", "\n"), seen)
+        per_particle.update({(kind, seed, number): views for (kind, number), views in seen.items()})
         totals += row
         print(f"| {seed} | {row[0]} / {row[1]} | {row[2]} / {row[3]} |", flush=True)
     print(f"| all | **{totals[0]} / {totals[1]} ({totals[0] / max(totals[1], 1):.1%})** | "
           f"{totals[2]} / {totals[3]} ({totals[2] / max(totals[3], 1):.2%}) |")
+    if args.views:
+        rows, pairs, singles = view_rules(per_particle)
+        print(f"\n| per particle seen whole twice or more | pairs split (of {pairs}) | singles fragmented (of "
+              f"{singles}) |\n|---|---:|---:|")
+        for rule, split, fragmented in rows:
+            print(f"| {rule} | {split} ({split / max(pairs, 1):.1%}) | "
+                  f"{fragmented} ({fragmented / max(singles, 1):.2%}) |")
     return 0
 
 
