@@ -160,8 +160,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the blobs and the network (reused when there)")
     parser.add_argument("--train-seeds", default="100-149", help="feeds to learn from, FIRST-LAST")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--stem", type=int, choices=(1, 2), default=1, help="stride of the first convolution: 2 "
-                        "does a quarter of the work (see build)")
+    parser.add_argument("--stem", type=int, choices=(1, 2), default=1, help="2: half resolution after the first "
+                        "convolution, a quarter of the work (see build)")
     parser.add_argument("--seeds", default="5-10;11-18;19-28", help="';'-separated feed ranges to evaluate on")
     args = parser.parse_args(argv)
     import keras

@@ -138,6 +138,31 @@ def test_report_has_every_measure_per_format(exported):
     assert report["latency_runs"] >= 50 and report["calibration_images"] == 8
 
 
+def test_a_network_that_is_no_classifier_is_written_int8_with_float_input_and_output():
+    """convert_network's int8 (the contact line's format, edge/contact.py): int8 inside, float32 at both ends, its
+    output the Keras network's within the quantization's error; refused in one line without calibration inputs."""
+    import keras
+
+    from mineralnet.export.convert import convert_network
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((16, 16, 4))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)))
+    calibration = rng.random((20, 16, 16, 4)).astype(np.float32)
+    interpreter = Interpreter(model_content=convert_network(model, (1, 16, 16, 4), "int8", calibration))
+    interpreter.allocate_tensors()
+    first, last = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert first["dtype"] == np.float32 and last["dtype"] == np.float32
+    assert np.int8 in {t["dtype"] for t in interpreter.get_tensor_details()}
+    sample = rng.random((1, 16, 16, 4)).astype(np.float32)
+    interpreter.set_tensor(first["index"], sample)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(last["index"]), model.predict(sample, verbose=0), atol=0.03)
+    with pytest.raises(ExportError, match="needs calibration inputs"):
+        convert_network(model, (1, 16, 16, 4), "int8")
+
+
 def test_calibration_uses_training_rows_only_balanced_over_classes():
     rows = [{"path": f"{label}/{i}", "label": label, "subset": subset}
             for label, count in (("a", 20), ("b", 3)) for i in range(count)
