@@ -53,7 +53,8 @@ def make_segmenter(empty, extra=""):
 
 
 def measure(by_id, views, empty, extra, per_particle=None):
-    """(pairs split, pairs, singles fragmented, singles) over the feed's whole views; `per_particle`, a dict, gets
+    """(pairs split, pairs, singles fragmented, singles, blobs shown to the contact network) over the feed's whole
+    views; `per_particle`, a dict, gets
     each single's and pair's ("single" or "pair", id) its list of those outcomes, view by view."""
     segmenter = make_segmenter(empty, extra)
     split = pairs = fragmented = singles = 0
@@ -79,10 +80,10 @@ def measure(by_id, views, empty, extra, per_particle=None):
                 continue
             if per_particle is not None:
                 per_particle.setdefault((kind, number), []).append(outcome)
-    return split, pairs, fragmented, singles
+    return split, pairs, fragmented, singles, 0 if segmenter.contact is None else segmenter.contact.asked
 
 
-def view_rules(per_particle):
+def split_by_view_rule(per_particle):
     """(rows (rule, pairs split, singles fragmented), pairs, singles) over the particles seen whole at least twice
     (`per_particle`: measure's, keyed (kind, ...)), had each been decided from its first whole view, split only where
     its first two views split, or split where either of them does."""
@@ -101,12 +102,12 @@ def main(argv=None):
     parser.add_argument("--seeds", default="5,6,7,8,9,10")
     parser.add_argument("--config", default="", help="extra [particles] lines, ';'-separated")
     parser.add_argument("--views", action="store_true", help="also per particle: what deciding from its first whole "
-                        "view, or from its first two, would give (view_rules)")
+                        "view, or from its first two, would give (split_by_view_rule)")
     args = parser.parse_args(argv)
     specimens = belt_sim.unseen_specimens(args.split.split(","), None)
     print(f"Commit {commit()}; {cpu_name()}; [particles] extra: {args.config or 'none'}\n")
     print("| seed | pairs split | single particles fragmented |\n|---|---:|---:|")
-    totals, per_particle = np.zeros(4, int), {}
+    totals, per_particle = np.zeros(5, int), {}
     for seed in (int(s) for s in args.seeds.split(",")):
         seen = {}
         row = measure(*feed(specimens, seed), args.config.replace(";", "\n"), seen)
@@ -116,7 +117,7 @@ def main(argv=None):
     print(f"| all | **{totals[0]} / {totals[1]} ({totals[0] / max(totals[1], 1):.1%})** | "
           f"{totals[2]} / {totals[3]} ({totals[2] / max(totals[3], 1):.2%}) |")
     if args.views:
-        rows, pairs, singles = view_rules(per_particle)
+        rows, pairs, singles = split_by_view_rule(per_particle)
         print(f"\n| per particle seen whole twice or more | pairs split (of {pairs}) | singles fragmented (of "
               f"{singles}) |\n|---|---:|---:|")
         for rule, split, fragmented in rows:

@@ -46,12 +46,13 @@ from edge.sources import Capture, SourceSpecError, parse_source, redact  # noqa:
 from edge.timing import Clock  # noqa: E402
 
 
-def build_runner(config, model, clock, events, review=None, belt=None, driver_factory=None):
+def build_runner(config, model, clock, events, review=None, belt=None, driver_factory=None, contact=None):
     """The sorting pipeline (edge/sorter.py Sorter) for a checked `config` and loaded `model`: what main() runs, and
     what the tests and benchmarks run.
 
     `driver_factory` makes a fresh, unopened actuator driver (default: the config's, edge/drivers/); `belt` is the
-    encoder (edge/encoder.py EncoderBelt; made from the config when it says position = "modbus").
+    encoder (edge/encoder.py EncoderBelt; made from the config when it says position = "modbus"); `contact` the
+    `[particles] contact_model` already loaded (edge/contact.py ContactLine; loaded from the config when None).
     """
     factory = driver_factory or (lambda: drivers.make_driver(config, clock, model.labels))
     actuator = SupervisedActuator(factory, clock, events, config.actuator.retry_initial_s,
@@ -59,7 +60,7 @@ def build_runner(config, model, clock, events, review=None, belt=None, driver_fa
     if belt is None and config.belt.position == "modbus":
         belt = EncoderBelt(config.encoder, config.belt, clock, events)
     return Sorter(config, model, actuator, events, clock, review, belt,
-                  plc_fires=drivers.DRIVERS[config.actuator.type].plc_fires)
+                  plc_fires=drivers.DRIVERS[config.actuator.type].plc_fires, contact=contact)
 
 
 def open_review(config):
@@ -230,8 +231,9 @@ def _start_and_sort(args, stops):
                 require(module, package, f"--{name}-port")
         stops.step("loading the model")
         model = Model(args.model, args.sidecar, args.threads)
+        contact = None  # one that cannot be used stops the runner here (exit 2), before sorting
         if config.particles is not None and config.particles.contact_model:
-            ContactLine(config.particles.contact_model)  # one that cannot be used stops the runner here (exit 2)
+            contact = ContactLine(config.particles.contact_model, args.threads)
         config.check_labels(model.labels)
         stops.step("opening the source and outputs")
         source = parse_source(args.source, config.source, clock)
@@ -271,7 +273,7 @@ def _start_and_sort(args, stops):
         source, clock, events, config.source.queue_size, config.source.fps,
         config.source.retry_initial_s, config.source.retry_max_s,
     )
-    runner = build_runner(config, model, clock, events, review, belt)
+    runner = build_runner(config, model, clock, events, review, belt, contact=contact)
     runner.switch.threads = args.threads  # a promoted model gets the live one's interpreter threads
     if candidate is not None:
         runner.attach_shadow(candidate)

@@ -13,7 +13,6 @@ ROI take pictures of any size (each is resized to the model's input anyway).
 import numpy as np
 from PIL import Image
 
-from edge.contact import ContactLine
 from edge.particles import BackgroundModel, Particle, Segmentation, Segmenter
 from edge.preprocess import crop_roi
 
@@ -82,12 +81,10 @@ class BeltSegments:
     """Many particles: learns the empty belt, then segments. `on_learned(frame, shape)` is called once the belt is
     learned, with the frame that completed it and the region's (height, width, 3)."""
 
-    def __init__(self, particles, valves, roi, size, on_learned, threads=None):
+    def __init__(self, particles, valves, roi, size, on_learned, contact=None):
         self.particles, self.valves, self.roi, self.size = particles, valves, roi, size
         self.on_learned = on_learned
-        # loaded once for every belt learned (edge/runner.py checks the file before the sorter is built), with the
-        # classifier's interpreter threads: the two never run at once
-        self.contact = ContactLine(particles.contact_model, threads) if particles.contact_model else None
+        self.contact = contact  # the loaded [particles] contact_model (edge/contact.py), kept for every belt learned
         self.segmenter = None
         self.image = None  # the last frame as segmented (resized with [source] rescale): what the page shows
         self._empty_frames = []

@@ -19,6 +19,7 @@ import types
 from collections import deque
 
 from edge.classify import CropClassifier
+from edge.contact import ContactLine
 from edge.decision import Decider
 from edge.drift import DriftMonitor
 from edge.promotion import ModelSwitch
@@ -48,7 +49,8 @@ class Sorter:
     it frames: `process(frame)` runs one frame through, `run(capture)` sorts until the source ends or `stop()`,
     `summary()` and `snapshot()` are what summary.json and the line page show."""
 
-    def __init__(self, config, model, actuator, events, clock, review=None, belt=None, plc_fires=False, truth=None):
+    def __init__(self, config, model, actuator, events, clock, review=None, belt=None, plc_fires=False, truth=None,
+                 contact=None):
         self.config, self.model, self.actuator, self.events, self.clock = config, model, actuator, events, clock
         self.review = review
         self.belt = belt  # edge/encoder.py EncoderBelt when ejections follow the PLC's encoder count, else None
@@ -67,8 +69,10 @@ class Sorter:
         size = FrameSize(config.source.frame_size, config.source.rescale)
         if self.belt_frame:
             self.particles = ParticleTally(config.bins, model.labels)
+            if contact is None and config.particles.contact_model:  # with the classifier's threads: never both at once
+                contact = ContactLine(config.particles.contact_model, model.threads)
             self.segmenter = BeltSegments(config.particles, config.valves, config.source.roi, size, self._belt_learned,
-                                          model.threads)
+                                          contact)
             self.tracker = self.scheduler = None  # once the belt is learned: they need the frame's height
         else:
             self.particles = None

@@ -121,7 +121,7 @@ class BeltTracker:
                 continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
-                if self._tracked(plan.centre_at, particle.centroid):
+                if self._tracked(particle.centroid[0], self._then(plan.centre_at)):
                     outcomes["tracked"] += 1
                     continue
                 plans[particle.index] = plan
@@ -141,12 +141,12 @@ class BeltTracker:
         position is unknown. The segmenter asks it before it pays for splitting a blob (edge/particles.py
         Segmenter.segment)."""
         def test(centre, box):
-            centre_at = self.bar.centre_at(centre[1], position)
-            if not self._tracked(centre_at, centre):
+            then = self._then(self.bar.centre_at(centre[1], position))
+            if not self._tracked(centre[0], then):
                 return False
             x, y, w, h = box
             x0, y0, bw, bh = self._boxes.T
-            y0 = y0 - (self._then(centre_at) - centre[1])  # their boxes moved to this frame
+            y0 = y0 - (then - centre[1])  # their boxes moved to this frame
             reach = self._track_px
             near = (x0 < x + w + reach) & (x - reach < x0 + bw) & (y0 < y + h + reach) & (y - reach < y0 + bh)
             return bool(near.any() and x0[near].min() - reach <= x and x + w <= (x0 + bw)[near].max() + reach
@@ -160,13 +160,12 @@ class BeltTracker:
         bar = self.bar
         return self._rows - bar.delta(centre_at, self._centre_at) / bar.per_mm / bar.mm_per_px
 
-    def _tracked(self, centre_at, centroid):
-        """Whether a particle centred at `centroid` that reaches the bar at `centre_at` lies on a remembered
-        particle's mask moved to this frame, within track_mm."""
+    def _tracked(self, x, ys):
+        """Whether a point at column `x` of this frame, on rows `ys` of the remembered particles' own frames
+        (`_then`), lies on one of their masks, within track_mm."""
         if not self._decided:
             return False
         reach = self._track_px
-        x, ys = centroid[0], self._then(centre_at)
         x0, y0, w, h = self._boxes.T
         near = (x0 - reach <= x) & (x <= x0 + w + reach) & (y0 - reach <= ys) & (ys <= y0 + h + reach)
         return any(self._decided[number].within(x, ys[number], reach) for number in np.flatnonzero(near))
