@@ -92,13 +92,9 @@ def _driver(value):
 
 
 def _roi(value):
-    if (
-        not isinstance(value, list)
-        or len(value) != 4
-        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
-        or min(value[:2]) < 0
-        or min(value[2:]) < 1
-    ):
+    if (not isinstance(value, list) or len(value) != 4
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+            or min(value[:2]) < 0 or min(value[2:]) < 1):
         raise _Invalid("must be [x, y, width, height] in whole pixels of the camera frame (x, y >= 0, size >= 1)")
     return tuple(value)
 
@@ -261,6 +257,8 @@ class ParticlesConfig:
     split_colour: float = _key("split_colour = 50  # a cut of a blob without a neck needs this colour step (0-255) "
                                "across it; 0: no such cut", _number(low=0.0, high=442.0), 50.0)
     contact_model: str = _key('contact_model = ""  # network splitting touching particles: edge/contact.py', _text, "")
+    contact_notch: float = _key("contact_notch = 0.08  # blobs shown to it: an outline notch this deep, share of "
+                                "the blob's equal-area side (0: every blob)", _number(low=0.0), 0.08)
     track_mm: float = _key("track_mm = 5  # tracking tolerance: edge/track.py", _number(above=0.0), 5.0)
 
 

@@ -9,14 +9,16 @@ probability of lying on a contact between two particles. benchmarks/contact_net.
 simulator's frames and writes it (one trained on a line's own labelled frames is what a plant should use; that
 training is not built yet).
 
-Only blobs the watershed and the cut leave whole, that hold at least two smallest particles and from which a
-particle is decided are asked: not one cut by the frame's edge, nor one tracking knows is decided material
-(edge/particles.py Segmenter.segment). The blob's pixels under THRESHOLD form seeds, components of at least a
-quarter of the smallest particle's area; two or more are grown back over the blob by a watershed on their distance
-map. Measured on the belt simulator (benchmarks/RESULTS.md, "A learned contact line" and "The contact line asked
-less"): pairs split 82.6-86.4 % -> 90.5-91.6 % over 24 feeds, single particles fragmented as before; at 30 particles
-a frame it is asked 8 times a frame, ~1.1 ms each (int8, 2 threads), and the runner on 2 cores sorts ~320
-particles/s instead of ~460-550 without it: it is off unless set.
+Only blobs the watershed and the cut leave whole, that hold at least two smallest particles, from which a particle
+is decided (not one cut by the frame's edge, nor one tracking knows is decided material: edge/particles.py
+Segmenter.segment) and whose outline turns in where a contact would meet it (a notch at least `[particles]
+contact_notch` x the square root of the blob's area deep) are asked. The blob's pixels under THRESHOLD form seeds,
+components of at least a quarter of the smallest particle's area; two or more are grown back over the blob by a
+watershed on their distance map. Measured on the belt simulator (benchmarks/RESULTS.md, "A learned contact line",
+"The contact line asked less", "Asked only where the outline has a notch"): pairs split 82.6-86.4 % -> 90.5-91.6 %
+over 24 feeds, single particles fragmented as before; at 30 particles a frame it is asked ~4 times a frame, ~1.1 ms
+each (int8, 2 threads), and the runner on 2 cores sorts ~340-380 particles/s instead of ~460-550 without it: it is
+off unless set.
 """
 
 import os

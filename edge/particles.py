@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edge.contact import ContactLine
-from edge.cut import concavity_cut, solidity
+from edge.cut import concavity_cut, deepest_notch, solidity
 from edge.preprocess import crop_square
 
 SOLID_PIECE = 0.9  # a blob's seeds come from its piece before the closing when that piece is this much of it
@@ -226,9 +226,12 @@ class Segmenter:
 
     def _split(self, blob, contour, opened, pixels, whole):
         """The blob's particles: by its outline and colours, else, when a contact network is set, the blob is
-        `whole` in the frame and holds at least two smallest particles, by the contact line (edge/contact.py)."""
+        `whole` in the frame, holds at least two smallest particles and its outline has a notch where a contact would
+        meet it (`contact_notch`), by the contact line (edge/contact.py)."""
         parts = self._outline_split(blob, contour, opened, pixels)
-        if len(parts) > 1 or self.contact is None or not whole or cv2.countNonZero(blob) < 2 * self.min_area_px:
+        area = cv2.countNonZero(blob)
+        if len(parts) > 1 or self.contact is None or not whole or area < 2 * self.min_area_px or \
+                deepest_notch(contour) < self.cfg.contact_notch * math.sqrt(area):
             return parts
         return self.contact.split(blob, pixels, self.min_area_px / 4) or parts
 
