@@ -71,8 +71,9 @@ class ContactLine:
         """Part masks (uint8, 255 inside) of `blob` cut along the contacts the network sees, or None: one particle.
         `pixels`: the frame's pixels under the blob's box; `least_px`: the smallest seed."""
         self.asked += 1
-        padded = np.pad(blob, PAD)
-        tensor, side = network_input(np.pad(pixels, ((PAD, PAD), (PAD, PAD), (0, 0))), padded, self.size)
+        padded = cv2.copyMakeBorder(blob, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
+        tensor, side = network_input(cv2.copyMakeBorder(pixels, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0),
+                                     padded, self.size)
         self._interpreter.set_tensor(self._input["index"], tensor[None])
         self._interpreter.invoke()
         contact = self._interpreter.get_tensor(self._output["index"])[0, ..., 0]

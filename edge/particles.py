@@ -51,6 +51,7 @@ class Particle:
     crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
     mask: np.ndarray = field(default=None, repr=False)  # bool, the bbox's pixels that are this particle's
     cut: str = None  # "upstream" / "downstream": the frame's first / last row cuts the blob it is (a piece of)
+    known: bool = False  # a blob of material decided in an earlier frame (Segmenter.segment): tracked, so no crop
 
 
 @dataclass
@@ -210,14 +211,14 @@ class Segmenter:
             if area > self.max_area_px and not known:
                 too_large += 1
                 continue
-            kept.append((part, x, y, was_split, area, cut))
+            kept.append((part, x, y, was_split, area, cut, known))
         for number, (part, x, y, *_) in enumerate(kept, start=1):
             view = labels[y:y + part.shape[0], x:x + part.shape[1]]
             view[part > 0] = number
         boxes = np.array([_box(part, x, y) for part, x, y, *_ in kept], np.int64).reshape(-1, 4)
-        for number, (part, x, y, was_split, area, cut) in enumerate(kept, start=1):
-            particles.append(replace(self._particle(frame, labels, boxes, number, part, x, y, was_split, area),
-                                     cut=cut))
+        for number, (part, x, y, was_split, area, cut, known) in enumerate(kept, start=1):
+            particles.append(replace(self._particle(frame, labels, boxes, number, part, x, y, was_split, area, known),
+                                     cut=cut, known=known))
         particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
         particles = [replace(p, index=i) for i, p in enumerate(particles)]
         if learn:
@@ -290,7 +291,7 @@ class Segmenter:
             return [blob]
         return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
 
-    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area):
+    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area, known=False):
         cx, cy = _centre(part, x, y)
         x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
         bbox = (x0, y0, x1 - x0, y1 - y0)
@@ -301,7 +302,7 @@ class Segmenter:
             index=0, centroid=(round(cx, 2), round(cy, 2)), bbox=bbox, area_px=area, area_mm2=round(area_mm2, 2),
             size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
             lanes=self._lanes(bbox[0] * mm, (bbox[0] + w) * mm), split=was_split,
-            crop=self._crop(frame, labels, boxes, number, bbox), mask=labels[y0:y1, x0:x1] == number,
+            crop=None if known else self._crop(frame, labels, boxes, number, bbox), mask=labels[y0:y1, x0:x1] == number,
         )
 
     def _lanes(self, x0_mm, x1_mm):

@@ -119,6 +119,9 @@ class BeltTracker:
             if particle.cut == "downstream" or particle.bbox[1] + particle.bbox[3] == self.frame_height:
                 outcomes["leaving"] += 1
                 continue
+            if particle.known:  # on decided material by `decided`, which holds only where the test below does
+                outcomes["tracked"] += 1
+                continue
             if position is not None:
                 plan = self.bar.plan(particle, position)
                 if self._tracked(particle.centroid[0], self._then(plan.centre_at)):

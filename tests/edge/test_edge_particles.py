@@ -322,6 +322,24 @@ def test_only_new_material_whole_in_the_frame_is_split_or_shown_to_the_contact_n
     assert len(seg.segment(pair, learn=False, decided=lambda *blob: True).particles) == 1
 
 
+def test_a_blob_on_decided_material_is_counted_tracked_without_a_crop():
+    """A blob the segmenter found on decided material (tracking's `decided` test) is `tracked` whatever tracking
+    would test again, so it is never cropped: its crop was thrown away (fails on 1fc31dc: every particle was
+    cropped, and tracked only by testing it again)."""
+    from edge.track import BeltTracker
+
+    belt = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    frame = belt.copy()
+    cv2.circle(frame, (300, 500), 30, (200, 200, 200), -1)
+    cv2.circle(frame, (600, 300), 30, (200, 200, 200), -1)
+    seg, _ = segmenter(frames=[belt])
+    particles = seg.segment(frame, learn=False, decided=lambda centre, box: centre[0] < 450).particles
+    assert [(p.known, p.crop is None) for p in sorted(particles, key=lambda p: p.centroid[0])] == [(True, True),
+                                                                                                 (False, False)]
+    fresh, _, outcomes = BeltTracker(_bar(), HEIGHT, 10.0).fresh(particles, 10.0)
+    assert [p.centroid[0] > 450 for p in fresh] == [True] and outcomes["tracked"] == 1
+
+
 def test_the_runner_asks_the_contact_network_once_per_pair_on_a_moving_belt(seam_network, tiny_export, write_config,
                                                                             make_runner, fake_clock):
     """The seam pair of the test above in two frames, the belt 20 mm (40 px) on in the second: split and decided in
