@@ -47,7 +47,6 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests"), os.path.join(REPO, "tests", "edge")]  # the tests' own imports
@@ -58,7 +57,7 @@ from edge.classify import CropClassifier  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.drivers.jsonl import ValveJsonlActuator  # noqa: E402
 from edge.model import Model  # noqa: E402
-from edge.preprocess import crop_square  # noqa: E402
+from edge.preprocess import crop_square, from_bgr  # noqa: E402
 from edge.records import EventSink, LineWriter, percentile  # noqa: E402
 from edge.runner import build_runner  # noqa: E402
 from edge.sources import Frame  # noqa: E402
@@ -357,7 +356,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
         runner.truth = lambda frame_id, particle: published.append((frame_id, particle))
         period = step_mm / speed_mm_s
         for index in range(background):  # the empty belt is learned first
-            frame = Frame(f"empty{index}", clock.now(), Image.fromarray(scenes.belt_frame(belt, rng)[..., ::-1].copy()))
+            frame = Frame(f"empty{index}", clock.now(), from_bgr(scenes.belt_frame(belt, rng)))  # as a camera gives it
             runner.process(frame)
             clock.advance(period)
         views, frame_s, match_s = {}, [], []  # views: (particle id, frame index) -> its truth crop there
@@ -370,7 +369,7 @@ def simulate(model_path, specimens, per_frame, feed_frames=60, touching=0.2, siz
                 if index in p["whole"]:
                     views[p["id"], index] = truth_crop(rgb, truth, belt_rgb, p["id"], config.particles.pad)
             plc.count = _count(position)
-            frame = Frame(str(index), clock.now(), Image.fromarray(rgb))
+            frame = Frame(str(index), clock.now(), from_bgr(bgr))
             frame.position = runner.belt.read()  # stamped at capture, as edge/sources.py Capture does
             start = time.perf_counter()
             runner.process(frame)

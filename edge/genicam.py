@@ -85,7 +85,7 @@ def to_array(data, width, height, pixel_format):
 
 
 def to_image(array):
-    """A Pillow RGB image of a grey or RGB array (what every source delivers)."""
+    """A Pillow RGB image of a grey or RGB array (a Frame's image; OpenCV cameras hand RGB arrays instead)."""
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
 
 

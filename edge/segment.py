@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edge.particles import BackgroundModel, Particle, Segmentation, Segmenter
-from edge.preprocess import crop_roi
+from edge.preprocess import crop_roi, frame_size
 
 
 class SkipFrame(Exception):
@@ -34,17 +34,20 @@ class FrameSize:
         self.rescale = rescale
 
     def check(self, image, roi):
-        """`image` if it has the size (the first that fits `roi` sets it when none is configured), resized to it
-        with `rescale`; else SkipFrame."""
+        """`image` (a Pillow image or an RGB array) if it has the size (the first that fits `roi` sets it when none
+        is configured), resized to it with `rescale` (Pillow's BILINEAR either way); else SkipFrame."""
+        width, height = frame_size(image)
         if self.size is None:
-            if roi is None or (roi[0] + roi[2] <= image.width and roi[1] + roi[3] <= image.height):
-                self.size = image.size
+            if roi is None or (roi[0] + roi[2] <= width and roi[1] + roi[3] <= height):
+                self.size = (width, height)
             return image
-        if image.size == self.size:
+        if (width, height) == self.size:
             return image
         if self.rescale:
-            return image.resize(self.size, Image.BILINEAR)
-        raise SkipFrame("frame_size", f"frame of {image.width}x{image.height} is not the {self.size[0]}x"
+            if isinstance(image, Image.Image):
+                return image.resize(self.size, Image.BILINEAR)
+            return np.asarray(Image.fromarray(image).resize(self.size, Image.BILINEAR))
+        raise SkipFrame("frame_size", f"frame of {width}x{height} is not the {self.size[0]}x"
                         f"{self.size[1]} the roi and belt were set for: check the camera's resolution, or set "
                         "[source] rescale = true")
 
@@ -57,7 +60,8 @@ def _region(image, roi):
 
 
 class WholeFrame:
-    """Single items: the region of interest, as a Pillow picture, is the one particle of the frame."""
+    """Single items: the region of interest, as the frame gives it (a Pillow picture or an RGB array), is the one
+    particle of the frame."""
 
     learning = False
 
@@ -72,7 +76,7 @@ class WholeFrame:
             image = self.size.check(image, self.roi)
         self.image = image
         region = _region(image, self.roi)
-        width, height = region.size
+        width, height = frame_size(region)
         box = (0, 0, width, height)
         return Segmentation([Particle(0, (width / 2, height / 2), box, width * height, None, None, (), False, region)])
 

@@ -20,7 +20,7 @@ from edge.preprocess import IMAGE_EXTENSIONS, from_bgr, open_rgb
 class Frame:
     frame_id: str
     capture_time: float  # clock seconds when the picture was taken (or read)
-    image: object = None  # Pillow RGB image; None when the picture could not be decoded
+    image: object = None  # Pillow RGB image (files) or RGB uint8 array (cameras); None when it could not be decoded
     error: str = None  # why it could not be decoded
     position: int = None  # the belt encoder's count at capture ([belt] position = "modbus"); None if unreadable
 

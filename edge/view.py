@@ -33,8 +33,8 @@ class BeltView:
         return "rides"
 
     def show(self, image, particles, outcome):
-        """The frame as segmented (Pillow RGB) and its particles; `outcome` {index: (bin, reason)} of those
-        decided."""
+        """The frame as segmented (Pillow RGB or an RGB array) and its particles; `outcome` {index: (bin, reason)}
+        of those decided."""
         marks = [(p.bbox, p.mask, self.colour(*outcome[p.index]) if p.index in outcome else "seen")
                  for p in particles]
         self._latest = (image, marks)
@@ -45,10 +45,11 @@ class BeltView:
         if latest is None:
             return None
         image, marks = latest
+        pixels = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else image
         if self.roi is not None:
             x, y, w, h = self.roi
-            image = image.crop((x, y, x + w, y + h))
-        pixels = np.array(image.convert("RGB"))
+            pixels = pixels[y:y + h, x:x + w]
+        pixels = pixels.copy()  # the outlines are drawn on it
         for (x, y, w, h), mask, key in marks:
             if mask is None:
                 mask = np.ones((h, w), bool)

@@ -97,8 +97,7 @@ class _HeldPicture:
 
     def __init__(self, pixels, gate, entered):
         self.pixels, self.gate, self.entered = pixels, gate, entered
-        self.height, self.width = pixels.shape[:2]
-        self.size = (self.width, self.height)
+        self.shape = pixels.shape  # a camera's RGB array (edge/sources.py Frame.image)
 
     def __array__(self, dtype=None, copy=None):
         self.entered.set()

@@ -77,10 +77,32 @@ def test_sidecar_names_the_decode_and_a_runner_refuses_another(tmp_path, tiny_ex
 def test_opencv_bgr_frame_goes_through_the_same_resize(tmp_path):
     rgb = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "frame.png")
-    from_camera = preprocess.resize_rgb(preprocess.from_bgr(rgb[..., ::-1]), 32)
-    assert np.array_equal(from_camera, load_image(tmp_path / "frame.png", 32))
+    from_camera = preprocess.from_bgr(rgb[..., ::-1])
+    assert from_camera.dtype == np.uint8 and np.array_equal(from_camera, rgb)
+    assert np.array_equal(preprocess.resize_rgb(Image.fromarray(from_camera), 32),
+                          load_image(tmp_path / "frame.png", 32))
     grey = preprocess.from_bgr(rgb[..., 0])
-    assert grey.mode == "RGB" and np.array_equal(np.asarray(grey)[..., 2], rgb[..., 0])
+    assert grey.shape == (30, 40, 3) and np.array_equal(grey[..., 2], rgb[..., 0])
+    bgra = np.concatenate([rgb[..., ::-1], np.full((30, 40, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(preprocess.from_bgr(bgra), rgb)
+
+
+def test_a_frame_as_an_array_is_cropped_and_sized_as_its_pillow_image():
+    """Camera frames are RGB arrays (no Pillow copy on a belt of many): the ROI crop and the size check give the
+    pixels the Pillow image of the frame would (fails on 085c3b9: crop_roi needed a Pillow image)."""
+    from edge.segment import FrameSize, SkipFrame
+
+    pixels = np.arange(20 * 10 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    image = Image.fromarray(pixels)
+    roi = (5, 2, 8, 4)
+    assert np.array_equal(preprocess.crop_roi(pixels, roi), np.asarray(preprocess.crop_roi(image, roi)))
+    with pytest.raises(ValueError, match="outside the 20x10 frame"):
+        preprocess.crop_roi(pixels, (15, 0, 8, 4))
+    size = FrameSize((20, 10), rescale=True)
+    assert size.check(pixels, None) is pixels
+    assert np.array_equal(size.check(pixels[:5, :10], None), np.asarray(size.check(image.crop((0, 0, 10, 5)), None)))
+    with pytest.raises(SkipFrame, match="frame of 10x5 is not the 20x10"):
+        FrameSize((20, 10)).check(pixels[:5, :10], None)
 
 
 def test_roi_is_cropped_before_the_resize_and_checked():
