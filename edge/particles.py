@@ -48,7 +48,7 @@ class Particle:
     size_mm: float  # diameter of the circle of the same area
     lanes: tuple  # valve lanes its x-extent covers (empty without [valves] or when off the valve bar)
     split: bool  # True when it was cut out of a blob of touching particles
-    crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract)
+    crop: np.ndarray = field(repr=False)  # square RGB uint8 crop (see the module's contract); None when `known`
     mask: np.ndarray = field(default=None, repr=False)  # bool, the bbox's pixels that are this particle's
     cut: str = None  # "upstream" / "downstream": the frame's first / last row cuts the blob it is (a piece of)
     known: bool = False  # a blob of material decided in an earlier frame (Segmenter.segment): tracked, so no crop
@@ -291,7 +291,7 @@ class Segmenter:
             return [blob]
         return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
 
-    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area, known=False):
+    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area, known):
         cx, cy = _centre(part, x, y)
         x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
         bbox = (x0, y0, x1 - x0, y1 - y0)
