@@ -366,6 +366,8 @@ def _prominent_seeds(dist, share, least, levels=24):
             found.append((parts[0][0], max(r[1] for r in parts), len(standing) > 1 or any(r[2] for r in parts),
                           labels, label))
         regions = found
+        if level < least and sum(r[2] or r[1] >= least for r in regions) < 2:
+            break  # a maximum first cut lower is under `least`: no two regions can stand any more
     return seeds
 
 
