@@ -523,3 +523,21 @@ def test_the_page_picture_of_a_rescaled_frame_is_the_rescaled_frame(tiny_export,
     assert shown.shape == (32, 32, 3)
     assert np.abs(shown[20:28, 20:28] - (250, 0, 0)).max() < 40  # red where the sorted frame is red
     assert shown[4:12, 4:12].max() < 40  # black where it is black (the camera's frame is black at all of 0-32)
+
+
+def test_a_camera_frame_as_an_array_is_sorted_and_shown_as_its_pillow_image(tiny_export, write_config, make_runner,
+                                                                            fake_clock):
+    """Cameras hand RGB arrays (edge/preprocess.py from_bgr), files Pillow images: a single item from the array gets
+    the probabilities its Pillow image gets, and the line page shows the same picture, rescaled and cut to the ROI
+    (fails on 085c3b9: a frame had to be a Pillow image)."""
+    import io
+
+    config = write_config(source={"roi": [0, 0, 32, 32], "frame_size": [64, 64], "rescale": True})
+    rgb = np.random.default_rng(7).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    seen = []
+    for image in (Image.fromarray(rgb), rgb):
+        runner, events_path = make_runner(config, tiny_export["float32"], clock=fake_clock)
+        runner.process(Frame("one", fake_clock.now(), image))
+        items = [e for e in map(json.loads, open(events_path)) if e["type"] == "item"]
+        seen.append((items[-1]["top3"], np.asarray(Image.open(io.BytesIO(runner.view.jpeg())).convert("RGB"))))
+    assert seen[0][0] == seen[1][0] and np.array_equal(seen[0][1], seen[1][1]) and seen[0][1].shape == (32, 32, 3)
