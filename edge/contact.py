@@ -17,8 +17,8 @@ components of at least a quarter of the smallest particle's area; two or more ar
 watershed on their distance map. Measured on the belt simulator (benchmarks/RESULTS.md, "A learned contact line",
 "The contact line asked less", "Asked only where the outline has a notch"): pairs split 82.6-86.4 % -> 90.5-91.6 %
 over 24 feeds, single particles fragmented as before; at 30 particles a frame it is asked ~4 times a frame, ~1.1 ms
-each (int8, 2 threads), and the runner on 2 cores sorts ~340-380 particles/s instead of ~460-550 without it: it is
-off unless set.
+each (int8, 2 threads), and the runner on 2 cores sorts ~340-410 particles/s instead of ~480-550 without it (~400-460
+with benchmarks/contact_net.py's `--stem 2` network): it is off unless set.
 """
 
 import os
