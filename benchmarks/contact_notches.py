@@ -30,32 +30,34 @@ from edge.particles import Segmenter  # noqa: E402
 GATES = (0.06, 0.08, 0.10, 0.12, 0.14)
 
 
-def shown(specimens, seeds, model):
-    """[(notch, split, pair in truth)] of every blob shown to the network over the feeds `seeds`."""
-    rows, truth_now = [], {}
-    plain = Segmenter._split
+class _Recorded(Segmenter):
+    """The segmenter, noting each blob it shows the network: (notch, split, pair in truth) into `rows`, the truth
+    labels of the frame being segmented in `truth`."""
 
-    def recorded(self, blob, contour, opened, pixels, whole):
+    rows, truth = None, None
+
+    def _split(self, blob, contour, opened, pixels, whole):
         asked = self.contact.asked
-        parts = plain(self, blob, contour, opened, pixels, whole)
+        parts = super()._split(blob, contour, opened, pixels, whole)
         if self.contact.asked > asked:
             x, y, w, h = cv2.boundingRect(contour)
-            under = truth_now["truth"][y:y + h, x:x + w][blob > 0]
+            under = self.truth[y:y + h, x:x + w][blob > 0]
             _, counts = np.unique(under[under > 0], return_counts=True)
             pair = int((counts >= self.min_area_px / 4).sum()) >= 2
-            rows.append((deepest_notch(contour) / math.sqrt(cv2.countNonZero(blob)), len(parts) > 1, pair))
+            self.rows.append((deepest_notch(contour) / math.sqrt(cv2.countNonZero(blob)), len(parts) > 1, pair))
         return parts
 
-    Segmenter._split = recorded
-    try:
-        for seed in seeds:
-            by_id, views, empty = touching_pairs.feed(specimens, seed)
-            segmenter = touching_pairs.make_segmenter(empty, f'contact_model = "{model}"\ncontact_notch = 0')
-            for frame, truth in views:
-                truth_now["truth"] = truth
-                segmenter.segment(frame, learn=False)
-    finally:
-        Segmenter._split = plain
+
+def shown(specimens, seeds, model):
+    """[(notch, split, pair in truth)] of every blob shown to the network over the feeds `seeds`."""
+    rows = []
+    for seed in seeds:
+        by_id, views, empty = touching_pairs.feed(specimens, seed)
+        segmenter = touching_pairs.make_segmenter(empty, f'contact_model = "{model}"\ncontact_notch = 0', _Recorded)
+        segmenter.rows = rows
+        for frame, truth in views:
+            segmenter.truth = truth
+            segmenter.segment(frame, learn=False)
     return rows
 
 

@@ -44,12 +44,12 @@ def whole(truth, number):
     return rows.min() > 0 and rows.max() < HEIGHT - 1
 
 
-def make_segmenter(empty, extra=""):
-    """The segmenter of the simulator's belt (0.5 mm/px, 8-80 mm, threshold "auto") with `extra` [particles] lines,
-    its belt learned from the `empty` frames."""
+def make_segmenter(empty, extra="", kind=Segmenter):
+    """The segmenter (`kind`: Segmenter or a subclass) of the simulator's belt (0.5 mm/px, 8-80 mm, threshold
+    "auto") with `extra` [particles] lines, its belt learned from the `empty` frames."""
     config = parse_config(scenes.BASE_CONFIG + "[particles]\nmm_per_px = 0.5\nmin_mm = 8\nmax_mm = 80\n"
                           "threshold = \"auto\"\n" + extra + "\n" + scenes.VALVES)
-    return Segmenter(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
+    return kind(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
 
 
 def measure(by_id, views, empty, extra, per_particle=None):

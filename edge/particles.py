@@ -202,7 +202,7 @@ class Segmenter:
                 if self.cfg.split and not known else [blob]
             for part in parts:
                 regions.append((part, x, y, len(parts) > 1, cut, known))
-        particles, too_large, kept = [], 0, []
+        too_large, kept = 0, []
         for part, x, y, was_split, cut, known in regions:
             area = int(cv2.countNonZero(part))
             if area < self.min_area_px:
@@ -216,9 +216,7 @@ class Segmenter:
             view = labels[y:y + part.shape[0], x:x + part.shape[1]]
             view[part > 0] = number
         boxes = np.array([_box(part, x, y) for part, x, y, *_ in kept], np.int64).reshape(-1, 4)
-        for number, (part, x, y, was_split, area, cut, known) in enumerate(kept, start=1):
-            particles.append(replace(self._particle(frame, labels, boxes, number, part, x, y, was_split, area, known),
-                                     cut=cut, known=known))
+        particles = [self._particle(frame, labels, boxes, number, *item) for number, item in enumerate(kept, start=1)]
         particles.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
         particles = [replace(p, index=i) for i, p in enumerate(particles)]
         if learn:
@@ -291,7 +289,7 @@ class Segmenter:
             return [blob]
         return concavity_cut(blob, pixels, self.min_area_px, self._seed_px / 2, self.cfg.split_colour) or [blob]
 
-    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area, known):
+    def _particle(self, frame, labels, boxes, number, part, x, y, was_split, area, cut, known):
         cx, cy = _centre(part, x, y)
         x0, y0, x1, y1 = (int(v) for v in boxes[number - 1])
         bbox = (x0, y0, x1 - x0, y1 - y0)
@@ -303,6 +301,7 @@ class Segmenter:
             size_mm=round(math.sqrt(4 * area_mm2 / math.pi), 2),
             lanes=self._lanes(bbox[0] * mm, (bbox[0] + w) * mm), split=was_split,
             crop=None if known else self._crop(frame, labels, boxes, number, bbox), mask=labels[y0:y1, x0:x1] == number,
+            cut=cut, known=known,
         )
 
     def _lanes(self, x0_mm, x1_mm):
