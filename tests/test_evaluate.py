@@ -88,7 +88,7 @@ def test_gradcam_explains_every_registry_model(name):
 @pytest.mark.slow
 @requires_minet
 def test_real_photographs_end_to_end(tmp_path):
-    config = resolve_config(overrides={"weights": "none", "data": MINET, "out": str(tmp_path / "minet"), "image_size": 64, "epochs": 2,
+    config = resolve_config(overrides={"weights": "none", "data": MINET, "out": str(tmp_path / "minet"), "image_size": 32, "epochs": 2,
                                        "batch_size": 16, "limit_per_class": 8})
     run = train(config)
     for name in RUN_FILES:
