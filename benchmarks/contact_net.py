@@ -57,8 +57,8 @@ def contact_target(labels, blob):
     return (cv2.resize(square, (SIDE, SIDE), interpolation=cv2.INTER_AREA) > 40).astype(np.uint8)
 
 
-def blobs(specimens, seeds):
-    """(inputs, targets) of the whole blobs of the feeds `seeds`."""
+def blobs(specimens, seeds, target=contact_target):
+    """(inputs, targets) of the whole blobs of the feeds `seeds`; `target` of (true labels under the blob, blob)."""
     inputs, targets = [], []
     for seed in seeds:
         _, views, empty = touching_pairs.feed(specimens, seed)
@@ -74,9 +74,9 @@ def blobs(specimens, seeds):
                 x0, y0, x1, y1 = max(x - PAD, 0), max(y - PAD, 0), min(x + w + PAD, WIDTH), min(y + h + PAD, HEIGHT)
                 blob = (labels[y0:y1, x0:x1] == k).astype(np.uint8) * 255
                 inputs.append(network_input(frame[y0:y1, x0:x1], blob, SIDE)[0])
-                targets.append(contact_target(truth[y0:y1, x0:x1] * (blob > 0), blob))
+                targets.append(target(truth[y0:y1, x0:x1] * (blob > 0), blob))
         print(f"feed {seed}: {len(inputs)} blobs", file=sys.stderr, flush=True)
-    return np.array(inputs, np.float16), np.array(targets, np.uint8)
+    return np.array(inputs, np.float16), np.array(targets)  # contact_target's dtype, uint8
 
 
 def build(stem=1):
