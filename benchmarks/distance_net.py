@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import belt_sim  # noqa: E402  (its imports set the repository's paths)
 import contact_net  # noqa: E402
 import touching_pairs  # noqa: E402
-from contact_net import PAD, SIDE, network_input  # noqa: E402
+from contact_net import SIDE  # noqa: E402
+from edge.contact import grow_seeds, padded_input  # noqa: E402
 from edge.particles import Segmenter  # noqa: E402
 
 OUT = "runs/distnet"
@@ -52,25 +53,11 @@ class DistSeg(Segmenter):
         area = cv2.countNonZero(blob)
         if not whole or area < 2 * self.min_area_px:
             return self._outline_split(blob, contour, opened, pixels) if not whole else [blob]
-        padded = cv2.copyMakeBorder(blob, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
-        tensor, side = network_input(cv2.copyMakeBorder(pixels, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0),
-                                     padded, SIDE)
-        pred = np.asarray(self.net(tensor[None], training=False))[0, ..., 0]
-        h, w = padded.shape
-        pred = cv2.resize(pred, (side, side), interpolation=cv2.INTER_LINEAR)[:h, :w]
+        padded, tensor, to_blob = padded_input(blob, pixels, SIDE)
+        pred = to_blob(np.asarray(self.net(tensor[None], training=False))[0, ..., 0])
         inner = ((padded > 0) & (pred > LEVEL)).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(inner, connectivity=4)
-        seeds = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= self.min_area_px / 8]
-        if len(seeds) < 2:
-            return [blob]
-        markers = np.ones(padded.shape, np.int32)
-        markers[padded > 0] = 0
-        for n, k in enumerate(seeds, start=2):
-            markers[labels == k] = n
         shade = 255 - np.clip(pred * 255, 0, 255).astype(np.uint8)
-        cv2.watershed(cv2.cvtColor(shade, cv2.COLOR_GRAY2BGR), markers)
-        return [(((markers == n) & (padded > 0)).astype(np.uint8) * 255)[PAD:-PAD, PAD:-PAD]
-                for n in range(2, len(seeds) + 2)]
+        return grow_seeds(padded, inner, self.min_area_px / 8, shade) or [blob]
 
 
 def main():
@@ -87,12 +74,9 @@ def main():
         d = np.load(data)
         contact_net.train(d["x"], d["y"], int(os.environ.get("EPOCHS", "12")), path)
     DistSeg.net = keras.models.load_model(path, compile=False)
-    orig = touching_pairs.make_segmenter
-    touching_pairs.make_segmenter = lambda empty, extra="", kind=Segmenter: orig(empty, extra, DistSeg)
     seeds = os.environ.get("SEEDS", ",".join(str(s) for s in range(5, 29)))
-    sys.argv = [sys.argv[0], "--split", sys.argv[1], "--seeds", seeds]
-    belt_sim.scenes.MINET = contact_net.MINET
-    touching_pairs.main()
+    belt_sim.scenes.MINET = contact_net.MINET  # specimens_of pointed it at the photos it trained on
+    touching_pairs.main(["--split", sys.argv[1], "--seeds", seeds], DistSeg)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,11 @@ def make_segmenter(empty, extra="", kind=Segmenter):
     return kind(config.particles, BackgroundModel(empty, config.particles.background_rate), config.valves)
 
 
-def measure(by_id, views, empty, extra, per_particle=None):
+def measure(by_id, views, empty, extra, per_particle=None, kind=Segmenter):
     """(pairs split, pairs, singles fragmented, singles, blobs shown to the contact network) over the feed's whole
-    views; `per_particle`, a dict, gets
+    views, segmented by `kind` (make_segmenter's); `per_particle`, a dict, gets
     each single's and pair's ("single" or "pair", id) its list of those outcomes, view by view."""
-    segmenter = make_segmenter(empty, extra)
+    segmenter = make_segmenter(empty, extra, kind)
     split = pairs = fragmented = singles = 0
     for frame, truth in views:
         found = collections.Counter()
@@ -96,7 +96,7 @@ def split_by_view_rule(per_particle):
     return rows, sum(k[0] == "pair" for k in seen), sum(k[0] == "single" for k in seen)
 
 
-def main(argv=None):
+def main(argv=None, kind=Segmenter):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", required=True, help="comma-separated split.csv files (the unseen photos)")
     parser.add_argument("--seeds", default="5,6,7,8,9,10")
@@ -110,7 +110,7 @@ def main(argv=None):
     totals, per_particle = np.zeros(5, int), {}
     for seed in (int(s) for s in args.seeds.split(",")):
         seen = {}
-        row = measure(*feed(specimens, seed), args.config.replace(";", "\n"), seen)
+        row = measure(*feed(specimens, seed), args.config.replace(";", "\n"), seen, kind)
         per_particle.update({(kind, seed, number): views for (kind, number), views in seen.items()})
         totals += row
         print(f"| {seed} | {row[0]} / {row[1]} | {row[2]} / {row[3]} |", flush=True)

@@ -71,25 +71,42 @@ class ContactLine:
         """Part masks (uint8, 255 inside) of `blob` cut along the contacts the network sees, or None: one particle.
         `pixels`: the frame's pixels under the blob's box; `least_px`: the smallest seed."""
         self.asked += 1
-        padded = cv2.copyMakeBorder(blob, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
-        tensor, side = network_input(cv2.copyMakeBorder(pixels, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0),
-                                     padded, self.size)
+        padded, tensor, to_blob = padded_input(blob, pixels, self.size)
         self._interpreter.set_tensor(self._input["index"], tensor[None])
         self._interpreter.invoke()
-        contact = self._interpreter.get_tensor(self._output["index"])[0, ..., 0]
-        height, width = padded.shape
-        contact = cv2.resize(contact, (side, side), interpolation=cv2.INTER_LINEAR)[:height, :width]
+        contact = to_blob(self._interpreter.get_tensor(self._output["index"])[0, ..., 0])
         inner = ((padded > 0) & (contact < THRESHOLD)).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(inner, connectivity=4)
-        seeds = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= least_px]
-        if len(seeds) < 2:
-            return None
-        markers = np.ones(padded.shape, np.int32)  # 1 = belt, 2.. = particles, 0 = to decide
-        markers[padded > 0] = 0
-        for number, k in enumerate(seeds, start=2):
-            markers[labels == k] = number
         dist = cv2.distanceTransform(inner, cv2.DIST_L2, 5)
         shade = 255 - cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-        cv2.watershed(cv2.cvtColor(shade, cv2.COLOR_GRAY2BGR), markers)
-        return [(((markers == n) & (padded > 0)).astype(np.uint8) * 255)[PAD:-PAD, PAD:-PAD]
-                for n in range(2, len(seeds) + 2)]
+        return grow_seeds(padded, inner, least_px, shade)
+
+
+def padded_input(blob, pixels, size):
+    """(the blob padded by PAD, its network input (size, size, 4), a function taking a (size, size) map of the
+    network back to the padded blob's shape)."""
+    padded = cv2.copyMakeBorder(blob, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
+    tensor, side = network_input(cv2.copyMakeBorder(pixels, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0),
+                                 padded, size)
+    height, width = padded.shape
+
+    def to_blob(values):
+        return cv2.resize(values, (side, side), interpolation=cv2.INTER_LINEAR)[:height, :width]
+
+    return padded, tensor, to_blob
+
+
+def grow_seeds(padded, inner, least_px, shade):
+    """Part masks (uint8, 255 inside, PAD cut off) of the padded blob `padded`: the 4-connected components of `inner`
+    (uint8 0/1) of at least `least_px` pixels are the seeds, grown over the blob by a watershed on `shade` (uint8,
+    low where a part's inside is); None where fewer than two seeds stand."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(inner, connectivity=4)
+    seeds = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= least_px]
+    if len(seeds) < 2:
+        return None
+    markers = np.ones(padded.shape, np.int32)  # 1 = belt, 2.. = particles, 0 = to decide
+    markers[padded > 0] = 0
+    for number, k in enumerate(seeds, start=2):
+        markers[labels == k] = number
+    cv2.watershed(cv2.cvtColor(shade, cv2.COLOR_GRAY2BGR), markers)
+    return [(((markers == n) & (padded > 0)).astype(np.uint8) * 255)[PAD:-PAD, PAD:-PAD]
+            for n in range(2, len(seeds) + 2)]
